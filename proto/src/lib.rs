@@ -1,0 +1,36 @@
+//! The circuit-sweep wire protocol, generated from `proto/circuit_sweep.proto`.
+//!
+//! Every RPC that opens a session checks [`PROTOCOL_VERSION`] and refuses a peer that speaks another.
+
+/// Version of the wire protocol; peers with another version are refused with `FAILED_PRECONDITION`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Generated messages and services of package `circuit_sweep.v1`.
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("circuit_sweep.v1");
+}
+
+/// Refuses a peer whose protocol version differs from ours, with a message naming both.
+pub fn check_protocol_version(peer: u32) -> Result<(), tonic::Status> {
+    if peer == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(tonic::Status::failed_precondition(format!(
+            "protocol version mismatch: peer speaks {peer}, this build speaks {PROTOCOL_VERSION}"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_mismatch_is_failed_precondition() {
+        assert!(check_protocol_version(PROTOCOL_VERSION).is_ok());
+        let err = check_protocol_version(PROTOCOL_VERSION + 1).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(err.message().contains("mismatch"));
+    }
+}

@@ -1,0 +1,15 @@
+//! The circuit-sweep worker: hooked transformer models written with candle ops (GPT-2, Llama
+//! family, GPT-NeoX), their loaders (Hugging Face folders and GGUF files), tokenizers, and the
+//! default model.
+
+pub mod default_model;
+pub mod load;
+pub mod model;
+pub mod tokenizer;
+
+pub use load::{LoadError, LoadOptions, LoadedModel, load_model};
+pub use model::{
+    Ablation, Architecture, Captured, Capture, HookedModel, Interventions, LogitSelection,
+    ModelError, ModelInfo, RunOutput, RunRequest, Start,
+};
+pub use tokenizer::PromptTokenizer;

@@ -1,0 +1,197 @@
+//! Loading models: Hugging Face folders (`config.json` + safetensors, sharded too) and GGUF
+//! files, with typed errors that name the file and the tensor or field.
+
+mod gguf;
+mod gguf_tokenizer;
+mod hf;
+mod weights;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+
+use crate::model::HookedModel;
+use crate::tokenizer::PromptTokenizer;
+
+pub(crate) use hf::read_json;
+pub(crate) use weights::WeightSource;
+
+/// Why a model could not be loaded. Every variant names the file, and the tensor or field.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The path does not exist.
+    #[error("{path}: no such file or folder")]
+    NotFound {
+        /// The missing path.
+        path: PathBuf,
+    },
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A folder lacks a file the format requires.
+    #[error("{dir}: missing `{file}` ({why})")]
+    MissingFile {
+        /// The model folder.
+        dir: PathBuf,
+        /// The file name expected in it.
+        file: String,
+        /// What the file is for.
+        why: String,
+    },
+    /// A configuration file is malformed or has a bad value.
+    #[error("{file}: field `{field}`: {reason}")]
+    Config {
+        /// The configuration file (or GGUF file for GGUF metadata).
+        file: PathBuf,
+        /// The field (JSON key or GGUF metadata key).
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The architecture is not one this engine implements.
+    #[error("{file}: field `{field}`: unsupported architecture `{name}` (supported: {supported})")]
+    UnsupportedArchitecture {
+        /// The file that names it.
+        file: PathBuf,
+        /// The field that names it (`model_type` or `general.architecture`).
+        field: String,
+        /// The architecture named.
+        name: String,
+        /// What is supported.
+        supported: String,
+    },
+    /// A weight the architecture needs is absent.
+    #[error("{file}: missing tensor `{tensor}`")]
+    MissingTensor {
+        /// Where it was looked for.
+        file: PathBuf,
+        /// The tensor name.
+        tensor: String,
+    },
+    /// A weight has the wrong shape for the configuration.
+    #[error("{file}: tensor `{tensor}` has shape {found:?}, the config implies {expected:?}")]
+    Shape {
+        /// The file holding the tensor.
+        file: PathBuf,
+        /// The tensor name.
+        tensor: String,
+        /// Shape implied by the configuration.
+        expected: Vec<usize>,
+        /// Shape found in the file.
+        found: Vec<usize>,
+    },
+    /// A safetensors file is truncated or malformed.
+    #[error("{file}: not a valid safetensors file: {reason}")]
+    Safetensors {
+        /// The file.
+        file: PathBuf,
+        /// What the parser said.
+        reason: String,
+    },
+    /// A GGUF file is truncated or malformed, or a tensor in it cannot be read.
+    #[error("{file}: {reason}")]
+    Gguf {
+        /// The file.
+        file: PathBuf,
+        /// What went wrong, naming the tensor or key where there is one.
+        reason: String,
+    },
+    /// A tensor's dtype cannot be loaded.
+    #[error("{file}: tensor `{tensor}` has unsupported dtype {dtype}")]
+    UnsupportedDtype {
+        /// The file.
+        file: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// Its dtype.
+        dtype: String,
+    },
+    /// The tokenizer could not be built.
+    #[error("{file}: tokenizer: {reason}")]
+    Tokenizer {
+        /// The tokenizer file (or GGUF file).
+        file: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A tensor operation failed while preparing weights.
+    #[error("preparing `{tensor}`: {source}")]
+    TensorOp {
+        /// The tensor being prepared.
+        tensor: String,
+        /// candle's error.
+        source: candle_core::Error,
+    },
+}
+
+impl LoadError {
+    pub(crate) fn tensor_op(tensor: &str, source: candle_core::Error) -> Self {
+        LoadError::TensorOp {
+            tensor: tensor.to_string(),
+            source,
+        }
+    }
+}
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Dtype the weights are held and computed in.
+    pub dtype: DType,
+    /// Device the weights live on.
+    pub device: Device,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            dtype: DType::F32,
+            device: Device::Cpu,
+        }
+    }
+}
+
+/// A model with its tokenizer (when the source has one).
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// The hooked model.
+    pub model: HookedModel,
+    /// The tokenizer: from `tokenizer.json` in a folder, or built from GGUF metadata.
+    pub tokenizer: Option<PromptTokenizer>,
+    /// Where it was loaded from.
+    pub source: PathBuf,
+}
+
+/// Loads a Hugging Face folder or a `.gguf` file.
+pub fn load_model(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, LoadError> {
+    if !path.exists() {
+        return Err(LoadError::NotFound {
+            path: path.to_path_buf(),
+        });
+    }
+    match opts.dtype {
+        DType::F32 | DType::F16 | DType::BF16 => {}
+        other => {
+            return Err(LoadError::Config {
+                file: path.to_path_buf(),
+                field: "dtype".into(),
+                reason: format!("{} is not a compute dtype (use f32, f16 or bf16)", other.as_str()),
+            });
+        }
+    }
+    let (model, tokenizer) = if path.is_dir() {
+        hf::load_folder(path, opts)?
+    } else {
+        gguf::load_file(path, opts)?
+    };
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        source: path.to_path_buf(),
+    })
+}

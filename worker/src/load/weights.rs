@@ -1,0 +1,184 @@
+//! Where weights come from: memory-mapped safetensors files (one or sharded) or a GGUF file,
+//! behind one trait so each architecture's loader is written once, with Hugging Face names.
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+
+use super::LoadError;
+
+/// A source of named weights, converted to the target dtype and device on `get`.
+pub(crate) trait WeightSource {
+    /// The tensor `name`, checked to have `shape`.
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, LoadError>;
+    /// Whether the source holds `name`.
+    fn contains(&self, name: &str) -> bool;
+    /// Elements of every distinct tensor handed out so far (the parameter count).
+    fn loaded_elements(&self) -> u64;
+}
+
+/// Checks a loaded tensor's shape, naming the file and tensor on mismatch.
+pub(crate) fn check_shape(file: &Path, name: &str, t: &Tensor, shape: &[usize]) -> Result<(), LoadError> {
+    if t.dims() != shape {
+        return Err(LoadError::Shape {
+            file: file.to_path_buf(),
+            tensor: name.to_string(),
+            expected: shape.to_vec(),
+            found: t.dims().to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// Counts distinct tensors handed out, for the parameter count.
+#[derive(Default)]
+pub(crate) struct LoadedCounter(RefCell<HashMap<String, u64>>);
+
+impl LoadedCounter {
+    pub fn record(&self, name: &str, t: &Tensor) {
+        self.0.borrow_mut().insert(name.to_string(), t.elem_count() as u64);
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.borrow().values().sum()
+    }
+}
+
+/// Safetensors files of a Hugging Face folder, memory-mapped.
+pub(crate) struct SafetensorsSource {
+    files: Vec<(PathBuf, MmapedSafetensors)>,
+    route: HashMap<String, usize>,
+    dtype: DType,
+    device: Device,
+    counter: LoadedCounter,
+}
+
+impl SafetensorsSource {
+    /// Opens `files` (each validated: a truncated file fails here, naming it).
+    pub fn open(files: &[PathBuf], dtype: DType, device: &Device) -> Result<Self, LoadError> {
+        let mut opened = Vec::with_capacity(files.len());
+        let mut route = HashMap::new();
+        for (i, path) in files.iter().enumerate() {
+            if !path.exists() {
+                return Err(LoadError::NotFound { path: path.clone() });
+            }
+            // SAFETY: the file is mapped read-only; like every mmap user we assume nobody
+            // truncates it while the model is loaded.
+            let st = unsafe { MmapedSafetensors::new(path) }.map_err(|e| LoadError::Safetensors {
+                file: path.clone(),
+                reason: e.to_string(),
+            })?;
+            for (name, _) in st.tensors() {
+                route.insert(name, i);
+            }
+            opened.push((path.clone(), st));
+        }
+        Ok(SafetensorsSource {
+            files: opened,
+            route,
+            dtype,
+            device: device.clone(),
+            counter: LoadedCounter::default(),
+        })
+    }
+
+    /// Every tensor name in the files, sorted.
+    pub fn names(&self) -> BTreeSet<&str> {
+        self.route.keys().map(String::as_str).collect()
+    }
+
+    /// The file(s) to name when a tensor is missing.
+    fn where_missing(&self) -> PathBuf {
+        match self.files.as_slice() {
+            [(p, _)] => p.clone(),
+            [(p, _), ..] => p.parent().map(Path::to_path_buf).unwrap_or_else(|| p.clone()),
+            [] => PathBuf::new(),
+        }
+    }
+}
+
+impl WeightSource for SafetensorsSource {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, LoadError> {
+        let &i = self.route.get(name).ok_or_else(|| LoadError::MissingTensor {
+            file: self.where_missing(),
+            tensor: name.to_string(),
+        })?;
+        let (path, st) = &self.files[i];
+        let view = st.get(name).map_err(|e| LoadError::Safetensors {
+            file: path.clone(),
+            reason: format!("tensor `{name}`: {e}"),
+        })?;
+        use candle_core::safetensors::Load;
+        let dt = view.dtype();
+        if !matches!(
+            dt,
+            safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16 | safetensors::Dtype::F64
+        ) {
+            return Err(LoadError::UnsupportedDtype {
+                file: path.clone(),
+                tensor: name.to_string(),
+                dtype: format!("{dt:?}"),
+            });
+        }
+        let t = view
+            .load(&self.device)
+            .and_then(|t| t.to_dtype(self.dtype))
+            .map_err(|e| LoadError::Safetensors {
+                file: path.clone(),
+                reason: format!("tensor `{name}`: {e}"),
+            })?;
+        check_shape(path, name, &t, shape)?;
+        self.counter.record(name, &t);
+        Ok(t)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.route.contains_key(name)
+    }
+
+    fn loaded_elements(&self) -> u64 {
+        self.counter.total()
+    }
+}
+
+/// Named tensors held in memory: for tiny random-weight models in tests.
+pub struct TensorMapSource {
+    tensors: HashMap<String, Tensor>,
+    dtype: DType,
+    counter: LoadedCounter,
+}
+
+impl TensorMapSource {
+    /// Wraps `tensors` (Hugging Face names), converting to `dtype` on `get`.
+    pub fn new(tensors: HashMap<String, Tensor>, dtype: DType) -> Self {
+        TensorMapSource {
+            tensors,
+            dtype,
+            counter: LoadedCounter::default(),
+        }
+    }
+}
+
+impl WeightSource for TensorMapSource {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, LoadError> {
+        let t = self.tensors.get(name).ok_or_else(|| LoadError::MissingTensor {
+            file: PathBuf::from("<memory>"),
+            tensor: name.to_string(),
+        })?;
+        let t = t.to_dtype(self.dtype).map_err(|e| LoadError::tensor_op(name, e))?;
+        check_shape(Path::new("<memory>"), name, &t, shape)?;
+        self.counter.record(name, &t);
+        Ok(t)
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    fn loaded_elements(&self) -> u64 {
+        self.counter.total()
+    }
+}

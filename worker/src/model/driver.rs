@@ -1,0 +1,106 @@
+//! The forward pass shared by every architecture: start (tokens or cached residual), blocks with
+//! hooks, and only the logits asked for.
+
+use candle_core::{DType, IndexOp, Tensor};
+
+use super::hooks::RunHooks;
+use super::{HookedModel, LogitSelection, ModelError, RunOutput, RunRequest, Start};
+
+impl HookedModel {
+    /// Runs one batched forward pass as `req` describes.
+    pub fn run(&self, req: &RunRequest<'_>) -> Result<RunOutput, ModelError> {
+        let info = &self.info;
+        let start = req
+            .start
+            .as_ref()
+            .ok_or_else(|| ModelError::InvalidRequest("`start` is required".into()))?;
+        let (start_layer, resid) = match start {
+            Start::Tokens(ids) => {
+                if ids.rank() != 2 {
+                    return Err(ModelError::InvalidRequest(format!(
+                        "token ids must be [prompts, positions], got {:?}",
+                        ids.dims()
+                    )));
+                }
+                (0, self.blocks.embed(ids)?)
+            }
+            Start::Resid { layer, resid } => {
+                if *layer > info.n_layers {
+                    return Err(ModelError::InvalidRequest(format!(
+                        "start layer {layer} is past the last block ({} layers)",
+                        info.n_layers
+                    )));
+                }
+                if resid.rank() != 3 || resid.dim(2)? != info.d_model {
+                    return Err(ModelError::InvalidRequest(format!(
+                        "cached residual must be [prompts, positions, {}], got {:?}",
+                        info.d_model,
+                        resid.dims()
+                    )));
+                }
+                (*layer, resid.to_dtype(info.dtype)?)
+            }
+        };
+        let (prompts, seq_len, _) = resid.dims3()?;
+        let mut hooks = RunHooks::new(
+            info,
+            req.interventions.as_ref(),
+            start_layer,
+            req.capture.z,
+            req.capture.mlp,
+            info.dtype,
+            &self.device,
+        )?;
+        let v = hooks.n_variants();
+        let mut x = if v == 1 {
+            resid
+        } else {
+            resid
+                .unsqueeze(0)?
+                .broadcast_as((v, prompts, seq_len, info.d_model))?
+                .reshape((v * prompts, seq_len, info.d_model))?
+        };
+        let ctx = self.blocks.seq_ctx(seq_len)?;
+        for layer in start_layer..info.n_layers {
+            if req.capture.resid {
+                hooks.captured.resid[layer] = Some(x.clone());
+            }
+            x = self.blocks.block(layer, &x, &ctx, &mut hooks)?;
+        }
+        let logits = self.logits(&x, &req.logits)?;
+        Ok(RunOutput {
+            logits,
+            captured: hooks.captured,
+        })
+    }
+
+    /// Final norm and unembedding of only what `sel` asks for, returned in f32.
+    fn logits(&self, x: &Tensor, sel: &LogitSelection) -> Result<Option<Tensor>, ModelError> {
+        let (_, t, _) = x.dims3()?;
+        let w = self.blocks.unembed();
+        let out = match sel {
+            LogitSelection::None => return Ok(None),
+            LogitSelection::Last => {
+                let h = self.blocks.final_norm(&x.i((.., t - 1, ..))?.contiguous()?)?;
+                h.matmul(&w.t()?)?
+            }
+            LogitSelection::LastIds(ids) => {
+                let vocab = self.info.vocab_size;
+                if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+                    return Err(ModelError::InvalidRequest(format!(
+                        "logit id {bad} is outside the vocabulary of {vocab}"
+                    )));
+                }
+                let idx = Tensor::new(ids.as_slice(), w.device())?;
+                let rows = w.index_select(&idx, 0)?;
+                let h = self.blocks.final_norm(&x.i((.., t - 1, ..))?.contiguous()?)?;
+                h.matmul(&rows.t()?)?
+            }
+            LogitSelection::All => {
+                let h = self.blocks.final_norm(x)?;
+                h.broadcast_matmul(&w.t()?)?
+            }
+        };
+        Ok(Some(out.to_dtype(DType::F32)?))
+    }
+}

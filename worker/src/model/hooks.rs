@@ -1,0 +1,258 @@
+//! Interventions: per-variant replacement of head outputs and MLP outputs, batched so that
+//! many variants run in one forward pass.
+
+use candle_core::{DType, Device, Tensor};
+use circuit_sweep_common::Component;
+
+use super::{Captured, ModelError, ModelInfo};
+
+/// Replacement activations for every component: what an ablated component's output becomes.
+///
+/// Each tensor's first dimension is 1 (the same replacement for every prompt, e.g. a mean or
+/// zeros) or the number of prompts (a paired activation, e.g. resample ablation).
+#[derive(Debug, Clone)]
+pub struct Ablation {
+    /// Per layer, `[1 | prompts, positions, n_heads, d_head]`.
+    pub z: Vec<Tensor>,
+    /// Per layer, `[1 | prompts, positions, d_model]`.
+    pub mlp: Vec<Tensor>,
+}
+
+impl Ablation {
+    /// Zero ablation for sequences of `seq_len` positions.
+    pub fn zeros(info: &ModelInfo, seq_len: usize, dtype: DType, device: &Device) -> candle_core::Result<Self> {
+        let z = Tensor::zeros((1, seq_len, info.n_heads, info.d_head), dtype, device)?;
+        let m = Tensor::zeros((1, seq_len, info.d_model), dtype, device)?;
+        Ok(Ablation {
+            z: vec![z; info.n_layers],
+            mlp: vec![m; info.n_layers],
+        })
+    }
+
+    /// Replacement by captured activations (`Captured` from a pass with `z` and `mlp` captured
+    /// from layer 0): resample or denoising when the capture has one row per prompt, mean
+    /// ablation after [`Ablation::mean_over_prompts`].
+    pub fn from_captured(c: &Captured) -> Result<Self, ModelError> {
+        let take = |v: &[Option<Tensor>], what: &str| -> Result<Vec<Tensor>, ModelError> {
+            v.iter()
+                .enumerate()
+                .map(|(l, t)| {
+                    t.clone().ok_or_else(|| {
+                        ModelError::InvalidRequest(format!("capture has no `{what}` for layer {l}"))
+                    })
+                })
+                .collect()
+        };
+        Ok(Ablation {
+            z: take(&c.z, "z")?,
+            mlp: take(&c.mlp, "mlp")?,
+        })
+    }
+
+    /// Per-position mean over prompts (the spec's mean ablation), keeping a leading dim of 1.
+    pub fn mean_over_prompts(&self) -> candle_core::Result<Self> {
+        let mean = |ts: &[Tensor]| -> candle_core::Result<Vec<Tensor>> {
+            ts.iter().map(|t| t.mean_keepdim(0)).collect()
+        };
+        Ok(Ablation {
+            z: mean(&self.z)?,
+            mlp: mean(&self.mlp)?,
+        })
+    }
+}
+
+/// Variants of a forward pass: in variant `v` the components `variants[v]` are replaced by
+/// their values in `values`, all others run as usual.
+#[derive(Debug, Clone)]
+pub struct Interventions<'a> {
+    /// Replacement activations.
+    pub values: &'a Ablation,
+    /// Components replaced in each variant (an empty set is the unablated model).
+    pub variants: Vec<Vec<Component>>,
+}
+
+/// Hook points a block calls; the driver implements them.
+pub(crate) trait LayerHooks {
+    /// Head outputs `[B, T, n_heads, d_head]` of `layer`; returns what the block continues with.
+    fn z(&mut self, layer: usize, z: Tensor) -> Result<Tensor, ModelError>;
+    /// MLP output `[B, T, d_model]` of `layer`; returns what is added to the residual stream.
+    fn mlp(&mut self, layer: usize, m: Tensor) -> Result<Tensor, ModelError>;
+}
+
+/// Per-layer masks built from the variants: `keep` is 1 where the model's own activation is
+/// kept, `put` 1 where the replacement goes. Layers no variant touches have none (no work).
+struct LayerMask {
+    keep: Tensor,
+    put: Tensor,
+}
+
+/// The driver's hooks: applies interventions, then captures.
+pub(crate) struct RunHooks<'a> {
+    n_variants: usize,
+    values: Option<&'a Ablation>,
+    z_masks: Vec<Option<LayerMask>>,
+    mlp_masks: Vec<Option<LayerMask>>,
+    capture_z: bool,
+    capture_mlp: bool,
+    pub(crate) captured: Captured,
+}
+
+impl<'a> RunHooks<'a> {
+    /// Builds masks for `interventions` on a model of shape `info`, starting at `start_layer`.
+    pub(crate) fn new(
+        info: &ModelInfo,
+        interventions: Option<&Interventions<'a>>,
+        start_layer: usize,
+        capture_z: bool,
+        capture_mlp: bool,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let n_layers = info.n_layers;
+        let mut z_masks: Vec<Option<LayerMask>> = (0..n_layers).map(|_| None).collect();
+        let mut mlp_masks: Vec<Option<LayerMask>> = (0..n_layers).map(|_| None).collect();
+        let (n_variants, values) = match interventions {
+            None => (1, None),
+            Some(iv) => {
+                let v = iv.variants.len();
+                if v == 0 {
+                    return Err(ModelError::InvalidRequest("interventions with no variants".into()));
+                }
+                check_values(info, iv.values)?;
+                let mut head_put = vec![vec![0f32; v * info.n_heads]; n_layers];
+                let mut mlp_put = vec![vec![0f32; v]; n_layers];
+                let mut head_used = vec![false; n_layers];
+                let mut mlp_used = vec![false; n_layers];
+                for (vi, comps) in iv.variants.iter().enumerate() {
+                    for c in comps {
+                        c.check(n_layers, info.n_heads)
+                            .map_err(|e| ModelError::InvalidRequest(e.to_string()))?;
+                        if c.layer() < start_layer {
+                            return Err(ModelError::InvalidRequest(format!(
+                                "variant {vi} replaces {c}, below the start layer {start_layer}: \
+                                 start from an earlier cached residual stream"
+                            )));
+                        }
+                        match *c {
+                            Component::Head { layer, head } => {
+                                head_put[layer][vi * info.n_heads + head] = 1.0;
+                                head_used[layer] = true;
+                            }
+                            Component::Mlp { layer } => {
+                                mlp_put[layer][vi] = 1.0;
+                                mlp_used[layer] = true;
+                            }
+                        }
+                    }
+                }
+                let build = |put: Vec<f32>, shape: &[usize]| -> candle_core::Result<LayerMask> {
+                    let keep: Vec<f32> = put.iter().map(|p| 1.0 - p).collect();
+                    Ok(LayerMask {
+                        keep: Tensor::from_vec(keep, shape, device)?.to_dtype(dtype)?,
+                        put: Tensor::from_vec(put, shape, device)?.to_dtype(dtype)?,
+                    })
+                };
+                for l in 0..n_layers {
+                    if head_used[l] {
+                        let put = std::mem::take(&mut head_put[l]);
+                        z_masks[l] = Some(build(put, &[v, 1, 1, info.n_heads, 1])?);
+                    }
+                    if mlp_used[l] {
+                        let put = std::mem::take(&mut mlp_put[l]);
+                        mlp_masks[l] = Some(build(put, &[v, 1, 1, 1])?);
+                    }
+                }
+                (v, Some(iv.values))
+            }
+        };
+        Ok(RunHooks {
+            n_variants,
+            values,
+            z_masks,
+            mlp_masks,
+            capture_z,
+            capture_mlp,
+            captured: Captured {
+                resid: vec![None; n_layers],
+                z: vec![None; n_layers],
+                mlp: vec![None; n_layers],
+            },
+        })
+    }
+
+    /// Number of variants (rows of the batch are `variants * prompts`).
+    pub(crate) fn n_variants(&self) -> usize {
+        self.n_variants
+    }
+
+    /// `x * keep + value * put`, with rows split as `[variants, prompts, ...]`. Written this way
+    /// (not `x + (value - x) * put`) so a replaced activation equals its value bit for bit.
+    fn apply(&self, x: Tensor, mask: &LayerMask, value: &Tensor) -> Result<Tensor, ModelError> {
+        let dims = x.dims().to_vec();
+        let v = self.n_variants;
+        let p = dims[0] / v;
+        let mut split = vec![v, p];
+        split.extend_from_slice(&dims[1..]);
+        let x5 = x.reshape(split.as_slice())?;
+        let val = value.unsqueeze(0)?;
+        let out = x5
+            .broadcast_mul(&mask.keep)?
+            .broadcast_add(&val.broadcast_mul(&mask.put)?)?;
+        Ok(out.reshape(dims.as_slice())?)
+    }
+}
+
+/// Checks that replacement values have the model's shape, naming the first mismatch.
+fn check_values(info: &ModelInfo, values: &Ablation) -> Result<(), ModelError> {
+    if values.z.len() != info.n_layers || values.mlp.len() != info.n_layers {
+        return Err(ModelError::InvalidRequest(format!(
+            "ablation values cover {} z layers and {} mlp layers, the model has {}",
+            values.z.len(),
+            values.mlp.len(),
+            info.n_layers
+        )));
+    }
+    for (l, z) in values.z.iter().enumerate() {
+        let d = z.dims();
+        if d.len() != 4 || d[2] != info.n_heads || d[3] != info.d_head {
+            return Err(ModelError::InvalidRequest(format!(
+                "ablation value z[{l}] has shape {d:?}, expected [1|prompts, positions, {}, {}]",
+                info.n_heads, info.d_head
+            )));
+        }
+    }
+    for (l, m) in values.mlp.iter().enumerate() {
+        let d = m.dims();
+        if d.len() != 3 || d[2] != info.d_model {
+            return Err(ModelError::InvalidRequest(format!(
+                "ablation value mlp[{l}] has shape {d:?}, expected [1|prompts, positions, {}]",
+                info.d_model
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl LayerHooks for RunHooks<'_> {
+    fn z(&mut self, layer: usize, z: Tensor) -> Result<Tensor, ModelError> {
+        let z = match (&self.z_masks[layer], self.values) {
+            (Some(mask), Some(values)) => self.apply(z, mask, &values.z[layer])?,
+            _ => z,
+        };
+        if self.capture_z {
+            self.captured.z[layer] = Some(z.clone());
+        }
+        Ok(z)
+    }
+
+    fn mlp(&mut self, layer: usize, m: Tensor) -> Result<Tensor, ModelError> {
+        let m = match (&self.mlp_masks[layer], self.values) {
+            (Some(mask), Some(values)) => self.apply(m, mask, &values.mlp[layer])?,
+            _ => m,
+        };
+        if self.capture_mlp {
+            self.captured.mlp[layer] = Some(m.clone());
+        }
+        Ok(m)
+    }
+}

@@ -1,0 +1,181 @@
+//! Building blocks shared by the architectures: norms, activations, rotary tables, attention.
+
+use candle_core::{D, DType, Device, Tensor};
+use candle_nn::{LayerNorm, Linear, RmsNorm};
+
+use crate::load::{LoadError, WeightSource};
+
+/// Per-sequence-length state shared by all blocks of one forward pass.
+pub(crate) struct SeqCtx {
+    /// Additive causal mask `[T, T]` in f32 (0 on and below the diagonal, -inf above).
+    pub mask: Tensor,
+    /// Rotary `cos` and `sin` tables `[T, rotary_dim / 2]` in the model dtype, if rotary.
+    pub rope: Option<(Tensor, Tensor)>,
+}
+
+impl SeqCtx {
+    /// Builds the mask, and the rotary tables when `rotary` is given.
+    pub fn new(seq_len: usize, rotary: Option<&Rotary>, device: &Device) -> candle_core::Result<Self> {
+        let mask: Vec<f32> = (0..seq_len)
+            .flat_map(|i| (0..seq_len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (seq_len, seq_len), device)?;
+        let rope = rotary.map(|r| r.tables(seq_len)).transpose()?;
+        Ok(SeqCtx { mask, rope })
+    }
+}
+
+/// Rotary position embedding frequencies (Hugging Face's `rotate_half` layout).
+#[derive(Debug, Clone)]
+pub(crate) struct Rotary {
+    inv_freq: Vec<f32>,
+    dtype: DType,
+    device: Device,
+}
+
+impl Rotary {
+    /// Plain frequencies `1 / theta^(2i / dim)`, computed in f32 as `transformers` does.
+    pub fn new(dim: usize, theta: f64, dtype: DType, device: &Device) -> Self {
+        let base = theta as f32;
+        let inv_freq = (0..dim / 2)
+            .map(|i| 1.0 / base.powf((2 * i) as f32 / dim as f32))
+            .collect();
+        Rotary {
+            inv_freq,
+            dtype,
+            device: device.clone(),
+        }
+    }
+
+    /// The frequencies, for scaling.
+    pub fn inv_freq_mut(&mut self) -> &mut Vec<f32> {
+        &mut self.inv_freq
+    }
+
+    /// `cos` and `sin` tables for positions `0..seq_len`.
+    fn tables(&self, seq_len: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(seq_len * half);
+        let mut sin = Vec::with_capacity(seq_len * half);
+        for t in 0..seq_len {
+            for &f in &self.inv_freq {
+                let a = t as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (seq_len, half), &self.device)?.to_dtype(self.dtype)?;
+        let sin = Tensor::from_vec(sin, (seq_len, half), &self.device)?.to_dtype(self.dtype)?;
+        Ok((cos, sin))
+    }
+}
+
+/// Applies rotary embedding to the first `cos.dim(1) * 2` features of each head of `x`
+/// (`[B, H, T, d_head]`), leaving the rest as is (partial rotary, as in GPT-NeoX).
+pub(crate) fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    let d_head = x.dim(D::Minus1)?;
+    let rot = cos.dim(1)? * 2;
+    if rot == d_head {
+        return candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin);
+    }
+    let x_rot = x.narrow(D::Minus1, 0, rot)?.contiguous()?;
+    let x_pass = x.narrow(D::Minus1, rot, d_head - rot)?;
+    let x_rot = candle_nn::rotary_emb::rope(&x_rot, cos, sin)?;
+    Tensor::cat(&[&x_rot, &x_pass], D::Minus1)?.contiguous()
+}
+
+/// Causal softmax attention. `q`, `k`, `v` are `[B, H, T, d_head]` (`k`, `v` already repeated
+/// for grouped-query attention); scores and softmax run in f32. Returns `z` as `[B, T, H, d_head]`.
+pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    let d_head = q.dim(D::Minus1)?;
+    let scale = 1.0 / (d_head as f64).sqrt();
+    let scores = (q.contiguous()?.matmul(&k.contiguous()?.t()?)? * scale)?;
+    let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+    probs.matmul(&v.contiguous()?)?.transpose(1, 2)?.contiguous()
+}
+
+/// Repeats key/value heads `[B, H_kv, T, d]` to `[B, H_kv * n_rep, T, d]` (grouped-query).
+pub(crate) fn repeat_kv(x: Tensor, n_rep: usize) -> candle_core::Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x);
+    }
+    let (b, h, t, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, h, n_rep, t, d))?
+        .reshape((b, h * n_rep, t, d))
+}
+
+/// The MLP nonlinearities of the supported models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Activation {
+    /// tanh approximation (GPT-2's `gelu_new`, `gelu_pytorch_tanh`, `gelu_fast`).
+    GeluTanh,
+    /// exact erf GELU (`gelu`).
+    GeluErf,
+    /// `relu`.
+    Relu,
+    /// `silu` / `swish`.
+    Silu,
+}
+
+impl Activation {
+    /// Parses a Hugging Face activation name; `None` if unsupported.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "gelu" => Activation::GeluErf,
+            "relu" => Activation::Relu,
+            "silu" | "swish" => Activation::Silu,
+            _ => return None,
+        })
+    }
+
+    /// Applies the activation.
+    pub fn forward(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Activation::GeluTanh => x.gelu(),
+            Activation::GeluErf => x.gelu_erf(),
+            Activation::Relu => x.relu(),
+            Activation::Silu => x.silu(),
+        }
+    }
+}
+
+/// A linear layer `y = x W^T + b` with `W` as `[out, in]`.
+pub(crate) fn linear(
+    w: &dyn WeightSource,
+    prefix: &str,
+    out_dim: usize,
+    in_dim: usize,
+    bias: bool,
+) -> Result<Linear, LoadError> {
+    let weight = w.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
+    let bias = if bias {
+        Some(w.get(&format!("{prefix}.bias"), &[out_dim])?)
+    } else {
+        None
+    };
+    Ok(Linear::new(weight, bias))
+}
+
+/// A linear layer stored as GPT-2's `Conv1D` (`W` as `[in, out]`), transposed on load.
+pub(crate) fn conv1d(w: &dyn WeightSource, prefix: &str, in_dim: usize, out_dim: usize) -> Result<Linear, LoadError> {
+    let weight = w.get(&format!("{prefix}.weight"), &[in_dim, out_dim])?;
+    let weight = weight.t().and_then(|t| t.contiguous()).map_err(|e| LoadError::tensor_op(prefix, e))?;
+    let bias = w.get(&format!("{prefix}.bias"), &[out_dim])?;
+    Ok(Linear::new(weight, Some(bias)))
+}
+
+/// LayerNorm with weight and bias.
+pub(crate) fn layer_norm(w: &dyn WeightSource, prefix: &str, dim: usize, eps: f64) -> Result<LayerNorm, LoadError> {
+    let weight = w.get(&format!("{prefix}.weight"), &[dim])?;
+    let bias = w.get(&format!("{prefix}.bias"), &[dim])?;
+    Ok(LayerNorm::new(weight, bias, eps))
+}
+
+/// RMSNorm with weight.
+pub(crate) fn rms_norm(w: &dyn WeightSource, prefix: &str, dim: usize, eps: f64) -> Result<RmsNorm, LoadError> {
+    let weight = w.get(&format!("{prefix}.weight"), &[dim])?;
+    Ok(RmsNorm::new(weight, eps))
+}

@@ -1,0 +1,247 @@
+//! Hooked transformer models: one forward pass that can capture head outputs `z[l,h]`, MLP
+//! outputs `m[l]` and the residual stream, replace any of them per variant, start from a cached
+//! residual stream, and compute only the logits a metric needs.
+
+mod driver;
+mod gpt2;
+mod hooks;
+mod layers;
+mod llama;
+mod neox;
+
+use std::fmt;
+
+use candle_core::{DType, Device, Tensor};
+
+pub use gpt2::Gpt2Config;
+pub use hooks::{Ablation, Interventions};
+pub use llama::{LlamaConfig, RopeScaling};
+pub use neox::NeoxConfig;
+
+pub(crate) use gpt2::Gpt2;
+pub(crate) use llama::Llama;
+pub(crate) use neox::Neox;
+
+/// Errors of a forward pass.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A tensor operation failed (shape, dtype or device problem inside candle).
+    #[error("tensor operation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// The request itself is inconsistent with the model (named field says what).
+    #[error("invalid run request: {0}")]
+    InvalidRequest(String),
+}
+
+/// The model families this engine implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Architecture {
+    /// GPT-2: learned positions, LayerNorm, gelu_new, tied unembedding.
+    Gpt2,
+    /// Llama family (Llama-2, Llama-3, SmolLM2): RMSNorm, rotary, grouped-query attention.
+    Llama,
+    /// GPT-NeoX / Pythia: parallel residual, partial rotary, LayerNorm.
+    GptNeox,
+}
+
+impl fmt::Display for Architecture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Architecture::Gpt2 => "gpt2",
+            Architecture::Llama => "llama",
+            Architecture::GptNeox => "gpt_neox",
+        })
+    }
+}
+
+/// Facts about a loaded model, as `model info` prints them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelInfo {
+    /// Model family.
+    pub architecture: Architecture,
+    /// Transformer blocks.
+    pub n_layers: usize,
+    /// Query heads per layer.
+    pub n_heads: usize,
+    /// Key/value heads per layer (fewer than `n_heads` with grouped-query attention).
+    pub n_kv_heads: usize,
+    /// Width of the residual stream.
+    pub d_model: usize,
+    /// Width of one head.
+    pub d_head: usize,
+    /// Hidden width of the MLP.
+    pub d_mlp: usize,
+    /// Vocabulary size (rows of the unembedding).
+    pub vocab_size: usize,
+    /// Longest context the model was trained for.
+    pub context_length: usize,
+    /// Rotary base, where the model uses rotary embeddings.
+    pub rope_theta: Option<f64>,
+    /// Whether the unembedding is the token embedding.
+    pub tied_embeddings: bool,
+    /// Parameter count (tied matrices counted once).
+    pub parameters: u64,
+    /// Dtype the weights are held in.
+    #[serde(serialize_with = "serialize_dtype")]
+    pub dtype: DType,
+}
+
+fn serialize_dtype<S: serde::Serializer>(d: &DType, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(d.as_str())
+}
+
+/// Where a forward pass starts.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// From token ids, `[prompts, positions]` u32.
+    Tokens(Tensor),
+    /// From the cached residual stream at the input of block `layer`, `[prompts, positions,
+    /// d_model]`; blocks below `layer` are not recomputed.
+    Resid {
+        /// Block whose input `resid` is.
+        layer: usize,
+        /// The residual stream at that block's input.
+        resid: Tensor,
+    },
+}
+
+/// Which logits to compute.
+#[derive(Debug, Clone, Default)]
+pub enum LogitSelection {
+    /// None (capture-only passes).
+    #[default]
+    None,
+    /// The full vocabulary at the last position: `[rows, vocab]` (for KL and predictions).
+    Last,
+    /// Only these token ids at the last position: `[rows, ids.len()]` (for logit differences).
+    LastIds(Vec<u32>),
+    /// The full vocabulary at every position: `[rows, positions, vocab]` (tests, generation).
+    All,
+}
+
+/// What to capture during a forward pass (every layer from the start layer up).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Capture {
+    /// The residual stream at each block's input, `[rows, pos, d_model]`.
+    pub resid: bool,
+    /// Head outputs, `[rows, pos, n_heads, d_head]` per layer.
+    pub z: bool,
+    /// MLP outputs, `[rows, pos, d_model]` per layer.
+    pub mlp: bool,
+}
+
+impl Capture {
+    /// Capture everything.
+    pub fn all() -> Self {
+        Capture {
+            resid: true,
+            z: true,
+            mlp: true,
+        }
+    }
+}
+
+/// Captured activations, indexed by layer; `None` for layers not captured (below the start).
+#[derive(Debug, Clone, Default)]
+pub struct Captured {
+    /// Residual stream at each block's input.
+    pub resid: Vec<Option<Tensor>>,
+    /// Head outputs `z`, after any intervention.
+    pub z: Vec<Option<Tensor>>,
+    /// MLP outputs, after any intervention.
+    pub mlp: Vec<Option<Tensor>>,
+}
+
+/// One forward pass: where it starts, what it replaces, what it returns.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest<'a> {
+    /// Tokens or a cached residual stream. Required.
+    pub start: Option<Start>,
+    /// Variants of replaced components; rows of the output are variant-major
+    /// (`row = variant * prompts + prompt`). Without interventions there is one variant.
+    pub interventions: Option<Interventions<'a>>,
+    /// Activations to capture.
+    pub capture: Capture,
+    /// Logits to compute.
+    pub logits: LogitSelection,
+}
+
+/// Output of a forward pass.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// Logits as selected, in f32, or `None` when none were asked for.
+    pub logits: Option<Tensor>,
+    /// Captured activations.
+    pub captured: Captured,
+}
+
+/// The per-architecture part of a model: embedding, blocks with hook points, final norm,
+/// unembedding. The shared driver (`driver.rs`) runs it.
+pub(crate) trait Blocks: Send + Sync {
+    /// Token ids `[B, T]` to the residual stream at block 0's input.
+    fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor>;
+    /// Per-sequence-length state (causal mask, rotary tables).
+    fn seq_ctx(&self, seq_len: usize) -> candle_core::Result<layers::SeqCtx>;
+    /// Block `layer` on the residual stream `x`, calling the hooks at `z` and the MLP output.
+    fn block(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        ctx: &layers::SeqCtx,
+        hooks: &mut dyn hooks::LayerHooks,
+    ) -> Result<Tensor, ModelError>;
+    /// Final normalisation of the residual stream.
+    fn final_norm(&self, x: &Tensor) -> candle_core::Result<Tensor>;
+    /// Unembedding matrix `[vocab, d_model]`.
+    fn unembed(&self) -> &Tensor;
+}
+
+/// A loaded model with hook points, on one device in one dtype.
+pub struct HookedModel {
+    info: ModelInfo,
+    blocks: Box<dyn Blocks>,
+    device: Device,
+}
+
+impl fmt::Debug for HookedModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HookedModel").field("info", &self.info).finish()
+    }
+}
+
+impl HookedModel {
+    pub(crate) fn new(info: ModelInfo, blocks: Box<dyn Blocks>, device: Device) -> Self {
+        HookedModel {
+            info,
+            blocks,
+            device,
+        }
+    }
+
+    /// Facts about the model.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Token ids (one row per prompt, all the same length) as a `[prompts, positions]` tensor.
+    pub fn tokens(&self, rows: &[Vec<u32>]) -> Result<Tensor, ModelError> {
+        let t = rows.first().map_or(0, Vec::len);
+        if t == 0 {
+            return Err(ModelError::InvalidRequest("no tokens to run".into()));
+        }
+        if let Some((i, r)) = rows.iter().enumerate().find(|(_, r)| r.len() != t) {
+            return Err(ModelError::InvalidRequest(format!(
+                "prompt {i} has {} tokens but prompt 0 has {t}: prompts in one batch must have equal length",
+                r.len()
+            )));
+        }
+        let flat: Vec<u32> = rows.iter().flatten().copied().collect();
+        Ok(Tensor::from_vec(flat, (rows.len(), t), &self.device)?)
+    }
+}
