@@ -120,7 +120,9 @@ pub fn fetch(models_dir: &Path, python: &str) -> Result<PathBuf, FetchError> {
         tracing::warn!("{} has sha256 {found}: fetching it again", target.display());
     }
     std::fs::create_dir_all(models_dir).map_err(io(models_dir))?;
-    let tmp = models_dir.join(".fetch");
+    // A folder per process, so concurrent fetches (parallel test runners) do not collide; the
+    // final rename is atomic and every fetch writes identical, hash-checked bytes.
+    let tmp = models_dir.join(format!(".fetch-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }

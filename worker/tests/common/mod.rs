@@ -36,3 +36,19 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     let b = b.to_dtype(candle_core::DType::F32).unwrap();
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
 }
+
+/// The default model (SmolLM2-135M GGUF), fetched through the project's own fetch command into
+/// `$CIRCUIT_SWEEP_MODELS` or `<workspace>/models` when absent, and loaded in f32.
+pub fn default_model() -> LoadedModel {
+    use circuit_sweep_worker::default_model as dm;
+    static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let dir = std::env::var_os(dm::MODELS_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"));
+    let path = {
+        let _guard = FETCH.lock().unwrap_or_else(|e| e.into_inner());
+        let python = std::env::var("CIRCUIT_SWEEP_PYTHON").unwrap_or_else(|_| "python3".into());
+        dm::fetch(&dir, &python).unwrap_or_else(|e| panic!("fetching the default model: {e}"))
+    };
+    load_model(&path, &LoadOptions::default()).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
+}

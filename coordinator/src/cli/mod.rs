@@ -1,0 +1,52 @@
+//! The command line: every flag is also readable from an environment variable.
+
+mod model;
+mod predict;
+mod resolve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Find circuits inside transformer language models by ablation.
+#[derive(Debug, Parser)]
+#[command(name = "circuit-sweep", version, about)]
+pub struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax: `info`, `debug`, `circuit_sweep_worker=trace`).
+    #[arg(long, global = true, env = "CIRCUIT_SWEEP_LOG", default_value = "info")]
+    pub log: String,
+    /// Folder holding downloaded models (the default model is fetched here).
+    #[arg(long, global = true, env = "CIRCUIT_SWEEP_MODELS", default_value = "models")]
+    pub models_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Inspect or fetch models.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+    /// Print a prompt's tokens and the model's top next tokens.
+    Predict(predict::PredictArgs),
+}
+
+/// Logs go to stderr, so `--json` output on stdout stays clean.
+pub fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Model(cmd) => model::run(cmd, &cli.models_dir),
+        Command::Predict(args) => predict::run(args, &cli.models_dir),
+    }
+}

@@ -1,0 +1,194 @@
+//! Interventions: re-injecting captured activations is exact, a pass started from the cached
+//! residual stream equals a full pass, and variants batched in one pass equal separate passes.
+
+mod common;
+
+use candle_core::{IndexOp, Tensor};
+use circuit_sweep_common::Component;
+use circuit_sweep_worker::{
+    Ablation, Capture, HookedModel, Interventions, LogitSelection, ModelError, RunRequest, Start,
+};
+use common::*;
+
+fn ids_of(name: &str) -> Vec<Vec<u32>> {
+    id_rows(&expected(name)["input_ids"])
+}
+
+fn capture(model: &HookedModel, ids: &Tensor) -> circuit_sweep_worker::RunOutput {
+    model
+        .run(&RunRequest { start: Some(Start::Tokens(ids.clone())), capture: Capture::all(), logits: LogitSelection::Last, ..Default::default() })
+        .unwrap()
+}
+
+fn run_variants(model: &HookedModel, start: Start, values: &Ablation, variants: Vec<Vec<Component>>) -> Tensor {
+    model
+        .run(&RunRequest {
+            start: Some(start),
+            interventions: Some(Interventions { values, variants }),
+            logits: LogitSelection::Last,
+            ..Default::default()
+        })
+        .unwrap()
+        .logits
+        .unwrap()
+}
+
+/// A deterministic spread of components: some heads and MLPs in several layers.
+fn some_components(model: &HookedModel, from_layer: usize) -> Vec<Component> {
+    let i = model.info();
+    Component::all(i.n_layers, i.n_heads)
+        .into_iter()
+        .filter(|c| c.layer() >= from_layer)
+        .enumerate()
+        .filter(|(k, _)| k % 3 == 0)
+        .map(|(_, c)| c)
+        .collect()
+}
+
+fn reinjection_is_exact(model: &HookedModel, rows: &[Vec<u32>]) {
+    let ids = model.tokens(rows).unwrap();
+    let base = capture(model, &ids);
+    let values = Ablation::from_captured(&base.captured).unwrap();
+    let i = model.info();
+    let everything = Component::all(i.n_layers, i.n_heads);
+    let got = run_variants(model, Start::Tokens(ids), &values, vec![everything, vec![]]);
+    let n = rows.len();
+    let want = base.logits.unwrap();
+    assert_eq!(max_abs_diff(&got.i(..n).unwrap(), &want), 0.0, "all components re-injected");
+    assert_eq!(max_abs_diff(&got.i(n..).unwrap(), &want), 0.0, "the empty variant");
+}
+
+fn cached_start_equals_full_pass(model: &HookedModel, rows: &[Vec<u32>], corrupt: &[Vec<u32>], layer: usize) {
+    let ids = model.tokens(rows).unwrap();
+    let corrupt = model.tokens(corrupt).unwrap();
+    let means = Ablation::from_captured(&capture(model, &corrupt).captured).unwrap().mean_over_prompts().unwrap();
+    let comps = some_components(model, layer);
+    assert!(!comps.is_empty());
+    let variants = vec![comps.clone(), comps[..1].to_vec(), vec![]];
+    let full = run_variants(model, Start::Tokens(ids.clone()), &means, variants.clone());
+    let resid = capture(model, &ids).captured.resid[layer].clone().unwrap();
+    let cached = run_variants(model, Start::Resid { layer, resid }, &means, variants);
+    let d = max_abs_diff(&full, &cached);
+    assert!(d <= 1e-5, "start at layer {layer}: {d}");
+    // And the ablation did something, so the comparison means something.
+    let plain = capture(model, &ids).logits.unwrap();
+    let n = rows.len();
+    assert!(max_abs_diff(&full.i(..n).unwrap(), &plain) > 1e-3);
+}
+
+fn batched_variants_equal_separate_passes(model: &HookedModel, rows: &[Vec<u32>]) {
+    let ids = model.tokens(rows).unwrap();
+    let values = Ablation::zeros(model.info(), rows[0].len(), model.info().dtype, model.device()).unwrap();
+    let i = model.info();
+    let variants: Vec<Vec<Component>> = vec![
+        vec![Component::Head { layer: 0, head: 0 }],
+        vec![Component::Mlp { layer: i.n_layers - 1 }],
+        vec![Component::Head { layer: 1, head: i.n_heads - 1 }, Component::Mlp { layer: 0 }],
+        vec![],
+    ];
+    let batched = run_variants(model, Start::Tokens(ids.clone()), &values, variants.clone());
+    let n = rows.len();
+    for (v, comps) in variants.into_iter().enumerate() {
+        let alone = run_variants(model, Start::Tokens(ids.clone()), &values, vec![comps.clone()]);
+        let d = max_abs_diff(&batched.i(v * n..(v + 1) * n).unwrap(), &alone);
+        assert!(d <= 1e-5, "variant {v} ({comps:?}): {d}");
+    }
+}
+
+#[test]
+fn reinjection_reproduces_logits_exactly_on_every_architecture() {
+    for name in ["gpt2", "llama", "llama3_sharded", "neox", "neox_sequential"] {
+        let m = load_fixture(name);
+        reinjection_is_exact(&m.model, &ids_of(name));
+    }
+}
+
+#[test]
+fn cached_residual_start_equals_full_forward_on_every_architecture() {
+    for name in ["gpt2", "llama", "neox"] {
+        let m = load_fixture(name);
+        let rows = ids_of(name);
+        let corrupt: Vec<Vec<u32>> = rows.iter().map(|r| r.iter().map(|&t| (t * 7 + 3) % 96).collect()).collect();
+        for layer in [0, 1, 2] {
+            cached_start_equals_full_pass(&m.model, &rows, &corrupt, layer);
+        }
+    }
+}
+
+#[test]
+fn batched_variants_equal_separate_passes_on_every_architecture() {
+    for name in ["gpt2", "llama", "neox"] {
+        let m = load_fixture(name);
+        batched_variants_equal_separate_passes(&m.model, &ids_of(name));
+    }
+}
+
+#[test]
+fn resample_values_are_per_prompt() {
+    // Resample ablation: each prompt gets its own paired activation; swapping the pairing
+    // must change the result, and pairing a prompt with itself must change nothing.
+    let m = load_fixture("llama");
+    let rows = ids_of("llama");
+    let ids = m.model.tokens(&rows).unwrap();
+    let base = capture(&m.model, &ids);
+    let own = Ablation::from_captured(&base.captured).unwrap();
+    let comps = vec![Component::Head { layer: 1, head: 3 }, Component::Mlp { layer: 2 }];
+    let same = run_variants(&m.model, Start::Tokens(ids.clone()), &own, vec![comps.clone()]);
+    assert_eq!(max_abs_diff(&same, base.logits.as_ref().unwrap()), 0.0);
+    let swapped_rows: Vec<Vec<u32>> = rows.iter().rev().cloned().collect();
+    let swapped = Ablation::from_captured(&capture(&m.model, &m.model.tokens(&swapped_rows).unwrap()).captured).unwrap();
+    let other = run_variants(&m.model, Start::Tokens(ids), &swapped, vec![comps]);
+    assert!(max_abs_diff(&other, base.logits.as_ref().unwrap()) > 1e-3);
+}
+
+#[test]
+fn bad_requests_are_refused_with_a_reason() {
+    let m = load_fixture("gpt2");
+    let rows = ids_of("gpt2");
+    let ids = m.model.tokens(&rows).unwrap();
+    let base = capture(&m.model, &ids);
+    let values = Ablation::from_captured(&base.captured).unwrap();
+    let resid = base.captured.resid[2].clone().unwrap();
+    let below = m.model.run(&RunRequest {
+        start: Some(Start::Resid { layer: 2, resid }),
+        interventions: Some(Interventions { values: &values, variants: vec![vec![Component::Head { layer: 1, head: 0 }]] }),
+        ..Default::default()
+    });
+    assert!(matches!(&below, Err(ModelError::InvalidRequest(m)) if m.contains("h1.0") && m.contains("start layer 2")), "{below:?}");
+    let outside = m.model.run(&RunRequest {
+        start: Some(Start::Tokens(ids.clone())),
+        interventions: Some(Interventions { values: &values, variants: vec![vec![Component::Head { layer: 40, head: 2 }]] }),
+        ..Default::default()
+    });
+    assert!(matches!(&outside, Err(ModelError::InvalidRequest(m)) if m.contains("h40.2")), "{outside:?}");
+    let uneven = m.model.tokens(&[vec![1, 2, 3], vec![1, 2]]);
+    assert!(matches!(&uneven, Err(ModelError::InvalidRequest(m)) if m.contains("prompt 1 has 2 tokens")), "{uneven:?}");
+    let vocab = m.model.run(&RunRequest { start: Some(Start::Tokens(ids)), logits: LogitSelection::LastIds(vec![5, 96]), ..Default::default() });
+    assert!(matches!(&vocab, Err(ModelError::InvalidRequest(m)) if m.contains("96")), "{vocab:?}");
+}
+
+#[test]
+fn selected_logit_ids_equal_the_full_vocabulary_columns() {
+    let m = load_fixture("neox");
+    let ids = m.model.tokens(&ids_of("neox")).unwrap();
+    let full = capture(&m.model, &ids).logits.unwrap();
+    let sel = m
+        .model
+        .run(&RunRequest { start: Some(Start::Tokens(ids)), logits: LogitSelection::LastIds(vec![7, 3, 95]), ..Default::default() })
+        .unwrap()
+        .logits
+        .unwrap();
+    for (k, id) in [7usize, 3, 95].into_iter().enumerate() {
+        assert!(max_abs_diff(&sel.i((.., k)).unwrap(), &full.i((.., id)).unwrap()) <= 1e-5);
+    }
+}
+
+#[test]
+fn default_model_reinjection_and_cached_start() {
+    let m = default_model();
+    let tok = m.tokenizer.as_ref().unwrap();
+    let rows: Vec<Vec<u32>> = ["1 2 3 4 ", "5 6 7 8 "].iter().map(|p| tok.encode(p).unwrap()).collect();
+    let corrupt: Vec<Vec<u32>> = ["3 9 2 7 ", "8 1 6 2 "].iter().map(|p| tok.encode(p).unwrap()).collect();
+    reinjection_is_exact(&m.model, &rows);
+    cached_start_equals_full_pass(&m.model, &rows, &corrupt, 20);
+}
