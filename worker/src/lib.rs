@@ -9,7 +9,7 @@ pub mod tokenizer;
 
 pub use load::{LoadError, LoadOptions, LoadedModel, load_model};
 pub use model::{
-    Ablation, Architecture, Captured, Capture, HookedModel, Interventions, LogitSelection,
+    Ablation, Architecture, Capture, Captured, HookedModel, Interventions, LogitSelection,
     ModelError, ModelInfo, RunOutput, RunRequest, Start,
 };
 pub use tokenizer::PromptTokenizer;

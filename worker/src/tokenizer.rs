@@ -48,16 +48,26 @@ impl PromptTokenizer {
     }
 
     /// Builds from a tokenizer JSON document (as produced from GGUF metadata).
-    pub(crate) fn from_json(json: &str, bos_id: Option<u32>, source: &Path) -> Result<Self, LoadError> {
-        let inner: tokenizers::Tokenizer = json.parse().map_err(|e: tokenizers::Error| LoadError::Tokenizer {
-            file: source.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+    pub(crate) fn from_json(
+        json: &str,
+        bos_id: Option<u32>,
+        source: &Path,
+    ) -> Result<Self, LoadError> {
+        let inner: tokenizers::Tokenizer =
+            json.parse()
+                .map_err(|e: tokenizers::Error| LoadError::Tokenizer {
+                    file: source.to_path_buf(),
+                    reason: e.to_string(),
+                })?;
         let bos = bos_id.and_then(|id| inner.id_to_token(id).map(|t| (id, t)));
         Self::new(inner, bos, source.to_path_buf())
     }
 
-    fn new(inner: tokenizers::Tokenizer, bos: Option<(u32, String)>, source: PathBuf) -> Result<Self, LoadError> {
+    fn new(
+        inner: tokenizers::Tokenizer,
+        bos: Option<(u32, String)>,
+        source: PathBuf,
+    ) -> Result<Self, LoadError> {
         let err = |e: tokenizers::Error| LoadError::Tokenizer {
             file: source.clone(),
             reason: e.to_string(),
@@ -66,7 +76,9 @@ impl PromptTokenizer {
         let with = inner.encode("a", true).map_err(err)?;
         let without = inner.encode("a", false).map_err(err)?;
         let adds_bos = match &bos {
-            Some((id, _)) => with.get_ids().len() > without.get_ids().len() && with.get_ids().first() == Some(id),
+            Some((id, _)) => {
+                with.get_ids().len() > without.get_ids().len() && with.get_ids().first() == Some(id)
+            }
             None => false,
         };
         Ok(PromptTokenizer {
@@ -101,9 +113,11 @@ impl PromptTokenizer {
 
     /// The text of one token, as it reads (`" "`, `"5"`, `" May"`).
     pub fn token_text(&self, id: u32) -> String {
-        self.inner
-            .decode(&[id], false)
-            .unwrap_or_else(|_| self.inner.id_to_token(id).unwrap_or_else(|| format!("<{id}>")))
+        self.inner.decode(&[id], false).unwrap_or_else(|_| {
+            self.inner
+                .id_to_token(id)
+                .unwrap_or_else(|| format!("<{id}>"))
+        })
     }
 
     /// Vocabulary size, added tokens included.
@@ -125,7 +139,9 @@ impl PromptTokenizer {
     pub fn bos_summary(&self) -> String {
         match (&self.bos, self.adds_bos) {
             (Some((id, t)), true) => format!("BOS {t:?} (id {id}) is prepended to every prompt"),
-            (Some((id, t)), false) => format!("no BOS is prepended (the tokenizer has {t:?}, id {id}, but does not add it)"),
+            (Some((id, t)), false) => format!(
+                "no BOS is prepended (the tokenizer has {t:?}, id {id}, but does not add it)"
+            ),
             (None, _) => "no BOS is prepended (the tokenizer has none)".to_string(),
         }
     }
@@ -144,7 +160,10 @@ fn bos_from_config(file: &Path) -> Result<Option<String>, LoadError> {
     let v: serde_json::Value = crate::load::read_json(file)?;
     Ok(match v.get("bos_token") {
         Some(serde_json::Value::String(s)) => Some(s.clone()),
-        Some(serde_json::Value::Object(o)) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+        Some(serde_json::Value::Object(o)) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .map(str::to_string),
         _ => None,
     })
 }

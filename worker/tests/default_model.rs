@@ -37,8 +37,14 @@ fn shape_and_facts_of_the_default_model() {
     let m = default_model();
     let i = m.model.info();
     assert_eq!(i.architecture, Architecture::Llama);
-    assert_eq!((i.n_layers, i.n_heads, i.n_kv_heads, i.d_model, i.d_head), (30, 9, 3, 576, 64));
-    assert_eq!((i.d_mlp, i.vocab_size, i.context_length), (1536, 49152, 8192));
+    assert_eq!(
+        (i.n_layers, i.n_heads, i.n_kv_heads, i.d_model, i.d_head),
+        (30, 9, 3, 576, 64)
+    );
+    assert_eq!(
+        (i.d_mlp, i.vocab_size, i.context_length),
+        (1536, 49152, 8192)
+    );
     // rope_theta must come from the GGUF (100000), not a 10000 fallback.
     assert_eq!(i.rope_theta, Some(100000.0));
     assert!(i.tied_embeddings);
@@ -65,26 +71,53 @@ fn tokenizer_from_gguf_metadata_matches_transformers() {
 fn logits_match_transformers_on_the_dequantized_weights() {
     let m = default_model();
     let refs = reference();
-    let st = candle_core::safetensors::load(fixtures().join("smollm2/reference.safetensors"), &Device::Cpu).unwrap();
+    let st = candle_core::safetensors::load(
+        fixtures().join("smollm2/reference.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     let tok = m.tokenizer.as_ref().unwrap();
     for (i, p) in refs.prompts.iter().enumerate() {
-        let ids = m.model.tokens(&[p.ids.clone()]).unwrap();
+        let ids = m.model.tokens(std::slice::from_ref(&p.ids)).unwrap();
         let out = m
             .model
-            .run(&RunRequest { start: Some(Start::Tokens(ids)), logits: LogitSelection::Last, ..Default::default() })
+            .run(&RunRequest {
+                start: Some(Start::Tokens(ids)),
+                logits: LogitSelection::Last,
+                ..Default::default()
+            })
             .unwrap();
         let got = out.logits.unwrap().i(0).unwrap();
         let want = &st[&format!("logits_last.{i}")];
         let err = max_abs_diff(&got, want);
         // Logits reach ~35 after 30 layers; f32 summation order alone moves them by ~1e-4.
         assert!(err < 5e-4, "{:?}: max abs logit error {err}", p.text);
-        let probs = candle_nn::ops::softmax_last_dim(&got).unwrap().to_vec1::<f32>().unwrap();
+        let probs = candle_nn::ops::softmax_last_dim(&got)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let top = p.top10[0].id as usize;
-        let best = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
-        assert_eq!(best, top, "{:?}: top-1 {best} vs transformers {top}", p.text);
-        assert!((probs[top] as f64 - p.top10[0].prob).abs() < 1e-3, "{:?}", p.text);
+        let best = probs
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0;
+        assert_eq!(
+            best, top,
+            "{:?}: top-1 {best} vs transformers {top}",
+            p.text
+        );
+        assert!(
+            (probs[top] as f64 - p.top10[0].prob).abs() < 1e-3,
+            "{:?}",
+            p.text
+        );
         assert_eq!(tok.token_text(top as u32), p.top10[0].token);
-        eprintln!("{:?}: top-1 {:?} p={:.4} (transformers {:.4}), max abs logit error {err:.2e}", p.text, p.top10[0].token, probs[top], p.top10[0].prob);
+        eprintln!(
+            "{:?}: top-1 {:?} p={:.4} (transformers {:.4}), max abs logit error {err:.2e}",
+            p.text, p.top10[0].token, probs[top], p.top10[0].prob
+        );
     }
 }
 
@@ -96,10 +129,21 @@ fn digits_prompt_predicts_five_and_without_space_predicts_space() {
         let ids = m.model.tokens(&[tok.encode(text).unwrap()]).unwrap();
         let out = m
             .model
-            .run(&RunRequest { start: Some(Start::Tokens(ids)), logits: LogitSelection::Last, ..Default::default() })
+            .run(&RunRequest {
+                start: Some(Start::Tokens(ids)),
+                logits: LogitSelection::Last,
+                ..Default::default()
+            })
             .unwrap();
-        let probs = candle_nn::ops::softmax_last_dim(&out.logits.unwrap().i(0).unwrap()).unwrap().to_vec1::<f32>().unwrap();
-        let (id, p) = probs.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap();
+        let probs = candle_nn::ops::softmax_last_dim(&out.logits.unwrap().i(0).unwrap())
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let (id, p) = probs
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap();
         (tok.token_text(id as u32), *p)
     };
     let (t, p) = top1("1 2 3 4 ");

@@ -27,17 +27,27 @@ fn check_model(name: &str, arch: Architecture) {
         let want = &exp[&what];
         let d = max_abs_diff(got, want);
         worst.push((what.clone(), d));
-        assert!(d <= TOL, "{name}: {what} differs from transformers by {d} (> {TOL})");
+        assert!(
+            d <= TOL,
+            "{name}: {what} differs from transformers by {d} (> {TOL})"
+        );
     };
     check("logits_all".into(), out.logits.as_ref().unwrap());
     for l in 0..model.info().n_layers {
-        check(format!("resid.{l}"), out.captured.resid[l].as_ref().unwrap());
+        check(
+            format!("resid.{l}"),
+            out.captured.resid[l].as_ref().unwrap(),
+        );
         check(format!("z.{l}"), out.captured.z[l].as_ref().unwrap());
         check(format!("mlp.{l}"), out.captured.mlp[l].as_ref().unwrap());
     }
     // The last-position path computes only the last row; it must agree with the full one.
     let last = model
-        .run(&RunRequest { start: Some(Start::Tokens(ids)), logits: LogitSelection::Last, ..Default::default() })
+        .run(&RunRequest {
+            start: Some(Start::Tokens(ids)),
+            logits: LogitSelection::Last,
+            ..Default::default()
+        })
         .unwrap();
     check("logits_last".into(), last.logits.as_ref().unwrap());
     eprintln!("{name}: max abs error per tensor {worst:?}");

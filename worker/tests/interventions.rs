@@ -16,11 +16,21 @@ fn ids_of(name: &str) -> Vec<Vec<u32>> {
 
 fn capture(model: &HookedModel, ids: &Tensor) -> circuit_sweep_worker::RunOutput {
     model
-        .run(&RunRequest { start: Some(Start::Tokens(ids.clone())), capture: Capture::all(), logits: LogitSelection::Last, ..Default::default() })
+        .run(&RunRequest {
+            start: Some(Start::Tokens(ids.clone())),
+            capture: Capture::all(),
+            logits: LogitSelection::Last,
+            ..Default::default()
+        })
         .unwrap()
 }
 
-fn run_variants(model: &HookedModel, start: Start, values: &Ablation, variants: Vec<Vec<Component>>) -> Tensor {
+fn run_variants(
+    model: &HookedModel,
+    start: Start,
+    values: &Ablation,
+    variants: Vec<Vec<Component>>,
+) -> Tensor {
     model
         .run(&RunRequest {
             start: Some(start),
@@ -54,14 +64,30 @@ fn reinjection_is_exact(model: &HookedModel, rows: &[Vec<u32>]) {
     let got = run_variants(model, Start::Tokens(ids), &values, vec![everything, vec![]]);
     let n = rows.len();
     let want = base.logits.unwrap();
-    assert_eq!(max_abs_diff(&got.i(..n).unwrap(), &want), 0.0, "all components re-injected");
-    assert_eq!(max_abs_diff(&got.i(n..).unwrap(), &want), 0.0, "the empty variant");
+    assert_eq!(
+        max_abs_diff(&got.i(..n).unwrap(), &want),
+        0.0,
+        "all components re-injected"
+    );
+    assert_eq!(
+        max_abs_diff(&got.i(n..).unwrap(), &want),
+        0.0,
+        "the empty variant"
+    );
 }
 
-fn cached_start_equals_full_pass(model: &HookedModel, rows: &[Vec<u32>], corrupt: &[Vec<u32>], layer: usize) {
+fn cached_start_equals_full_pass(
+    model: &HookedModel,
+    rows: &[Vec<u32>],
+    corrupt: &[Vec<u32>],
+    layer: usize,
+) {
     let ids = model.tokens(rows).unwrap();
     let corrupt = model.tokens(corrupt).unwrap();
-    let means = Ablation::from_captured(&capture(model, &corrupt).captured).unwrap().mean_over_prompts().unwrap();
+    let means = Ablation::from_captured(&capture(model, &corrupt).captured)
+        .unwrap()
+        .mean_over_prompts()
+        .unwrap();
     let comps = some_components(model, layer);
     assert!(!comps.is_empty());
     let variants = vec![comps.clone(), comps[..1].to_vec(), vec![]];
@@ -78,18 +104,37 @@ fn cached_start_equals_full_pass(model: &HookedModel, rows: &[Vec<u32>], corrupt
 
 fn batched_variants_equal_separate_passes(model: &HookedModel, rows: &[Vec<u32>]) {
     let ids = model.tokens(rows).unwrap();
-    let values = Ablation::zeros(model.info(), rows[0].len(), model.info().dtype, model.device()).unwrap();
+    let values = Ablation::zeros(
+        model.info(),
+        rows[0].len(),
+        model.info().dtype,
+        model.device(),
+    )
+    .unwrap();
     let i = model.info();
     let variants: Vec<Vec<Component>> = vec![
         vec![Component::Head { layer: 0, head: 0 }],
-        vec![Component::Mlp { layer: i.n_layers - 1 }],
-        vec![Component::Head { layer: 1, head: i.n_heads - 1 }, Component::Mlp { layer: 0 }],
+        vec![Component::Mlp {
+            layer: i.n_layers - 1,
+        }],
+        vec![
+            Component::Head {
+                layer: 1,
+                head: i.n_heads - 1,
+            },
+            Component::Mlp { layer: 0 },
+        ],
         vec![],
     ];
     let batched = run_variants(model, Start::Tokens(ids.clone()), &values, variants.clone());
     let n = rows.len();
     for (v, comps) in variants.into_iter().enumerate() {
-        let alone = run_variants(model, Start::Tokens(ids.clone()), &values, vec![comps.clone()]);
+        let alone = run_variants(
+            model,
+            Start::Tokens(ids.clone()),
+            &values,
+            vec![comps.clone()],
+        );
         let d = max_abs_diff(&batched.i(v * n..(v + 1) * n).unwrap(), &alone);
         assert!(d <= 1e-5, "variant {v} ({comps:?}): {d}");
     }
@@ -108,7 +153,10 @@ fn cached_residual_start_equals_full_forward_on_every_architecture() {
     for name in ["gpt2", "llama", "neox"] {
         let m = load_fixture(name);
         let rows = ids_of(name);
-        let corrupt: Vec<Vec<u32>> = rows.iter().map(|r| r.iter().map(|&t| (t * 7 + 3) % 96).collect()).collect();
+        let corrupt: Vec<Vec<u32>> = rows
+            .iter()
+            .map(|r| r.iter().map(|&t| (t * 7 + 3) % 96).collect())
+            .collect();
         for layer in [0, 1, 2] {
             cached_start_equals_full_pass(&m.model, &rows, &corrupt, layer);
         }
@@ -132,11 +180,22 @@ fn resample_values_are_per_prompt() {
     let ids = m.model.tokens(&rows).unwrap();
     let base = capture(&m.model, &ids);
     let own = Ablation::from_captured(&base.captured).unwrap();
-    let comps = vec![Component::Head { layer: 1, head: 3 }, Component::Mlp { layer: 2 }];
-    let same = run_variants(&m.model, Start::Tokens(ids.clone()), &own, vec![comps.clone()]);
+    let comps = vec![
+        Component::Head { layer: 1, head: 3 },
+        Component::Mlp { layer: 2 },
+    ];
+    let same = run_variants(
+        &m.model,
+        Start::Tokens(ids.clone()),
+        &own,
+        vec![comps.clone()],
+    );
     assert_eq!(max_abs_diff(&same, base.logits.as_ref().unwrap()), 0.0);
     let swapped_rows: Vec<Vec<u32>> = rows.iter().rev().cloned().collect();
-    let swapped = Ablation::from_captured(&capture(&m.model, &m.model.tokens(&swapped_rows).unwrap()).captured).unwrap();
+    let swapped = Ablation::from_captured(
+        &capture(&m.model, &m.model.tokens(&swapped_rows).unwrap()).captured,
+    )
+    .unwrap();
     let other = run_variants(&m.model, Start::Tokens(ids), &swapped, vec![comps]);
     assert!(max_abs_diff(&other, base.logits.as_ref().unwrap()) > 1e-3);
 }
@@ -151,20 +210,42 @@ fn bad_requests_are_refused_with_a_reason() {
     let resid = base.captured.resid[2].clone().unwrap();
     let below = m.model.run(&RunRequest {
         start: Some(Start::Resid { layer: 2, resid }),
-        interventions: Some(Interventions { values: &values, variants: vec![vec![Component::Head { layer: 1, head: 0 }]] }),
+        interventions: Some(Interventions {
+            values: &values,
+            variants: vec![vec![Component::Head { layer: 1, head: 0 }]],
+        }),
         ..Default::default()
     });
-    assert!(matches!(&below, Err(ModelError::InvalidRequest(m)) if m.contains("h1.0") && m.contains("start layer 2")), "{below:?}");
+    assert!(
+        matches!(&below, Err(ModelError::InvalidRequest(m)) if m.contains("h1.0") && m.contains("start layer 2")),
+        "{below:?}"
+    );
     let outside = m.model.run(&RunRequest {
         start: Some(Start::Tokens(ids.clone())),
-        interventions: Some(Interventions { values: &values, variants: vec![vec![Component::Head { layer: 40, head: 2 }]] }),
+        interventions: Some(Interventions {
+            values: &values,
+            variants: vec![vec![Component::Head { layer: 40, head: 2 }]],
+        }),
         ..Default::default()
     });
-    assert!(matches!(&outside, Err(ModelError::InvalidRequest(m)) if m.contains("h40.2")), "{outside:?}");
+    assert!(
+        matches!(&outside, Err(ModelError::InvalidRequest(m)) if m.contains("h40.2")),
+        "{outside:?}"
+    );
     let uneven = m.model.tokens(&[vec![1, 2, 3], vec![1, 2]]);
-    assert!(matches!(&uneven, Err(ModelError::InvalidRequest(m)) if m.contains("prompt 1 has 2 tokens")), "{uneven:?}");
-    let vocab = m.model.run(&RunRequest { start: Some(Start::Tokens(ids)), logits: LogitSelection::LastIds(vec![5, 96]), ..Default::default() });
-    assert!(matches!(&vocab, Err(ModelError::InvalidRequest(m)) if m.contains("96")), "{vocab:?}");
+    assert!(
+        matches!(&uneven, Err(ModelError::InvalidRequest(m)) if m.contains("prompt 1 has 2 tokens")),
+        "{uneven:?}"
+    );
+    let vocab = m.model.run(&RunRequest {
+        start: Some(Start::Tokens(ids)),
+        logits: LogitSelection::LastIds(vec![5, 96]),
+        ..Default::default()
+    });
+    assert!(
+        matches!(&vocab, Err(ModelError::InvalidRequest(m)) if m.contains("96")),
+        "{vocab:?}"
+    );
 }
 
 #[test]
@@ -174,7 +255,11 @@ fn selected_logit_ids_equal_the_full_vocabulary_columns() {
     let full = capture(&m.model, &ids).logits.unwrap();
     let sel = m
         .model
-        .run(&RunRequest { start: Some(Start::Tokens(ids)), logits: LogitSelection::LastIds(vec![7, 3, 95]), ..Default::default() })
+        .run(&RunRequest {
+            start: Some(Start::Tokens(ids)),
+            logits: LogitSelection::LastIds(vec![7, 3, 95]),
+            ..Default::default()
+        })
         .unwrap()
         .logits
         .unwrap();
@@ -187,8 +272,14 @@ fn selected_logit_ids_equal_the_full_vocabulary_columns() {
 fn default_model_reinjection_and_cached_start() {
     let m = default_model();
     let tok = m.tokenizer.as_ref().unwrap();
-    let rows: Vec<Vec<u32>> = ["1 2 3 4 ", "5 6 7 8 "].iter().map(|p| tok.encode(p).unwrap()).collect();
-    let corrupt: Vec<Vec<u32>> = ["3 9 2 7 ", "8 1 6 2 "].iter().map(|p| tok.encode(p).unwrap()).collect();
+    let rows: Vec<Vec<u32>> = ["1 2 3 4 ", "5 6 7 8 "]
+        .iter()
+        .map(|p| tok.encode(p).unwrap())
+        .collect();
+    let corrupt: Vec<Vec<u32>> = ["3 9 2 7 ", "8 1 6 2 "]
+        .iter()
+        .map(|p| tok.encode(p).unwrap())
+        .collect();
     reinjection_is_exact(&m.model, &rows);
     cached_start_equals_full_pass(&m.model, &rows, &corrupt, 20);
 }

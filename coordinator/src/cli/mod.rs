@@ -1,5 +1,6 @@
 //! The command line: every flag is also readable from an environment variable.
 
+mod bench;
 mod model;
 mod predict;
 mod resolve;
@@ -16,7 +17,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "CIRCUIT_SWEEP_LOG", default_value = "info")]
     pub log: String,
     /// Folder holding downloaded models (the default model is fetched here).
-    #[arg(long, global = true, env = "CIRCUIT_SWEEP_MODELS", default_value = "models")]
+    #[arg(
+        long,
+        global = true,
+        env = "CIRCUIT_SWEEP_MODELS",
+        default_value = "models"
+    )]
     pub models_dir: PathBuf,
     #[command(subcommand)]
     pub command: Command,
@@ -30,11 +36,15 @@ pub enum Command {
     Model(model::ModelCommand),
     /// Print a prompt's tokens and the model's top next tokens.
     Predict(predict::PredictArgs),
+    /// Benchmarks that print a table.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// Logs go to stderr, so `--json` output on stdout stays clean.
 pub fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -48,5 +58,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Model(cmd) => model::run(cmd, &cli.models_dir),
         Command::Predict(args) => predict::run(args, &cli.models_dir),
+        Command::Bench(cmd) => bench::run(cmd, &cli.models_dir),
     }
 }

@@ -52,7 +52,9 @@ fn info(path: Option<&Path>, models_dir: &Path, dtype: DType, json: bool) -> any
         let mut v = serde_json::to_value(i)?;
         v["path"] = loaded.source.display().to_string().into();
         v["tokenizer"] = match &loaded.tokenizer {
-            Some(t) => serde_json::json!({"source": t.source().display().to_string(), "vocab_size": t.vocab_size(), "adds_bos": t.adds_bos(), "bos": t.bos().map(|(_, s)| s)}),
+            Some(t) => {
+                serde_json::json!({"source": t.source().display().to_string(), "vocab_size": t.vocab_size(), "adds_bos": t.adds_bos(), "bos": t.bos().map(|(_, s)| s)})
+            }
             None => serde_json::Value::Null,
         };
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -69,11 +71,20 @@ fn info(path: Option<&Path>, models_dir: &Path, dtype: DType, json: bool) -> any
         ("d_mlp", i.d_mlp.to_string()),
         ("vocab", i.vocab_size.to_string()),
         ("context", i.context_length.to_string()),
-        ("rope theta", i.rope_theta.map_or("-".into(), |t| t.to_string())),
+        (
+            "rope theta",
+            i.rope_theta.map_or("-".into(), |t| t.to_string()),
+        ),
         ("tied embeddings", i.tied_embeddings.to_string()),
         ("dtype", i.dtype.as_str().to_string()),
-        ("parameters", format!("{} ({:.1} M)", i.parameters, i.parameters as f64 / 1e6)),
-        ("tokenizer", bos.unwrap_or_else(|| "none in this source".into())),
+        (
+            "parameters",
+            format!("{} ({:.1} M)", i.parameters, i.parameters as f64 / 1e6),
+        ),
+        (
+            "tokenizer",
+            bos.unwrap_or_else(|| "none in this source".into()),
+        ),
     ];
     for (k, v) in rows {
         println!("{k:<16} {v}");

@@ -51,10 +51,12 @@ pub fn run(args: PredictArgs, models_dir: &Path) -> anyhow::Result<()> {
         bail!("--top must be at least 1");
     }
     let loaded = resolve::load(args.model.as_deref(), models_dir, args.dtype)?;
-    let tok = loaded
-        .tokenizer
-        .as_ref()
-        .with_context(|| format!("{} has no tokenizer to encode the prompt with", loaded.source.display()))?;
+    let tok = loaded.tokenizer.as_ref().with_context(|| {
+        format!(
+            "{} has no tokenizer to encode the prompt with",
+            loaded.source.display()
+        )
+    })?;
     let ids = tok.encode(&args.prompt)?;
     if ids.is_empty() {
         bail!("the prompt {:?} encodes to no tokens", args.prompt);
@@ -96,9 +98,15 @@ fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f64)> {
     let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
     let k = k.min(idx.len());
-    idx.select_nth_unstable_by(k - 1, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+    idx.select_nth_unstable_by(k - 1, |&a, &b| {
+        logits[b as usize].total_cmp(&logits[a as usize])
+    });
     idx.truncate(k);
-    idx.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    idx.sort_by(|&a, &b| {
+        logits[b as usize]
+            .total_cmp(&logits[a as usize])
+            .then(a.cmp(&b))
+    });
     idx.into_iter()
         .map(|i| (i, (logits[i as usize] as f64 - max).exp() / sum))
         .collect()
@@ -107,9 +115,19 @@ fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f64)> {
 fn print_table(p: &Prediction) {
     let shown: Vec<String> = p.tokens.iter().map(|t| format!("{t:?}")).collect();
     println!("prompt tokens ({}): {}", p.tokens.len(), shown.join(" "));
-    println!("{:>4}  {:>7}  {:>8}  {:>9}  token", "rank", "id", "prob", "logit");
+    println!(
+        "{:>4}  {:>7}  {:>8}  {:>9}  token",
+        "rank", "id", "prob", "logit"
+    );
     for (r, n) in p.top.iter().enumerate() {
-        println!("{:>4}  {:>7}  {:>8.4}  {:>9.3}  {:?}", r + 1, n.id, n.prob, n.logit, n.token);
+        println!(
+            "{:>4}  {:>7}  {:>8.4}  {:>9.3}  {:?}",
+            r + 1,
+            n.id,
+            n.prob,
+            n.logit,
+            n.token
+        );
     }
 }
 

@@ -12,7 +12,9 @@ pub fn parse_dtype(s: &str) -> Result<DType, String> {
         "f32" => Ok(DType::F32),
         "f16" => Ok(DType::F16),
         "bf16" => Ok(DType::BF16),
-        other => Err(format!("unknown dtype `{other}` (expected f32, f16 or bf16)")),
+        other => Err(format!(
+            "unknown dtype `{other}` (expected f32, f16 or bf16)"
+        )),
     }
 }
 
@@ -38,7 +40,8 @@ pub fn load(given: Option<&Path>, models_dir: &Path, dtype: DType) -> anyhow::Re
         dtype,
         ..LoadOptions::default()
     };
-    let loaded = load_model(&path, &opts).with_context(|| format!("loading model {}", path.display()))?;
+    let loaded =
+        load_model(&path, &opts).with_context(|| format!("loading model {}", path.display()))?;
     tracing::info!(
         "loaded {} ({}, {} layers, {}) in {:.1} s",
         path.display(),

@@ -57,20 +57,23 @@ impl GgufFile {
     pub fn uint(&self, key: &str) -> Result<Option<u64>, LoadError> {
         self.value(key)
             .map(|v| {
-                number(v).filter(|n| *n >= 0.0 && n.fract() == 0.0).map(|n| n as u64).ok_or_else(|| {
-                    LoadError::Config {
+                number(v)
+                    .filter(|n| *n >= 0.0 && n.fract() == 0.0)
+                    .map(|n| n as u64)
+                    .ok_or_else(|| LoadError::Config {
                         file: self.path.clone(),
                         field: key.into(),
                         reason: format!("expected a non-negative integer, found {v:?}"),
-                    }
-                })
+                    })
             })
             .transpose()
     }
 
     /// A required numeric metadata value as usize.
     pub fn need_usize(&self, key: &str) -> Result<usize, LoadError> {
-        self.uint(key)?.map(|n| n as usize).ok_or_else(|| self.missing(key))
+        self.uint(key)?
+            .map(|n| n as usize)
+            .ok_or_else(|| self.missing(key))
     }
 
     /// A numeric metadata value as f64.
@@ -119,7 +122,9 @@ impl GgufFile {
 
     /// An array of integers (token types).
     pub fn ints(&self, key: &str) -> Result<Option<Vec<i64>>, LoadError> {
-        let Some(v) = self.value(key) else { return Ok(None) };
+        let Some(v) = self.value(key) else {
+            return Ok(None);
+        };
         let bad = || LoadError::Config {
             file: self.path.clone(),
             field: key.into(),
@@ -255,7 +260,8 @@ impl WeightSource for GgufLlamaSource<'_> {
     }
 
     fn contains(&self, name: &str) -> bool {
-        self.map(name).is_some_and(|(g, _)| self.file.has_tensor(&g))
+        self.map(name)
+            .is_some_and(|(g, _)| self.file.has_tensor(&g))
     }
 
     fn loaded_elements(&self) -> u64 {
@@ -283,7 +289,9 @@ fn llama_config(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
             10000.0
         }
     };
-    let head_dim = f.uint(&key("attention.key_length"))?.or(f.uint(&key("rope.dimension_count"))?);
+    let head_dim = f
+        .uint(&key("attention.key_length"))?
+        .or(f.uint(&key("rope.dimension_count"))?);
     let rope_scaling = match f.string(&key("rope.scaling.type"))? {
         None | Some("none") => None,
         Some(kind) => Some(RopeScaling {
@@ -303,7 +311,9 @@ fn llama_config(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
         num_attention_heads: n_heads,
         num_key_value_heads: f.uint(&key("attention.head_count_kv"))?.map(|n| n as usize),
         head_dim: head_dim.map(|n| n as usize),
-        rms_norm_eps: f.float(&key("attention.layer_norm_rms_epsilon"))?.ok_or_else(|| f.missing(&key("attention.layer_norm_rms_epsilon")))?,
+        rms_norm_eps: f
+            .float(&key("attention.layer_norm_rms_epsilon"))?
+            .ok_or_else(|| f.missing(&key("attention.layer_norm_rms_epsilon")))?,
         rope_theta: Some(theta),
         rope_scaling,
         rope_parameters: None,
@@ -316,9 +326,14 @@ fn llama_config(f: &GgufFile) -> Result<LlamaConfig, LoadError> {
 }
 
 /// Loads a GGUF model file and the tokenizer in its metadata.
-pub(crate) fn load_file(path: &Path, opts: &LoadOptions) -> Result<(HookedModel, Option<PromptTokenizer>), LoadError> {
+pub(crate) fn load_file(
+    path: &Path,
+    opts: &LoadOptions,
+) -> Result<(HookedModel, Option<PromptTokenizer>), LoadError> {
     let f = GgufFile::open(path)?;
-    let arch = f.string("general.architecture")?.ok_or_else(|| f.missing("general.architecture"))?;
+    let arch = f
+        .string("general.architecture")?
+        .ok_or_else(|| f.missing("general.architecture"))?;
     if arch != "llama" {
         return Err(LoadError::UnsupportedArchitecture {
             file: path.to_path_buf(),
@@ -332,7 +347,10 @@ pub(crate) fn load_file(path: &Path, opts: &LoadOptions) -> Result<(HookedModel,
     // llama.cpp stores Llama-3 rotary scaling as per-frequency divisors.
     let freq_factors = if f.has_tensor("rope_freqs.weight") {
         let t = f.dequantize("rope_freqs.weight", &Device::Cpu)?;
-        Some(t.to_vec1::<f32>().map_err(|e| LoadError::tensor_op("rope_freqs.weight", e))?)
+        Some(
+            t.to_vec1::<f32>()
+                .map_err(|e| LoadError::tensor_op("rope_freqs.weight", e))?,
+        )
     } else {
         None
     };

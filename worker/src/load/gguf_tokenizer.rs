@@ -28,10 +28,12 @@ fn pre_tokenizer(f: &GgufFile, pre: &str) -> Result<Json, LoadError> {
             {"type": "Digits", "individual_digits": true},
             byte_level(true),
         ]}),
-        "llama3" | "llama-v3" | "llama-bpe" | "smaug-bpe" => json!({"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": LLAMA3_PATTERN}, "behavior": "Isolated", "invert": false},
-            byte_level(false),
-        ]}),
+        "llama3" | "llama-v3" | "llama-bpe" | "smaug-bpe" => {
+            json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": LLAMA3_PATTERN}, "behavior": "Isolated", "invert": false},
+                byte_level(false),
+            ]})
+        }
         other => {
             return Err(LoadError::Tokenizer {
                 file: f.path().to_path_buf(),
@@ -63,7 +65,11 @@ pub(crate) fn build(f: &GgufFile) -> Result<PromptTokenizer, LoadError> {
     let bos = f.uint("tokenizer.ggml.bos_token_id")?.map(|n| n as u32);
     let add_bos = match f.value("tokenizer.ggml.add_bos_token") {
         Some(candle_core::quantized::gguf_file::Value::Bool(b)) => *b,
-        Some(other) => return Err(bad(format!("tokenizer.ggml.add_bos_token is not a bool: {other:?}"))),
+        Some(other) => {
+            return Err(bad(format!(
+                "tokenizer.ggml.add_bos_token is not a bool: {other:?}"
+            )));
+        }
         // llama.cpp's default for byte-level BPE vocabularies is not to add one.
         None => false,
     };
@@ -83,14 +89,20 @@ pub(crate) fn build(f: &GgufFile) -> Result<PromptTokenizer, LoadError> {
         .collect();
     let post = match (add_bos, bos) {
         (true, Some(id)) => {
-            let t = tokens.get(id as usize).ok_or_else(|| bad(format!("bos_token_id {id} is outside the vocabulary")))?;
+            let t = tokens
+                .get(id as usize)
+                .ok_or_else(|| bad(format!("bos_token_id {id} is outside the vocabulary")))?;
             json!({"type": "TemplateProcessing",
                    "single": [{"SpecialToken": {"id": t, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
                    "pair": [{"SpecialToken": {"id": t, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
                             {"Sequence": {"id": "B", "type_id": 1}}],
                    "special_tokens": {*t: {"id": t, "ids": [id], "tokens": [t]}}})
         }
-        (true, None) => return Err(bad("add_bos_token is true but there is no bos_token_id".into())),
+        (true, None) => {
+            return Err(bad(
+                "add_bos_token is true but there is no bos_token_id".into()
+            ));
+        }
         (false, _) => byte_level(true),
     };
     let doc = json!({

@@ -26,7 +26,10 @@ pub(crate) fn read_json<T: DeserializeOwned>(file: &Path) -> Result<T, LoadError
         let inner = e.into_inner();
         // serde reports a missing field at its parent; name the field itself.
         let msg = inner.to_string();
-        let field = match msg.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+        let field = match msg
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next())
+        {
             Some(name) if path == "." => name.to_string(),
             Some(name) => format!("{path}.{name}"),
             None => path,
@@ -40,7 +43,10 @@ pub(crate) fn read_json<T: DeserializeOwned>(file: &Path) -> Result<T, LoadError
 }
 
 /// Loads a model folder.
-pub(crate) fn load_folder(dir: &Path, opts: &LoadOptions) -> Result<(HookedModel, Option<PromptTokenizer>), LoadError> {
+pub(crate) fn load_folder(
+    dir: &Path,
+    opts: &LoadOptions,
+) -> Result<(HookedModel, Option<PromptTokenizer>), LoadError> {
     let config_path = dir.join("config.json");
     if !config_path.exists() {
         return Err(LoadError::MissingFile {
@@ -59,6 +65,16 @@ pub(crate) fn load_folder(dir: &Path, opts: &LoadOptions) -> Result<(HookedModel
         field: "model_type".into(),
         reason: "missing: cannot tell the architecture".into(),
     })?;
+    // Refuse an unsupported architecture before looking for weights, so that a folder with
+    // only `pytorch_model.bin` (say, a BERT) is reported as what it is.
+    if !SUPPORTED.split(", ").any(|s| s == model_type) {
+        return Err(LoadError::UnsupportedArchitecture {
+            file: config_path,
+            field: "model_type".into(),
+            name: model_type,
+            supported: SUPPORTED.into(),
+        });
+    }
     let files = weight_files(dir)?;
     let source = SafetensorsSource::open(&files, opts.dtype, &opts.device)?;
     let (dtype, device) = (opts.dtype, &opts.device);
@@ -128,7 +144,11 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
         if let Some(missing) = files.iter().find(|f| !f.exists()) {
             return Err(LoadError::MissingFile {
                 dir: dir.to_path_buf(),
-                file: missing.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+                file: missing
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
                 why: format!("a shard named in {}", index.display()),
             });
         }

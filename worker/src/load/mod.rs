@@ -180,7 +180,10 @@ pub fn load_model(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, LoadEr
             return Err(LoadError::Config {
                 file: path.to_path_buf(),
                 field: "dtype".into(),
-                reason: format!("{} is not a compute dtype (use f32, f16 or bf16)", other.as_str()),
+                reason: format!(
+                    "{} is not a compute dtype (use f32, f16 or bf16)",
+                    other.as_str()
+                ),
             });
         }
     }

@@ -21,7 +21,12 @@ pub(crate) trait WeightSource {
 }
 
 /// Checks a loaded tensor's shape, naming the file and tensor on mismatch.
-pub(crate) fn check_shape(file: &Path, name: &str, t: &Tensor, shape: &[usize]) -> Result<(), LoadError> {
+pub(crate) fn check_shape(
+    file: &Path,
+    name: &str,
+    t: &Tensor,
+    shape: &[usize],
+) -> Result<(), LoadError> {
     if t.dims() != shape {
         return Err(LoadError::Shape {
             file: file.to_path_buf(),
@@ -39,7 +44,9 @@ pub(crate) struct LoadedCounter(RefCell<HashMap<String, u64>>);
 
 impl LoadedCounter {
     pub fn record(&self, name: &str, t: &Tensor) {
-        self.0.borrow_mut().insert(name.to_string(), t.elem_count() as u64);
+        self.0
+            .borrow_mut()
+            .insert(name.to_string(), t.elem_count() as u64);
     }
 
     pub fn total(&self) -> u64 {
@@ -67,10 +74,11 @@ impl SafetensorsSource {
             }
             // SAFETY: the file is mapped read-only; like every mmap user we assume nobody
             // truncates it while the model is loaded.
-            let st = unsafe { MmapedSafetensors::new(path) }.map_err(|e| LoadError::Safetensors {
-                file: path.clone(),
-                reason: e.to_string(),
-            })?;
+            let st =
+                unsafe { MmapedSafetensors::new(path) }.map_err(|e| LoadError::Safetensors {
+                    file: path.clone(),
+                    reason: e.to_string(),
+                })?;
             for (name, _) in st.tensors() {
                 route.insert(name, i);
             }
@@ -94,7 +102,10 @@ impl SafetensorsSource {
     fn where_missing(&self) -> PathBuf {
         match self.files.as_slice() {
             [(p, _)] => p.clone(),
-            [(p, _), ..] => p.parent().map(Path::to_path_buf).unwrap_or_else(|| p.clone()),
+            [(p, _), ..] => p
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| p.clone()),
             [] => PathBuf::new(),
         }
     }
@@ -102,10 +113,13 @@ impl SafetensorsSource {
 
 impl WeightSource for SafetensorsSource {
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, LoadError> {
-        let &i = self.route.get(name).ok_or_else(|| LoadError::MissingTensor {
-            file: self.where_missing(),
-            tensor: name.to_string(),
-        })?;
+        let &i = self
+            .route
+            .get(name)
+            .ok_or_else(|| LoadError::MissingTensor {
+                file: self.where_missing(),
+                tensor: name.to_string(),
+            })?;
         let (path, st) = &self.files[i];
         let view = st.get(name).map_err(|e| LoadError::Safetensors {
             file: path.clone(),
@@ -115,7 +129,10 @@ impl WeightSource for SafetensorsSource {
         let dt = view.dtype();
         if !matches!(
             dt,
-            safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16 | safetensors::Dtype::F64
+            safetensors::Dtype::F32
+                | safetensors::Dtype::F16
+                | safetensors::Dtype::BF16
+                | safetensors::Dtype::F64
         ) {
             return Err(LoadError::UnsupportedDtype {
                 file: path.clone(),
@@ -137,45 +154,6 @@ impl WeightSource for SafetensorsSource {
 
     fn contains(&self, name: &str) -> bool {
         self.route.contains_key(name)
-    }
-
-    fn loaded_elements(&self) -> u64 {
-        self.counter.total()
-    }
-}
-
-/// Named tensors held in memory: for tiny random-weight models in tests.
-pub struct TensorMapSource {
-    tensors: HashMap<String, Tensor>,
-    dtype: DType,
-    counter: LoadedCounter,
-}
-
-impl TensorMapSource {
-    /// Wraps `tensors` (Hugging Face names), converting to `dtype` on `get`.
-    pub fn new(tensors: HashMap<String, Tensor>, dtype: DType) -> Self {
-        TensorMapSource {
-            tensors,
-            dtype,
-            counter: LoadedCounter::default(),
-        }
-    }
-}
-
-impl WeightSource for TensorMapSource {
-    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, LoadError> {
-        let t = self.tensors.get(name).ok_or_else(|| LoadError::MissingTensor {
-            file: PathBuf::from("<memory>"),
-            tensor: name.to_string(),
-        })?;
-        let t = t.to_dtype(self.dtype).map_err(|e| LoadError::tensor_op(name, e))?;
-        check_shape(Path::new("<memory>"), name, &t, shape)?;
-        self.counter.record(name, &t);
-        Ok(t)
-    }
-
-    fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
     }
 
     fn loaded_elements(&self) -> u64 {

@@ -81,7 +81,9 @@ impl HookedModel {
         let out = match sel {
             LogitSelection::None => return Ok(None),
             LogitSelection::Last => {
-                let h = self.blocks.final_norm(&x.i((.., t - 1, ..))?.contiguous()?)?;
+                let h = self
+                    .blocks
+                    .final_norm(&x.i((.., t - 1, ..))?.contiguous()?)?;
                 h.matmul(&w.t()?)?
             }
             LogitSelection::LastIds(ids) => {
@@ -93,7 +95,9 @@ impl HookedModel {
                 }
                 let idx = Tensor::new(ids.as_slice(), w.device())?;
                 let rows = w.index_select(&idx, 0)?;
-                let h = self.blocks.final_norm(&x.i((.., t - 1, ..))?.contiguous()?)?;
+                let h = self
+                    .blocks
+                    .final_norm(&x.i((.., t - 1, ..))?.contiguous()?)?;
                 h.matmul(&rows.t()?)?
             }
             LogitSelection::All => {

@@ -68,17 +68,32 @@ impl Gpt2Config {
             field: field.into(),
             reason,
         };
-        if self.n_head == 0 || self.n_embd % self.n_head != 0 {
-            return Err(bad("n_head", format!("n_embd {} is not divisible by n_head {}", self.n_embd, self.n_head)));
+        if self.n_head == 0 || !self.n_embd.is_multiple_of(self.n_head) {
+            return Err(bad(
+                "n_head",
+                format!(
+                    "n_embd {} is not divisible by n_head {}",
+                    self.n_embd, self.n_head
+                ),
+            ));
         }
         if Activation::parse(&self.activation_function).is_none() {
-            return Err(bad("activation_function", format!("unsupported activation `{}`", self.activation_function)));
+            return Err(bad(
+                "activation_function",
+                format!("unsupported activation `{}`", self.activation_function),
+            ));
         }
         if self.scale_attn_by_inverse_layer_idx {
-            return Err(bad("scale_attn_by_inverse_layer_idx", "true is not supported".into()));
+            return Err(bad(
+                "scale_attn_by_inverse_layer_idx",
+                "true is not supported".into(),
+            ));
         }
         if self.reorder_and_upcast_attn {
-            return Err(bad("reorder_and_upcast_attn", "true is not supported".into()));
+            return Err(bad(
+                "reorder_and_upcast_attn",
+                "true is not supported".into(),
+            ));
         }
         if !self.scale_attn_weights {
             return Err(bad("scale_attn_weights", "false is not supported".into()));
@@ -116,7 +131,11 @@ impl Gpt2 {
         dtype: DType,
         device: &Device,
     ) -> Result<(Self, ModelInfo), LoadError> {
-        let pre = if w.contains("transformer.wte.weight") { "transformer." } else { "" };
+        let pre = if w.contains("transformer.wte.weight") {
+            "transformer."
+        } else {
+            ""
+        };
         let (d, v, f) = (cfg.n_embd, cfg.vocab_size, cfg.d_mlp());
         let eps = cfg.layer_norm_epsilon;
         let wte = w.get(&format!("{pre}wte.weight"), &[v, d])?;
@@ -169,7 +188,10 @@ impl Blocks for Gpt2 {
         if t > n_pos {
             candle_core::bail!("{t} positions exceed GPT-2's {n_pos} learned positions");
         }
-        let tok = self.wte.index_select(&ids.flatten_all()?, 0)?.reshape((b, t, ()))?;
+        let tok = self
+            .wte
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, ()))?;
         tok.broadcast_add(&self.wpe.i(..t)?)
     }
 
@@ -177,20 +199,30 @@ impl Blocks for Gpt2 {
         SeqCtx::new(seq_len, None, &self.device)
     }
 
-    fn block(&self, layer: usize, x: &Tensor, ctx: &SeqCtx, hooks: &mut dyn LayerHooks) -> Result<Tensor, ModelError> {
+    fn block(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        ctx: &SeqCtx,
+        hooks: &mut dyn LayerHooks,
+    ) -> Result<Tensor, ModelError> {
         let l = &self.layers[layer];
         let (b, t, d) = x.dims3()?;
         let h = self.n_heads;
         let dh = d / h;
         let qkv = l.qkv.forward(&l.ln1.forward(x)?)?;
         let split = |i: usize| -> candle_core::Result<Tensor> {
-            qkv.narrow(2, i * d, d)?.reshape((b, t, h, dh))?.transpose(1, 2)
+            qkv.narrow(2, i * d, d)?
+                .reshape((b, t, h, dh))?
+                .transpose(1, 2)
         };
         let z = layers::attend(&split(0)?, &split(1)?, &split(2)?, &ctx.mask)?;
         let z = hooks.z(layer, z)?;
         let a = l.proj.forward(&z.reshape((b, t, d))?)?;
         let x = (x + a)?;
-        let m = l.fc_proj.forward(&self.act.forward(&l.fc.forward(&l.ln2.forward(&x)?)?)?)?;
+        let m = l
+            .fc_proj
+            .forward(&self.act.forward(&l.fc.forward(&l.ln2.forward(&x)?)?)?)?;
         let m = hooks.mlp(layer, m)?;
         Ok((x + m)?)
     }

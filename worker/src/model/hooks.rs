@@ -20,7 +20,12 @@ pub struct Ablation {
 
 impl Ablation {
     /// Zero ablation for sequences of `seq_len` positions.
-    pub fn zeros(info: &ModelInfo, seq_len: usize, dtype: DType, device: &Device) -> candle_core::Result<Self> {
+    pub fn zeros(
+        info: &ModelInfo,
+        seq_len: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
         let z = Tensor::zeros((1, seq_len, info.n_heads, info.d_head), dtype, device)?;
         let m = Tensor::zeros((1, seq_len, info.d_model), dtype, device)?;
         Ok(Ablation {
@@ -116,7 +121,9 @@ impl<'a> RunHooks<'a> {
             Some(iv) => {
                 let v = iv.variants.len();
                 if v == 0 {
-                    return Err(ModelError::InvalidRequest("interventions with no variants".into()));
+                    return Err(ModelError::InvalidRequest(
+                        "interventions with no variants".into(),
+                    ));
                 }
                 check_values(info, iv.values)?;
                 let mut head_put = vec![vec![0f32; v * info.n_heads]; n_layers];

@@ -15,7 +15,11 @@ pub(crate) struct SeqCtx {
 
 impl SeqCtx {
     /// Builds the mask, and the rotary tables when `rotary` is given.
-    pub fn new(seq_len: usize, rotary: Option<&Rotary>, device: &Device) -> candle_core::Result<Self> {
+    pub fn new(
+        seq_len: usize,
+        rotary: Option<&Rotary>,
+        device: &Device,
+    ) -> candle_core::Result<Self> {
         let mask: Vec<f32> = (0..seq_len)
             .flat_map(|i| (0..seq_len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
             .collect();
@@ -86,13 +90,21 @@ pub(crate) fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_cor
 
 /// Causal softmax attention. `q`, `k`, `v` are `[B, H, T, d_head]` (`k`, `v` already repeated
 /// for grouped-query attention); scores and softmax run in f32. Returns `z` as `[B, T, H, d_head]`.
-pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+) -> candle_core::Result<Tensor> {
     let d_head = q.dim(D::Minus1)?;
     let scale = 1.0 / (d_head as f64).sqrt();
     let scores = (q.contiguous()?.matmul(&k.contiguous()?.t()?)? * scale)?;
     let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
     let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-    probs.matmul(&v.contiguous()?)?.transpose(1, 2)?.contiguous()
+    probs
+        .matmul(&v.contiguous()?)?
+        .transpose(1, 2)?
+        .contiguous()
 }
 
 /// Repeats key/value heads `[B, H_kv, T, d]` to `[B, H_kv * n_rep, T, d]` (grouped-query).
@@ -160,22 +172,40 @@ pub(crate) fn linear(
 }
 
 /// A linear layer stored as GPT-2's `Conv1D` (`W` as `[in, out]`), transposed on load.
-pub(crate) fn conv1d(w: &dyn WeightSource, prefix: &str, in_dim: usize, out_dim: usize) -> Result<Linear, LoadError> {
+pub(crate) fn conv1d(
+    w: &dyn WeightSource,
+    prefix: &str,
+    in_dim: usize,
+    out_dim: usize,
+) -> Result<Linear, LoadError> {
     let weight = w.get(&format!("{prefix}.weight"), &[in_dim, out_dim])?;
-    let weight = weight.t().and_then(|t| t.contiguous()).map_err(|e| LoadError::tensor_op(prefix, e))?;
+    let weight = weight
+        .t()
+        .and_then(|t| t.contiguous())
+        .map_err(|e| LoadError::tensor_op(prefix, e))?;
     let bias = w.get(&format!("{prefix}.bias"), &[out_dim])?;
     Ok(Linear::new(weight, Some(bias)))
 }
 
 /// LayerNorm with weight and bias.
-pub(crate) fn layer_norm(w: &dyn WeightSource, prefix: &str, dim: usize, eps: f64) -> Result<LayerNorm, LoadError> {
+pub(crate) fn layer_norm(
+    w: &dyn WeightSource,
+    prefix: &str,
+    dim: usize,
+    eps: f64,
+) -> Result<LayerNorm, LoadError> {
     let weight = w.get(&format!("{prefix}.weight"), &[dim])?;
     let bias = w.get(&format!("{prefix}.bias"), &[dim])?;
     Ok(LayerNorm::new(weight, bias, eps))
 }
 
 /// RMSNorm with weight.
-pub(crate) fn rms_norm(w: &dyn WeightSource, prefix: &str, dim: usize, eps: f64) -> Result<RmsNorm, LoadError> {
+pub(crate) fn rms_norm(
+    w: &dyn WeightSource,
+    prefix: &str,
+    dim: usize,
+    eps: f64,
+) -> Result<RmsNorm, LoadError> {
     let weight = w.get(&format!("{prefix}.weight"), &[dim])?;
     Ok(RmsNorm::new(weight, eps))
 }

@@ -39,7 +39,10 @@ pub struct RopeScaling {
 
 impl RopeScaling {
     fn name(&self) -> &str {
-        self.rope_type.as_deref().or(self.kind.as_deref()).unwrap_or("default")
+        self.rope_type
+            .as_deref()
+            .or(self.kind.as_deref())
+            .unwrap_or("default")
     }
 }
 
@@ -109,7 +112,8 @@ impl LlamaConfig {
 
     /// Head width.
     pub fn d_head(&self) -> usize {
-        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
     }
 
     /// Rotary base: `rope_parameters.rope_theta`, else `rope_theta`, else 10000 (the
@@ -140,20 +144,33 @@ impl LlamaConfig {
         if self.num_attention_heads == 0 || self.num_hidden_layers == 0 || self.hidden_size == 0 {
             return Err(bad("num_attention_heads", "sizes must be positive".into()));
         }
-        if self.num_attention_heads % self.kv_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return Err(bad(
                 "num_key_value_heads",
-                format!("{} query heads are not a multiple of {} key/value heads", self.num_attention_heads, self.kv_heads()),
+                format!(
+                    "{} query heads are not a multiple of {} key/value heads",
+                    self.num_attention_heads,
+                    self.kv_heads()
+                ),
             ));
         }
-        if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
-            return Err(bad("hidden_size", "not divisible by num_attention_heads".into()));
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(bad(
+                "hidden_size",
+                "not divisible by num_attention_heads".into(),
+            ));
         }
-        if self.d_head() % 2 != 0 {
-            return Err(bad("head_dim", format!("{} is odd: rotary needs an even head width", self.d_head())));
+        if !self.d_head().is_multiple_of(2) {
+            return Err(bad(
+                "head_dim",
+                format!("{} is odd: rotary needs an even head width", self.d_head()),
+            ));
         }
         if Activation::parse(&self.hidden_act).is_none() {
-            return Err(bad("hidden_act", format!("unsupported activation `{}`", self.hidden_act)));
+            return Err(bad(
+                "hidden_act",
+                format!("unsupported activation `{}`", self.hidden_act),
+            ));
         }
         if let Some(s) = self.scaling() {
             match s.name() {
@@ -163,7 +180,9 @@ impl LlamaConfig {
                 other => {
                     return Err(bad(
                         "rope_scaling.rope_type",
-                        format!("unsupported rotary scaling `{other}` (supported: default, linear, llama3, dynamic)"),
+                        format!(
+                            "unsupported rotary scaling `{other}` (supported: default, linear, llama3, dynamic)"
+                        ),
                     ));
                 }
             }
@@ -172,7 +191,12 @@ impl LlamaConfig {
     }
 
     /// Rotary frequencies with scaling applied, and with GGUF per-frequency factors if given.
-    pub(crate) fn rotary(&self, dtype: DType, device: &Device, freq_factors: Option<&[f32]>) -> Rotary {
+    pub(crate) fn rotary(
+        &self,
+        dtype: DType,
+        device: &Device,
+        freq_factors: Option<&[f32]>,
+    ) -> Rotary {
         let dim = self.d_head();
         let mut r = Rotary::new(dim, self.theta(), dtype, device);
         if let Some(s) = self.scaling() {
@@ -199,7 +223,10 @@ impl LlamaConfig {
             }
         }
         if let Some(ff) = freq_factors {
-            r.inv_freq_mut().iter_mut().zip(ff).for_each(|(f, d)| *f /= d);
+            r.inv_freq_mut()
+                .iter_mut()
+                .zip(ff)
+                .for_each(|(f, d)| *f /= d);
         }
         r
     }
@@ -309,7 +336,13 @@ impl Blocks for Llama {
         SeqCtx::new(seq_len, Some(&self.rotary), &self.device)
     }
 
-    fn block(&self, layer: usize, x: &Tensor, ctx: &SeqCtx, hooks: &mut dyn LayerHooks) -> Result<Tensor, ModelError> {
+    fn block(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        ctx: &SeqCtx,
+        hooks: &mut dyn LayerHooks,
+    ) -> Result<Tensor, ModelError> {
         let l = &self.layers[layer];
         let (b, t, _) = x.dims3()?;
         let (h, kv, dh) = (self.n_heads, self.n_kv, self.d_head);

@@ -206,7 +206,9 @@ pub struct HookedModel {
 
 impl fmt::Debug for HookedModel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HookedModel").field("info", &self.info).finish()
+        f.debug_struct("HookedModel")
+            .field("info", &self.info)
+            .finish()
     }
 }
 

@@ -120,19 +120,37 @@ impl NeoxConfig {
             field: field.into(),
             reason,
         };
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
-            return Err(bad("num_attention_heads", "hidden_size is not divisible by it".into()));
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(bad(
+                "num_attention_heads",
+                "hidden_size is not divisible by it".into(),
+            ));
         }
-        if self.rotary_dims() % 2 != 0 {
-            return Err(bad("rotary_pct", format!("gives {} rotary features, an odd number", self.rotary_dims())));
+        if !self.rotary_dims().is_multiple_of(2) {
+            return Err(bad(
+                "rotary_pct",
+                format!(
+                    "gives {} rotary features, an odd number",
+                    self.rotary_dims()
+                ),
+            ));
         }
         if Activation::parse(&self.hidden_act).is_none() {
-            return Err(bad("hidden_act", format!("unsupported activation `{}`", self.hidden_act)));
+            return Err(bad(
+                "hidden_act",
+                format!("unsupported activation `{}`", self.hidden_act),
+            ));
         }
-        if let Some(t) = self.rope_parameters.as_ref().and_then(|r| r.rope_type.as_deref())
+        if let Some(t) = self
+            .rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_type.as_deref())
             && t != "default"
         {
-            return Err(bad("rope_parameters.rope_type", format!("unsupported rotary scaling `{t}`")));
+            return Err(bad(
+                "rope_parameters.rope_type",
+                format!("unsupported rotary scaling `{t}`"),
+            ));
         }
         Ok(())
     }
@@ -168,7 +186,12 @@ impl Neox {
         dtype: DType,
         device: &Device,
     ) -> Result<(Self, ModelInfo), LoadError> {
-        let (d, v, f, h) = (cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size, cfg.num_attention_heads);
+        let (d, v, f, h) = (
+            cfg.hidden_size,
+            cfg.vocab_size,
+            cfg.intermediate_size,
+            cfg.num_attention_heads,
+        );
         let eps = cfg.layer_norm_eps;
         let embed_w = w.get("gpt_neox.embed_in.weight", &[v, d])?;
         let mut layers_ = Vec::with_capacity(cfg.num_hidden_layers);
@@ -229,28 +252,46 @@ impl Blocks for Neox {
         SeqCtx::new(seq_len, Some(&self.rotary), &self.device)
     }
 
-    fn block(&self, layer: usize, x: &Tensor, ctx: &SeqCtx, hooks: &mut dyn LayerHooks) -> Result<Tensor, ModelError> {
+    fn block(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        ctx: &SeqCtx,
+        hooks: &mut dyn LayerHooks,
+    ) -> Result<Tensor, ModelError> {
         let l = &self.layers[layer];
         let (b, t, d) = x.dims3()?;
         let h = self.n_heads;
         let dh = d / h;
         // query_key_value is laid out per head: [h, (q | k | v), dh].
-        let qkv = l.qkv.forward(&l.ln1.forward(x)?)?.reshape((b, t, h, 3 * dh))?;
-        let part = |i: usize| -> candle_core::Result<Tensor> { qkv.narrow(3, i * dh, dh)?.transpose(1, 2) };
+        let qkv = l
+            .qkv
+            .forward(&l.ln1.forward(x)?)?
+            .reshape((b, t, h, 3 * dh))?;
+        let part = |i: usize| -> candle_core::Result<Tensor> {
+            qkv.narrow(3, i * dh, dh)?.transpose(1, 2)
+        };
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
         let (q, k) = match &ctx.rope {
-            Some((cos, sin)) if cos.dim(1)? > 0 => {
-                (layers::apply_rotary(&q, cos, sin)?, layers::apply_rotary(&k, cos, sin)?)
-            }
+            Some((cos, sin)) if cos.dim(1)? > 0 => (
+                layers::apply_rotary(&q, cos, sin)?,
+                layers::apply_rotary(&k, cos, sin)?,
+            ),
             _ => (q, k),
         };
         let z = layers::attend(&q, &k, &v, &ctx.mask)?;
         let z = hooks.z(layer, z)?;
         let a = l.dense.forward(&z.reshape((b, t, d))?)?;
         let mlp_in = if self.parallel { x.clone() } else { (x + &a)? };
-        let m = l.down.forward(&self.act.forward(&l.up.forward(&l.ln2.forward(&mlp_in)?)?)?)?;
+        let m = l
+            .down
+            .forward(&self.act.forward(&l.up.forward(&l.ln2.forward(&mlp_in)?)?)?)?;
         let m = hooks.mlp(layer, m)?;
-        Ok(if self.parallel { ((m + a)? + x)? } else { (mlp_in + m)? })
+        Ok(if self.parallel {
+            ((m + a)? + x)?
+        } else {
+            (mlp_in + m)?
+        })
     }
 
     fn final_norm(&self, x: &Tensor) -> candle_core::Result<Tensor> {

@@ -14,19 +14,29 @@ pub fn fixtures() -> PathBuf {
 
 /// A fixture model folder, loaded in f32 on CPU.
 pub fn load_fixture(name: &str) -> LoadedModel {
-    load_model(&fixtures().join("models").join(name), &LoadOptions::default())
-        .unwrap_or_else(|e| panic!("loading fixture {name}: {e}"))
+    load_model(
+        &fixtures().join("models").join(name),
+        &LoadOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("loading fixture {name}: {e}"))
 }
 
 /// The `expected.safetensors` of a fixture model.
 pub fn expected(name: &str) -> HashMap<String, Tensor> {
-    let p = fixtures().join("models").join(name).join("expected.safetensors");
+    let p = fixtures()
+        .join("models")
+        .join(name)
+        .join("expected.safetensors");
     candle_core::safetensors::load(&p, &Device::Cpu).unwrap()
 }
 
 /// Rows of token ids from an i64 tensor `[n, t]`.
 pub fn id_rows(t: &Tensor) -> Vec<Vec<u32>> {
-    t.to_vec2::<i64>().unwrap().into_iter().map(|r| r.into_iter().map(|x| x as u32).collect()).collect()
+    t.to_vec2::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.into_iter().map(|x| x as u32).collect())
+        .collect()
 }
 
 /// Largest absolute difference between two tensors of the same shape.
@@ -34,7 +44,16 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
     let a = a.to_dtype(candle_core::DType::F32).unwrap();
     let b = b.to_dtype(candle_core::DType::F32).unwrap();
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 /// The default model (SmolLM2-135M GGUF), fetched through the project's own fetch command into
@@ -50,5 +69,6 @@ pub fn default_model() -> LoadedModel {
         let python = std::env::var("CIRCUIT_SWEEP_PYTHON").unwrap_or_else(|_| "python3".into());
         dm::fetch(&dir, &python).unwrap_or_else(|e| panic!("fetching the default model: {e}"))
     };
-    load_model(&path, &LoadOptions::default()).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
+    load_model(&path, &LoadOptions::default())
+        .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
 }

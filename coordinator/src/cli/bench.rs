@@ -1,0 +1,128 @@
+//! `circuit-sweep bench`: benchmarks that print a table (never timed assertions in tests).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::bail;
+use candle_core::DType;
+use circuit_sweep_worker::{HookedModel, LogitSelection, RunRequest, Start};
+use clap::{Args, Subcommand};
+
+use super::resolve;
+
+/// Benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Forward-pass throughput (tokens/s) for batches of random tokens.
+    Forward(ForwardArgs),
+}
+
+/// Arguments of `bench forward`.
+#[derive(Debug, Args)]
+pub struct ForwardArgs {
+    /// A Hugging Face folder or a .gguf file (default: the default model).
+    #[arg(long, env = "CIRCUIT_SWEEP_MODEL")]
+    model: Option<PathBuf>,
+    /// Dtype to load the weights in.
+    #[arg(long, env = "CIRCUIT_SWEEP_DTYPE", default_value = "f32", value_parser = resolve::parse_dtype)]
+    dtype: DType,
+    /// Batch shapes as PROMPTSxTOKENS, comma-separated.
+    #[arg(
+        long,
+        env = "CIRCUIT_SWEEP_BENCH_SHAPES",
+        default_value = "1x16,64x16",
+        value_delimiter = ','
+    )]
+    shapes: Vec<String>,
+    /// Minimum seconds to time each shape (after one warm-up pass).
+    #[arg(long, env = "CIRCUIT_SWEEP_BENCH_SECONDS", default_value_t = 3.0)]
+    seconds: f64,
+}
+
+/// Runs a benchmark.
+pub fn run(cmd: BenchCommand, models_dir: &Path) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Forward(a) => forward(a, models_dir),
+    }
+}
+
+fn parse_shape(s: &str) -> anyhow::Result<(usize, usize)> {
+    let parsed = s
+        .split_once('x')
+        .and_then(|(b, t)| Some((b.trim().parse().ok()?, t.trim().parse().ok()?)));
+    match parsed {
+        Some((b, t)) if b > 0 && t > 0 => Ok((b, t)),
+        _ => bail!("--shapes: `{s}` is not PROMPTSxTOKENS (e.g. 64x16)"),
+    }
+}
+
+/// Deterministic pseudo-random token ids (a fixed LCG: the benchmark needs no seed flag).
+fn tokens(model: &HookedModel, b: usize, t: usize) -> anyhow::Result<candle_core::Tensor> {
+    let vocab = model.info().vocab_size as u64;
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let rows: Vec<Vec<u32>> = (0..b)
+        .map(|_| {
+            (0..t)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((state >> 33) % vocab) as u32
+                })
+                .collect()
+        })
+        .collect();
+    Ok(model.tokens(&rows)?)
+}
+
+fn forward(a: ForwardArgs, models_dir: &Path) -> anyhow::Result<()> {
+    let shapes = a
+        .shapes
+        .iter()
+        .map(|s| parse_shape(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let loaded = resolve::load(a.model.as_deref(), models_dir, a.dtype)?;
+    let model = &loaded.model;
+    let i = model.info();
+    println!(
+        "model {} ({}, {} layers, d_model {}, {}), {} CPU threads",
+        loaded.source.display(),
+        i.architecture,
+        i.n_layers,
+        i.d_model,
+        a.dtype.as_str(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
+        "{:>8}  {:>7}  {:>10}  {:>10}  {:>12}",
+        "batch", "passes", "ms/pass", "tokens/s", "logits"
+    );
+    for (b, t) in shapes {
+        let ids = tokens(model, b, t)?;
+        for (sel, name) in [(LogitSelection::Last, "last")] {
+            let req = RunRequest {
+                start: Some(Start::Tokens(ids.clone())),
+                logits: sel,
+                ..Default::default()
+            };
+            model.run(&req)?; // warm-up
+            let t0 = Instant::now();
+            let mut passes = 0usize;
+            while passes < 2 || t0.elapsed().as_secs_f64() < a.seconds {
+                model.run(&req)?;
+                passes += 1;
+            }
+            let secs = t0.elapsed().as_secs_f64();
+            let per = secs / passes as f64;
+            println!(
+                "{:>8}  {:>7}  {:>10.2}  {:>10.0}  {:>12}",
+                format!("{b}x{t}"),
+                passes,
+                per * 1e3,
+                (b * t) as f64 / per,
+                name
+            );
+        }
+    }
+    Ok(())
+}
