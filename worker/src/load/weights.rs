@@ -57,6 +57,8 @@ impl LoadedCounter {
 /// Safetensors files of a Hugging Face folder, memory-mapped.
 pub(crate) struct SafetensorsSource {
     files: Vec<(PathBuf, MmapedSafetensors)>,
+    /// The file to name when a tensor is in none of the files (the index, when sharded).
+    catalogue: PathBuf,
     route: HashMap<String, usize>,
     dtype: DType,
     device: Device,
@@ -64,8 +66,14 @@ pub(crate) struct SafetensorsSource {
 }
 
 impl SafetensorsSource {
-    /// Opens `files` (each validated: a truncated file fails here, naming it).
-    pub fn open(files: &[PathBuf], dtype: DType, device: &Device) -> Result<Self, LoadError> {
+    /// Opens `files` (each validated: a truncated file fails here, naming it); `catalogue` is
+    /// the file that lists them (the shard index) or the single file itself.
+    pub fn open(
+        files: &[PathBuf],
+        catalogue: &Path,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self, LoadError> {
         let mut opened = Vec::with_capacity(files.len());
         let mut route = HashMap::new();
         for (i, path) in files.iter().enumerate() {
@@ -77,7 +85,7 @@ impl SafetensorsSource {
             let st =
                 unsafe { MmapedSafetensors::new(path) }.map_err(|e| LoadError::Safetensors {
                     file: path.clone(),
-                    reason: e.to_string(),
+                    reason: super::candle_reason(&e),
                 })?;
             for (name, _) in st.tensors() {
                 route.insert(name, i);
@@ -86,6 +94,7 @@ impl SafetensorsSource {
         }
         Ok(SafetensorsSource {
             files: opened,
+            catalogue: catalogue.to_path_buf(),
             route,
             dtype,
             device: device.clone(),
@@ -97,18 +106,6 @@ impl SafetensorsSource {
     pub fn names(&self) -> BTreeSet<&str> {
         self.route.keys().map(String::as_str).collect()
     }
-
-    /// The file(s) to name when a tensor is missing.
-    fn where_missing(&self) -> PathBuf {
-        match self.files.as_slice() {
-            [(p, _)] => p.clone(),
-            [(p, _), ..] => p
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| p.clone()),
-            [] => PathBuf::new(),
-        }
-    }
 }
 
 impl WeightSource for SafetensorsSource {
@@ -117,13 +114,13 @@ impl WeightSource for SafetensorsSource {
             .route
             .get(name)
             .ok_or_else(|| LoadError::MissingTensor {
-                file: self.where_missing(),
+                file: self.catalogue.clone(),
                 tensor: name.to_string(),
             })?;
         let (path, st) = &self.files[i];
         let view = st.get(name).map_err(|e| LoadError::Safetensors {
             file: path.clone(),
-            reason: format!("tensor `{name}`: {e}"),
+            reason: format!("tensor `{name}`: {}", super::candle_reason(&e)),
         })?;
         use candle_core::safetensors::Load;
         let dt = view.dtype();
@@ -145,7 +142,7 @@ impl WeightSource for SafetensorsSource {
             .and_then(|t| t.to_dtype(self.dtype))
             .map_err(|e| LoadError::Safetensors {
                 file: path.clone(),
-                reason: format!("tensor `{name}`: {e}"),
+                reason: format!("tensor `{name}`: {}", super::candle_reason(&e)),
             })?;
         check_shape(path, name, &t, shape)?;
         self.counter.record(name, &t);

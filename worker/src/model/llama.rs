@@ -173,13 +173,19 @@ impl LlamaConfig {
             ));
         }
         if let Some(s) = self.scaling() {
+            // Name the field the config actually uses.
+            let key = if self.rope_scaling.is_some() {
+                "rope_scaling"
+            } else {
+                "rope_parameters"
+            };
             match s.name() {
                 "default" | "dynamic" => {}
                 "linear" | "llama3" if s.factor.is_some() => {}
-                "linear" | "llama3" => return Err(bad("rope_scaling.factor", "missing".into())),
+                "linear" | "llama3" => return Err(bad(&format!("{key}.factor"), "missing".into())),
                 other => {
                     return Err(bad(
-                        "rope_scaling.rope_type",
+                        &format!("{key}.rope_type"),
                         format!(
                             "unsupported rotary scaling `{other}` (supported: default, linear, llama3, dynamic)"
                         ),

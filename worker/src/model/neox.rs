@@ -120,7 +120,9 @@ impl NeoxConfig {
             field: field.into(),
             reason,
         };
-        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err(bad(
                 "num_attention_heads",
                 "hidden_size is not divisible by it".into(),
