@@ -15,6 +15,20 @@ use super::resolve;
 pub enum BenchCommand {
     /// Forward-pass throughput (tokens/s) for batches of random tokens.
     Forward(ForwardArgs),
+    /// This machine's f32 matrix-multiply rate (GFLOP/s), the peak the forward pass is held to.
+    Matmul {
+        /// Sizes as MxKxN, comma-separated.
+        #[arg(
+            long,
+            env = "CIRCUIT_SWEEP_BENCH_MATMUL",
+            default_value = "1024x576x1536,4096x1024x4096",
+            value_delimiter = ','
+        )]
+        sizes: Vec<String>,
+        /// Minimum seconds to time each size.
+        #[arg(long, env = "CIRCUIT_SWEEP_BENCH_SECONDS", default_value_t = 3.0)]
+        seconds: f64,
+    },
 }
 
 /// Arguments of `bench forward`.
@@ -43,7 +57,36 @@ pub struct ForwardArgs {
 pub fn run(cmd: BenchCommand, models_dir: &Path) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Forward(a) => forward(a, models_dir),
+        BenchCommand::Matmul { sizes, seconds } => matmul(&sizes, seconds),
     }
+}
+
+/// Times `f32` matmuls on the CPU and prints GFLOP/s.
+fn matmul(sizes: &[String], seconds: f64) -> anyhow::Result<()> {
+    use candle_core::{Device, Tensor};
+    println!(
+        "{:>18}  {:>7}  {:>10}  {:>9}",
+        "MxKxN", "runs", "ms/run", "GFLOP/s"
+    );
+    for s in sizes {
+        let dims: Vec<usize> = s.split('x').filter_map(|d| d.trim().parse().ok()).collect();
+        let [m, k, n] = dims[..] else {
+            bail!("--sizes: `{s}` is not MxKxN");
+        };
+        let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
+        let b = Tensor::randn(0f32, 1.0, (k, n), &Device::Cpu)?;
+        a.matmul(&b)?; // warm-up
+        let t0 = Instant::now();
+        let mut runs = 0usize;
+        while runs < 2 || t0.elapsed().as_secs_f64() < seconds {
+            a.matmul(&b)?;
+            runs += 1;
+        }
+        let per = t0.elapsed().as_secs_f64() / runs as f64;
+        let gflops = 2.0 * (m * k * n) as f64 / per / 1e9;
+        println!("{s:>18}  {runs:>7}  {:>10.2}  {gflops:>9.1}", per * 1e3);
+    }
+    Ok(())
 }
 
 fn parse_shape(s: &str) -> anyhow::Result<(usize, usize)> {

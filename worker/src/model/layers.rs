@@ -171,6 +171,33 @@ pub(crate) fn linear(
     Ok(Linear::new(weight, bias))
 }
 
+/// Several linear layers on the same input fused into one (outputs concatenated in order), so
+/// one larger matmul replaces several small ones.
+pub(crate) fn fuse(parts: &[Linear], what: &str) -> Result<Linear, LoadError> {
+    let ws: Vec<&Tensor> = parts.iter().map(|l| l.weight()).collect();
+    let weight = Tensor::cat(&ws, 0).map_err(|e| LoadError::tensor_op(what, e))?;
+    let bias = if parts.iter().all(|l| l.bias().is_some()) {
+        let bs: Vec<&Tensor> = parts.iter().filter_map(|l| l.bias()).collect();
+        Some(Tensor::cat(&bs, 0).map_err(|e| LoadError::tensor_op(what, e))?)
+    } else if parts.iter().any(|l| l.bias().is_some()) {
+        let zeros = |l: &Linear| -> candle_core::Result<Tensor> {
+            match l.bias() {
+                Some(b) => Ok(b.clone()),
+                None => Tensor::zeros(l.weight().dim(0)?, l.weight().dtype(), l.weight().device()),
+            }
+        };
+        let bs = parts
+            .iter()
+            .map(zeros)
+            .collect::<candle_core::Result<Vec<_>>>();
+        let bs = bs.map_err(|e| LoadError::tensor_op(what, e))?;
+        Some(Tensor::cat(&bs, 0).map_err(|e| LoadError::tensor_op(what, e))?)
+    } else {
+        None
+    };
+    Ok(Linear::new(weight, bias))
+}
+
 /// A linear layer stored as GPT-2's `Conv1D` (`W` as `[in, out]`), transposed on load.
 pub(crate) fn conv1d(
     w: &dyn WeightSource,

@@ -240,13 +240,12 @@ impl LlamaConfig {
 
 struct LlamaLayer {
     ln1: RmsNorm,
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// q, k and v projections fused: rows `[q (h*dh) | k (kv*dh) | v (kv*dh)]`.
+    qkv: Linear,
     o: Linear,
     ln2: RmsNorm,
-    gate: Linear,
-    up: Linear,
+    /// gate and up projections fused: rows `[gate (f) | up (f)]`.
+    gate_up: Linear,
     down: Linear,
 }
 
@@ -282,15 +281,17 @@ impl Llama {
             let p = format!("model.layers.{i}");
             let ab = cfg.attention_bias;
             let mb = cfg.mlp_bias;
+            let q = layers::linear(w, &format!("{p}.self_attn.q_proj"), h * dh, d, ab)?;
+            let k = layers::linear(w, &format!("{p}.self_attn.k_proj"), kv * dh, d, ab)?;
+            let v = layers::linear(w, &format!("{p}.self_attn.v_proj"), kv * dh, d, ab)?;
+            let gate = layers::linear(w, &format!("{p}.mlp.gate_proj"), f, d, mb)?;
+            let up = layers::linear(w, &format!("{p}.mlp.up_proj"), f, d, mb)?;
             layers_.push(LlamaLayer {
                 ln1: layers::rms_norm(w, &format!("{p}.input_layernorm"), d, eps)?,
-                q: layers::linear(w, &format!("{p}.self_attn.q_proj"), h * dh, d, ab)?,
-                k: layers::linear(w, &format!("{p}.self_attn.k_proj"), kv * dh, d, ab)?,
-                v: layers::linear(w, &format!("{p}.self_attn.v_proj"), kv * dh, d, ab)?,
+                qkv: layers::fuse(&[q, k, v], &format!("{p}.self_attn.qkv"))?,
                 o: layers::linear(w, &format!("{p}.self_attn.o_proj"), d, h * dh, ab)?,
                 ln2: layers::rms_norm(w, &format!("{p}.post_attention_layernorm"), d, eps)?,
-                gate: layers::linear(w, &format!("{p}.mlp.gate_proj"), f, d, mb)?,
-                up: layers::linear(w, &format!("{p}.mlp.up_proj"), f, d, mb)?,
+                gate_up: layers::fuse(&[gate, up], &format!("{p}.mlp.gate_up"))?,
                 down: layers::linear(w, &format!("{p}.mlp.down_proj"), d, f, mb)?,
             });
         }
@@ -352,10 +353,13 @@ impl Blocks for Llama {
         let l = &self.layers[layer];
         let (b, t, _) = x.dims3()?;
         let (h, kv, dh) = (self.n_heads, self.n_kv, self.d_head);
-        let hx = l.ln1.forward(x)?;
-        let q = l.q.forward(&hx)?.reshape((b, t, h, dh))?.transpose(1, 2)?;
-        let k = l.k.forward(&hx)?.reshape((b, t, kv, dh))?.transpose(1, 2)?;
-        let v = l.v.forward(&hx)?.reshape((b, t, kv, dh))?.transpose(1, 2)?;
+        let qkv = l.qkv.forward(&l.ln1.forward(x)?)?;
+        let heads = |start: usize, n: usize| -> candle_core::Result<Tensor> {
+            qkv.narrow(2, start * dh, n * dh)?
+                .reshape((b, t, n, dh))?
+                .transpose(1, 2)
+        };
+        let (q, k, v) = (heads(0, h)?, heads(h, kv)?, heads(h + kv, kv)?);
         let (cos, sin) = ctx.rope.as_ref().expect("llama always has rotary tables");
         let q = layers::apply_rotary(&q, cos, sin)?;
         let k = layers::apply_rotary(&k, cos, sin)?;
@@ -366,7 +370,9 @@ impl Blocks for Llama {
         let a = l.o.forward(&z.reshape((b, t, h * dh))?)?;
         let x = (x + a)?;
         let hx = l.ln2.forward(&x)?;
-        let gated = (self.act.forward(&l.gate.forward(&hx)?)? * l.up.forward(&hx)?)?;
+        let gate_up = l.gate_up.forward(&hx)?;
+        let f = gate_up.dim(2)? / 2;
+        let gated = (self.act.forward(&gate_up.narrow(2, 0, f)?)? * gate_up.narrow(2, f, f)?)?;
         let m = l.down.forward(&gated)?;
         let m = hooks.mlp(layer, m)?;
         Ok((x + m)?)
