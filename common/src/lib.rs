@@ -1,6 +1,13 @@
-//! Domain types shared by the worker and the coordinator: component names, and (later) specs,
-//! tasks, pruning algorithms and result writers. Nothing here depends on candle or a server.
+//! Domain types shared by the worker and the coordinator: component names, datasets, task
+//! generators, the prompt checker, a seeded random generator, and (later) specs, pruning
+//! algorithms and result writers. Nothing here depends on candle or a server.
 
+pub mod check;
 pub mod component;
+pub mod data_spec;
+pub mod dataset;
+pub mod rng;
+pub mod tasks;
 
 pub use component::{Component, ComponentError};
+pub use dataset::{DatasetError, PromptPair};

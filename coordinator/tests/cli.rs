@@ -1,59 +1,9 @@
 //! The `circuit-sweep` binary end to end: fetch the default model with the project's own
 //! command, then `predict` and `model info` as a user runs them.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+mod support;
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_circuit-sweep"));
-    c.env("CIRCUIT_SWEEP_LOG", "warn");
-    c
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("CIRCUIT_SWEEP_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("models"))
-}
-
-/// Fetches the default model once per test binary, through `circuit-sweep model fetch`.
-fn fetched() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = models_dir();
-        let out = bin()
-            .arg("--models-dir")
-            .arg(&dir)
-            .args(["model", "fetch"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "model fetch failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let printed = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            printed.trim().ends_with("SmolLM2-135M-Instruct.Q4_1.gguf"),
-            "{printed}"
-        );
-        dir
-    })
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use support::{bin, fetched, ok, root};
 
 fn predict_json(prompt: &str) -> serde_json::Value {
     let out = bin()

@@ -7,7 +7,7 @@ pub mod load;
 pub mod model;
 pub mod tokenizer;
 
-pub use load::{LoadError, LoadOptions, LoadedModel, load_model};
+pub use load::{LoadError, LoadOptions, LoadedModel, load_model, load_tokenizer};
 pub use model::{
     Ablation, Architecture, Capture, Captured, HookedModel, Interventions, LogitSelection,
     ModelError, ModelInfo, RunOutput, RunRequest, Start,

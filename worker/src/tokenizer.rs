@@ -167,3 +167,17 @@ fn bos_from_config(file: &Path) -> Result<Option<String>, LoadError> {
         _ => None,
     })
 }
+
+impl circuit_sweep_common::tasks::Tokenize for PromptTokenizer {
+    fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
+        PromptTokenizer::encode(self, text).map_err(|e| e.to_string())
+    }
+
+    fn encode_plain(&self, text: &str) -> Result<Vec<u32>, String> {
+        PromptTokenizer::encode_plain(self, text).map_err(|e| e.to_string())
+    }
+
+    fn token_text(&self, id: u32) -> String {
+        PromptTokenizer::token_text(self, id)
+    }
+}

@@ -3,6 +3,7 @@
 mod bench;
 mod model;
 mod predict;
+mod prompts;
 mod resolve;
 
 use std::path::PathBuf;
@@ -36,6 +37,9 @@ pub enum Command {
     Model(model::ModelCommand),
     /// Print a prompt's tokens and the model's top next tokens.
     Predict(predict::PredictArgs),
+    /// Generate and check datasets of prompt pairs.
+    #[command(subcommand)]
+    Prompts(prompts::PromptsCommand),
     /// Benchmarks that print a table.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -58,6 +62,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Model(cmd) => model::run(cmd, &cli.models_dir),
         Command::Predict(args) => predict::run(args, &cli.models_dir),
+        Command::Prompts(cmd) => prompts::run(cmd, &cli.models_dir),
         Command::Bench(cmd) => bench::run(cmd, &cli.models_dir),
     }
 }

@@ -216,3 +216,25 @@ pub fn load_model(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, LoadEr
         source: path.to_path_buf(),
     })
 }
+
+/// Loads only the tokenizer of a model: `tokenizer.json` of a folder (which needs no weights),
+/// or the tokenizer in a GGUF file's metadata.
+pub fn load_tokenizer(path: &Path) -> Result<PromptTokenizer, LoadError> {
+    if !path.exists() {
+        return Err(LoadError::NotFound {
+            path: path.to_path_buf(),
+        });
+    }
+    if path.is_dir() {
+        if !path.join("tokenizer.json").exists() {
+            return Err(LoadError::MissingFile {
+                dir: path.to_path_buf(),
+                file: "tokenizer.json".into(),
+                why: "the tokenizer".into(),
+            });
+        }
+        PromptTokenizer::from_folder(path)
+    } else {
+        gguf_tokenizer::build(&gguf::GgufFile::open(path)?)
+    }
+}

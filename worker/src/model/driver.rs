@@ -74,6 +74,37 @@ impl HookedModel {
         })
     }
 
+    /// Full-vocabulary logits at the last position of each prompt (rows may differ in length:
+    /// prompts are grouped by length and run `batch` at a time). Returns one row per prompt.
+    pub fn last_logits(
+        &self,
+        rows: &[Vec<u32>],
+        batch: usize,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let mut by_len: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+        for (i, r) in rows.iter().enumerate() {
+            by_len.entry(r.len()).or_default().push(i);
+        }
+        let mut out = vec![Vec::new(); rows.len()];
+        for idx in by_len.values() {
+            for chunk in idx.chunks(batch.max(1)) {
+                let group: Vec<Vec<u32>> = chunk.iter().map(|&i| rows[i].clone()).collect();
+                let logits = self
+                    .run(&RunRequest {
+                        start: Some(Start::Tokens(self.tokens(&group)?)),
+                        logits: LogitSelection::Last,
+                        ..Default::default()
+                    })?
+                    .logits
+                    .expect("logits were asked for");
+                for (&i, row) in chunk.iter().zip(logits.to_vec2::<f32>()?) {
+                    out[i] = row;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Final norm and unembedding of only what `sel` asks for, returned in f32.
     fn logits(&self, x: &Tensor, sel: &LogitSelection) -> Result<Option<Tensor>, ModelError> {
         let (_, t, _) = x.dims3()?;
