@@ -95,3 +95,35 @@ fn parameter_counts_match_the_checkpoints() {
     let block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * f + f) + (f * d + d);
     assert_eq!(g.model.info().parameters, v * d + p * d + 3 * block + 2 * d);
 }
+
+#[test]
+fn half_precision_weights_stay_close_to_f32() {
+    use candle_core::DType;
+    use circuit_sweep_worker::{LoadOptions, load_model};
+    for name in ["gpt2", "llama", "neox"] {
+        let exp = expected(name);
+        for (dtype, tol) in [(DType::F16, 0.03f32), (DType::BF16, 0.2)] {
+            let opts = LoadOptions {
+                dtype,
+                ..LoadOptions::default()
+            };
+            let m = load_model(&fixtures().join("models").join(name), &opts)
+                .unwrap()
+                .model;
+            assert_eq!(m.info().dtype, dtype);
+            let ids = m.tokens(&id_rows(&exp["input_ids"])).unwrap();
+            let out = m
+                .run(&RunRequest {
+                    start: Some(Start::Tokens(ids)),
+                    logits: LogitSelection::Last,
+                    ..Default::default()
+                })
+                .unwrap();
+            let logits = out.logits.unwrap();
+            assert_eq!(logits.dtype(), DType::F32, "logits come back in f32");
+            let d = max_abs_diff(&logits, &exp["logits_last"]);
+            eprintln!("{name} {dtype:?}: max abs logit error {d}");
+            assert!(d <= tol, "{name} in {dtype:?}: {d} > {tol}");
+        }
+    }
+}
