@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::check;
 use crate::dataset::{self, DatasetError, PromptPair};
@@ -11,22 +11,29 @@ use crate::tasks::{self, Corruption, GenSpec, Task, TaskError, Tokenize};
 
 /// `[data]`: either `file = "prompts.jsonl"` or `task = "months"` with `n`, `seed`,
 /// `corruption`, `length`, `step`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DataSpec {
     /// A JSONL dataset (relative paths are relative to the spec file).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
     /// A task to generate.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
     /// Prompt pairs to generate (default 64).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub n: Option<usize>,
     /// Seed of the generator (default 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     /// Corruption (default `rand_all`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub corruption: Option<String>,
     /// Members before the answer (default 4).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub length: Option<usize>,
     /// Step of `intervals` (default 2).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub step: Option<usize>,
 }
 

@@ -6,7 +6,10 @@ pub mod check;
 pub mod component;
 pub mod data_spec;
 pub mod dataset;
+pub mod metric;
+pub mod results;
 pub mod rng;
+pub mod spec;
 pub mod tasks;
 
 pub use component::{Component, ComponentError};

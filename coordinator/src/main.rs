@@ -1,6 +1,7 @@
 //! `circuit-sweep`: find circuits in transformer language models by ablation.
 
 mod cli;
+mod job;
 
 use clap::Parser;
 

@@ -3,10 +3,12 @@
 //! default model.
 
 pub mod default_model;
+pub mod eval;
 pub mod load;
 pub mod model;
 pub mod tokenizer;
 
+pub use eval::{Evaluator, PromptSet};
 pub use load::{LoadError, LoadOptions, LoadedModel, load_model, load_tokenizer};
 pub use model::{
     Ablation, Architecture, Capture, Captured, HookedModel, Interventions, LogitSelection,

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use candle_core::DType;
 use circuit_sweep_worker::{HookedModel, LogitSelection, RunRequest, Start};
 use clap::{Args, Subcommand};
@@ -15,6 +15,9 @@ use super::resolve;
 pub enum BenchCommand {
     /// Forward-pass throughput (tokens/s) for batches of random tokens.
     Forward(ForwardArgs),
+    /// Node sweep of the default model on a digits dataset: the batched evaluator against the
+    /// naive path (one full, unbatched forward per component), with achieved GFLOP/s.
+    Sweep(SweepArgs),
     /// This machine's f32 matrix-multiply rate (GFLOP/s), the peak the forward pass is held to.
     Matmul {
         /// Sizes as MxKxN, comma-separated.
@@ -58,6 +61,7 @@ pub fn run(cmd: BenchCommand, models_dir: &Path) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Forward(a) => forward(a, models_dir),
         BenchCommand::Matmul { sizes, seconds } => matmul(&sizes, seconds),
+        BenchCommand::Sweep(a) => sweep(a, models_dir),
     }
 }
 
@@ -167,5 +171,109 @@ fn forward(a: ForwardArgs, models_dir: &Path) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// Arguments of `bench sweep`.
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// A Hugging Face folder or a .gguf file (default: the default model).
+    #[arg(long, env = "CIRCUIT_SWEEP_MODEL")]
+    model: Option<PathBuf>,
+    /// Prompts in the digits dataset.
+    #[arg(long, env = "CIRCUIT_SWEEP_BENCH_PROMPTS", default_value_t = 16)]
+    prompts: usize,
+    /// Token budget of one batched forward pass.
+    #[arg(long, env = "CIRCUIT_SWEEP_BATCH_TOKENS", default_value_t = 16384)]
+    batch_tokens: usize,
+    /// Skip the naive baseline (it takes several minutes).
+    #[arg(long, env = "CIRCUIT_SWEEP_BENCH_NO_NAIVE")]
+    no_naive: bool,
+}
+
+/// Multiply-adds of the blocks for `tokens` tokens run through `layers` blocks (matmuls only).
+fn block_flops(i: &circuit_sweep_worker::ModelInfo, tokens: f64, layers: f64) -> f64 {
+    let d = i.d_model as f64;
+    let attn = d * (i.n_heads * i.d_head) as f64 * 2.0 + d * (2 * i.n_kv_heads * i.d_head) as f64;
+    let mlp = 3.0 * d * i.d_mlp as f64;
+    2.0 * (attn + mlp) * tokens * layers
+}
+
+fn sweep(a: SweepArgs, models_dir: &Path) -> anyhow::Result<()> {
+    use circuit_sweep_common::Component;
+    use circuit_sweep_common::spec::AblationSpec;
+    use circuit_sweep_common::tasks::{self, GenSpec};
+    use circuit_sweep_worker::{Evaluator, PromptSet};
+
+    let loaded = resolve::load(a.model.as_deref(), models_dir, DType::F32)?;
+    let tok = loaded
+        .tokenizer
+        .as_ref()
+        .context("the model has no tokenizer")?;
+    let pairs = tasks::generate(&GenSpec::new("digits".parse()?, a.prompts, 0), tok)?;
+    let prompts = PromptSet::from_pairs(&pairs, tok).map_err(anyhow::Error::msg)?;
+    let m = &loaded.model;
+    let i = m.info().clone();
+    let t = prompts.clean[0].len() as f64;
+    let p = a.prompts as f64;
+    let ev = Evaluator::new(m, &prompts, AblationSpec::default(), a.batch_tokens)?;
+    let comps: Vec<Vec<Component>> = Component::all(i.n_layers, i.n_heads)
+        .into_iter()
+        .map(|c| vec![c])
+        .collect();
+    println!(
+        "node sweep of {} components, {} prompts x {} tokens, {} ({} layers), {} CPU threads",
+        comps.len(),
+        a.prompts,
+        t,
+        loaded.source.display(),
+        i.n_layers,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
+        "{:>10}  {:>8}  {:>10}  {:>12}  {:>9}  {:>8}",
+        "path", "passes", "seconds", "passes/s", "GFLOP/s", "speed-up"
+    );
+    let before = ev.forward_passes();
+    let t0 = Instant::now();
+    let fast = ev.metrics(&comps)?;
+    let fast_s = t0.elapsed().as_secs_f64();
+    let fast_passes = ev.forward_passes() - before;
+    // Work of the batched sweep: each component's variant runs from its own layer up.
+    let fast_work: f64 = comps
+        .iter()
+        .map(|c| block_flops(&i, p * t, (i.n_layers - c[0].layer()) as f64))
+        .sum();
+    let naive_work = block_flops(&i, p * t, i.n_layers as f64) * comps.len() as f64;
+    let row = |name: &str, passes: usize, secs: f64, work: f64, speedup: String| {
+        println!(
+            "{name:>10}  {passes:>8}  {secs:>10.2}  {:>12.2}  {:>9.1}  {speedup:>8}",
+            passes as f64 / secs,
+            work / secs / 1e9
+        );
+    };
+    if a.no_naive {
+        row("batched", fast_passes, fast_s, fast_work, "-".into());
+        return Ok(());
+    }
+    let before = ev.forward_passes();
+    let t0 = Instant::now();
+    let slow = ev.metrics_naive(&comps)?;
+    let slow_s = t0.elapsed().as_secs_f64();
+    let slow_passes = ev.forward_passes() - before;
+    row("naive", slow_passes, slow_s, naive_work, "1.00x".into());
+    row(
+        "batched",
+        fast_passes,
+        fast_s,
+        fast_work,
+        format!("{:.2}x", slow_s / fast_s),
+    );
+    let worst = fast
+        .iter()
+        .zip(&slow)
+        .map(|(x, y)| (ev.score_of(*x) - ev.score_of(*y)).abs())
+        .fold(0.0, f64::max);
+    println!("largest score difference between the two paths: {worst:.2e} percentage points");
     Ok(())
 }

@@ -4,7 +4,8 @@ mod bench;
 mod model;
 mod predict;
 mod prompts;
-mod resolve;
+pub(crate) mod resolve;
+mod run;
 
 use std::path::PathBuf;
 
@@ -35,6 +36,8 @@ pub enum Command {
     /// Inspect or fetch models.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Run a sweep spec in this process and write its results folder.
+    Run(run::RunArgs),
     /// Print a prompt's tokens and the model's top next tokens.
     Predict(predict::PredictArgs),
     /// Generate and check datasets of prompt pairs.
@@ -61,6 +64,7 @@ pub fn init_logging(filter: &str) {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Model(cmd) => model::run(cmd, &cli.models_dir),
+        Command::Run(args) => run::run(args, &cli.models_dir),
         Command::Predict(args) => predict::run(args, &cli.models_dir),
         Command::Prompts(cmd) => prompts::run(cmd, &cli.models_dir),
         Command::Bench(cmd) => bench::run(cmd, &cli.models_dir),

@@ -1,0 +1,72 @@
+//! The results folder of a run (spec section 6): `result.json` (schema-versioned), the score
+//! matrices as CSV and safetensors, and SVG plots.
+
+mod heatmap;
+mod tables;
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+pub use heatmap::head_heatmap_svg;
+
+/// Version of `result.json`'s layout.
+pub const SCHEMA: u32 = 1;
+
+/// Scores of every head and every MLP ablated alone (% of the full model).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct NodeScores {
+    /// `[n_layers][n_heads]`.
+    pub heads: Vec<Vec<f64>>,
+    /// `[n_layers]`.
+    pub mlps: Vec<f64>,
+}
+
+/// A results folder could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct WriteError {
+    /// The file.
+    pub path: PathBuf,
+    /// The error.
+    pub source: std::io::Error,
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
+    std::fs::write(path, bytes).map_err(|source| WriteError {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes `result.json` (pretty, keys in a fixed order) into `dir`, creating it.
+pub fn write_result_json(dir: &Path, doc: &serde_json::Value) -> Result<(), WriteError> {
+    std::fs::create_dir_all(dir).map_err(|source| WriteError {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut text = serde_json::to_string_pretty(doc).expect("JSON values serialise");
+    text.push('\n');
+    write(&dir.join("result.json"), text.as_bytes())
+}
+
+/// Writes the node-sweep tables and plots: `nodes_heads.csv`, `nodes_mlps.csv`,
+/// `nodes.safetensors` (`heads` `[L, H]`, `mlps` `[L]`, f32) and `heads.svg`.
+pub fn write_node_scores(dir: &Path, scores: &NodeScores, title: &str) -> Result<(), WriteError> {
+    write(
+        &dir.join("nodes_heads.csv"),
+        tables::heads_csv(scores).as_bytes(),
+    )?;
+    write(
+        &dir.join("nodes_mlps.csv"),
+        tables::mlps_csv(scores).as_bytes(),
+    )?;
+    write(
+        &dir.join("nodes.safetensors"),
+        &tables::nodes_safetensors(scores),
+    )?;
+    write(
+        &dir.join("heads.svg"),
+        head_heatmap_svg(scores, title).as_bytes(),
+    )
+}

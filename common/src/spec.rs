@@ -1,0 +1,430 @@
+//! The sweep spec (`circuit-sweep run SPEC.toml`): every field documented in the README,
+//! unknown fields refused, values checked before any forward pass with the field named.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::data_spec::DataSpec;
+
+/// A whole sweep spec.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SweepSpec {
+    /// The model.
+    #[serde(default)]
+    pub model: ModelSpec,
+    /// The prompts.
+    #[serde(default)]
+    pub data: DataSpec,
+    /// How components are ablated and scored.
+    #[serde(default)]
+    pub ablation: AblationSpec,
+    /// What sweep to run.
+    #[serde(default)]
+    pub sweep: SweepKindSpec,
+    /// Execution settings that do not change results.
+    #[serde(default)]
+    pub run: RunSpec,
+}
+
+/// `[model]`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// A Hugging Face folder or a .gguf file; the default model if omitted.
+    pub path: Option<PathBuf>,
+    /// `f32`, `f16` or `bf16`.
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    /// `cpu` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+fn default_dtype() -> String {
+    "f32".into()
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        ModelSpec {
+            path: None,
+            dtype: default_dtype(),
+            device: default_device(),
+        }
+    }
+}
+
+/// How an ablated component's activation is replaced.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AblationKind {
+    /// Per-position mean over the corrupt prompts (the paper's).
+    #[default]
+    Mean,
+    /// Zeros.
+    Zero,
+    /// The paired corrupt prompt's activation.
+    Resample,
+}
+
+/// Which run is patched.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Run the clean prompts, replace the ablated components.
+    #[default]
+    Noising,
+    /// Run the corrupt prompts, patch clean activations into the kept components.
+    Denoising,
+}
+
+/// What is measured.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Mean of logit(answer) - logit(wrong) at the last position.
+    #[default]
+    LogitDiff,
+    /// Mean KL divergence of the next-token distribution from the full model's (nats; 0 is
+    /// the full model, lower is better; scores are the KL itself).
+    Kl,
+    /// Share of prompts whose top-1 is the answer.
+    Accuracy,
+}
+
+/// How a metric becomes a score.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Normalize {
+    /// `100 * metric / full` (the paper's).
+    #[default]
+    Full,
+    /// `100 * (metric - corrupt) / (full - corrupt)`.
+    CleanCorrupt,
+}
+
+/// `[ablation]`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AblationSpec {
+    /// mean | zero | resample.
+    #[serde(default)]
+    pub kind: AblationKind,
+    /// noising | denoising.
+    #[serde(default)]
+    pub direction: Direction,
+    /// logit_diff | kl | accuracy.
+    #[serde(default)]
+    pub metric: Metric,
+    /// full | clean_corrupt.
+    #[serde(default)]
+    pub normalize: Normalize,
+}
+
+/// The sweeps.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SweepKind {
+    /// Every head and MLP ablated alone.
+    #[default]
+    Nodes,
+    /// Greedy iterative pruning.
+    Prune,
+    /// Pruning over many orders.
+    Orders,
+}
+
+/// Pass orders of pruning.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// Backward, forward, ... until a pass removes nothing.
+    #[default]
+    Paper,
+    /// Backward passes only.
+    Backward,
+    /// Forward passes only.
+    Forward,
+}
+
+/// `[sweep]`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SweepKindSpec {
+    /// nodes | prune | orders.
+    #[serde(default)]
+    pub kind: SweepKind,
+    /// Pruning threshold in % of the full model (default 80).
+    pub threshold: Option<f64>,
+    /// Nested thresholds (`[97, 90, 80, 70]`), each continuing from the previous circuit.
+    pub thresholds: Option<Vec<f64>>,
+    /// Pass schedule of pruning.
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Order study: how many seeded random orders.
+    pub orders: Option<usize>,
+    /// Seed of the random orders.
+    #[serde(default)]
+    pub seed: u64,
+    /// Order study: explicit orders (a JSON list of lists of component names).
+    pub orders_file: Option<PathBuf>,
+}
+
+/// `[run]`: how the work is executed (never changes the numbers).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    /// Upper bound of tokens (variants x prompts x positions) in one forward pass.
+    #[serde(default = "default_batch_tokens")]
+    pub batch_tokens: usize,
+}
+
+fn default_batch_tokens() -> usize {
+    16384
+}
+
+impl Default for RunSpec {
+    fn default() -> Self {
+        RunSpec {
+            batch_tokens: default_batch_tokens(),
+        }
+    }
+}
+
+/// A spec that cannot be used, naming the field.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// The file cannot be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or has an unknown field (toml names it, with line and column).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("{path}: [{table}] {field}: {reason}")]
+    Field {
+        /// The file.
+        path: PathBuf,
+        /// The table (`sweep`, `model`, ...).
+        table: &'static str,
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl SweepSpec {
+    /// Parses TOML text; `path` names the source in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, SpecError> {
+        let spec: SweepSpec = toml::from_str(text).map_err(|e| SpecError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        spec.validate(path)?;
+        Ok(spec)
+    }
+
+    /// Reads and validates a spec file.
+    pub fn read(path: &Path) -> Result<Self, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// The threshold of a single pruning run (default 80).
+    pub fn threshold(&self) -> f64 {
+        self.sweep.threshold.unwrap_or(80.0)
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self, path: &Path) -> Result<(), SpecError> {
+        let bad = |table: &'static str, field: &'static str, reason: String| SpecError::Field {
+            path: path.to_path_buf(),
+            table,
+            field,
+            reason,
+        };
+        if !["f32", "f16", "bf16"].contains(&self.model.dtype.as_str()) {
+            return Err(bad(
+                "model",
+                "dtype",
+                format!("`{}` is not f32, f16 or bf16", self.model.dtype),
+            ));
+        }
+        let d = self.model.device.as_str();
+        let cuda_ok = d
+            .strip_prefix("cuda:")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if d != "cpu" && !cuda_ok {
+            return Err(bad(
+                "model",
+                "device",
+                format!("`{d}` is not cpu or cuda:N"),
+            ));
+        }
+        let in_range = |t: f64| t > 0.0 && t <= 100.0;
+        if let Some(t) = self.sweep.threshold
+            && !in_range(t)
+        {
+            return Err(bad(
+                "sweep",
+                "threshold",
+                format!("{t} is outside (0, 100]"),
+            ));
+        }
+        if let Some(ts) = &self.sweep.thresholds {
+            if ts.is_empty() {
+                return Err(bad("sweep", "thresholds", "is empty".into()));
+            }
+            if let Some(t) = ts.iter().find(|t| !in_range(**t)) {
+                return Err(bad(
+                    "sweep",
+                    "thresholds",
+                    format!("{t} is outside (0, 100]"),
+                ));
+            }
+            if ts.windows(2).any(|w| w[1] > w[0]) {
+                return Err(bad(
+                    "sweep",
+                    "thresholds",
+                    "must not increase (97, 90, 80, 70): each circuit continues from the previous"
+                        .into(),
+                ));
+            }
+            if self.sweep.threshold.is_some() {
+                return Err(bad(
+                    "sweep",
+                    "thresholds",
+                    "give `threshold` or `thresholds`, not both".into(),
+                ));
+            }
+        }
+        if self.sweep.orders == Some(0) {
+            return Err(bad("sweep", "orders", "must be at least 1".into()));
+        }
+        if self.sweep.kind != SweepKind::Orders
+            && (self.sweep.orders.is_some() || self.sweep.orders_file.is_some())
+        {
+            return Err(bad(
+                "sweep",
+                "orders",
+                "only applies to kind = \"orders\"".into(),
+            ));
+        }
+        if self.sweep.kind == SweepKind::Nodes
+            && (self.sweep.threshold.is_some() || self.sweep.thresholds.is_some())
+        {
+            return Err(bad(
+                "sweep",
+                "threshold",
+                "does not apply to kind = \"nodes\"".into(),
+            ));
+        }
+        if self.ablation.direction == Direction::Denoising
+            && self.ablation.kind == AblationKind::Zero
+        {
+            return Err(bad(
+                "ablation",
+                "kind",
+                "denoising patches clean activations (resample: paired, mean: averaged); zero does not apply".into(),
+            ));
+        }
+        if self.run.batch_tokens == 0 {
+            return Err(bad("run", "batch_tokens", "must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<SweepSpec, SpecError> {
+        SweepSpec::parse(text, Path::new("s.toml"))
+    }
+
+    #[test]
+    fn the_readme_example_parses() {
+        let s = parse(
+            r#"
+            [model]
+            path = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+            dtype = "f32"
+            device = "cpu"
+            [data]
+            task = "months"
+            n = 16
+            seed = 0
+            corruption = "rand_all"
+            [ablation]
+            kind = "mean"
+            direction = "noising"
+            metric = "logit_diff"
+            normalize = "full"
+            [sweep]
+            kind = "prune"
+            threshold = 80.0
+            schedule = "paper"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(s.sweep.kind, SweepKind::Prune);
+        assert_eq!(s.threshold(), 80.0);
+        assert_eq!(parse("").unwrap(), SweepSpec::default());
+    }
+
+    #[test]
+    fn bad_specs_name_the_field() {
+        let cases = [
+            ("[sweep]\nkind = \"prune\"\nthreshhold = 80", "threshhold"),
+            ("[model]\nweights = \"x\"", "weights"),
+            (
+                "[sweep]\nkind = \"prune\"\nthreshold = 0",
+                "[sweep] threshold: 0 is outside (0, 100]",
+            ),
+            (
+                "[sweep]\nkind = \"prune\"\nthreshold = 120",
+                "[sweep] threshold",
+            ),
+            (
+                "[sweep]\nkind = \"prune\"\nthresholds = [80, 90]",
+                "[sweep] thresholds: must not increase",
+            ),
+            ("[sweep]\nkind = \"edges\"", "kind"),
+            ("[model]\ndtype = \"f64\"", "[model] dtype"),
+            ("[model]\ndevice = \"gpu\"", "[model] device"),
+            (
+                "[ablation]\nkind = \"zero\"\ndirection = \"denoising\"",
+                "[ablation] kind",
+            ),
+            ("[sweep]\norders = 5", "[sweep] orders: only applies"),
+            ("[ablation]\nmetric = \"loss\"", "metric"),
+        ];
+        for (text, needle) in cases {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(
+                err.starts_with("s.toml: ") && err.contains(needle),
+                "{text:?}: {err}"
+            );
+        }
+    }
+}

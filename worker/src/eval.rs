@@ -1,0 +1,384 @@
+//! The batched ablation evaluator: scores of candidate circuits, many per forward pass.
+//!
+//! Each candidate is a set of ablated components. Candidates are stacked as variants in the
+//! batch, grouped by the first layer they touch so that (when noising) each group starts from
+//! the cached clean residual stream at that layer; replacement values (per-position means over
+//! the corrupt prompts, zeros, or paired activations) are computed once; only the logits the
+//! metric needs are computed.
+
+use candle_core::{DType, Tensor};
+use circuit_sweep_common::Component;
+use circuit_sweep_common::metric;
+use circuit_sweep_common::spec::{AblationKind, AblationSpec, Direction, Metric};
+
+use crate::model::{
+    Ablation, Capture, HookedModel, Interventions, LogitSelection, ModelError, RunRequest, Start,
+};
+
+/// A prompt set ready for evaluation: token ids and the answer / wrong ids per prompt.
+#[derive(Debug, Clone)]
+pub struct PromptSet {
+    /// Clean prompts, all the same length.
+    pub clean: Vec<Vec<u32>>,
+    /// Corrupt prompts, the same length as the clean ones.
+    pub corrupt: Vec<Vec<u32>>,
+    /// Answer token per prompt.
+    pub answer: Vec<u32>,
+    /// Wrong token per prompt.
+    pub wrong: Vec<u32>,
+}
+
+impl PromptSet {
+    /// Token ids of checked prompt pairs, with answer and wrong ids encoded in context.
+    pub fn from_pairs(
+        pairs: &[circuit_sweep_common::PromptPair],
+        tok: &crate::PromptTokenizer,
+    ) -> Result<Self, String> {
+        let mut set = PromptSet {
+            clean: vec![],
+            corrupt: vec![],
+            answer: vec![],
+            wrong: vec![],
+        };
+        for p in pairs {
+            set.clean
+                .push(tok.encode(&p.clean).map_err(|e| e.to_string())?);
+            set.corrupt
+                .push(tok.encode(&p.corrupt).map_err(|e| e.to_string())?);
+            let one = |text: &str| -> Result<u32, String> {
+                let a = circuit_sweep_common::tasks::answer_in_context(tok, &p.clean, text)?;
+                match a.ids.as_slice() {
+                    [id] if !a.merged => Ok(*id),
+                    _ => Err(format!(
+                        "line {}: {text:?} is not one token after the prompt",
+                        p.line
+                    )),
+                }
+            };
+            set.answer.push(one(&p.answer)?);
+            set.wrong.push(one(&p.wrong)?);
+        }
+        Ok(set)
+    }
+}
+
+/// Scores candidate circuits on one model and prompt set.
+pub struct Evaluator<'m> {
+    model: &'m HookedModel,
+    ablation: AblationSpec,
+    /// The run that is patched: clean ids (noising) or corrupt ids (denoising).
+    input: Tensor,
+    values: Ablation,
+    /// Residual stream of the unpatched `input` run at each block's input (noising only).
+    resid: Vec<Tensor>,
+    prompts: usize,
+    seq_len: usize,
+    logit_ids: Vec<u32>,
+    answer_col: Vec<usize>,
+    wrong_col: Vec<usize>,
+    answers: Vec<u32>,
+    /// The full model's next-token log-probabilities on the clean prompts (KL only).
+    full_logprobs: Vec<Vec<f64>>,
+    /// Metric of the unablated model on the clean prompts.
+    pub full: f64,
+    /// Metric of the unablated model on the corrupt prompts.
+    pub corrupt: f64,
+    batch_tokens: usize,
+    forward_passes: std::cell::Cell<usize>,
+}
+
+impl<'m> Evaluator<'m> {
+    /// Runs the clean and corrupt prompts once, caching what every later evaluation needs.
+    pub fn new(
+        model: &'m HookedModel,
+        prompts: &PromptSet,
+        ablation: AblationSpec,
+        batch_tokens: usize,
+    ) -> Result<Self, ModelError> {
+        let n = prompts.clean.len();
+        if n == 0
+            || prompts.corrupt.len() != n
+            || prompts.answer.len() != n
+            || prompts.wrong.len() != n
+        {
+            return Err(ModelError::InvalidRequest(format!(
+                "prompt set of {n} clean, {} corrupt, {} answers, {} wrong",
+                prompts.corrupt.len(),
+                prompts.answer.len(),
+                prompts.wrong.len()
+            )));
+        }
+        let clean = model.tokens(&prompts.clean)?;
+        let corrupt = model.tokens(&prompts.corrupt)?;
+        if clean.dims() != corrupt.dims() {
+            return Err(ModelError::InvalidRequest(format!(
+                "clean prompts are {:?} tokens, corrupt {:?}: they must align",
+                clean.dims(),
+                corrupt.dims()
+            )));
+        }
+        let seq_len = clean.dim(1)?;
+        // Columns of the logits the metric reads.
+        let mut logit_ids: Vec<u32> = prompts
+            .answer
+            .iter()
+            .chain(&prompts.wrong)
+            .copied()
+            .collect();
+        logit_ids.sort_unstable();
+        logit_ids.dedup();
+        let col = |id: &u32| logit_ids.binary_search(id).expect("id is in the list");
+        let answer_col = prompts.answer.iter().map(col).collect();
+        let wrong_col = prompts.wrong.iter().map(col).collect();
+        let capture = Capture::all();
+        let run = |ids: &Tensor, logits| {
+            model.run(&RunRequest {
+                start: Some(Start::Tokens(ids.clone())),
+                capture,
+                logits,
+                ..Default::default()
+            })
+        };
+        let clean_run = run(&clean, LogitSelection::Last)?;
+        let corrupt_run = run(&corrupt, LogitSelection::Last)?;
+        let clean_act = Ablation::from_captured(&clean_run.captured)?;
+        let corrupt_act = Ablation::from_captured(&corrupt_run.captured)?;
+        let (input, values, resid) = match ablation.direction {
+            Direction::Noising => {
+                let values = match ablation.kind {
+                    AblationKind::Mean => corrupt_act.mean_over_prompts()?,
+                    AblationKind::Resample => corrupt_act,
+                    AblationKind::Zero => {
+                        Ablation::zeros(model.info(), seq_len, model.info().dtype, model.device())?
+                    }
+                };
+                let resid = clean_run
+                    .captured
+                    .resid
+                    .iter()
+                    .map(|r| r.clone().expect("captured"))
+                    .collect();
+                (clean.clone(), values, resid)
+            }
+            Direction::Denoising => {
+                let values = match ablation.kind {
+                    AblationKind::Mean => clean_act.mean_over_prompts()?,
+                    _ => clean_act,
+                };
+                (corrupt.clone(), values, vec![])
+            }
+        };
+        let vocab = model.info().vocab_size;
+        let clean_logits: Vec<f32> = clean_run.logits.expect("asked").flatten_all()?.to_vec1()?;
+        let corrupt_logits: Vec<f32> = corrupt_run
+            .logits
+            .expect("asked")
+            .flatten_all()?
+            .to_vec1()?;
+        let full_logprobs: Vec<Vec<f64>> = if ablation.metric == Metric::Kl {
+            clean_logits
+                .chunks(vocab)
+                .map(metric::log_softmax)
+                .collect()
+        } else {
+            vec![]
+        };
+        let mut ev = Evaluator {
+            model,
+            ablation,
+            input,
+            values,
+            resid,
+            prompts: n,
+            seq_len,
+            logit_ids,
+            answer_col,
+            wrong_col,
+            answers: prompts.answer.clone(),
+            full_logprobs,
+            full: 0.0,
+            corrupt: 0.0,
+            batch_tokens: batch_tokens.max(1),
+            forward_passes: std::cell::Cell::new(2),
+        };
+        ev.full = ev.metric_of_full_logits(&clean_logits);
+        ev.corrupt = ev.metric_of_full_logits(&corrupt_logits);
+        Ok(ev)
+    }
+
+    /// Forward passes run so far (the two setup passes included).
+    pub fn forward_passes(&self) -> usize {
+        self.forward_passes.get()
+    }
+
+    /// Number of prompts.
+    pub fn prompts(&self) -> usize {
+        self.prompts
+    }
+
+    /// The metric from full-vocabulary logits `[prompts * vocab]` of one unpatched run.
+    fn metric_of_full_logits(&self, logits: &[f32]) -> f64 {
+        let vocab = self.model.info().vocab_size;
+        match self.ablation.metric {
+            Metric::LogitDiff => {
+                let a: Vec<usize> = self.answers.iter().map(|&i| i as usize).collect();
+                let w: Vec<usize> = self
+                    .wrong_col
+                    .iter()
+                    .map(|&c| self.logit_ids[c] as usize)
+                    .collect();
+                metric::logit_diff(logits, vocab, &a, &w)
+            }
+            Metric::Accuracy => metric::accuracy(logits, vocab, &self.answers),
+            Metric::Kl => metric::kl(&self.full_logprobs, logits, vocab),
+        }
+    }
+
+    /// The score (spec section 4) of a metric value.
+    pub fn score_of(&self, m: f64) -> f64 {
+        metric::score(
+            self.ablation.metric,
+            self.ablation.normalize,
+            m,
+            self.full,
+            self.corrupt,
+        )
+    }
+
+    /// What a variant patches: the ablated set when noising, everything else when denoising.
+    fn patched(&self, ablated: &[Component]) -> Vec<Component> {
+        match self.ablation.direction {
+            Direction::Noising => ablated.to_vec(),
+            Direction::Denoising => {
+                let i = self.model.info();
+                Component::all(i.n_layers, i.n_heads)
+                    .into_iter()
+                    .filter(|c| !ablated.contains(c))
+                    .collect()
+            }
+        }
+    }
+
+    /// Scores of candidate circuits, each given as its set of ablated components, batched.
+    pub fn scores(&self, candidates: &[Vec<Component>]) -> Result<Vec<f64>, ModelError> {
+        Ok(self
+            .metrics(candidates)?
+            .into_iter()
+            .map(|m| self.score_of(m))
+            .collect())
+    }
+
+    /// Metric values of candidate circuits (see [`Evaluator::scores`]).
+    pub fn metrics(&self, candidates: &[Vec<Component>]) -> Result<Vec<f64>, ModelError> {
+        let n_layers = self.model.info().n_layers;
+        // Group by start layer: the first layer a variant patches (noising), else 0.
+        let mut groups: Vec<Vec<usize>> = vec![vec![]; n_layers + 1];
+        let patched: Vec<Vec<Component>> = candidates.iter().map(|c| self.patched(c)).collect();
+        for (i, p) in patched.iter().enumerate() {
+            let start = match self.ablation.direction {
+                Direction::Noising => p.iter().map(Component::layer).min().unwrap_or(n_layers),
+                Direction::Denoising => 0,
+            };
+            groups[start].push(i);
+        }
+        let per_variant = (self.prompts * self.seq_len).max(1);
+        let chunk = (self.batch_tokens / per_variant).max(1);
+        let mut out = vec![0.0; candidates.len()];
+        for (start, idx) in groups.iter().enumerate() {
+            for part in idx.chunks(chunk) {
+                let variants: Vec<Vec<Component>> =
+                    part.iter().map(|&i| patched[i].clone()).collect();
+                let values = self.run_variants(start, variants)?;
+                for (&i, v) in part.iter().zip(values) {
+                    out[i] = v;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One forward pass of `variants` starting at `start` (the cached residual stream there,
+    /// or the tokens at 0); returns the metric of each variant.
+    fn run_variants(
+        &self,
+        start: usize,
+        variants: Vec<Vec<Component>>,
+    ) -> Result<Vec<f64>, ModelError> {
+        let n_layers = self.model.info().n_layers;
+        let v = variants.len();
+        let start_point = if start == 0 || self.resid.is_empty() {
+            Start::Tokens(self.input.clone())
+        } else if start >= n_layers {
+            // Nothing patched: the unpatched run's last residual is the final block's output,
+            // which is not cached; start at the last block instead.
+            Start::Resid {
+                layer: n_layers - 1,
+                resid: self.resid[n_layers - 1].clone(),
+            }
+        } else {
+            Start::Resid {
+                layer: start,
+                resid: self.resid[start].clone(),
+            }
+        };
+        let logits = match self.ablation.metric {
+            Metric::LogitDiff => LogitSelection::LastIds(self.logit_ids.clone()),
+            Metric::Accuracy | Metric::Kl => LogitSelection::Last,
+        };
+        let out = self.model.run(&RunRequest {
+            start: Some(start_point),
+            interventions: Some(Interventions {
+                values: &self.values,
+                variants,
+            }),
+            logits,
+            ..Default::default()
+        })?;
+        self.forward_passes.set(self.forward_passes.get() + 1);
+        let logits: Vec<f32> = out
+            .logits
+            .expect("asked")
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        let rows_per_variant = logits.len() / v;
+        let vocab = self.model.info().vocab_size;
+        Ok((0..v)
+            .map(|i| {
+                let l = &logits[i * rows_per_variant..(i + 1) * rows_per_variant];
+                match self.ablation.metric {
+                    Metric::LogitDiff => metric::logit_diff(
+                        l,
+                        self.logit_ids.len(),
+                        &self.answer_col,
+                        &self.wrong_col,
+                    ),
+                    Metric::Accuracy => metric::accuracy(l, vocab, &self.answers),
+                    Metric::Kl => metric::kl(&self.full_logprobs, l, vocab),
+                }
+            })
+            .collect())
+    }
+
+    /// The reference path: one full, unbatched forward pass per candidate, no cached residual
+    /// stream (for tests and the naive baseline of `bench`).
+    pub fn metrics_naive(&self, candidates: &[Vec<Component>]) -> Result<Vec<f64>, ModelError> {
+        candidates
+            .iter()
+            .map(|c| {
+                let out = self.model.run(&RunRequest {
+                    start: Some(Start::Tokens(self.input.clone())),
+                    interventions: Some(Interventions {
+                        values: &self.values,
+                        variants: vec![self.patched(c)],
+                    }),
+                    logits: LogitSelection::Last,
+                    ..Default::default()
+                })?;
+                self.forward_passes.set(self.forward_passes.get() + 1);
+                let l: Vec<f32> = out.logits.expect("asked").flatten_all()?.to_vec1()?;
+                Ok(self.metric_of_full_logits(&l))
+            })
+            .collect()
+    }
+}
