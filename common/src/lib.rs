@@ -7,6 +7,8 @@ pub mod component;
 pub mod data_spec;
 pub mod dataset;
 pub mod metric;
+pub mod orders;
+pub mod prune;
 pub mod results;
 pub mod rng;
 pub mod spec;

@@ -8,9 +8,11 @@ use anyhow::{Context, bail};
 use circuit_sweep_common::Component;
 use circuit_sweep_common::data_spec::DataSpec;
 use circuit_sweep_common::dataset::{self, PromptPair};
-use circuit_sweep_common::results::{self, NodeScores};
+use circuit_sweep_common::orders;
+use circuit_sweep_common::prune::{PassOrder, PruneResult, Pruner};
+use circuit_sweep_common::results;
 use circuit_sweep_common::spec::{SweepKind, SweepSpec};
-use circuit_sweep_worker::{Evaluator, LoadedModel, PromptSet, PromptTokenizer};
+use circuit_sweep_worker::{Evaluator, LoadedModel, PromptSet, PromptTokenizer, sweep};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -90,30 +92,72 @@ fn bar(len: u64, what: &str, show: bool) -> ProgressBar {
     pb
 }
 
-/// The node sweep: every head and every MLP ablated alone, batched layer by layer.
-pub fn node_sweep(
+fn model_name(p: &Path) -> String {
+    p.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Writes `NAME.svg` and `NAME.dot` of a node circuit.
+fn write_circuit(
+    out: &Path,
+    name: &str,
+    circuit: &[Component],
+    info: &circuit_sweep_worker::ModelInfo,
+    title: &str,
+    sub: &str,
+) -> anyhow::Result<()> {
+    let kept = |c: &Component| if circuit.contains(c) { 1.0 } else { 0.0 };
+    results::write_file(
+        out,
+        &format!("{name}.svg"),
+        &results::circuit_svg(info.n_layers, info.n_heads, &kept, title, sub),
+    )?;
+    results::write_file(
+        out,
+        &format!("{name}.dot"),
+        &results::circuit_dot(circuit, title),
+    )?;
+    Ok(())
+}
+
+/// Pruning runs in lockstep with a progress bar (runs finished) or spinner (decisions).
+fn prune_lockstep(
     ev: &Evaluator<'_>,
-    n_layers: usize,
-    n_heads: usize,
+    pruners: &mut [Pruner],
     progress: bool,
-) -> anyhow::Result<NodeScores> {
-    let pb = bar(n_layers as u64, "node sweep", progress);
-    let mut heads = Vec::with_capacity(n_layers);
-    let mut mlps = Vec::with_capacity(n_layers);
-    // One call per layer: its heads and MLP share a start layer, so they batch together.
-    for layer in 0..n_layers {
-        let comps: Vec<Vec<Component>> = Component::all(n_layers, n_heads)
-            .into_iter()
-            .filter(|c| c.layer() == layer)
-            .map(|c| vec![c])
-            .collect();
-        let s = ev.scores(&comps)?;
-        heads.push(s[..n_heads].to_vec());
-        mlps.push(s[n_heads]);
-        pb.inc(1);
-    }
+    what: &str,
+) -> anyhow::Result<()> {
+    let many = pruners.len() > 1;
+    let pb = if many {
+        bar(pruners.len() as u64, what, progress)
+    } else {
+        spinner(what, progress)
+    };
+    sweep::prune_lockstep(ev, pruners, &mut |ps, decisions| {
+        pb.set_position(if many {
+            ps.iter().filter(|p| p.is_done()).count() as u64
+        } else {
+            decisions
+        });
+    })?;
     pb.finish_and_clear();
-    Ok(NodeScores { heads, mlps })
+    Ok(())
+}
+
+fn spinner(what: &str, show: bool) -> ProgressBar {
+    if !show || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg}: {pos} evaluations, {per_sec}, {elapsed}")
+            .expect("a valid template"),
+    );
+    pb.set_message(what.to_string());
+    pb.enable_steady_tick(std::time::Duration::from_millis(200));
+    pb
 }
 
 /// Runs a spec and writes its results folder.
@@ -160,7 +204,9 @@ pub fn run(spec: &SweepSpec, ctx: &JobContext, out: &Path) -> anyhow::Result<ser
     dataset::write_jsonl(&out.join("prompts.jsonl"), &prep.pairs)?;
     match spec.sweep.kind {
         SweepKind::Nodes => {
-            let scores = node_sweep(&ev, info.n_layers, info.n_heads, ctx.progress)?;
+            let pb = bar(info.n_layers as u64, "node sweep", ctx.progress);
+            let scores = sweep::node_sweep(&ev, info.n_layers, info.n_heads, &mut |_| pb.inc(1))?;
+            pb.finish_and_clear();
             let title = format!(
                 "{} — node sweep ({:?} ablation, {} prompts)",
                 prep.loaded
@@ -174,11 +220,143 @@ pub fn run(spec: &SweepSpec, ctx: &JobContext, out: &Path) -> anyhow::Result<ser
             results::write_node_scores(out, &scores, &title)?;
             doc["nodes"] = json!(scores);
         }
-        SweepKind::Prune | SweepKind::Orders => bail!(
-            "[sweep] kind: `{:?}` is not available yet in this build (node sweeps are); pruning and the order study \
-             land next",
-            spec.sweep.kind
-        ),
+        SweepKind::Prune => {
+            let name = model_name(&prep.loaded.source);
+            let thresholds = spec
+                .sweep
+                .thresholds
+                .clone()
+                .unwrap_or_else(|| vec![spec.threshold()]);
+            let mut runs: Vec<PruneResult> = vec![];
+            let mut start: Option<Vec<Component>> = None;
+            let mut start_score = ev.scores(&[vec![]])?[0];
+            for &t in &thresholds {
+                let mut pruner = Pruner::new(
+                    info.n_layers,
+                    info.n_heads,
+                    PassOrder::Schedule(spec.sweep.schedule),
+                    t,
+                    start.as_deref(),
+                    start_score,
+                );
+                prune_lockstep(
+                    &ev,
+                    std::slice::from_mut(&mut pruner),
+                    ctx.progress,
+                    &format!("prune {t}"),
+                )?;
+                let r = pruner.result();
+                tracing::info!(
+                    "threshold {t}: {} heads, {} MLPs, score {:.2} after {} evaluations in {} passes",
+                    r.heads.len(),
+                    r.mlps.len(),
+                    r.score,
+                    r.evaluations,
+                    r.passes
+                );
+                let circuit = pruner.circuit();
+                let title = format!(
+                    "{name}: circuit at {t}% ({} heads, {} MLPs, score {:.1}%)",
+                    r.heads.len(),
+                    r.mlps.len(),
+                    r.score
+                );
+                let sub = format!(
+                    "{:?} schedule, {} evaluations, {} passes",
+                    spec.sweep.schedule, r.evaluations, r.passes
+                );
+                write_circuit(out, &format!("circuit-{t}"), &circuit, &info, &title, &sub)?;
+                write_circuit(out, "circuit", &circuit, &info, &title, &sub)?;
+                start_score = r.score;
+                start = Some(circuit);
+                runs.push(r);
+            }
+            doc["prune"] = if runs.len() == 1 {
+                json!(runs[0])
+            } else {
+                json!(runs)
+            };
+        }
+        SweepKind::Orders => {
+            let name = model_name(&prep.loaded.source);
+            let orders = match &spec.sweep.orders_file {
+                Some(f) => {
+                    let path = if f.is_absolute() {
+                        f.clone()
+                    } else {
+                        ctx.spec_dir.join(f)
+                    };
+                    orders::read_orders(&path, info.n_layers, info.n_heads)
+                        .map_err(anyhow::Error::msg)?
+                }
+                None => orders::random_orders(
+                    info.n_layers,
+                    info.n_heads,
+                    spec.sweep.orders.unwrap_or(100),
+                    spec.sweep.seed,
+                ),
+            };
+            let full_score = ev.scores(&[vec![]])?[0];
+            let t = spec.threshold();
+            let mut pruners: Vec<Pruner> = orders
+                .iter()
+                .map(|o| {
+                    Pruner::new(
+                        info.n_layers,
+                        info.n_heads,
+                        PassOrder::Fixed(o.clone()),
+                        t,
+                        None,
+                        full_score,
+                    )
+                })
+                .collect();
+            prune_lockstep(
+                &ev,
+                &mut pruners,
+                ctx.progress,
+                &format!("{} orders", orders.len()),
+            )?;
+            let results: Vec<PruneResult> = pruners.iter().map(Pruner::result).collect();
+            let study = orders::summarize(&orders, &results);
+            tracing::info!(
+                "{} orders: circuit sizes {}..{}, mean Jaccard {:.3}, core {} components, union {}",
+                orders.len(),
+                study.sizes.iter().min().unwrap_or(&0),
+                study.sizes.iter().max().unwrap_or(&0),
+                study.jaccard_mean,
+                study.core.len(),
+                study.union.len()
+            );
+            let title = format!("{name}: order study, {} orders at {t}%", orders.len());
+            results::write_file(
+                out,
+                "frequency.svg",
+                &results::frequency_svg(&study.frequency, &title),
+            )?;
+            let freq = study.frequency.clone();
+            let shade = move |c: &Component| freq.get(&c.to_string()).copied().unwrap_or(0.0);
+            let sub = format!(
+                "shade: share of orders keeping the component; mean Jaccard {:.3}",
+                study.jaccard_mean
+            );
+            results::write_file(
+                out,
+                "frequency-grid.svg",
+                &results::circuit_svg(info.n_layers, info.n_heads, &shade, &title, &sub),
+            )?;
+            let core: Vec<Component> = study
+                .core
+                .iter()
+                .map(|c| c.parse().expect("names we wrote"))
+                .collect();
+            results::write_file(
+                out,
+                "core.dot",
+                &results::circuit_dot(&core, &format!("{title}: core")),
+            )?;
+            doc["orders"] = json!(study);
+        }
     }
     doc["timing"] = json!({
         "seconds": t0.elapsed().as_secs_f64(),

@@ -8,11 +8,18 @@ use std::path::Path;
 use support::{ok, with_model};
 
 fn run(spec: &Path, out: &Path) -> std::process::Output {
-    with_model().args(["run", "--quiet"]).arg(spec).arg("--out").arg(out).output().unwrap()
+    with_model()
+        .args(["run", "--quiet"])
+        .arg(spec)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
 }
 
 fn without_timing(p: &Path) -> serde_json::Value {
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
     v.as_object_mut().unwrap().remove("timing");
     v
 }
@@ -21,16 +28,34 @@ fn without_timing(p: &Path) -> serde_json::Value {
 fn node_sweep_writes_the_results_folder_deterministically() {
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("nodes.toml");
-    std::fs::write(&spec, "[data]\ntask = \"digits\"\nn = 4\nseed = 1\n\n[sweep]\nkind = \"nodes\"\n").unwrap();
+    std::fs::write(
+        &spec,
+        "[data]\ntask = \"digits\"\nn = 4\nseed = 1\n\n[sweep]\nkind = \"nodes\"\n",
+    )
+    .unwrap();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
     ok(run(&spec, &a));
     ok(run(&spec, &b));
-    for f in ["result.json", "nodes_heads.csv", "nodes_mlps.csv", "nodes.safetensors", "heads.svg", "prompts.jsonl"] {
+    for f in [
+        "result.json",
+        "nodes_heads.csv",
+        "nodes_mlps.csv",
+        "nodes.safetensors",
+        "heads.svg",
+        "prompts.jsonl",
+    ] {
         assert!(a.join(f).exists(), "{f} missing");
     }
     let ra = without_timing(&a.join("result.json"));
-    assert_eq!(ra, without_timing(&b.join("result.json")), "same spec, same numbers");
-    assert_eq!(std::fs::read(a.join("nodes.safetensors")).unwrap(), std::fs::read(b.join("nodes.safetensors")).unwrap());
+    assert_eq!(
+        ra,
+        without_timing(&b.join("result.json")),
+        "same spec, same numbers"
+    );
+    assert_eq!(
+        std::fs::read(a.join("nodes.safetensors")).unwrap(),
+        std::fs::read(b.join("nodes.safetensors")).unwrap()
+    );
     assert_eq!(ra["schema"], 1);
     assert_eq!(ra["dataset"]["prompts"], 4);
     let heads = ra["nodes"]["heads"].as_array().unwrap();
@@ -38,8 +63,17 @@ fn node_sweep_writes_the_results_folder_deterministically() {
     assert_eq!(ra["nodes"]["mlps"].as_array().unwrap().len(), 30);
     assert!(ra["full"].as_f64().unwrap() > 1.0);
     // Some component matters: its ablation costs more than 5 % of the logit difference.
-    let min = heads.iter().flat_map(|r| r.as_array().unwrap()).map(|v| v.as_f64().unwrap()).fold(f64::MAX, f64::min);
-    let mlp_min = ra["nodes"]["mlps"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).fold(f64::MAX, f64::min);
+    let min = heads
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|v| v.as_f64().unwrap())
+        .fold(f64::MAX, f64::min);
+    let mlp_min = ra["nodes"]["mlps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .fold(f64::MAX, f64::min);
     assert!(min.min(mlp_min) < 95.0, "{min} {mlp_min}");
     let csv = std::fs::read_to_string(a.join("nodes_heads.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 270);
@@ -60,7 +94,11 @@ fn refused(spec_text: &str, needle: &str) {
     assert!(!err.contains("panicked"), "{err}");
     assert!(!dir.path().join("out/result.json").exists());
     // Refused before any sweep: a spec error costs about one model load.
-    assert!(t0.elapsed().as_secs() < 60, "{spec_text:?} took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed().as_secs() < 60,
+        "{spec_text:?} took {:?}",
+        t0.elapsed()
+    );
 }
 
 #[test]
@@ -70,15 +108,24 @@ fn an_unknown_field_is_refused_with_its_name() {
 
 #[test]
 fn a_threshold_outside_the_range_is_refused() {
-    refused("[sweep]\nkind = \"prune\"\nthreshold = 0\n", "[sweep] threshold: 0 is outside (0, 100]");
+    refused(
+        "[sweep]\nkind = \"prune\"\nthreshold = 0\n",
+        "[sweep] threshold: 0 is outside (0, 100]",
+    );
 }
 
 #[test]
 fn an_empty_dataset_is_refused() {
-    refused("[data]\nfile = \"empty.jsonl\"\n", "empty.jsonl: the dataset is empty");
+    refused(
+        "[data]\nfile = \"empty.jsonl\"\n",
+        "empty.jsonl: the dataset is empty",
+    );
 }
 
 #[test]
 fn a_dataset_with_a_pitfall_is_refused() {
-    refused("[data]\ntask = \"months\"\nn = 4\nlength = 1\n", "at least 2 members");
+    refused(
+        "[data]\ntask = \"months\"\nn = 4\nlength = 1\n",
+        "at least 2 members",
+    );
 }

@@ -6,6 +6,7 @@ pub mod default_model;
 pub mod eval;
 pub mod load;
 pub mod model;
+pub mod sweep;
 pub mod tokenizer;
 
 pub use eval::{Evaluator, PromptSet};

@@ -39,7 +39,9 @@ pub fn head_heatmap_svg(s: &NodeScores, title: &str) -> String {
     let layers = s.heads.len();
     let heads = s.heads.first().map_or(0, Vec::len);
     let (cell, left, top) = (34.0, 60.0, 56.0);
-    let width = left + (heads + 2) as f64 * cell + 40.0;
+    // Wide enough for the grid and for the title and subtitle (about 7 px a character).
+    let width =
+        (left + (heads + 2) as f64 * cell + 40.0).max(left + 7.0 * title.len().max(80) as f64);
     let height = top + layers as f64 * cell + 60.0;
     let mut out = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"10\">\n\

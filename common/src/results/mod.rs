@@ -1,6 +1,7 @@
 //! The results folder of a run (spec section 6): `result.json` (schema-versioned), the score
 //! matrices as CSV and safetensors, and SVG plots.
 
+mod circuit;
 mod heatmap;
 mod tables;
 
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+pub use circuit::{circuit_dot, circuit_svg, frequency_svg};
 pub use heatmap::head_heatmap_svg;
 
 /// Version of `result.json`'s layout.
@@ -37,6 +39,11 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Writes `name` into `dir`.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> Result<(), WriteError> {
+    write(&dir.join(name), text.as_bytes())
 }
 
 /// Writes `result.json` (pretty, keys in a fixed order) into `dir`, creating it.

@@ -1,0 +1,260 @@
+//! The order study: the same greedy pruning over many visiting orders, and how much the
+//! circuit depends on the order (inclusion frequency, Jaccard similarity, core and union).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::component::Component;
+use crate::prune::PruneResult;
+use crate::rng::Rng;
+
+/// `K` seeded random orders of all components (each a permutation).
+pub fn random_orders(n_layers: usize, n_heads: usize, k: usize, seed: u64) -> Vec<Vec<Component>> {
+    let mut rng = Rng::derive(seed, "orders");
+    (0..k)
+        .map(|_| {
+            let mut o = Component::all(n_layers, n_heads);
+            rng.shuffle(&mut o);
+            o
+        })
+        .collect()
+}
+
+/// Reads explicit orders: a JSON list of lists of component names, each a permutation of every
+/// component of the model. Errors name the file, the order and the component.
+pub fn read_orders(
+    path: &Path,
+    n_layers: usize,
+    n_heads: usize,
+) -> Result<Vec<Vec<Component>>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let lists: Vec<Vec<String>> = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{}: expected a JSON list of lists of component names: {e}",
+            path.display()
+        )
+    })?;
+    if lists.is_empty() {
+        return Err(format!("{}: no orders", path.display()));
+    }
+    let all: BTreeSet<Component> = Component::all(n_layers, n_heads).into_iter().collect();
+    lists
+        .iter()
+        .enumerate()
+        .map(|(i, names)| {
+            let mut seen = BTreeSet::new();
+            let mut order = Vec::with_capacity(names.len());
+            for n in names {
+                let c: Component = n
+                    .parse()
+                    .map_err(|e| format!("{}: order {i}: {e}", path.display()))?;
+                c.check(n_layers, n_heads)
+                    .map_err(|e| format!("{}: order {i}: {e}", path.display()))?;
+                if !seen.insert(c) {
+                    return Err(format!("{}: order {i}: {c} appears twice", path.display()));
+                }
+                order.push(c);
+            }
+            if let Some(missing) = all.iter().find(|c| !seen.contains(c)) {
+                return Err(format!(
+                    "{}: order {i}: {missing} is missing (each order lists all {} components)",
+                    path.display(),
+                    all.len()
+                ));
+            }
+            Ok(order)
+        })
+        .collect()
+}
+
+/// One run of the study.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct OrderRun {
+    /// The visiting order.
+    pub order: Vec<String>,
+    /// Heads kept.
+    pub heads: Vec<String>,
+    /// MLPs kept.
+    pub mlps: Vec<String>,
+    /// Score of the circuit.
+    pub score: f64,
+    /// Candidate evaluations.
+    pub evaluations: usize,
+}
+
+/// The study's aggregates.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct OrderStudy {
+    /// Every run.
+    pub runs: Vec<OrderRun>,
+    /// Share of runs whose circuit holds each component (components in no circuit omitted).
+    pub frequency: BTreeMap<String, f64>,
+    /// Mean pairwise Jaccard similarity of the circuits (1 with a single run).
+    pub jaccard_mean: f64,
+    /// Smallest and largest pairwise Jaccard similarity.
+    pub jaccard_range: [f64; 2],
+    /// Components in every circuit.
+    pub core: Vec<String>,
+    /// Components in any circuit.
+    pub union: Vec<String>,
+    /// Circuit sizes, run by run.
+    pub sizes: Vec<usize>,
+    /// Circuit scores, run by run.
+    pub scores: Vec<f64>,
+}
+
+/// Aggregates per-order pruning results.
+pub fn summarize(orders: &[Vec<Component>], results: &[PruneResult]) -> OrderStudy {
+    let sets: Vec<BTreeSet<Component>> = results
+        .iter()
+        .map(|r| {
+            r.heads
+                .iter()
+                .chain(&r.mlps)
+                .map(|n| n.parse().expect("names we wrote"))
+                .collect()
+        })
+        .collect();
+    let k = sets.len().max(1) as f64;
+    let mut counts: BTreeMap<Component, usize> = BTreeMap::new();
+    for s in &sets {
+        for c in s {
+            *counts.entry(*c).or_default() += 1;
+        }
+    }
+    let mut pairs = vec![];
+    for i in 0..sets.len() {
+        for j in i + 1..sets.len() {
+            let inter = sets[i].intersection(&sets[j]).count() as f64;
+            let uni = sets[i].union(&sets[j]).count() as f64;
+            pairs.push(if uni == 0.0 { 1.0 } else { inter / uni });
+        }
+    }
+    let jaccard_mean = if pairs.is_empty() {
+        1.0
+    } else {
+        pairs.iter().sum::<f64>() / pairs.len() as f64
+    };
+    let lo = pairs.iter().copied().fold(1.0, f64::min);
+    let hi = pairs
+        .iter()
+        .copied()
+        .fold(if pairs.is_empty() { 1.0 } else { 0.0 }, f64::max);
+    OrderStudy {
+        runs: orders
+            .iter()
+            .zip(results)
+            .map(|(o, r)| OrderRun {
+                order: o.iter().map(Component::to_string).collect(),
+                heads: r.heads.clone(),
+                mlps: r.mlps.clone(),
+                score: r.score,
+                evaluations: r.evaluations,
+            })
+            .collect(),
+        frequency: counts
+            .iter()
+            .map(|(c, n)| (c.to_string(), *n as f64 / k))
+            .collect(),
+        jaccard_mean,
+        jaccard_range: [lo, hi],
+        core: counts
+            .iter()
+            .filter(|(_, n)| **n == sets.len())
+            .map(|(c, _)| c.to_string())
+            .collect(),
+        union: counts.keys().map(Component::to_string).collect(),
+        sizes: sets.iter().map(BTreeSet::len).collect(),
+        scores: results.iter().map(|r| r.score).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(names: &[&str]) -> PruneResult {
+        let (h, m): (Vec<String>, Vec<String>) = names
+            .iter()
+            .map(|s| s.to_string())
+            .partition(|n| n.starts_with('h'));
+        PruneResult {
+            threshold: 80.0,
+            heads: h,
+            mlps: m,
+            score: 81.0,
+            evaluations: 3,
+            passes: 2,
+            decisions: vec![],
+        }
+    }
+
+    #[test]
+    fn frequency_jaccard_core_union_by_hand() {
+        let orders = random_orders(1, 2, 3, 0);
+        let res = [
+            result(&["h0.0", "m0"]),
+            result(&["h0.0"]),
+            result(&["h0.0", "h0.1"]),
+        ];
+        let s = summarize(&orders, &res);
+        assert_eq!(s.frequency["h0.0"], 1.0);
+        assert!((s.frequency["m0"] - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(s.core, ["h0.0"]);
+        assert_eq!(s.union, ["h0.0", "h0.1", "m0"]);
+        // Pairs: {h0.0,m0}-{h0.0} = 1/2, {h0.0,m0}-{h0.0,h0.1} = 1/3, {h0.0}-{h0.0,h0.1} = 1/2.
+        assert!((s.jaccard_mean - (0.5 + 1.0 / 3.0 + 0.5) / 3.0).abs() < 1e-12);
+        assert_eq!(s.jaccard_range, [1.0 / 3.0, 0.5]);
+        assert_eq!(s.sizes, [2, 1, 2]);
+    }
+
+    #[test]
+    fn random_orders_are_seeded_permutations() {
+        let a = random_orders(3, 4, 5, 9);
+        assert_eq!(a, random_orders(3, 4, 5, 9));
+        assert_ne!(a, random_orders(3, 4, 5, 10));
+        for o in &a {
+            let mut s = o.clone();
+            s.sort();
+            assert_eq!(
+                s,
+                Component::all(3, 4)
+                    .into_iter()
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
+    fn explicit_orders_are_checked() {
+        let dir = std::env::temp_dir().join(format!("cs-orders-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("o.json");
+        let write = |t: &str| std::fs::write(&f, t).unwrap();
+        write(r#"[["h0.0","m0","h0.1"],["m0","h0.1","h0.0"]]"#);
+        assert_eq!(read_orders(&f, 1, 2).unwrap().len(), 2);
+        write(r#"[["h0.0","m0","h40.2"]]"#);
+        assert!(
+            read_orders(&f, 1, 2)
+                .unwrap_err()
+                .contains("order 0: component `h40.2` does not exist")
+        );
+        write(r#"[["h0.0","m0"]]"#);
+        assert!(
+            read_orders(&f, 1, 2)
+                .unwrap_err()
+                .contains("h0.1 is missing")
+        );
+        write(r#"[["h0.0","m0","m0"]]"#);
+        assert!(
+            read_orders(&f, 1, 2)
+                .unwrap_err()
+                .contains("m0 appears twice")
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

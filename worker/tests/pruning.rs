@@ -1,0 +1,230 @@
+//! Pruning and the order study on a small random-weight GPT-2, against a brute-force reference
+//! written here independently (a full, unbatched forward pass per candidate).
+
+mod common;
+
+use circuit_sweep_common::Component;
+use circuit_sweep_common::orders;
+use circuit_sweep_common::prune::{self, PassOrder, Pruner};
+use circuit_sweep_common::spec::{AblationSpec, Schedule};
+use circuit_sweep_worker::{Evaluator, HookedModel, PromptSet, sweep};
+use common::*;
+
+/// Clean prompts from the fixture; the answer is each prompt's top-1 token and the wrong one
+/// its least likely, so the full model has a clear logit difference to lose.
+fn prompts(m: &HookedModel) -> PromptSet {
+    let clean = id_rows(&expected("gpt2")["input_ids"]);
+    let logits = m.last_logits(&clean, 8).unwrap();
+    let arg = |row: &Vec<f32>, best: bool| -> u32 {
+        let it = row.iter().enumerate();
+        let pick = if best {
+            it.max_by(|a, b| a.1.total_cmp(b.1))
+        } else {
+            it.min_by(|a, b| a.1.total_cmp(b.1))
+        };
+        pick.unwrap().0 as u32
+    };
+    let corrupt = clean
+        .iter()
+        .map(|r| r.iter().map(|&t| (t * 7 + 5) % 96).collect())
+        .collect();
+    PromptSet {
+        answer: logits.iter().map(|r| arg(r, true)).collect(),
+        wrong: logits.iter().map(|r| arg(r, false)).collect(),
+        clean,
+        corrupt,
+    }
+}
+
+/// The reference: greedy pruning exactly as the spec words it, one full forward per candidate.
+fn brute_force(
+    ev: &Evaluator<'_>,
+    n_layers: usize,
+    n_heads: usize,
+    threshold: f64,
+    order_of_pass: &dyn Fn(usize) -> Vec<Component>,
+) -> (Vec<Component>, Vec<(String, bool)>) {
+    let mut circuit: Vec<Component> = Component::all(n_layers, n_heads);
+    let mut decisions = vec![];
+    for pass in 0.. {
+        let mut removed_any = false;
+        for c in order_of_pass(pass) {
+            if !circuit.contains(&c) {
+                continue;
+            }
+            let ablated: Vec<Component> = Component::all(n_layers, n_heads)
+                .into_iter()
+                .filter(|x| *x == c || !circuit.contains(x))
+                .collect();
+            let score = ev.score_of(ev.metrics_naive(&[ablated]).unwrap()[0]);
+            let remove = score > threshold;
+            decisions.push((c.to_string(), remove));
+            if remove {
+                circuit.retain(|x| *x != c);
+                removed_any = true;
+            }
+        }
+        if !removed_any {
+            break;
+        }
+    }
+    circuit.sort();
+    (circuit, decisions)
+}
+
+fn backward(n_layers: usize, n_heads: usize) -> Vec<Component> {
+    // Written out again here: layers last to first, the MLP then heads 0..H-1.
+    let mut v = vec![];
+    for layer in (0..n_layers).rev() {
+        v.push(Component::Mlp { layer });
+        for head in 0..n_heads {
+            v.push(Component::Head { layer, head });
+        }
+    }
+    v
+}
+
+fn forward(n_layers: usize, n_heads: usize) -> Vec<Component> {
+    let mut v = vec![];
+    for layer in 0..n_layers {
+        for head in 0..n_heads {
+            v.push(Component::Head { layer, head });
+        }
+        v.push(Component::Mlp { layer });
+    }
+    v
+}
+
+fn run_pruner(
+    ev: &Evaluator<'_>,
+    n_layers: usize,
+    n_heads: usize,
+    order: PassOrder,
+    t: f64,
+) -> Pruner {
+    let start = ev.scores(&[vec![]]).unwrap()[0];
+    let mut p = Pruner::new(n_layers, n_heads, order, t, None, start);
+    sweep::prune_lockstep(ev, std::slice::from_mut(&mut p), &mut |_, _| {}).unwrap();
+    p
+}
+
+#[test]
+fn pruning_equals_the_brute_force_reference_and_replays() {
+    let m = load_fixture("gpt2").model;
+    let (l, h) = (m.info().n_layers, m.info().n_heads);
+    let ev = Evaluator::new(&m, &prompts(&m), AblationSpec::default(), 4096).unwrap();
+    assert!(ev.full > 2.0, "a clear logit difference: {}", ev.full);
+    for t in [60.0, 80.0, 95.0] {
+        let p = run_pruner(&ev, l, h, PassOrder::Schedule(Schedule::Paper), t);
+        let r = p.result();
+        let paper = |pass: usize| {
+            if pass.is_multiple_of(2) {
+                backward(l, h)
+            } else {
+                forward(l, h)
+            }
+        };
+        let (want_circuit, want_decisions) = brute_force(&ev, l, h, t, &paper);
+        let got: Vec<(String, bool)> = r
+            .decisions
+            .iter()
+            .map(|d| (d.component.clone(), d.removed))
+            .collect();
+        assert_eq!(got, want_decisions, "threshold {t}");
+        let mut circuit = p.circuit();
+        circuit.sort();
+        assert_eq!(circuit, want_circuit, "threshold {t}");
+        assert!(
+            r.score > t,
+            "the circuit keeps more than the threshold: {} at {t}",
+            r.score
+        );
+        assert!(
+            want_circuit.len() < l * (h + 1),
+            "threshold {t} removed something"
+        );
+        assert_eq!(
+            prune::replay(l, h, None, &r.decisions).unwrap(),
+            want_circuit
+        );
+        // The recorded score is the circuit's own score.
+        let ablated: Vec<Component> = Component::all(l, h)
+            .into_iter()
+            .filter(|c| !circuit.contains(c))
+            .collect();
+        assert!((ev.scores(&[ablated]).unwrap()[0] - r.score).abs() < 1e-9);
+    }
+}
+
+#[test]
+fn nested_thresholds_give_nested_circuits() {
+    let m = load_fixture("gpt2").model;
+    let (l, h) = (m.info().n_layers, m.info().n_heads);
+    let ev = Evaluator::new(&m, &prompts(&m), AblationSpec::default(), 4096).unwrap();
+    let mut start: Option<Vec<Component>> = None;
+    let mut score = ev.scores(&[vec![]]).unwrap()[0];
+    let mut sizes = vec![];
+    for t in [97.0, 90.0, 80.0, 70.0] {
+        let mut p = Pruner::new(
+            l,
+            h,
+            PassOrder::Schedule(Schedule::Paper),
+            t,
+            start.as_deref(),
+            score,
+        );
+        sweep::prune_lockstep(&ev, std::slice::from_mut(&mut p), &mut |_, _| {}).unwrap();
+        let c = p.circuit();
+        if let Some(prev) = &start {
+            assert!(
+                c.iter().all(|x| prev.contains(x)),
+                "the {t}% circuit is inside the previous one"
+            );
+        }
+        sizes.push(c.len());
+        score = p.result().score;
+        start = Some(c);
+    }
+    assert!(sizes.windows(2).all(|w| w[1] <= w[0]), "{sizes:?}");
+}
+
+#[test]
+fn the_order_study_in_lockstep_equals_one_prune_per_order() {
+    let m = load_fixture("gpt2").model;
+    let (l, h) = (m.info().n_layers, m.info().n_heads);
+    let ev = Evaluator::new(&m, &prompts(&m), AblationSpec::default(), 4096).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("orders.json");
+    let orders = orders::random_orders(l, h, 5, 3);
+    let names: Vec<Vec<String>> = orders
+        .iter()
+        .map(|o| o.iter().map(|c| c.to_string()).collect())
+        .collect();
+    std::fs::write(&f, serde_json::to_string(&names).unwrap()).unwrap();
+    let read = orders::read_orders(&f, l, h).unwrap();
+    assert_eq!(read, orders);
+    let start = ev.scores(&[vec![]]).unwrap()[0];
+    let mut pruners: Vec<Pruner> = read
+        .iter()
+        .map(|o| Pruner::new(l, h, PassOrder::Fixed(o.clone()), 80.0, None, start))
+        .collect();
+    sweep::prune_lockstep(&ev, &mut pruners, &mut |_, _| {}).unwrap();
+    let together: Vec<_> = pruners.iter().map(Pruner::result).collect();
+    for (o, r) in read.iter().zip(&together) {
+        let alone = run_pruner(&ev, l, h, PassOrder::Fixed(o.clone()), 80.0).result();
+        assert_eq!(&alone, r);
+        let (circuit, _) = brute_force(&ev, l, h, 80.0, &|_| o.clone());
+        let mut mine: Vec<Component> = r
+            .heads
+            .iter()
+            .chain(&r.mlps)
+            .map(|n| n.parse().unwrap())
+            .collect();
+        mine.sort();
+        assert_eq!(mine, circuit);
+    }
+    let study = orders::summarize(&read, &together);
+    assert_eq!(study.runs.len(), 5);
+    assert!(study.jaccard_mean > 0.0 && study.jaccard_mean <= 1.0);
+    assert!(study.core.iter().all(|c| study.frequency[c] == 1.0));
+}
