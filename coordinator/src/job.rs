@@ -92,6 +92,28 @@ fn bar(len: u64, what: &str, show: bool) -> ProgressBar {
     pb
 }
 
+/// The node sweep, with its tables and heatmap written into `out`.
+fn write_node_sweep(
+    ev: &Evaluator<'_>,
+    info: &circuit_sweep_worker::ModelInfo,
+    prep: &Prepared,
+    spec: &SweepSpec,
+    out: &Path,
+    progress: bool,
+) -> anyhow::Result<results::NodeScores> {
+    let pb = bar(info.n_layers as u64, "node sweep", progress);
+    let scores = sweep::node_sweep(ev, info.n_layers, info.n_heads, &mut |_| pb.inc(1))?;
+    pb.finish_and_clear();
+    let title = format!(
+        "{} — node sweep ({:?} ablation, {} prompts)",
+        model_name(&prep.loaded.source),
+        spec.ablation.kind,
+        prep.pairs.len()
+    );
+    results::write_node_scores(out, &scores, &title)?;
+    Ok(scores)
+}
+
 fn model_name(p: &Path) -> String {
     p.file_name()
         .unwrap_or_default()
@@ -204,23 +226,11 @@ pub fn run(spec: &SweepSpec, ctx: &JobContext, out: &Path) -> anyhow::Result<ser
     dataset::write_jsonl(&out.join("prompts.jsonl"), &prep.pairs)?;
     match spec.sweep.kind {
         SweepKind::Nodes => {
-            let pb = bar(info.n_layers as u64, "node sweep", ctx.progress);
-            let scores = sweep::node_sweep(&ev, info.n_layers, info.n_heads, &mut |_| pb.inc(1))?;
-            pb.finish_and_clear();
-            let title = format!(
-                "{} — node sweep ({:?} ablation, {} prompts)",
-                prep.loaded
-                    .source
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy(),
-                spec.ablation.kind,
-                prep.pairs.len()
-            );
-            results::write_node_scores(out, &scores, &title)?;
-            doc["nodes"] = json!(scores);
+            doc["nodes"] = json!(write_node_sweep(&ev, &info, &prep, spec, out, ctx.progress)?);
         }
         SweepKind::Prune => {
+            // The single-ablation heatmap too: it costs one pass per layer, little next to pruning.
+            doc["nodes"] = json!(write_node_sweep(&ev, &info, &prep, spec, out, ctx.progress)?);
             let name = model_name(&prep.loaded.source);
             let thresholds = spec
                 .sweep
