@@ -226,11 +226,25 @@ pub fn run(spec: &SweepSpec, ctx: &JobContext, out: &Path) -> anyhow::Result<ser
     dataset::write_jsonl(&out.join("prompts.jsonl"), &prep.pairs)?;
     match spec.sweep.kind {
         SweepKind::Nodes => {
-            doc["nodes"] = json!(write_node_sweep(&ev, &info, &prep, spec, out, ctx.progress)?);
+            doc["nodes"] = json!(write_node_sweep(
+                &ev,
+                &info,
+                &prep,
+                spec,
+                out,
+                ctx.progress
+            )?);
         }
         SweepKind::Prune => {
             // The single-ablation heatmap too: it costs one pass per layer, little next to pruning.
-            doc["nodes"] = json!(write_node_sweep(&ev, &info, &prep, spec, out, ctx.progress)?);
+            doc["nodes"] = json!(write_node_sweep(
+                &ev,
+                &info,
+                &prep,
+                spec,
+                out,
+                ctx.progress
+            )?);
             let name = model_name(&prep.loaded.source);
             let thresholds = spec
                 .sweep
