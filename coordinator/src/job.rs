@@ -6,13 +6,12 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use circuit_sweep_common::Component;
-use circuit_sweep_common::data_spec::DataSpec;
 use circuit_sweep_common::dataset::{self, PromptPair};
 use circuit_sweep_common::orders;
 use circuit_sweep_common::prune::{PassOrder, PruneResult, Pruner};
 use circuit_sweep_common::results;
 use circuit_sweep_common::spec::{SweepKind, SweepSpec};
-use circuit_sweep_worker::{Evaluator, LoadedModel, PromptSet, PromptTokenizer, sweep};
+use circuit_sweep_worker::{Evaluator, LoadedModel, PromptSet, sweep};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -61,21 +60,13 @@ pub fn prepare(spec: &SweepSpec, ctx: &JobContext) -> anyhow::Result<Prepared> {
         .as_ref()
         .with_context(|| format!("{} has no tokenizer", loaded.source.display()))?;
     tracing::info!("{}", tok.bos_summary());
-    let pairs = load_data(&spec.data, tok, &ctx.spec_dir)?;
+    let pairs = spec.data.load(tok, &ctx.spec_dir)?;
     let prompts = PromptSet::from_pairs(&pairs, tok).map_err(anyhow::Error::msg)?;
     Ok(Prepared {
         loaded,
         pairs,
         prompts,
     })
-}
-
-fn load_data(
-    data: &DataSpec,
-    tok: &PromptTokenizer,
-    spec_dir: &Path,
-) -> anyhow::Result<Vec<PromptPair>> {
-    Ok(data.load(tok, spec_dir)?)
 }
 
 fn bar(len: u64, what: &str, show: bool) -> ProgressBar {
@@ -224,27 +215,20 @@ pub fn run(spec: &SweepSpec, ctx: &JobContext, out: &Path) -> anyhow::Result<ser
     });
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     dataset::write_jsonl(&out.join("prompts.jsonl"), &prep.pairs)?;
+    // Pruning writes the single-ablation heatmap too: one pass per layer, little next to it.
+    if matches!(spec.sweep.kind, SweepKind::Nodes | SweepKind::Prune) {
+        doc["nodes"] = json!(write_node_sweep(
+            &ev,
+            &info,
+            &prep,
+            spec,
+            out,
+            ctx.progress
+        )?);
+    }
     match spec.sweep.kind {
-        SweepKind::Nodes => {
-            doc["nodes"] = json!(write_node_sweep(
-                &ev,
-                &info,
-                &prep,
-                spec,
-                out,
-                ctx.progress
-            )?);
-        }
+        SweepKind::Nodes => {}
         SweepKind::Prune => {
-            // The single-ablation heatmap too: it costs one pass per layer, little next to pruning.
-            doc["nodes"] = json!(write_node_sweep(
-                &ev,
-                &info,
-                &prep,
-                spec,
-                out,
-                ctx.progress
-            )?);
             let name = model_name(&prep.loaded.source);
             let thresholds = spec
                 .sweep

@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use candle_core::DType;
 use circuit_sweep_common::check::{self, ModelView, PromptCheck, Severity};
 use circuit_sweep_common::dataset::{self, PromptPair};
+use circuit_sweep_common::metric;
 use circuit_sweep_common::tasks::{self, Corruption, GenSpec, Task};
 use circuit_sweep_worker::{PromptTokenizer, load_tokenizer};
 use clap::Subcommand;
@@ -210,7 +211,7 @@ fn add_model_views(
             continue;
         };
         let l = &clean_logits[i];
-        let probs = softmax(l);
+        let probs: Vec<f64> = metric::log_softmax(l).into_iter().map(f64::exp).collect();
         let top1 = argmax(l);
         let k = &corrupt_logits[i];
         c.add_model_view(ModelView {
@@ -231,13 +232,6 @@ fn argmax(v: &[f32]) -> u32 {
         .enumerate()
         .max_by(|a, b| a.1.total_cmp(b.1))
         .map_or(0, |(i, _)| i as u32)
-}
-
-fn softmax(v: &[f32]) -> Vec<f64> {
-    let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let e: Vec<f64> = v.iter().map(|&x| (x as f64 - max).exp()).collect();
-    let s: f64 = e.iter().sum();
-    e.into_iter().map(|x| x / s).collect()
 }
 
 fn print_report(
