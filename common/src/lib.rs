@@ -11,6 +11,7 @@ pub mod orders;
 pub mod prune;
 pub mod results;
 pub mod rng;
+pub mod shard;
 pub mod spec;
 pub mod tasks;
 

@@ -30,14 +30,20 @@ pub fn read_orders(
     n_heads: usize,
 ) -> Result<Vec<Vec<Component>>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let lists: Vec<Vec<String>> = serde_json::from_str(&text).map_err(|e| {
-        format!(
-            "{}: expected a JSON list of lists of component names: {e}",
-            path.display()
-        )
-    })?;
+    parse_orders(&text, &path.display().to_string(), n_layers, n_heads)
+}
+
+/// Parses explicit orders from `text` (see [`read_orders`]); errors start with `source`.
+pub fn parse_orders(
+    text: &str,
+    source: &str,
+    n_layers: usize,
+    n_heads: usize,
+) -> Result<Vec<Vec<Component>>, String> {
+    let lists: Vec<Vec<String>> = serde_json::from_str(text)
+        .map_err(|e| format!("{source}: expected a JSON list of lists of component names: {e}"))?;
     if lists.is_empty() {
-        return Err(format!("{}: no orders", path.display()));
+        return Err(format!("{source}: no orders"));
     }
     let all: BTreeSet<Component> = Component::all(n_layers, n_heads).into_iter().collect();
     lists
@@ -49,18 +55,17 @@ pub fn read_orders(
             for n in names {
                 let c: Component = n
                     .parse()
-                    .map_err(|e| format!("{}: order {i}: {e}", path.display()))?;
+                    .map_err(|e| format!("{source}: order {i}: {e}"))?;
                 c.check(n_layers, n_heads)
-                    .map_err(|e| format!("{}: order {i}: {e}", path.display()))?;
+                    .map_err(|e| format!("{source}: order {i}: {e}"))?;
                 if !seen.insert(c) {
-                    return Err(format!("{}: order {i}: {c} appears twice", path.display()));
+                    return Err(format!("{source}: order {i}: {c} appears twice"));
                 }
                 order.push(c);
             }
             if let Some(missing) = all.iter().find(|c| !seen.contains(c)) {
                 return Err(format!(
-                    "{}: order {i}: {missing} is missing (each order lists all {} components)",
-                    path.display(),
+                    "{source}: order {i}: {missing} is missing (each order lists all {} components)",
                     all.len()
                 ));
             }

@@ -8,7 +8,7 @@
 //! are then taken in order and the proposals after the first removal are discarded (they were
 //! scored against a circuit that no longer exists), so the result equals one-at-a-time pruning.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::component::Component;
 use crate::spec::Schedule;
@@ -39,7 +39,7 @@ pub fn forward(n_layers: usize, n_heads: usize) -> Vec<Component> {
 }
 
 /// One decision of a pruning run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
     /// The candidate.
     pub component: String,
@@ -52,7 +52,7 @@ pub struct Decision {
 }
 
 /// The outcome of a pruning run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PruneResult {
     /// The threshold used.
     pub threshold: f64,

@@ -1,7 +1,6 @@
 //! `circuit-sweep`: find circuits in transformer language models by ablation.
 
 mod cli;
-mod job;
 
 use clap::Parser;
 
@@ -14,6 +13,14 @@ fn main() -> std::process::ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let args = cli::Cli::parse();
+    // candle's CPU kernels size their thread pool from RAYON_NUM_THREADS: set it before any
+    // thread starts.
+    if let cli::Command::Worker(w) = &args.command
+        && let Some(n) = w.threads()
+    {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    }
     cli::init_logging(&args.log);
     match cli::run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,

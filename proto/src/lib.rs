@@ -11,6 +11,9 @@ pub mod v1 {
     tonic::include_proto!("circuit_sweep.v1");
 }
 
+pub mod auth;
+pub mod tensor;
+
 /// Refuses a peer whose protocol version differs from ours, with a message naming both.
 pub fn check_protocol_version(peer: u32) -> Result<(), tonic::Status> {
     if peer == PROTOCOL_VERSION {

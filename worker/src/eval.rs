@@ -6,7 +6,7 @@
 //! the corrupt prompts, zeros, or paired activations) are computed once; only the logits the
 //! metric needs are computed.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, IndexOp, Tensor};
 use circuit_sweep_common::Component;
 use circuit_sweep_common::metric;
 use circuit_sweep_common::spec::{AblationKind, AblationSpec, Direction, Metric};
@@ -63,8 +63,8 @@ impl PromptSet {
 }
 
 /// Scores candidate circuits on one model and prompt set.
-pub struct Evaluator<'m> {
-    model: &'m HookedModel,
+pub struct Evaluator {
+    model: HookedModel,
     ablation: AblationSpec,
     /// The run that is patched: clean ids (noising) or corrupt ids (denoising).
     input: Tensor,
@@ -84,13 +84,13 @@ pub struct Evaluator<'m> {
     /// Metric of the unablated model on the corrupt prompts.
     pub corrupt: f64,
     batch_tokens: usize,
-    forward_passes: std::cell::Cell<usize>,
+    forward_passes: std::sync::atomic::AtomicUsize,
 }
 
-impl<'m> Evaluator<'m> {
+impl Evaluator {
     /// Runs the clean and corrupt prompts once, caching what every later evaluation needs.
     pub fn new(
-        model: &'m HookedModel,
+        model: &HookedModel,
         prompts: &PromptSet,
         ablation: AblationSpec,
         batch_tokens: usize,
@@ -184,7 +184,7 @@ impl<'m> Evaluator<'m> {
             vec![]
         };
         let mut ev = Evaluator {
-            model,
+            model: model.clone(),
             ablation,
             input,
             values,
@@ -199,7 +199,7 @@ impl<'m> Evaluator<'m> {
             full: 0.0,
             corrupt: 0.0,
             batch_tokens: batch_tokens.max(1),
-            forward_passes: std::cell::Cell::new(2),
+            forward_passes: std::sync::atomic::AtomicUsize::new(2),
         };
         ev.full = ev.metric_of_full_logits(&clean_logits);
         ev.corrupt = ev.metric_of_full_logits(&corrupt_logits);
@@ -208,7 +208,8 @@ impl<'m> Evaluator<'m> {
 
     /// Forward passes run so far (the two setup passes included).
     pub fn forward_passes(&self) -> usize {
-        self.forward_passes.get()
+        self.forward_passes
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Number of prompts.
@@ -334,7 +335,8 @@ impl<'m> Evaluator<'m> {
             logits,
             ..Default::default()
         })?;
-        self.forward_passes.set(self.forward_passes.get() + 1);
+        self.forward_passes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let logits: Vec<f32> = out
             .logits
             .expect("asked")
@@ -360,9 +362,16 @@ impl<'m> Evaluator<'m> {
             .collect())
     }
 
-    /// The reference path: one full, unbatched forward pass per candidate, no cached residual
-    /// stream (for tests and the naive baseline of `bench`).
-    pub fn metrics_naive(&self, candidates: &[Vec<Component>]) -> Result<Vec<f64>, ModelError> {
+    /// The reference path: one full, unbatched forward pass per candidate from the tokens, no
+    /// cached residual stream (for tests and the naive baseline of `bench`). With `all_logits`,
+    /// every block at every position and logits at every position, as `model(ids)` returns
+    /// them (the metric reads the last); otherwise full-vocabulary logits at the last position
+    /// only.
+    pub fn metrics_naive(
+        &self,
+        candidates: &[Vec<Component>],
+        all_logits: bool,
+    ) -> Result<Vec<f64>, ModelError> {
         candidates
             .iter()
             .map(|c| {
@@ -372,11 +381,21 @@ impl<'m> Evaluator<'m> {
                         values: &self.values,
                         variants: vec![self.patched(c)],
                     }),
-                    logits: LogitSelection::Last,
+                    logits: if all_logits {
+                        LogitSelection::All
+                    } else {
+                        LogitSelection::Last
+                    },
                     ..Default::default()
                 })?;
-                self.forward_passes.set(self.forward_passes.get() + 1);
-                let l: Vec<f32> = out.logits.expect("asked").flatten_all()?.to_vec1()?;
+                self.forward_passes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut logits = out.logits.expect("asked");
+                if all_logits {
+                    let t = logits.dim(1)?;
+                    logits = logits.i((.., t - 1, ..))?.contiguous()?;
+                }
+                let l: Vec<f32> = logits.flatten_all()?.to_vec1()?;
                 Ok(self.metric_of_full_logits(&l))
             })
             .collect()

@@ -2,10 +2,14 @@
 //! family, GPT-NeoX), their loaders (Hugging Face folders and GGUF files), tokenizers, and the
 //! default model.
 
+pub mod agent;
 pub mod default_model;
 pub mod eval;
+pub mod job;
 pub mod load;
 pub mod model;
+pub mod resident;
+pub mod shard;
 pub mod sweep;
 pub mod tokenizer;
 

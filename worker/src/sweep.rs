@@ -9,16 +9,28 @@ use crate::eval::Evaluator;
 use crate::model::ModelError;
 
 /// Every head and every MLP ablated alone, batched layer by layer (a layer's components share
-/// their start layer). `on_layer` is called after each layer.
+/// their start layer). `on_layer` is called after each layer and may stop the sweep.
 pub fn node_sweep(
-    ev: &Evaluator<'_>,
+    ev: &Evaluator,
     n_layers: usize,
     n_heads: usize,
-    on_layer: &mut dyn FnMut(usize),
+    on_layer: &mut dyn FnMut(usize) -> Result<(), ModelError>,
 ) -> Result<NodeScores, ModelError> {
-    let mut heads = Vec::with_capacity(n_layers);
-    let mut mlps = Vec::with_capacity(n_layers);
-    for layer in 0..n_layers {
+    let layers: Vec<usize> = (0..n_layers).collect();
+    node_sweep_layers(ev, &layers, n_layers, n_heads, on_layer)
+}
+
+/// The node sweep of some layers only (rows of the result follow `layers`).
+pub fn node_sweep_layers(
+    ev: &Evaluator,
+    layers: &[usize],
+    n_layers: usize,
+    n_heads: usize,
+    on_layer: &mut dyn FnMut(usize) -> Result<(), ModelError>,
+) -> Result<NodeScores, ModelError> {
+    let mut heads = Vec::with_capacity(layers.len());
+    let mut mlps = Vec::with_capacity(layers.len());
+    for &layer in layers {
         let comps: Vec<Vec<Component>> = Component::all(n_layers, n_heads)
             .into_iter()
             .filter(|c| c.layer() == layer)
@@ -27,21 +39,24 @@ pub fn node_sweep(
         let s = ev.scores(&comps)?;
         heads.push(s[..n_heads].to_vec());
         mlps.push(s[n_heads]);
-        on_layer(layer);
+        on_layer(layer)?;
     }
     Ok(NodeScores { heads, mlps })
 }
+
+/// Called after each lockstep step with the runs and the decisions so far; an error stops.
+pub type OnStep<'a> = &'a mut dyn FnMut(&[Pruner], u64) -> Result<(), ModelError>;
 
 /// Largest speculative batch of one run (candidates proposed past an undecided one).
 const MAX_SPECULATION: usize = 32;
 
 /// Runs pruning runs to the end in lockstep. Each step, every unfinished run proposes its next
 /// candidates (one after a removal, twice as many after a step without one) and all are scored
-/// together. `on_step` gets the runs and the decisions taken so far.
+/// together. `on_step` gets the runs and the decisions taken so far, and may stop the runs.
 pub fn prune_lockstep(
-    ev: &Evaluator<'_>,
+    ev: &Evaluator,
     pruners: &mut [Pruner],
-    on_step: &mut dyn FnMut(&[Pruner], u64),
+    on_step: OnStep<'_>,
 ) -> Result<(), ModelError> {
     let mut ks = vec![1usize; pruners.len()];
     let mut decisions = 0u64;
@@ -74,6 +89,6 @@ pub fn prune_lockstep(
                 (ks[*i] * 2).min(MAX_SPECULATION)
             };
         }
-        on_step(pruners, decisions);
+        on_step(pruners, decisions)?;
     }
 }

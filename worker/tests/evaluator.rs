@@ -63,7 +63,7 @@ fn batched_equals_naive_for_every_ablation_setting_on_random_models() {
                         Component::Mlp { layer: 2 },
                     ]);
                     let fast = ev.metrics(&cands).unwrap();
-                    let slow = ev.metrics_naive(&cands).unwrap();
+                    let slow = ev.metrics_naive(&cands, true).unwrap();
                     for (i, (a, b)) in fast.iter().zip(&slow).enumerate() {
                         assert!(
                             (a - b).abs() <= 1e-5,
@@ -109,7 +109,7 @@ fn default_model_node_sweep_equals_the_naive_path() {
     assert_eq!(heads.len(), 45);
     let fast = ev.scores(&heads).unwrap();
     let slow: Vec<f64> = ev
-        .metrics_naive(&heads)
+        .metrics_naive(&heads, true)
         .unwrap()
         .into_iter()
         .map(|x| ev.score_of(x))

@@ -25,17 +25,31 @@ fn capture(model: &HookedModel, ids: &Tensor) -> circuit_sweep_worker::RunOutput
         .unwrap()
 }
 
+/// Last-position logits of `variants`, computed at every position like the capturing run (the
+/// final block's last-position-only shortcut rounds differently, see `last_position_shortcut`).
 fn run_variants(
     model: &HookedModel,
     start: Start,
     values: &Ablation,
     variants: Vec<Vec<Component>>,
 ) -> Tensor {
+    let all = run_selected(model, start, values, variants, LogitSelection::All);
+    let t = all.dim(1).unwrap();
+    all.i((.., t - 1, ..)).unwrap()
+}
+
+fn run_selected(
+    model: &HookedModel,
+    start: Start,
+    values: &Ablation,
+    variants: Vec<Vec<Component>>,
+    logits: LogitSelection,
+) -> Tensor {
     model
         .run(&RunRequest {
             start: Some(start),
             interventions: Some(Interventions { values, variants }),
-            logits: LogitSelection::Last,
+            logits,
             ..Default::default()
         })
         .unwrap()
@@ -249,6 +263,42 @@ fn bad_requests_are_refused_with_a_reason() {
 }
 
 #[test]
+fn last_position_shortcut_equals_the_full_final_block() {
+    // With last-position logits the final block computes only the last position; with
+    // interventions in that block too (mean values narrowed to the last position), the logits
+    // equal those of the full computation up to matmul rounding.
+    for name in ["gpt2", "llama", "neox", "neox_sequential"] {
+        let m = load_fixture(name);
+        let ids = m.model.tokens(&ids_of(name)).unwrap();
+        let base = capture(&m.model, &ids);
+        let values = Ablation::from_captured(&base.captured)
+            .unwrap()
+            .mean_over_prompts()
+            .unwrap();
+        let i = m.model.info();
+        let last = i.n_layers - 1;
+        let variants = vec![
+            vec![],
+            vec![Component::Head {
+                layer: last,
+                head: 0,
+            }],
+            vec![Component::Mlp { layer: last }],
+            some_components(&m.model, 0),
+        ];
+        let start = || Start::Tokens(ids.clone());
+        let full = run_variants(&m.model, start(), &values, variants.clone());
+        let short = run_selected(&m.model, start(), &values, variants, LogitSelection::Last);
+        assert_eq!(short.dims(), full.dims(), "{name}");
+        let d = max_abs_diff(&short, &full);
+        assert!(d <= 1e-5, "{name}: {d}");
+        // The shortcut is not a no-op: ablating the final MLP changes the logits.
+        let n = ids.dim(0).unwrap();
+        assert!(max_abs_diff(&short.i(2 * n..3 * n).unwrap(), &short.i(..n).unwrap()) > 1e-4);
+    }
+}
+
+#[test]
 fn selected_logit_ids_equal_the_full_vocabulary_columns() {
     let m = load_fixture("neox");
     let ids = m.model.tokens(&ids_of("neox")).unwrap();
@@ -282,4 +332,45 @@ fn default_model_reinjection_and_cached_start() {
         .collect();
     reinjection_is_exact(&m.model, &rows);
     cached_start_equals_full_pass(&m.model, &rows, &corrupt, 20);
+}
+
+#[test]
+fn a_variant_does_not_depend_on_its_batch() {
+    // Shards and lockstep order studies put a candidate in batches of any size; its numbers
+    // must not change (bit for bit), also for one prompt, where matmuls have few rows.
+    for name in ["gpt2", "llama", "neox"] {
+        let m = load_fixture(name);
+        let rows = ids_of(name);
+        for rows in [rows.clone(), rows[..1].to_vec()] {
+            let ids = m.model.tokens(&rows).unwrap();
+            let values = Ablation::from_captured(&capture(&m.model, &ids).captured)
+                .unwrap()
+                .mean_over_prompts()
+                .unwrap();
+            let a = vec![
+                Component::Head { layer: 0, head: 1 },
+                Component::Mlp { layer: 1 },
+            ];
+            let b = vec![Component::Head { layer: 1, head: 0 }];
+            let n = rows.len();
+            for sel in [
+                LogitSelection::Last,
+                LogitSelection::LastIds(vec![3, 7]),
+                LogitSelection::All,
+            ] {
+                let start = || Start::Tokens(ids.clone());
+                let alone = run_selected(&m.model, start(), &values, vec![a.clone()], sel.clone());
+                for k in [1, 5, 20] {
+                    let mut vs = vec![a.clone()];
+                    vs.extend(std::iter::repeat_n(b.clone(), k));
+                    let together = run_selected(&m.model, start(), &values, vs, sel.clone());
+                    assert_eq!(
+                        max_abs_diff(&together.i(..n).unwrap(), &alone),
+                        0.0,
+                        "{name}, {n} prompts, {sel:?}, with {k} others"
+                    );
+                }
+            }
+        }
+    }
 }

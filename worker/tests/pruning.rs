@@ -38,7 +38,7 @@ fn prompts(m: &HookedModel) -> PromptSet {
 
 /// The reference: greedy pruning exactly as the spec words it, one full forward per candidate.
 fn brute_force(
-    ev: &Evaluator<'_>,
+    ev: &Evaluator,
     n_layers: usize,
     n_heads: usize,
     threshold: f64,
@@ -56,7 +56,7 @@ fn brute_force(
                 .into_iter()
                 .filter(|x| *x == c || !circuit.contains(x))
                 .collect();
-            let score = ev.score_of(ev.metrics_naive(&[ablated]).unwrap()[0]);
+            let score = ev.score_of(ev.metrics_naive(&[ablated], true).unwrap()[0]);
             let remove = score > threshold;
             decisions.push((c.to_string(), remove));
             if remove {
@@ -95,16 +95,10 @@ fn forward(n_layers: usize, n_heads: usize) -> Vec<Component> {
     v
 }
 
-fn run_pruner(
-    ev: &Evaluator<'_>,
-    n_layers: usize,
-    n_heads: usize,
-    order: PassOrder,
-    t: f64,
-) -> Pruner {
+fn run_pruner(ev: &Evaluator, n_layers: usize, n_heads: usize, order: PassOrder, t: f64) -> Pruner {
     let start = ev.scores(&[vec![]]).unwrap()[0];
     let mut p = Pruner::new(n_layers, n_heads, order, t, None, start);
-    sweep::prune_lockstep(ev, std::slice::from_mut(&mut p), &mut |_, _| {}).unwrap();
+    sweep::prune_lockstep(ev, std::slice::from_mut(&mut p), &mut |_, _| Ok(())).unwrap();
     p
 }
 
@@ -173,7 +167,7 @@ fn nested_thresholds_give_nested_circuits() {
             start.as_deref(),
             score,
         );
-        sweep::prune_lockstep(&ev, std::slice::from_mut(&mut p), &mut |_, _| {}).unwrap();
+        sweep::prune_lockstep(&ev, std::slice::from_mut(&mut p), &mut |_, _| Ok(())).unwrap();
         let c = p.circuit();
         if let Some(prev) = &start {
             assert!(
@@ -208,7 +202,7 @@ fn the_order_study_in_lockstep_equals_one_prune_per_order() {
         .iter()
         .map(|o| Pruner::new(l, h, PassOrder::Fixed(o.clone()), 80.0, None, start))
         .collect();
-    sweep::prune_lockstep(&ev, &mut pruners, &mut |_, _| {}).unwrap();
+    sweep::prune_lockstep(&ev, &mut pruners, &mut |_, _| Ok(())).unwrap();
     let together: Vec<_> = pruners.iter().map(Pruner::result).collect();
     for (o, r) in read.iter().zip(&together) {
         let alone = run_pruner(&ev, l, h, PassOrder::Fixed(o.clone()), 80.0).result();

@@ -67,7 +67,6 @@ pub fn run(cmd: BenchCommand, models_dir: &Path) -> anyhow::Result<()> {
 
 /// Times `f32` matmuls on the CPU and prints GFLOP/s.
 fn matmul(sizes: &[String], seconds: f64) -> anyhow::Result<()> {
-    use candle_core::{Device, Tensor};
     println!(
         "{:>18}  {:>7}  {:>10}  {:>9}",
         "MxKxN", "runs", "ms/run", "GFLOP/s"
@@ -77,20 +76,32 @@ fn matmul(sizes: &[String], seconds: f64) -> anyhow::Result<()> {
         let [m, k, n] = dims[..] else {
             bail!("--sizes: `{s}` is not MxKxN");
         };
-        let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
-        let b = Tensor::randn(0f32, 1.0, (k, n), &Device::Cpu)?;
-        a.matmul(&b)?; // warm-up
-        let t0 = Instant::now();
-        let mut runs = 0usize;
-        while runs < 2 || t0.elapsed().as_secs_f64() < seconds {
-            a.matmul(&b)?;
-            runs += 1;
-        }
-        let per = t0.elapsed().as_secs_f64() / runs as f64;
+        let (runs, per) = time_matmul(m, k, n, seconds)?;
         let gflops = 2.0 * (m * k * n) as f64 / per / 1e9;
         println!("{s:>18}  {runs:>7}  {:>10.2}  {gflops:>9.1}", per * 1e3);
     }
     Ok(())
+}
+
+/// Runs and seconds per run of an `m x k` by `k x n` f32 matmul, timed for `seconds`.
+fn time_matmul(m: usize, k: usize, n: usize, seconds: f64) -> anyhow::Result<(usize, f64)> {
+    use candle_core::{Device, Tensor};
+    let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
+    let b = Tensor::randn(0f32, 1.0, (k, n), &Device::Cpu)?;
+    a.matmul(&b)?; // warm-up
+    let t0 = Instant::now();
+    let mut runs = 0usize;
+    while runs < 2 || t0.elapsed().as_secs_f64() < seconds {
+        a.matmul(&b)?;
+        runs += 1;
+    }
+    Ok((runs, t0.elapsed().as_secs_f64() / runs as f64))
+}
+
+/// GFLOP/s of an `m x k` by `k x n` f32 matmul.
+fn matmul_rate(m: usize, k: usize, n: usize, seconds: f64) -> anyhow::Result<f64> {
+    let (_, per) = time_matmul(m, k, n, seconds)?;
+    Ok(2.0 * (m * k * n) as f64 / per / 1e9)
 }
 
 fn parse_shape(s: &str) -> anyhow::Result<(usize, usize)> {
@@ -189,6 +200,10 @@ pub struct SweepArgs {
     /// Skip the naive baseline (it takes several minutes).
     #[arg(long, env = "CIRCUIT_SWEEP_BENCH_NO_NAIVE")]
     no_naive: bool,
+    /// Logits of the naive baseline: `all` positions, as a plain `model(ids)` call returns
+    /// them, or only the `last` position (full vocabulary).
+    #[arg(long, env = "CIRCUIT_SWEEP_BENCH_NAIVE_LOGITS", default_value = "all", value_parser = ["all", "last"])]
+    naive_logits: String,
 }
 
 /// Multiply-adds of the blocks for `tokens` tokens run through `layers` blocks (matmuls only).
@@ -230,26 +245,38 @@ fn sweep(a: SweepArgs, models_dir: &Path) -> anyhow::Result<()> {
         i.n_layers,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    let peak = matmul_rate(1024, i.d_model, i.d_mlp, 2.0)?;
     println!(
-        "{:>10}  {:>8}  {:>10}  {:>12}  {:>9}  {:>8}",
-        "path", "passes", "seconds", "passes/s", "GFLOP/s", "speed-up"
+        "matmul peak of this machine (1024x{}x{}): {peak:.1} GFLOP/s",
+        i.d_model, i.d_mlp
+    );
+    println!(
+        "{:>10}  {:>8}  {:>10}  {:>12}  {:>9}  {:>7}  {:>8}",
+        "path", "passes", "seconds", "passes/s", "GFLOP/s", "% peak", "speed-up"
     );
     let before = ev.forward_passes();
     let t0 = Instant::now();
     let fast = ev.metrics(&comps)?;
     let fast_s = t0.elapsed().as_secs_f64();
     let fast_passes = ev.forward_passes() - before;
-    // Work of the batched sweep: each component's variant runs from its own layer up.
+    // Work of the batched sweep: each component's variant runs from its own layer up, the
+    // final block at the last position only.
     let fast_work: f64 = comps
         .iter()
-        .map(|c| block_flops(&i, p * t, (i.n_layers - c[0].layer()) as f64))
+        .map(|c| {
+            block_flops(&i, p * t, (i.n_layers - 1 - c[0].layer()) as f64) + block_flops(&i, p, 1.0)
+        })
         .sum();
-    let naive_work = block_flops(&i, p * t, i.n_layers as f64) * comps.len() as f64;
+    let all_logits = a.naive_logits == "all";
+    let logit_flops =
+        2.0 * (i.d_model * i.vocab_size) as f64 * p * if all_logits { t } else { 1.0 };
+    let naive_work = (block_flops(&i, p * t, i.n_layers as f64) + logit_flops) * comps.len() as f64;
     let row = |name: &str, passes: usize, secs: f64, work: f64, speedup: String| {
         println!(
-            "{name:>10}  {passes:>8}  {secs:>10.2}  {:>12.2}  {:>9.1}  {speedup:>8}",
+            "{name:>10}  {passes:>8}  {secs:>10.2}  {:>12.2}  {:>9.1}  {:>7.0}  {speedup:>8}",
             passes as f64 / secs,
-            work / secs / 1e9
+            work / secs / 1e9,
+            100.0 * work / secs / 1e9 / peak
         );
     };
     if a.no_naive {
@@ -258,10 +285,11 @@ fn sweep(a: SweepArgs, models_dir: &Path) -> anyhow::Result<()> {
     }
     let before = ev.forward_passes();
     let t0 = Instant::now();
-    let slow = ev.metrics_naive(&comps)?;
+    let slow = ev.metrics_naive(&comps, all_logits)?;
     let slow_s = t0.elapsed().as_secs_f64();
     let slow_passes = ev.forward_passes() - before;
-    row("naive", slow_passes, slow_s, naive_work, "1.00x".into());
+    let name = if all_logits { "naive" } else { "naive-last" };
+    row(name, slow_passes, slow_s, naive_work, "1.00x".into());
     row(
         "batched",
         fast_passes,

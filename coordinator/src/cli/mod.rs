@@ -4,6 +4,7 @@ mod bench;
 mod model;
 mod predict;
 mod prompts;
+mod remote;
 pub(crate) mod resolve;
 mod run;
 
@@ -36,8 +37,20 @@ pub enum Command {
     /// Inspect or fetch models.
     #[command(subcommand)]
     Model(model::ModelCommand),
-    /// Run a sweep spec in this process and write its results folder.
+    /// Run a sweep spec on an in-process cluster and write its results folder.
     Run(run::RunArgs),
+    /// Serve as the coordinator: accept jobs, lease shards to workers, aggregate results.
+    Coordinator(remote::CoordinatorArgs),
+    /// Serve as a worker: hold models resident, compute shards for a coordinator.
+    Worker(remote::WorkerArgs),
+    /// Submit a sweep spec to a coordinator.
+    Submit(remote::SubmitArgs),
+    /// Show jobs (progress, shards, ETA) and workers.
+    Status(remote::StatusArgs),
+    /// Cancel a job.
+    Cancel(remote::CancelArgs),
+    /// Download a finished job's results folder.
+    Results(remote::ResultsArgs),
     /// Print a prompt's tokens and the model's top next tokens.
     Predict(predict::PredictArgs),
     /// Generate and check datasets of prompt pairs.
@@ -65,6 +78,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Model(cmd) => model::run(cmd, &cli.models_dir),
         Command::Run(args) => run::run(args, &cli.models_dir),
+        Command::Coordinator(args) => remote::coordinator(args),
+        Command::Worker(args) => remote::worker(args, &cli.models_dir),
+        Command::Submit(args) => remote::submit(args),
+        Command::Status(args) => remote::status(args),
+        Command::Cancel(args) => remote::cancel(args),
+        Command::Results(args) => remote::results(args),
         Command::Predict(args) => predict::run(args, &cli.models_dir),
         Command::Prompts(cmd) => prompts::run(cmd, &cli.models_dir),
         Command::Bench(cmd) => bench::run(cmd, &cli.models_dir),

@@ -8,14 +8,7 @@ use circuit_sweep_worker::{LoadOptions, LoadedModel, default_model, load_model};
 
 /// Parses a compute dtype name.
 pub fn parse_dtype(s: &str) -> Result<DType, String> {
-    match s {
-        "f32" => Ok(DType::F32),
-        "f16" => Ok(DType::F16),
-        "bf16" => Ok(DType::BF16),
-        other => Err(format!(
-            "unknown dtype `{other}` (expected f32, f16 or bf16)"
-        )),
-    }
+    circuit_sweep_worker::job::parse_dtype(s)
 }
 
 /// The model path: the one given, else the default model in `models_dir` (which must exist).

@@ -1,11 +1,9 @@
-//! `circuit-sweep run SPEC.toml`: a sweep in this process, results in a folder.
+//! `circuit-sweep run SPEC.toml`: a sweep on an in-process cluster (the same coordinator and
+//! workers as a real cluster, on loopback), results in a folder.
 
 use std::path::{Path, PathBuf};
 
-use circuit_sweep_common::spec::SweepSpec;
 use clap::Args;
-
-use crate::job::{self, JobContext};
 
 /// Arguments of `run`.
 #[derive(Debug, Args)]
@@ -15,6 +13,9 @@ pub struct RunArgs {
     /// Results folder (default: `results/<spec name>`).
     #[arg(long, env = "CIRCUIT_SWEEP_OUT")]
     out: Option<PathBuf>,
+    /// In-process workers (they share one copy of the model).
+    #[arg(long, env = "CIRCUIT_SWEEP_WORKERS", default_value_t = 1)]
+    workers: usize,
     /// No progress bars.
     #[arg(long, env = "CIRCUIT_SWEEP_QUIET")]
     quiet: bool,
@@ -22,7 +23,6 @@ pub struct RunArgs {
 
 /// Runs `run`.
 pub fn run(args: RunArgs, models_dir: &Path) -> anyhow::Result<()> {
-    let spec = SweepSpec::read(&args.spec)?;
     let out = args.out.unwrap_or_else(|| {
         let stem = args
             .spec
@@ -32,22 +32,22 @@ pub fn run(args: RunArgs, models_dir: &Path) -> anyhow::Result<()> {
             .into_owned();
         PathBuf::from("results").join(stem)
     });
-    let ctx = JobContext {
-        spec_dir: args
-            .spec
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default(),
-        models_dir: models_dir.to_path_buf(),
-        progress: !args.quiet,
-    };
-    let doc = job::run(&spec, &ctx, &out)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let doc = rt.block_on(circuit_sweep_coordinator::local::run(
+        &args.spec,
+        &out,
+        args.workers,
+        models_dir,
+        !args.quiet,
+    ))?;
     println!(
-        "wrote {} (full {:.4}, corrupt {:.4}, {} forward passes in {:.1} s)",
+        "wrote {} (full {:.4}, corrupt {:.4}, {} shards in {:.1} s)",
         out.display(),
         doc["full"].as_f64().unwrap_or(f64::NAN),
         doc["corrupt"].as_f64().unwrap_or(f64::NAN),
-        doc["timing"]["forward_passes"],
+        doc["timing"]["shards"],
         doc["timing"]["seconds"].as_f64().unwrap_or(0.0)
     );
     Ok(())

@@ -61,11 +61,27 @@ impl HookedModel {
                 .reshape((v * prompts, seq_len, info.d_model))?
         };
         let ctx = self.blocks.seq_ctx(seq_len)?;
+        // Only the last position of the final block reaches last-position logits.
+        let last_only = matches!(
+            req.logits,
+            LogitSelection::Last | LogitSelection::LastIds(_)
+        ) && !req.capture.z
+            && !req.capture.mlp;
+        let final_ctx = if last_only {
+            ctx.last_query()?
+        } else {
+            ctx.clone()
+        };
         for layer in start_layer..info.n_layers {
             if req.capture.resid {
                 hooks.captured.resid[layer] = Some(x.clone());
             }
-            x = self.blocks.block(layer, &x, &ctx, &mut hooks)?;
+            let c = if layer + 1 == info.n_layers {
+                &final_ctx
+            } else {
+                &ctx
+            };
+            x = self.blocks.block(layer, &x, c, &mut hooks)?;
         }
         let logits = self.logits(&x, &req.logits)?;
         Ok(RunOutput {
@@ -115,7 +131,7 @@ impl HookedModel {
                 let h = self
                     .blocks
                     .final_norm(&x.i((.., t - 1, ..))?.contiguous()?)?;
-                h.matmul(&w.t()?)?
+                super::layers::by_rows(&h, |r| r.matmul(&w.t()?))?
             }
             LogitSelection::LastIds(ids) => {
                 let vocab = self.info.vocab_size;
@@ -129,11 +145,11 @@ impl HookedModel {
                 let h = self
                     .blocks
                     .final_norm(&x.i((.., t - 1, ..))?.contiguous()?)?;
-                h.matmul(&rows.t()?)?
+                super::layers::by_rows(&h, |r| r.matmul(&rows.t()?))?
             }
             LogitSelection::All => {
                 let h = self.blocks.final_norm(x)?;
-                h.broadcast_matmul(&w.t()?)?
+                super::layers::by_rows(&h, |r| r.matmul(&w.t()?))?
             }
         };
         Ok(Some(out.to_dtype(DType::F32)?))

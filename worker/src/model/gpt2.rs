@@ -210,19 +210,23 @@ impl Blocks for Gpt2 {
         let (b, t, d) = x.dims3()?;
         let h = self.n_heads;
         let dh = d / h;
-        let qkv = l.qkv.forward(&l.ln1.forward(x)?)?;
+        let qkv = layers::dense(&l.qkv, &l.ln1.forward(x)?)?;
         let split = |i: usize| -> candle_core::Result<Tensor> {
             qkv.narrow(2, i * d, d)?
                 .reshape((b, t, h, dh))?
                 .transpose(1, 2)
         };
-        let z = layers::attend(&split(0)?, &split(1)?, &split(2)?, &ctx.mask)?;
+        let q = ctx.queries_of(&split(0)?, 2)?;
+        let z = layers::attend(&q, &split(1)?, &split(2)?, &ctx.mask)?;
         let z = hooks.z(layer, z)?;
-        let a = l.proj.forward(&z.reshape((b, t, d))?)?;
-        let x = (x + a)?;
-        let m = l
-            .fc_proj
-            .forward(&self.act.forward(&l.fc.forward(&l.ln2.forward(&x)?)?)?)?;
+        let a = layers::dense(&l.proj, &z.reshape((b, ctx.queries, d))?)?;
+        let x = (ctx.queries_of(x, 1)? + a)?;
+        let m = layers::dense(
+            &l.fc_proj,
+            &self
+                .act
+                .forward(&layers::dense(&l.fc, &l.ln2.forward(&x)?)?)?,
+        )?;
         let m = hooks.mlp(layer, m)?;
         Ok((x + m)?)
     }

@@ -201,6 +201,13 @@ impl<'a> RunHooks<'a> {
         let mut split = vec![v, p];
         split.extend_from_slice(&dims[1..]);
         let x5 = x.reshape(split.as_slice())?;
+        // A block computing only the trailing positions gets the trailing values.
+        let (t_val, t_x) = (value.dim(1)?, dims[1]);
+        let value = if t_x < t_val {
+            value.narrow(1, t_val - t_x, t_x)?
+        } else {
+            value.clone()
+        };
         let val = value.unsqueeze(0)?;
         let out = x5
             .broadcast_mul(&mask.keep)?

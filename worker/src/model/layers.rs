@@ -6,11 +6,22 @@ use candle_nn::{LayerNorm, Linear, RmsNorm};
 use crate::load::{LoadError, WeightSource};
 
 /// Per-sequence-length state shared by all blocks of one forward pass.
+///
+/// Blocks compute keys and values at every position but queries (and everything after the
+/// attention) only at the last `queries` positions: all of them normally, only the last in the
+/// final block when nothing but last-position logits is needed.
+#[derive(Clone)]
 pub(crate) struct SeqCtx {
-    /// Additive causal mask `[T, T]` in f32 (0 on and below the diagonal, -inf above).
+    /// Positions in the sequence.
+    pub seq_len: usize,
+    /// Trailing positions whose queries, MLP and output are computed.
+    pub queries: usize,
+    /// Additive causal mask `[queries, T]` in f32 (0 where a query may attend, -inf after it).
     pub mask: Tensor,
-    /// Rotary `cos` and `sin` tables `[T, rotary_dim / 2]` in the model dtype, if rotary.
+    /// Rotary `cos` and `sin` tables `[T, rotary_dim / 2]` in the model dtype (for keys).
     pub rope: Option<(Tensor, Tensor)>,
+    /// The rows of `rope` for the query positions.
+    pub rope_q: Option<(Tensor, Tensor)>,
 }
 
 impl SeqCtx {
@@ -25,7 +36,43 @@ impl SeqCtx {
             .collect();
         let mask = Tensor::from_vec(mask, (seq_len, seq_len), device)?;
         let rope = rotary.map(|r| r.tables(seq_len)).transpose()?;
-        Ok(SeqCtx { mask, rope })
+        Ok(SeqCtx {
+            seq_len,
+            queries: seq_len,
+            mask,
+            rope_q: rope.clone(),
+            rope,
+        })
+    }
+
+    /// The same context computing only the last position's queries and outputs.
+    pub fn last_query(&self) -> candle_core::Result<Self> {
+        let t = self.seq_len;
+        let last = |(c, s): &(Tensor, Tensor)| -> candle_core::Result<(Tensor, Tensor)> {
+            Ok((
+                c.narrow(0, t - 1, 1)?.contiguous()?,
+                s.narrow(0, t - 1, 1)?.contiguous()?,
+            ))
+        };
+        Ok(SeqCtx {
+            seq_len: t,
+            queries: 1,
+            mask: self.mask.narrow(0, t - 1, 1)?.contiguous()?,
+            rope: self.rope.clone(),
+            rope_q: self.rope.as_ref().map(last).transpose()?,
+        })
+    }
+
+    /// The query positions of `x` (`[B, T, ..]` with positions in dim `dim`), contiguous:
+    /// candle's norms take another (differently rounded) path on strided input, and whether a
+    /// narrowed view is strided depends on the batch size.
+    pub fn queries_of(&self, x: &Tensor, dim: usize) -> candle_core::Result<Tensor> {
+        if self.queries == self.seq_len {
+            Ok(x.clone())
+        } else {
+            x.narrow(dim, self.seq_len - self.queries, self.queries)?
+                .contiguous()
+        }
     }
 }
 
@@ -235,4 +282,36 @@ pub(crate) fn rms_norm(
 ) -> Result<RmsNorm, LoadError> {
     let weight = w.get(&format!("{prefix}.weight"), &[dim])?;
     Ok(RmsNorm::new(weight, eps))
+}
+
+/// Fewest rows a matmul is run with. The CPU gemm takes a differently rounded path for a
+/// handful of rows, so without padding a row's result would depend on how many other rows
+/// (ablation variants, prompts) share its forward pass.
+const MIN_ROWS: usize = 16;
+
+/// `f` (a map of rows `[rows, in] -> [rows, out]`) on the rows of `x` (`[.., in]`), padded with
+/// zero rows to at least [`MIN_ROWS`], so every row's result is the same in any batch.
+pub(crate) fn by_rows(
+    x: &Tensor,
+    f: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let d_in = *dims.last().expect("at least one dim");
+    let rows = x.elem_count() / d_in.max(1);
+    let flat = x.reshape((rows, d_in))?;
+    let y = if rows >= MIN_ROWS {
+        f(&flat)?
+    } else {
+        let pad = Tensor::zeros((MIN_ROWS - rows, d_in), x.dtype(), x.device())?;
+        f(&Tensor::cat(&[&flat, &pad], 0)?)?.narrow(0, 0, rows)?
+    };
+    let mut out = dims;
+    *out.last_mut().expect("at least one dim") = y.dim(1)?;
+    y.reshape(out)
+}
+
+/// A linear layer on `[.., in]` whose rows do not depend on the batch (see [`by_rows`]).
+pub(crate) fn dense(l: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
+    use candle_core::Module;
+    by_rows(x, |r| l.forward(r))
 }

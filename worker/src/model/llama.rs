@@ -353,7 +353,7 @@ impl Blocks for Llama {
         let l = &self.layers[layer];
         let (b, t, _) = x.dims3()?;
         let (h, kv, dh) = (self.n_heads, self.n_kv, self.d_head);
-        let qkv = l.qkv.forward(&l.ln1.forward(x)?)?;
+        let qkv = layers::dense(&l.qkv, &l.ln1.forward(x)?)?;
         let heads = |start: usize, n: usize| -> candle_core::Result<Tensor> {
             qkv.narrow(2, start * dh, n * dh)?
                 .reshape((b, t, n, dh))?
@@ -361,19 +361,21 @@ impl Blocks for Llama {
         };
         let (q, k, v) = (heads(0, h)?, heads(h, kv)?, heads(h + kv, kv)?);
         let (cos, sin) = ctx.rope.as_ref().expect("llama always has rotary tables");
-        let q = layers::apply_rotary(&q, cos, sin)?;
+        let (cos_q, sin_q) = ctx.rope_q.as_ref().expect("llama always has rotary tables");
+        let q = layers::apply_rotary(&ctx.queries_of(&q, 2)?, cos_q, sin_q)?;
         let k = layers::apply_rotary(&k, cos, sin)?;
         let k = layers::repeat_kv(k, h / kv)?;
         let v = layers::repeat_kv(v, h / kv)?;
         let z = layers::attend(&q, &k, &v, &ctx.mask)?;
         let z = hooks.z(layer, z)?;
-        let a = l.o.forward(&z.reshape((b, t, h * dh))?)?;
-        let x = (x + a)?;
+        let tq = ctx.queries;
+        let a = layers::dense(&l.o, &z.reshape((b, tq, h * dh))?)?;
+        let x = (ctx.queries_of(x, 1)? + a)?;
         let hx = l.ln2.forward(&x)?;
-        let gate_up = l.gate_up.forward(&hx)?;
+        let gate_up = layers::dense(&l.gate_up, &hx)?;
         let f = gate_up.dim(2)? / 2;
         let gated = (self.act.forward(&gate_up.narrow(2, 0, f)?)? * gate_up.narrow(2, f, f)?)?;
-        let m = l.down.forward(&gated)?;
+        let m = layers::dense(&l.down, &gated)?;
         let m = hooks.mlp(layer, m)?;
         Ok((x + m)?)
     }

@@ -197,10 +197,11 @@ pub(crate) trait Blocks: Send + Sync {
     fn unembed(&self) -> &Tensor;
 }
 
-/// A loaded model with hook points, on one device in one dtype.
+/// A loaded model with hook points, on one device in one dtype. Cloning shares the weights.
+#[derive(Clone)]
 pub struct HookedModel {
     info: ModelInfo,
-    blocks: Box<dyn Blocks>,
+    blocks: std::sync::Arc<dyn Blocks>,
     device: Device,
 }
 
@@ -216,7 +217,7 @@ impl HookedModel {
     pub(crate) fn new(info: ModelInfo, blocks: Box<dyn Blocks>, device: Device) -> Self {
         HookedModel {
             info,
-            blocks,
+            blocks: blocks.into(),
             device,
         }
     }

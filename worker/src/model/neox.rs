@@ -266,28 +266,29 @@ impl Blocks for Neox {
         let h = self.n_heads;
         let dh = d / h;
         // query_key_value is laid out per head: [h, (q | k | v), dh].
-        let qkv = l
-            .qkv
-            .forward(&l.ln1.forward(x)?)?
-            .reshape((b, t, h, 3 * dh))?;
+        let qkv = layers::dense(&l.qkv, &l.ln1.forward(x)?)?.reshape((b, t, h, 3 * dh))?;
         let part = |i: usize| -> candle_core::Result<Tensor> {
             qkv.narrow(3, i * dh, dh)?.transpose(1, 2)
         };
-        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
-        let (q, k) = match &ctx.rope {
-            Some((cos, sin)) if cos.dim(1)? > 0 => (
-                layers::apply_rotary(&q, cos, sin)?,
+        let (q, k, v) = (ctx.queries_of(&part(0)?, 2)?, part(1)?, part(2)?);
+        let (q, k) = match (&ctx.rope_q, &ctx.rope) {
+            (Some((cos_q, sin_q)), Some((cos, sin))) if cos.dim(1)? > 0 => (
+                layers::apply_rotary(&q, cos_q, sin_q)?,
                 layers::apply_rotary(&k, cos, sin)?,
             ),
             _ => (q, k),
         };
         let z = layers::attend(&q, &k, &v, &ctx.mask)?;
         let z = hooks.z(layer, z)?;
-        let a = l.dense.forward(&z.reshape((b, t, d))?)?;
+        let a = layers::dense(&l.dense, &z.reshape((b, ctx.queries, d))?)?;
+        let x = &ctx.queries_of(x, 1)?;
         let mlp_in = if self.parallel { x.clone() } else { (x + &a)? };
-        let m = l
-            .down
-            .forward(&self.act.forward(&l.up.forward(&l.ln2.forward(&mlp_in)?)?)?)?;
+        let m = layers::dense(
+            &l.down,
+            &self
+                .act
+                .forward(&layers::dense(&l.up, &l.ln2.forward(&mlp_in)?)?)?,
+        )?;
         let m = hooks.mlp(layer, m)?;
         Ok(if self.parallel {
             ((m + a)? + x)?

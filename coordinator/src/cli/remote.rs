@@ -1,0 +1,392 @@
+//! The distributed commands: `coordinator`, `worker`, `submit`, `status`, `cancel`, `results`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use circuit_sweep_coordinator::client::{self, Submission};
+use circuit_sweep_coordinator::server::{self, ServerConfig, Service};
+use circuit_sweep_proto::auth;
+use circuit_sweep_worker::agent::{self, AgentConfig};
+use circuit_sweep_worker::resident::ModelCache;
+use clap::Args;
+
+/// The shared token: given, or read from a file.
+#[derive(Debug, Args, Clone)]
+pub struct TokenArgs {
+    /// Shared token required on every call (prefer the env var or a file: flags show in `ps`).
+    #[arg(long, env = "CIRCUIT_SWEEP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File holding the shared token (first line).
+    #[arg(long, env = "CIRCUIT_SWEEP_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    fn resolve(&self) -> anyhow::Result<Option<String>> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.clone()));
+        }
+        match &self.token_file {
+            Some(f) => {
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("--token-file {}", f.display()))?;
+                let t = text.lines().next().unwrap_or("").trim().to_string();
+                if t.is_empty() {
+                    bail!("--token-file {}: the file is empty", f.display());
+                }
+                Ok(Some(t))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// Where the coordinator is.
+#[derive(Debug, Args, Clone)]
+pub struct Remote {
+    /// Coordinator URL.
+    #[arg(
+        long,
+        env = "CIRCUIT_SWEEP_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    coordinator: String,
+    #[command(flatten)]
+    token: TokenArgs,
+}
+
+impl Remote {
+    async fn connect(&self) -> anyhow::Result<auth::Client> {
+        Ok(auth::connect(&self.coordinator, self.token.resolve()?.as_deref()).await?)
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Arguments of `coordinator`.
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    /// Address to listen on (loopback unless told otherwise).
+    #[arg(long, env = "CIRCUIT_SWEEP_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// State folder: the job database and results folders; a restart resumes its jobs.
+    #[arg(long, env = "CIRCUIT_SWEEP_STATE", default_value = "coordinator-state")]
+    state: PathBuf,
+    #[command(flatten)]
+    token: TokenArgs,
+    /// A separate token for workers (default: the shared token). Workers holding only this one
+    /// cannot submit jobs or read results.
+    #[arg(long, env = "CIRCUIT_SWEEP_WORKER_TOKEN", hide_env_values = true)]
+    worker_token: Option<String>,
+    /// Heartbeat interval asked of workers, in milliseconds.
+    #[arg(long, env = "CIRCUIT_SWEEP_HEARTBEAT_MS", default_value_t = 1000)]
+    heartbeat_ms: u64,
+    /// A worker silent this long (ms) is lost and its shards are re-queued.
+    #[arg(long, env = "CIRCUIT_SWEEP_LOST_AFTER_MS", default_value_t = 10000)]
+    lost_after_ms: u64,
+}
+
+/// Runs the coordinator until SIGINT or SIGTERM.
+pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
+    let token = a.token.resolve()?;
+    if token.is_none() && !a.listen.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {} without a token: anyone who can reach it can submit jobs",
+            a.listen
+        );
+    }
+    let mut cfg = ServerConfig::new(&a.state);
+    cfg.client_tokens = token.iter().cloned().collect();
+    cfg.worker_tokens = match &a.worker_token {
+        Some(w) => vec![w.clone()],
+        None => cfg.client_tokens.clone(),
+    };
+    cfg.heartbeat = Duration::from_millis(a.heartbeat_ms.max(10));
+    cfg.lost_after = Duration::from_millis(a.lost_after_ms.max(a.heartbeat_ms * 2));
+    runtime()?.block_on(async move {
+        let service = Service::open(cfg)?;
+        let listener = server::bind(a.listen)
+            .await
+            .with_context(|| format!("--listen {}", a.listen))?;
+        tracing::info!(
+            "coordinator listening on {} (state {})",
+            listener.local_addr()?,
+            a.state.display()
+        );
+        service.serve(listener, shutdown_signal()).await?;
+        tracing::info!("coordinator stopped");
+        anyhow::Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Arguments of `worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    remote: Remote,
+    /// Device to compute on.
+    #[arg(long, env = "CIRCUIT_SWEEP_DEVICE", default_value = "cpu")]
+    device: String,
+    /// Compute threads (default: every core).
+    #[arg(long, env = "CIRCUIT_SWEEP_THREADS")]
+    threads: Option<usize>,
+    /// A name for logs and `status` (default: host name and process id).
+    #[arg(long, env = "CIRCUIT_SWEEP_WORKER_NAME")]
+    name: Option<String>,
+    /// Where jobs' input files are written (default: a temporary folder).
+    #[arg(long, env = "CIRCUIT_SWEEP_WORK_DIR")]
+    work_dir: Option<PathBuf>,
+    /// Memory for resident models, in MiB (least recently used models are evicted beyond it).
+    #[arg(long, env = "CIRCUIT_SWEEP_MODEL_MEMORY_MB", default_value_t = 16384)]
+    model_memory_mb: u64,
+}
+
+impl WorkerArgs {
+    /// The compute threads asked for.
+    pub fn threads(&self) -> Option<usize> {
+        self.threads
+    }
+}
+
+/// Runs a worker until SIGTERM (then drains: finishes its shard and says goodbye).
+pub fn worker(a: WorkerArgs, models_dir: &Path) -> anyhow::Result<()> {
+    if a.device != "cpu" && !cfg!(feature = "cuda") {
+        bail!(
+            "--device {}: this build runs on cpu only (build with --features cuda)",
+            a.device
+        );
+    }
+    let threads = a
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let tmp = tempfile::tempdir()?;
+    let work_dir = a
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    let name = a.name.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "worker".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let cfg = AgentConfig {
+        coordinator: a.remote.coordinator.clone(),
+        token: a.remote.token.resolve()?,
+        name,
+        device: a.device.clone(),
+        threads,
+        models_dir: models_dir.to_path_buf(),
+        work_dir,
+    };
+    let cache = Arc::new(ModelCache::new(a.model_memory_mb << 20));
+    let summary = runtime()?.block_on(async move {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("draining: finishing the current shard");
+            let _ = tx.send(true);
+        });
+        agent::run(cfg, cache, rx).await
+    })?;
+    tracing::info!(
+        "worker stopped: {} shards done, {} failed",
+        summary.shards_done,
+        summary.shards_failed
+    );
+    Ok(())
+}
+
+/// Arguments of `submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The sweep spec (TOML).
+    spec: PathBuf,
+    #[command(flatten)]
+    remote: Remote,
+    /// Wait for the job to finish, with a progress bar.
+    #[arg(long, env = "CIRCUIT_SWEEP_WAIT")]
+    wait: bool,
+    /// With --wait: download the results folder here.
+    #[arg(long, env = "CIRCUIT_SWEEP_OUT", requires = "wait")]
+    out: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long, env = "CIRCUIT_SWEEP_QUIET")]
+    quiet: bool,
+}
+
+/// Submits a spec.
+pub fn submit(a: SubmitArgs) -> anyhow::Result<()> {
+    let s = Submission::from_file(&a.spec)?;
+    runtime()?.block_on(async move {
+        let mut c = a.remote.connect().await?;
+        let job = client::submit(&mut c, &s).await?;
+        println!("job {job}");
+        if a.wait {
+            let st = client::wait(&mut c, job, !a.quiet).await?;
+            println!(
+                "job {job} done: {} shards in {:.1} s",
+                st.shards_total, st.elapsed_s
+            );
+            if let Some(out) = &a.out {
+                let n = client::download(&mut c, job, out).await?;
+                println!("wrote {} ({n} files)", out.display());
+            }
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// Arguments of `status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// A job (default: every job).
+    job: Option<u64>,
+    #[command(flatten)]
+    remote: Remote,
+    /// Print JSON.
+    #[arg(long, env = "CIRCUIT_SWEEP_JSON")]
+    json: bool,
+}
+
+/// Prints jobs and workers.
+pub fn status(a: StatusArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let mut c = a.remote.connect().await?;
+        let r = client::status(&mut c, a.job).await?;
+        if a.json {
+            let jobs: Vec<serde_json::Value> = r
+                .jobs
+                .iter()
+                .map(|j| {
+                    serde_json::json!({
+                        "job": j.job_id, "name": j.name, "kind": j.kind, "state": j.state,
+                        "error": j.error, "shards": {"total": j.shards_total, "done": j.shards_done,
+                        "leased": j.shards_leased, "queued": j.shards_queued, "requeued": j.requeued},
+                        "elapsed_s": j.elapsed_s, "eta_s": j.eta_s,
+                    })
+                })
+                .collect();
+            let workers: Vec<serde_json::Value> = r
+                .workers
+                .iter()
+                .map(|w| {
+                    serde_json::json!({
+                        "worker": w.worker_id, "name": w.name, "device": w.device,
+                        "threads": w.threads, "leases": w.leases, "shards_done": w.shards_done,
+                        "last_seen_ms": w.last_seen_ms, "models": w.models,
+                    })
+                })
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({"jobs": jobs, "workers": workers}))?
+            );
+            return anyhow::Ok(());
+        }
+        println!(
+            "{:>5}  {:<20} {:<7} {:<9} {:>6} {:>6} {:>6} {:>6} {:>8} {:>8}",
+            "job", "name", "kind", "state", "done", "leased", "queued", "total", "elapsed", "eta"
+        );
+        for j in &r.jobs {
+            let eta = if j.eta_s < 0.0 {
+                "-".to_string()
+            } else {
+                format!("{:.0}s", j.eta_s)
+            };
+            println!(
+                "{:>5}  {:<20} {:<7} {:<9} {:>6} {:>6} {:>6} {:>6} {:>7.0}s {:>8}",
+                j.job_id,
+                j.name,
+                j.kind,
+                j.state,
+                j.shards_done,
+                j.shards_leased,
+                j.shards_queued,
+                j.shards_total,
+                j.elapsed_s,
+                eta
+            );
+            if !j.error.is_empty() {
+                println!("       error: {}", j.error);
+            }
+        }
+        println!("{} workers", r.workers.len());
+        for w in &r.workers {
+            println!(
+                "  {} {} ({}, {} threads): {} shards done, holding {}, seen {} ms ago",
+                w.worker_id,
+                w.name,
+                w.device,
+                w.threads,
+                w.shards_done,
+                w.leases.len(),
+                w.last_seen_ms
+            );
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// Arguments of `cancel`.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The job.
+    job: u64,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// Cancels a job.
+pub fn cancel(a: CancelArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let mut c = a.remote.connect().await?;
+        client::cancel(&mut c, a.job).await?;
+        println!("job {} cancelled", a.job);
+        anyhow::Ok(())
+    })
+}
+
+/// Arguments of `results`.
+#[derive(Debug, Args)]
+pub struct ResultsArgs {
+    /// The job.
+    job: u64,
+    /// Folder to write the results into.
+    #[arg(long, env = "CIRCUIT_SWEEP_OUT")]
+    out: PathBuf,
+    #[command(flatten)]
+    remote: Remote,
+}
+
+/// Downloads a finished job's results folder.
+pub fn results(a: ResultsArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let mut c = a.remote.connect().await?;
+        let n = client::download(&mut c, a.job, &a.out).await?;
+        println!("wrote {} ({n} files)", a.out.display());
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,10 @@
+//! The circuit-sweep coordinator: a gRPC server that plans jobs into shards, leases them to
+//! workers, keeps its state in an embedded database, and aggregates results folders; the
+//! client side of `submit`/`status`/`cancel`/`results`; and an in-process cluster for `run`.
+
+pub mod aggregate;
+pub mod client;
+pub mod local;
+pub mod scheduler;
+pub mod server;
+pub mod store;

@@ -1,0 +1,397 @@
+//! The coordinator's gRPC service: checks tokens and protocol versions, turns calls into
+//! scheduler operations, reassembles result streams, and serves results folders.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use circuit_sweep_proto::auth::{self, MAX_MESSAGE_BYTES};
+use circuit_sweep_proto::tensor::{Assembler, MAX_CHUNK_BYTES};
+use circuit_sweep_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
+use circuit_sweep_proto::v1::probe_server::{Probe, ProbeServer};
+use circuit_sweep_proto::v1::{
+    Ack, CancelRequest, FailRequest, FileChunk, GoodbyeRequest, Health, HealthRequest,
+    HeartbeatReply, HeartbeatRequest, LeaseReply, LeaseRequest, RegisterReply, ResultChunk,
+    ResultsRequest, StatusReply, StatusRequest, SubmitReply, SubmitRequest, WorkerInfo,
+};
+use circuit_sweep_proto::{PROTOCOL_VERSION, check_protocol_version};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::scheduler::{SchedConfig, SchedError, Scheduler};
+
+/// Coordinator settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// State folder (database and results folders).
+    pub state_dir: PathBuf,
+    /// Tokens accepted from clients (submit, status, cancel, results); empty: none required.
+    pub client_tokens: Vec<String>,
+    /// Tokens accepted from workers; empty: none required.
+    pub worker_tokens: Vec<String>,
+    /// Heartbeat interval asked of workers.
+    pub heartbeat: Duration,
+    /// A worker silent this long is lost and its shards re-queued.
+    pub lost_after: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults for a state folder: no token, 1 s heartbeats, lost after 10 s.
+    pub fn new(state_dir: &Path) -> Self {
+        ServerConfig {
+            state_dir: state_dir.to_path_buf(),
+            client_tokens: vec![],
+            worker_tokens: vec![],
+            heartbeat: Duration::from_secs(1),
+            lost_after: Duration::from_secs(10),
+        }
+    }
+}
+
+impl From<SchedError> for Status {
+    fn from(e: SchedError) -> Self {
+        let m = e.to_string();
+        match e {
+            SchedError::UnknownWorker(_) | SchedError::UnknownJob(_) => Status::not_found(m),
+            SchedError::NotYourLease(_) => Status::permission_denied(m),
+            SchedError::Malformed { .. } | SchedError::BadSpec(_) => Status::invalid_argument(m),
+            SchedError::NotReady(_) => Status::failed_precondition(m),
+            SchedError::Store(_) => Status::internal(m),
+        }
+    }
+}
+
+/// The service.
+#[derive(Clone)]
+pub struct Service {
+    sched: Arc<Mutex<Scheduler>>,
+    cfg: Arc<ServerConfig>,
+}
+
+impl Service {
+    /// Opens the state and resumes its jobs.
+    pub fn open(cfg: ServerConfig) -> Result<Self, SchedError> {
+        let sched = Scheduler::open(
+            &cfg.state_dir,
+            SchedConfig {
+                heartbeat: cfg.heartbeat,
+                lost_after: cfg.lost_after,
+                results_dir: cfg.state_dir.join("results"),
+            },
+        )?;
+        Ok(Service {
+            sched: Arc::new(Mutex::new(sched)),
+            cfg: Arc::new(cfg),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Scheduler> {
+        self.sched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn worker_auth<T>(&self, r: &Request<T>) -> Result<(), Status> {
+        let t: Vec<&str> = self.cfg.worker_tokens.iter().map(String::as_str).collect();
+        auth::check_token(r.metadata(), &t)
+    }
+
+    fn client_auth<T>(&self, r: &Request<T>) -> Result<(), Status> {
+        let t: Vec<&str> = self.cfg.client_tokens.iter().map(String::as_str).collect();
+        auth::check_token(r.metadata(), &t)
+    }
+
+    /// Declares silent workers lost, every `heartbeat`, until the process ends.
+    pub fn spawn_ticker(&self) -> tokio::task::JoinHandle<()> {
+        let s = self.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(s.cfg.heartbeat);
+            loop {
+                t.tick().await;
+                if let Err(e) = s.lock().tick(Instant::now()) {
+                    tracing::error!("{e}");
+                }
+            }
+        })
+    }
+
+    /// Serves on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), tonic::transport::Error> {
+        let ticker = self.spawn_ticker();
+        // No Nagle delay: leases and acks are small messages that must not wait 40 ms.
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let r = tonic::transport::Server::builder()
+            .add_service(ProbeServer::new(self.clone()))
+            .add_service(
+                CoordinatorServer::new(self)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        ticker.abort();
+        r
+    }
+}
+
+/// Binds `addr` (port 0 picks a free one).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+#[tonic::async_trait]
+impl Probe for Service {
+    async fn check(&self, _: Request<HealthRequest>) -> Result<Response<Health>, Status> {
+        Ok(Response::new(Health {
+            protocol_version: PROTOCOL_VERSION,
+            version: env!("CARGO_PKG_VERSION").into(),
+        }))
+    }
+}
+
+type FileStream = Pin<Box<dyn Stream<Item = Result<FileChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Coordinator for Service {
+    async fn register(&self, r: Request<WorkerInfo>) -> Result<Response<RegisterReply>, Status> {
+        self.worker_auth(&r)?;
+        let info = r.into_inner();
+        check_protocol_version(info.protocol_version)?;
+        let mut s = self.lock();
+        let id = s.register(info, Instant::now());
+        let (hb, lost) = s.heartbeat_settings();
+        Ok(Response::new(RegisterReply {
+            worker_id: id,
+            heartbeat_ms: hb.as_millis() as u32,
+            lost_after_ms: lost.as_millis() as u32,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        r: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatReply>, Status> {
+        self.worker_auth(&r)?;
+        let h = r.into_inner();
+        let reply = match self
+            .lock()
+            .heartbeat(&h.worker_id, &h.leases, h.models, Instant::now())
+        {
+            Ok(revoked) => HeartbeatReply {
+                known: true,
+                revoked,
+            },
+            Err(SchedError::UnknownWorker(_)) => HeartbeatReply {
+                known: false,
+                revoked: h.leases,
+            },
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn lease(&self, r: Request<LeaseRequest>) -> Result<Response<LeaseReply>, Status> {
+        self.worker_auth(&r)?;
+        let w = r.into_inner().worker_id;
+        let lease = self.lock().lease(&w, Instant::now())?;
+        Ok(Response::new(LeaseReply {
+            lease,
+            retry_ms: 200,
+        }))
+    }
+
+    async fn put_result(
+        &self,
+        r: Request<Streaming<ResultChunk>>,
+    ) -> Result<Response<Ack>, Status> {
+        self.worker_auth(&r)?;
+        let mut stream = r.into_inner();
+        let mut asm = Assembler::default();
+        let mut who: Option<(String, String)> = None;
+        let mut complete = false;
+        loop {
+            let msg = match stream.next().await {
+                None => break,
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    // A broken stream: the worker is gone (the one lost-worker path).
+                    if let Some((w, _)) = &who {
+                        self.lock()
+                            .worker_lost(w, &format!("result stream broke: {}", e.message()))?;
+                    }
+                    return Err(Status::aborted(format!(
+                        "result stream broke: {}",
+                        e.message()
+                    )));
+                }
+            };
+            match &who {
+                None => {
+                    // The lease must be this worker's before we buffer anything.
+                    self.lock().lease_target(&msg.worker_id, &msg.lease_id)?;
+                    who = Some((msg.worker_id.clone(), msg.lease_id.clone()));
+                }
+                Some((w, l)) if *w != msg.worker_id || *l != msg.lease_id => {
+                    return Err(Status::invalid_argument(
+                        "a result stream must carry one lease",
+                    ));
+                }
+                _ => {}
+            }
+            if complete {
+                return Err(Status::invalid_argument("chunks after the last one"));
+            }
+            let chunk = msg
+                .chunk
+                .ok_or_else(|| Status::invalid_argument("a result message without a chunk"))?;
+            if chunk.data.len() > MAX_CHUNK_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "chunk of {} bytes exceeds {MAX_CHUNK_BYTES}",
+                    chunk.data.len()
+                )));
+            }
+            let bad = |e: circuit_sweep_proto::tensor::TensorError| {
+                Status::invalid_argument(format!("malformed score stream: {e}"))
+            };
+            if let Err(e) = asm.push(chunk) {
+                let (w, l) = who.clone().expect("set above");
+                let _ = self
+                    .lock()
+                    .refuse(&w, &l, &format!("malformed score stream: {e}"));
+                return Err(bad(e));
+            }
+            complete = msg.last;
+        }
+        let (w, l) = who.ok_or_else(|| Status::invalid_argument("an empty result stream"))?;
+        if !complete {
+            let _ = self.lock().refuse(
+                &w,
+                &l,
+                "malformed score stream: it ended before its last chunk",
+            );
+            return Err(Status::invalid_argument(
+                "malformed score stream: it ended before its last chunk",
+            ));
+        }
+        let tensors = match asm.finish() {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = self
+                    .lock()
+                    .refuse(&w, &l, &format!("malformed score stream: {e}"));
+                return Err(Status::invalid_argument(format!(
+                    "malformed score stream: {e}"
+                )));
+            }
+        };
+        // Aggregation may write files: do it off the async threads.
+        let s = self.sched.clone();
+        tokio::task::spawn_blocking(move || {
+            s.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .complete(&w, &l, tensors)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(Ack {}))
+    }
+
+    async fn fail(&self, r: Request<FailRequest>) -> Result<Response<Ack>, Status> {
+        self.worker_auth(&r)?;
+        let f = r.into_inner();
+        self.lock()
+            .fail(&f.worker_id, &f.lease_id, f.retryable, &f.reason)?;
+        Ok(Response::new(Ack {}))
+    }
+
+    async fn goodbye(&self, r: Request<GoodbyeRequest>) -> Result<Response<Ack>, Status> {
+        self.worker_auth(&r)?;
+        let w = r.into_inner().worker_id;
+        self.lock().worker_lost(&w, "drained")?;
+        Ok(Response::new(Ack {}))
+    }
+
+    async fn submit(&self, r: Request<SubmitRequest>) -> Result<Response<SubmitReply>, Status> {
+        self.client_auth(&r)?;
+        let s = r.into_inner();
+        check_protocol_version(s.protocol_version)?;
+        let files = s
+            .attachments
+            .into_iter()
+            .map(|a| (a.name, a.data))
+            .collect();
+        let id = self.lock().submit(&s.name, &s.spec_toml, files)?;
+        Ok(Response::new(SubmitReply { job_id: id }))
+    }
+
+    async fn status(&self, r: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        self.client_auth(&r)?;
+        let id = r.into_inner().job_id;
+        let (jobs, workers) = self
+            .lock()
+            .status((id != 0).then_some(id), Instant::now())?;
+        Ok(Response::new(StatusReply { jobs, workers }))
+    }
+
+    async fn cancel(&self, r: Request<CancelRequest>) -> Result<Response<Ack>, Status> {
+        self.client_auth(&r)?;
+        self.lock().cancel(r.into_inner().job_id)?;
+        Ok(Response::new(Ack {}))
+    }
+
+    type ResultsStream = FileStream;
+
+    async fn results(
+        &self,
+        r: Request<ResultsRequest>,
+    ) -> Result<Response<Self::ResultsStream>, Status> {
+        self.client_auth(&r)?;
+        let dir = self.lock().results_dir(r.into_inner().job_id)?;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| Status::internal(format!("{}: {e}", dir.display())))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            for f in files {
+                let name = f
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let data = match tokio::fs::read(&f).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Status::internal(format!("{}: {e}", f.display()))))
+                            .await;
+                        return;
+                    }
+                };
+                let n = data.len().div_ceil(MAX_CHUNK_BYTES).max(1);
+                for i in 0..n {
+                    let part = &data[(i * MAX_CHUNK_BYTES).min(data.len())
+                        ..((i + 1) * MAX_CHUNK_BYTES).min(data.len())];
+                    let c = FileChunk {
+                        path: name.clone(),
+                        offset: (i * MAX_CHUNK_BYTES) as u64,
+                        data: part.to_vec(),
+                        last: i + 1 == n,
+                    };
+                    if tx.send(Ok(c)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}

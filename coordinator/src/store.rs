@@ -1,0 +1,383 @@
+//! The coordinator's durable state in an embedded database (redb) under `--state`: jobs, their
+//! shards and every received shard result, so a restarted coordinator resumes every job and
+//! recomputes no finished shard.
+
+use std::path::{Path, PathBuf};
+
+use circuit_sweep_common::Component;
+use circuit_sweep_common::shard::{JobMeta, ShardTask};
+use circuit_sweep_proto::tensor::WireTensor;
+use circuit_sweep_proto::v1::Dtype;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+const JOBS: TableDefinition<u64, &str> = TableDefinition::new("jobs");
+const SHARDS: TableDefinition<(u64, u32), &str> = TableDefinition::new("shards");
+const RESULTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("results");
+const ATTACHMENTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("attachments");
+
+/// Life of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for its prepare shard.
+    Queued,
+    /// Shards planned and running.
+    Running,
+    /// Every shard done; results written.
+    Done,
+    /// Stopped by a failure that retrying cannot fix.
+    Failed,
+    /// Cancelled by a client.
+    Cancelled,
+}
+
+impl JobState {
+    /// Done, failed or cancelled.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Done | JobState::Failed | JobState::Cancelled
+        )
+    }
+
+    /// The name shown by `status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Done => "done",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Job id (from 1).
+    pub id: u64,
+    /// A name (the spec file's stem).
+    pub name: String,
+    /// The spec as submitted.
+    pub spec_toml: String,
+    /// Names of the attachments, by index.
+    pub attachments: Vec<String>,
+    /// State.
+    pub state: JobState,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Seconds since the Unix epoch at submission.
+    pub submitted_unix: f64,
+    /// The prepare shard's report.
+    pub meta: Option<JobMeta>,
+    /// The plan: shard 0 is `prepare`, the rest follow once it is done.
+    pub shards: Vec<ShardTask>,
+    /// The order study's orders (all of them, in study order).
+    pub orders: Option<Vec<Vec<Component>>>,
+}
+
+/// A shard as stored.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ShardRecord {
+    /// Its result is stored.
+    pub done: bool,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Attempts that failed, were lost or sent a malformed result.
+    pub requeued: u32,
+    /// Failures the workers reported (what the retry limit counts: a lost worker or a
+    /// malformed result says nothing about the shard).
+    #[serde(default)]
+    pub failures: u32,
+    /// Malformed results refused.
+    #[serde(default)]
+    pub refused: u32,
+    /// The last failure.
+    pub last_error: Option<String>,
+}
+
+/// Why the state database failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database (redb) failed.
+    #[error("state database {path}: {message}")]
+    Db {
+        /// The database file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// A stored record cannot be read back.
+    #[error("state database {path}: corrupt record: {message}")]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// The state database.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) `state.redb` in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join("state.redb");
+        let err = |m: String| StoreError::Db {
+            path: path.clone(),
+            message: m,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        let db = Database::create(&path).map_err(|e| err(e.to_string()))?;
+        // Create the tables so that readers never meet a missing one.
+        let tx = db.begin_write().map_err(|e| err(e.to_string()))?;
+        {
+            tx.open_table(JOBS).map_err(|e| err(e.to_string()))?;
+            tx.open_table(SHARDS).map_err(|e| err(e.to_string()))?;
+            tx.open_table(RESULTS).map_err(|e| err(e.to_string()))?;
+            tx.open_table(ATTACHMENTS).map_err(|e| err(e.to_string()))?;
+        }
+        tx.commit().map_err(|e| err(e.to_string()))?;
+        Ok(Store { db, path })
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Db {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    fn corrupt(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Writes a job record, and its attachments when given, in one transaction.
+    pub fn put_job(
+        &self,
+        job: &JobRecord,
+        attachments: Option<&[Vec<u8>]>,
+    ) -> Result<(), StoreError> {
+        let text = serde_json::to_string(job).expect("job records serialize");
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut t = tx.open_table(JOBS).map_err(|e| self.err(e))?;
+            t.insert(job.id, text.as_str()).map_err(|e| self.err(e))?;
+            if let Some(files) = attachments {
+                let mut a = tx.open_table(ATTACHMENTS).map_err(|e| self.err(e))?;
+                for (i, data) in files.iter().enumerate() {
+                    a.insert((job.id, i as u32), data.as_slice())
+                        .map_err(|e| self.err(e))?;
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Writes shard records (and a job record) in one transaction.
+    pub fn put_shards(
+        &self,
+        job: Option<&JobRecord>,
+        shards: &[(u64, u32, &ShardRecord)],
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            if let Some(job) = job {
+                let text = serde_json::to_string(job).expect("job records serialize");
+                let mut t = tx.open_table(JOBS).map_err(|e| self.err(e))?;
+                t.insert(job.id, text.as_str()).map_err(|e| self.err(e))?;
+            }
+            let mut t = tx.open_table(SHARDS).map_err(|e| self.err(e))?;
+            for (j, s, r) in shards {
+                let text = serde_json::to_string(r).expect("shard records serialize");
+                t.insert((*j, *s), text.as_str()).map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Stores a shard's result and marks it done, in one transaction.
+    pub fn put_result(
+        &self,
+        job: u64,
+        shard: u32,
+        record: &ShardRecord,
+        tensors: &[WireTensor],
+    ) -> Result<(), StoreError> {
+        let bytes = encode(tensors);
+        let text = serde_json::to_string(record).expect("shard records serialize");
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut r = tx.open_table(RESULTS).map_err(|e| self.err(e))?;
+            r.insert((job, shard), bytes.as_slice())
+                .map_err(|e| self.err(e))?;
+            let mut t = tx.open_table(SHARDS).map_err(|e| self.err(e))?;
+            t.insert((job, shard), text.as_str())
+                .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Every job with its shard records.
+    pub fn load(&self) -> Result<Vec<(JobRecord, Vec<ShardRecord>)>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let jobs = tx.open_table(JOBS).map_err(|e| self.err(e))?;
+        let shards = tx.open_table(SHARDS).map_err(|e| self.err(e))?;
+        let mut out = vec![];
+        for row in jobs.iter().map_err(|e| self.err(e))? {
+            let (_, v) = row.map_err(|e| self.err(e))?;
+            let job: JobRecord = serde_json::from_str(v.value()).map_err(|e| self.corrupt(e))?;
+            let mut recs = vec![ShardRecord::default(); job.shards.len()];
+            for row in shards
+                .range((job.id, 0)..=(job.id, u32::MAX))
+                .map_err(|e| self.err(e))?
+            {
+                let (k, v) = row.map_err(|e| self.err(e))?;
+                let (_, s) = k.value();
+                let r: ShardRecord =
+                    serde_json::from_str(v.value()).map_err(|e| self.corrupt(e))?;
+                if let Some(slot) = recs.get_mut(s as usize) {
+                    *slot = r;
+                }
+            }
+            out.push((job, recs));
+        }
+        Ok(out)
+    }
+
+    /// A stored shard result.
+    pub fn result(&self, job: u64, shard: u32) -> Result<Option<Vec<WireTensor>>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(RESULTS).map_err(|e| self.err(e))?;
+        match t.get((job, shard)).map_err(|e| self.err(e))? {
+            Some(v) => decode(v.value())
+                .map(Some)
+                .ok_or_else(|| self.corrupt(format!("result of job {job} shard {shard}"))),
+            None => Ok(None),
+        }
+    }
+
+    /// A job's attachments, by index.
+    pub fn attachments(&self, job: u64, n: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = tx.open_table(ATTACHMENTS).map_err(|e| self.err(e))?;
+        (0..n as u32)
+            .map(|i| {
+                t.get((job, i))
+                    .map_err(|e| self.err(e))?
+                    .map(|v| v.value().to_vec())
+                    .ok_or_else(|| self.corrupt(format!("attachment {i} of job {job}")))
+            })
+            .collect()
+    }
+}
+
+/// Tensors as bytes: per tensor, name length, name, dtype, rank, shape, data length, data.
+fn encode(ts: &[WireTensor]) -> Vec<u8> {
+    let mut b = vec![];
+    b.extend((ts.len() as u32).to_le_bytes());
+    for t in ts {
+        b.extend((t.name.len() as u32).to_le_bytes());
+        b.extend(t.name.as_bytes());
+        b.extend((t.dtype as i32).to_le_bytes());
+        b.extend((t.shape.len() as u32).to_le_bytes());
+        for d in &t.shape {
+            b.extend(d.to_le_bytes());
+        }
+        b.extend((t.data.len() as u64).to_le_bytes());
+        b.extend(&t.data);
+    }
+    b
+}
+
+fn decode(mut b: &[u8]) -> Option<Vec<WireTensor>> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if b.len() < n {
+            return None;
+        }
+        let (h, t) = b.split_at(n);
+        *b = t;
+        Some(h)
+    }
+    let u32_ = |b: &mut &[u8]| Some(u32::from_le_bytes(take(b, 4)?.try_into().ok()?));
+    let u64_ = |b: &mut &[u8]| Some(u64::from_le_bytes(take(b, 8)?.try_into().ok()?));
+    let n = u32_(&mut b)?;
+    let mut out = vec![];
+    for _ in 0..n {
+        let len = u32_(&mut b)? as usize;
+        let name = String::from_utf8(take(&mut b, len)?.to_vec()).ok()?;
+        let dtype = Dtype::try_from(u32_(&mut b)? as i32).ok()?;
+        let rank = u32_(&mut b)? as usize;
+        let shape = (0..rank)
+            .map(|_| u64_(&mut b))
+            .collect::<Option<Vec<_>>>()?;
+        let len = u64_(&mut b)? as usize;
+        let data = take(&mut b, len)?.to_vec();
+        out.push(WireTensor {
+            name,
+            dtype,
+            shape,
+            data,
+        });
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_shards_and_results_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = JobRecord {
+            id: 7,
+            name: "months".into(),
+            spec_toml: "[sweep]\nkind = \"nodes\"\n".into(),
+            attachments: vec!["prompts.jsonl".into()],
+            state: JobState::Running,
+            error: None,
+            submitted_unix: 1.5,
+            meta: None,
+            shards: vec![ShardTask::Prepare, ShardTask::Nodes { layers: vec![0, 1] }],
+            orders: None,
+        };
+        let ts = vec![
+            WireTensor::f64("heads", &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+            WireTensor::json("runs", "[]".into()),
+        ];
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.put_job(&job, Some(&[b"{\"clean\": 1}\n".to_vec()]))
+                .unwrap();
+            let rec = ShardRecord {
+                done: true,
+                attempts: 2,
+                requeued: 1,
+                failures: 0,
+                refused: 0,
+                last_error: None,
+            };
+            s.put_result(7, 1, &rec, &ts).unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let all = s.load().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].0.shards, job.shards);
+        assert!(!all[0].1[0].done);
+        assert!(all[0].1[1].done);
+        assert_eq!(all[0].1[1].attempts, 2);
+        assert_eq!(s.result(7, 1).unwrap().unwrap(), ts);
+        assert_eq!(s.result(7, 0).unwrap(), None);
+        assert_eq!(s.attachments(7, 1).unwrap()[0], b"{\"clean\": 1}\n");
+    }
+}

@@ -1,0 +1,113 @@
+//! The shared token: sent as `authorization: Bearer <token>` on every call, compared in constant
+//! time by the coordinator; and the client type every caller uses.
+
+use subtle::ConstantTimeEq;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::v1::coordinator_client::CoordinatorClient;
+
+/// Largest message either side accepts (a shard lease carries the dataset; results are chunked).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// Adds the bearer token to every request.
+#[derive(Clone, Debug, Default)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    /// A token, or none.
+    pub fn new(token: Option<&str>) -> Result<Self, tonic::Status> {
+        token
+            .map(|t| {
+                format!("Bearer {t}").parse().map_err(|_| {
+                    tonic::Status::invalid_argument(
+                        "the token has characters a header cannot carry",
+                    )
+                })
+            })
+            .transpose()
+            .map(Bearer)
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A coordinator client with the token attached.
+pub type Client = CoordinatorClient<InterceptedService<Channel, Bearer>>;
+
+/// Connects to a coordinator at `url` (`http://host:port`).
+pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ConnectError> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| ConnectError(format!("{url}: {e}")))?
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .tcp_nodelay(true);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| ConnectError(format!("{url}: {e}")))?;
+    let bearer = Bearer::new(token).map_err(|e| ConnectError(e.message().to_string()))?;
+    Ok(CoordinatorClient::with_interceptor(channel, bearer)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// A coordinator that cannot be reached.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach the coordinator at {0}")]
+pub struct ConnectError(pub String);
+
+/// Checks the bearer token of a request against any of `accepted` in constant time; no token
+/// configured means none is required.
+pub fn check_token(meta: &MetadataMap, accepted: &[&str]) -> Result<(), tonic::Status> {
+    if accepted.is_empty() {
+        return Ok(());
+    }
+    let given = meta
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| tonic::Status::unauthenticated("a token is required (--token)"))?;
+    // Compare against every accepted token so the time does not say which one matched.
+    let mut ok = subtle::Choice::from(0u8);
+    for t in accepted {
+        ok |= given.as_bytes().ct_eq(t.as_bytes());
+    }
+    if bool::from(ok) {
+        Ok(())
+    } else {
+        Err(tonic::Status::unauthenticated("wrong token"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_checked() {
+        let mut m = MetadataMap::new();
+        assert!(check_token(&m, &[]).is_ok());
+        assert_eq!(
+            check_token(&m, &["s3cret"]).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        m.insert("authorization", "Bearer nope".parse().unwrap());
+        assert!(
+            check_token(&m, &["s3cret"])
+                .unwrap_err()
+                .message()
+                .contains("wrong token")
+        );
+        m.insert("authorization", "Bearer s3cret".parse().unwrap());
+        assert!(check_token(&m, &["other", "s3cret"]).is_ok());
+    }
+}

@@ -1,0 +1,256 @@
+//! A coordinator and workers in one process, over real gRPC on loopback ports: three workers
+//! give the numbers of one, bit for bit; refused workers and malformed score streams leave the
+//! job unaffected.
+
+use std::path::{Path, PathBuf};
+
+use circuit_sweep_coordinator::local::{self, LocalCluster, LocalConfig};
+use circuit_sweep_proto::PROTOCOL_VERSION;
+use circuit_sweep_proto::auth;
+use circuit_sweep_proto::tensor::WireTensor;
+use circuit_sweep_proto::v1::{LeaseRequest, ResultChunk, WorkerInfo};
+use circuit_sweep_tests::tiny_model_with_data;
+
+fn spec(dir: &Path, name: &str, sweep: &str) -> PathBuf {
+    let (model, data) = tiny_model_with_data(dir, 6);
+    let text = format!(
+        "[model]\npath = {model:?}\n\n[data]\nfile = {data:?}\n\n[sweep]\n{sweep}\n",
+        model = model.display().to_string(),
+        data = data.display().to_string()
+    );
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    // Logs (CIRCUIT_SWEEP_LOG, default warn) show in a failing test's output.
+    let filter = std::env::var("CIRCUIT_SWEEP_LOG").unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_test_writer()
+        .try_init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Every file of a results folder; `result.json` without its timing.
+fn folder(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let mut bytes = std::fs::read(&p).unwrap();
+            if name == "result.json" {
+                let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                v.as_object_mut().unwrap().remove("timing");
+                bytes = serde_json::to_vec_pretty(&v).unwrap();
+            }
+            (name, bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn three_workers_give_the_numbers_of_one_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let cases = [
+        ("nodes", "kind = \"nodes\""),
+        ("prune", "kind = \"prune\"\nthresholds = [90.0, 70.0]"),
+        (
+            "orders",
+            "kind = \"orders\"\norders = 12\nseed = 3\nthreshold = 80.0",
+        ),
+    ];
+    let rt = rt();
+    for (name, sweep) in cases {
+        let spec = spec(dir.path(), name, sweep);
+        let one = dir.path().join(format!("{name}-1"));
+        let three = dir.path().join(format!("{name}-3"));
+        let a = rt
+            .block_on(local::run(&spec, &one, 1, &models, false))
+            .unwrap();
+        let b = rt
+            .block_on(local::run(&spec, &three, 3, &models, false))
+            .unwrap();
+        assert_eq!(
+            folder(&one),
+            folder(&three),
+            "{name}: 1 worker vs 3 workers"
+        );
+        assert!(a["full"].as_f64().unwrap() > 0.5, "{name}: {}", a["full"]);
+        match name {
+            "nodes" => assert_eq!(b["nodes"]["heads"].as_array().unwrap().len(), 3),
+            "prune" => {
+                let runs = b["prune"].as_array().unwrap();
+                assert_eq!(runs.len(), 2);
+                assert!(runs[1]["score"].as_f64().unwrap() > 70.0);
+            }
+            _ => {
+                assert_eq!(b["orders"]["runs"].as_array().unwrap().len(), 12);
+                // 12 orders make 3 shards of 4 after the prepare shard.
+                assert_eq!(b["timing"]["shards"], 4);
+            }
+        }
+    }
+}
+
+fn info(version: u32) -> WorkerInfo {
+    WorkerInfo {
+        protocol_version: version,
+        name: "fake".into(),
+        device: "cpu".into(),
+        memory_bytes: 0,
+        models: vec![],
+        threads: 1,
+    }
+}
+
+/// Sends `tensors` as the result of `lease`.
+async fn put(
+    c: &mut auth::Client,
+    worker: &str,
+    lease: &str,
+    chunks: Vec<circuit_sweep_proto::v1::TensorChunk>,
+) -> Result<(), tonic::Status> {
+    let n = chunks.len();
+    let msgs: Vec<ResultChunk> = chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, chunk)| ResultChunk {
+            worker_id: worker.into(),
+            lease_id: lease.into(),
+            chunk: Some(chunk),
+            last: i + 1 == n,
+        })
+        .collect();
+    c.put_result(tokio_stream::iter(msgs)).await.map(|_| ())
+}
+
+#[test]
+fn refused_workers_and_malformed_streams_leave_the_job_unaffected() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let spec = spec(dir.path(), "nodes", "kind = \"nodes\"");
+    let clean_out = dir.path().join("clean");
+    let rt = rt();
+    rt.block_on(local::run(&spec, &clean_out, 1, &models, false))
+        .unwrap();
+    let out = dir.path().join("out");
+    rt.block_on(async {
+        let cluster = LocalCluster::start(LocalConfig {
+            state_dir: dir.path().join("state"),
+            models_dir: models.clone(),
+            workers: 0,
+            token: Some("right".into()),
+            memory_budget: u64::MAX,
+        })
+        .await
+        .unwrap();
+        // A wrong token, and no token at all.
+        for token in [Some("wrong"), None] {
+            let mut bad = auth::connect(&cluster.url, token).await.unwrap();
+            let e = bad.register(info(PROTOCOL_VERSION)).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+        }
+        let mut c = cluster.client().await.unwrap();
+        // Another protocol version.
+        let e = c.register(info(PROTOCOL_VERSION + 1)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(e.message().contains("protocol version"), "{e:?}");
+        let sub = circuit_sweep_coordinator::client::Submission::from_file(&spec).unwrap();
+        let job = circuit_sweep_coordinator::client::submit(&mut c, &sub)
+            .await
+            .unwrap();
+        let w = c
+            .register(info(PROTOCOL_VERSION))
+            .await
+            .unwrap()
+            .into_inner()
+            .worker_id;
+        let lease = |c: &mut auth::Client| {
+            let mut c = c.clone();
+            let w = w.clone();
+            async move {
+                c.lease(LeaseRequest { worker_id: w })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .lease
+                    .expect("a queued shard")
+            }
+        };
+        // Wrong length: the header promises more bytes than arrive.
+        let l = lease(&mut c).await;
+        let mut chunks = WireTensor::f64("heads", &[2], &[1.0, 2.0]).chunks(8);
+        chunks.pop();
+        let e = put(&mut c, &w, &l.lease_id, chunks).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("malformed score stream"), "{e:?}");
+        // NaN.
+        let l = lease(&mut c).await;
+        assert_eq!(l.shard, 0, "the refused shard is queued again");
+        let chunks = WireTensor::f64("heads", &[2], &[1.0, f64::NAN]).chunks(1 << 20);
+        let e = put(&mut c, &w, &l.lease_id, chunks).await.unwrap_err();
+        assert!(e.message().contains("NaN"), "{e:?}");
+        // A well-formed stream that does not fit the shard (no `meta`, a shape mismatch).
+        let l = lease(&mut c).await;
+        let chunks = WireTensor::f64("heads", &[3, 8], &[100.0; 24]).chunks(1 << 20);
+        let e = put(&mut c, &w, &l.lease_id, chunks).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("meta"), "{e:?}");
+        // Someone else's lease.
+        let l = lease(&mut c).await;
+        let other = c
+            .register(info(PROTOCOL_VERSION))
+            .await
+            .unwrap()
+            .into_inner()
+            .worker_id;
+        let chunks = WireTensor::json("meta", "{}".into()).chunks(1 << 20);
+        let e = put(&mut c, &other, &l.lease_id, chunks).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        // The fake worker leaves; a real one does the job.
+        c.goodbye(circuit_sweep_proto::v1::GoodbyeRequest {
+            worker_id: w.clone(),
+        })
+        .await
+        .unwrap();
+        let status = circuit_sweep_coordinator::client::status(&mut c, Some(job))
+            .await
+            .unwrap();
+        assert_eq!(status.jobs[0].state, "queued");
+        let cache = std::sync::Arc::new(circuit_sweep_worker::resident::ModelCache::new(u64::MAX));
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let real = tokio::spawn(circuit_sweep_worker::agent::run(
+            circuit_sweep_worker::agent::AgentConfig {
+                coordinator: cluster.url.clone(),
+                token: Some("right".into()),
+                name: "real".into(),
+                device: "cpu".into(),
+                threads: 1,
+                models_dir: models.clone(),
+                work_dir: dir.path().join("work"),
+            },
+            cache,
+            rx,
+        ));
+        circuit_sweep_coordinator::client::wait(&mut c, job, false)
+            .await
+            .unwrap();
+        circuit_sweep_coordinator::client::download(&mut c, job, &out)
+            .await
+            .unwrap();
+        stop.send(true).unwrap();
+        let done = real.await.unwrap().unwrap();
+        assert_eq!(done.shards_failed, 0);
+        cluster.stop().await.unwrap();
+    });
+    assert_eq!(folder(&clean_out), folder(&out));
+}

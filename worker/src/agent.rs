@@ -1,0 +1,395 @@
+//! The worker loop: register with the coordinator, pull shards, compute them on resident models,
+//! stream the score tensors back. Heartbeats run on their own task so a long forward pass never
+//! delays them; on shutdown the worker stops pulling, finishes the shard it holds and says
+//! goodbye.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use circuit_sweep_common::shard::ShardTask;
+use circuit_sweep_common::spec::SweepSpec;
+use circuit_sweep_proto::PROTOCOL_VERSION;
+use circuit_sweep_proto::auth::{self, Client};
+use circuit_sweep_proto::tensor::{MAX_CHUNK_BYTES, WireTensor};
+use circuit_sweep_proto::v1::{
+    FailRequest, GoodbyeRequest, HeartbeatRequest, LeaseRequest, ResultChunk, ShardLease,
+    WorkerInfo,
+};
+use tokio::sync::watch;
+
+use crate::job::{self, PreparedJob, ShardError};
+use crate::resident::ModelCache;
+use crate::shard;
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Coordinator URL (`http://host:port`).
+    pub coordinator: String,
+    /// Shared token, if the coordinator requires one.
+    pub token: Option<String>,
+    /// A name for logs and `status`.
+    pub name: String,
+    /// Device (`cpu`, `cuda:N`).
+    pub device: String,
+    /// Compute threads.
+    pub threads: usize,
+    /// Folder of the default model.
+    pub models_dir: PathBuf,
+    /// Where jobs' input files are written.
+    pub work_dir: PathBuf,
+}
+
+/// Why a worker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The coordinator refused the worker (token, protocol version).
+    #[error("the coordinator refused this worker: {0}")]
+    Refused(String),
+    /// A file could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// What a worker did before it stopped.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct AgentSummary {
+    /// Shards computed and delivered.
+    pub shards_done: usize,
+    /// Shards that failed.
+    pub shards_failed: usize,
+}
+
+/// Leases in progress, with their cancel flags (shared with the heartbeat task).
+type Active = Arc<Mutex<HashMap<String, Arc<AtomicBool>>>>;
+
+/// Runs a worker until `shutdown` turns true (then drains) or the coordinator refuses it.
+pub async fn run(
+    cfg: AgentConfig,
+    cache: Arc<ModelCache>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<AgentSummary, AgentError> {
+    let mut summary = AgentSummary::default();
+    let mut jobs: BTreeMap<u64, Arc<PreparedJob>> = BTreeMap::new();
+    'session: loop {
+        if *shutdown.borrow() {
+            return Ok(summary);
+        }
+        let Some((mut client, worker_id, heartbeat_ms)) =
+            register(&cfg, &cache, &mut shutdown).await?
+        else {
+            return Ok(summary);
+        };
+        tracing::info!("{} registered as {worker_id}", cfg.name);
+        let active: Active = Arc::default();
+        let lost = Arc::new(AtomicBool::new(false));
+        let hb = tokio::spawn(heartbeats(
+            client.clone(),
+            worker_id.clone(),
+            heartbeat_ms,
+            active.clone(),
+            lost.clone(),
+            cache.clone(),
+        ));
+        loop {
+            if *shutdown.borrow() {
+                hb.abort();
+                let _ = client
+                    .goodbye(GoodbyeRequest {
+                        worker_id: worker_id.clone(),
+                    })
+                    .await;
+                tracing::info!("{} drained and said goodbye", cfg.name);
+                return Ok(summary);
+            }
+            if lost.load(Ordering::Relaxed) {
+                hb.abort();
+                tracing::warn!("the coordinator no longer knows {worker_id}: registering again");
+                continue 'session;
+            }
+            let reply = client
+                .lease(LeaseRequest {
+                    worker_id: worker_id.clone(),
+                })
+                .await;
+            let lease = match reply {
+                Ok(r) => r.into_inner(),
+                Err(s) if s.code() == tonic::Code::NotFound => {
+                    hb.abort();
+                    tracing::warn!("{}: registering again", s.message());
+                    continue 'session;
+                }
+                Err(s) if s.code() == tonic::Code::Unauthenticated => {
+                    hb.abort();
+                    return Err(AgentError::Refused(s.message().to_string()));
+                }
+                Err(s) => {
+                    tracing::warn!("lease: {}", s.message());
+                    wait(&mut shutdown, 500).await;
+                    continue;
+                }
+            };
+            let Some(l) = lease.lease else {
+                wait(&mut shutdown, lease.retry_ms.max(10) as u64).await;
+                continue;
+            };
+            let cancel = Arc::new(AtomicBool::new(false));
+            active
+                .lock()
+                .expect("active lock")
+                .insert(l.lease_id.clone(), cancel.clone());
+            let lease_id = l.lease_id.clone();
+            let outcome = compute(&cfg, &cache, &mut jobs, l, cancel).await;
+            let sent = match outcome {
+                Ok(tensors) => send_result(&mut client, &worker_id, &lease_id, tensors)
+                    .await
+                    .map(|_| true),
+                Err(ShardError::Cancelled) => {
+                    tracing::info!("lease {lease_id} revoked");
+                    Ok(false)
+                }
+                Err(e) => {
+                    tracing::warn!("shard of lease {lease_id} failed: {e}");
+                    summary.shards_failed += 1;
+                    client
+                        .fail(FailRequest {
+                            worker_id: worker_id.clone(),
+                            lease_id: lease_id.clone(),
+                            retryable: e.retryable(),
+                            reason: e.to_string(),
+                        })
+                        .await
+                        .map(|_| false)
+                }
+            };
+            active.lock().expect("active lock").remove(&lease_id);
+            match sent {
+                Ok(true) => summary.shards_done += 1,
+                Ok(false) => {}
+                Err(s) => tracing::warn!("lease {lease_id}: the coordinator said {}", s.message()),
+            }
+        }
+    }
+}
+
+/// Sleeps `ms`, or less when shutdown is asked.
+async fn wait(shutdown: &mut watch::Receiver<bool>, ms: u64) {
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+        _ = shutdown.changed() => {}
+    }
+}
+
+/// Connects and registers, retrying while the coordinator is unreachable; `None` on shutdown.
+async fn register(
+    cfg: &AgentConfig,
+    cache: &ModelCache,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<(Client, String, u32)>, AgentError> {
+    let mut delay = 100u64;
+    loop {
+        if *shutdown.borrow() {
+            return Ok(None);
+        }
+        match auth::connect(&cfg.coordinator, cfg.token.as_deref()).await {
+            Ok(mut client) => {
+                let info = WorkerInfo {
+                    protocol_version: PROTOCOL_VERSION,
+                    name: cfg.name.clone(),
+                    device: cfg.device.clone(),
+                    memory_bytes: total_memory(),
+                    models: cache.resident(),
+                    threads: cfg.threads as u32,
+                };
+                match client.register(info).await {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        return Ok(Some((client, r.worker_id, r.heartbeat_ms.max(50))));
+                    }
+                    Err(s)
+                        if matches!(
+                            s.code(),
+                            tonic::Code::Unauthenticated
+                                | tonic::Code::FailedPrecondition
+                                | tonic::Code::PermissionDenied
+                        ) =>
+                    {
+                        return Err(AgentError::Refused(s.message().to_string()));
+                    }
+                    Err(s) => tracing::warn!("register: {}", s.message()),
+                }
+            }
+            Err(e) => tracing::debug!("{e}"),
+        }
+        wait(shutdown, delay).await;
+        delay = (delay * 2).min(2000);
+    }
+}
+
+/// Sends heartbeats every `ms` on its own task; marks revoked leases and a forgotten worker.
+async fn heartbeats(
+    mut client: Client,
+    worker_id: String,
+    ms: u32,
+    active: Active,
+    lost: Arc<AtomicBool>,
+    cache: Arc<ModelCache>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_millis(ms as u64));
+    loop {
+        tick.tick().await;
+        let leases: Vec<String> = active
+            .lock()
+            .expect("active lock")
+            .keys()
+            .cloned()
+            .collect();
+        let req = HeartbeatRequest {
+            worker_id: worker_id.clone(),
+            leases,
+            models: cache.resident(),
+        };
+        match client.heartbeat(req).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                let a = active.lock().expect("active lock");
+                for id in &r.revoked {
+                    if let Some(flag) = a.get(id) {
+                        flag.store(true, Ordering::Relaxed);
+                    }
+                }
+                if !r.known {
+                    for flag in a.values() {
+                        flag.store(true, Ordering::Relaxed);
+                    }
+                    lost.store(true, Ordering::Relaxed);
+                    return;
+                }
+            }
+            Err(s) => tracing::debug!("heartbeat: {}", s.message()),
+        }
+    }
+}
+
+/// Prepares the job if needed and computes the shard on a blocking thread.
+async fn compute(
+    cfg: &AgentConfig,
+    cache: &Arc<ModelCache>,
+    jobs: &mut BTreeMap<u64, Arc<PreparedJob>>,
+    l: ShardLease,
+    cancel: Arc<AtomicBool>,
+) -> Result<Vec<WireTensor>, ShardError> {
+    let task: ShardTask = serde_json::from_str(&l.task_json)
+        .map_err(|e| ShardError::BadInput(format!("shard task: {e}")))?;
+    tracing::info!(
+        "job {} shard {} ({}), attempt {}",
+        l.job_id,
+        l.shard,
+        task.label(),
+        l.attempt
+    );
+    let job = match jobs.get(&l.job_id) {
+        Some(j) => j.clone(),
+        None => {
+            let dir = cfg.work_dir.join(format!("job-{}", l.job_id));
+            let spec = materialize(&l, &dir)?;
+            let cache = cache.clone();
+            let models_dir = cfg.models_dir.clone();
+            let job =
+                tokio::task::spawn_blocking(move || job::prepare(&spec, &dir, &models_dir, &cache))
+                    .await
+                    .map_err(|e| ShardError::BadInput(format!("prepare panicked: {e}")))??;
+            let job = Arc::new(job);
+            // Keep the two most recent jobs (their evaluators hold the cached activations).
+            while jobs.len() >= 2 {
+                let oldest = *jobs.keys().next().expect("not empty");
+                jobs.remove(&oldest);
+            }
+            jobs.insert(l.job_id, job.clone());
+            job
+        }
+    };
+    tokio::task::spawn_blocking(move || shard::execute(&job, &task, &cancel, &mut |_, _| {}))
+        .await
+        .map_err(|e| ShardError::BadInput(format!("shard panicked: {e}")))?
+}
+
+/// Writes a lease's attachments into `dir` and points the spec at them.
+fn materialize(l: &ShardLease, dir: &Path) -> Result<SweepSpec, ShardError> {
+    let mut spec = SweepSpec::parse(&l.spec_toml, Path::new("spec.toml"))
+        .map_err(|e| ShardError::BadInput(e.to_string()))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| ShardError::BadInput(format!("{}: {e}", dir.display())))?;
+    for (i, a) in l.attachments.iter().enumerate() {
+        let base = Path::new(&a.name)
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let local = dir.join(format!("{i}-{base}"));
+        std::fs::write(&local, &a.data)
+            .map_err(|e| ShardError::BadInput(format!("{}: {e}", local.display())))?;
+        let named = Path::new(&a.name);
+        if spec.data.file.as_deref() == Some(named) {
+            spec.data.file = Some(local.clone());
+        }
+        if spec.sweep.orders_file.as_deref() == Some(named) {
+            spec.sweep.orders_file = Some(local.clone());
+        }
+    }
+    Ok(spec)
+}
+
+/// Streams a shard's tensors in chunks over a bounded channel (a slow coordinator slows us).
+async fn send_result(
+    client: &mut Client,
+    worker_id: &str,
+    lease_id: &str,
+    tensors: Vec<WireTensor>,
+) -> Result<(), tonic::Status> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<ResultChunk>(4);
+    let (w, l) = (worker_id.to_string(), lease_id.to_string());
+    let producer = tokio::spawn(async move {
+        let chunks: Vec<_> = tensors
+            .iter()
+            .flat_map(|t| t.chunks(MAX_CHUNK_BYTES))
+            .collect();
+        let n = chunks.len();
+        for (i, c) in chunks.into_iter().enumerate() {
+            let msg = ResultChunk {
+                worker_id: w.clone(),
+                lease_id: l.clone(),
+                chunk: Some(c),
+                last: i + 1 == n,
+            };
+            if tx.send(msg).await.is_err() {
+                return;
+            }
+        }
+    });
+    let r = client
+        .put_result(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await;
+    producer.abort();
+    r.map(|_| ())
+}
+
+/// Physical memory of this machine in bytes (0 when unknown).
+fn total_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}

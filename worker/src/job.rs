@@ -1,0 +1,167 @@
+//! A job on a worker: its spec resolved to a resident model, checked prompts and an evaluator,
+//! kept while the job's shards arrive.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::DType;
+use circuit_sweep_common::dataset::{self, PromptPair};
+use circuit_sweep_common::shard::JobMeta;
+use circuit_sweep_common::spec::SweepSpec;
+use sha2::{Digest, Sha256};
+
+use crate::default_model;
+use crate::eval::{Evaluator, PromptSet};
+use crate::load::{LoadError, LoadedModel};
+use crate::model::ModelError;
+use crate::resident::ModelCache;
+
+/// Why a shard could not be computed.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    /// The spec, the data or the model cannot be used: retrying will not help.
+    #[error("{0}")]
+    BadInput(String),
+    /// The model could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// A forward pass failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The lease was revoked (job cancelled or shard re-queued).
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl ShardError {
+    /// Whether another attempt (maybe on another worker) could succeed.
+    pub fn retryable(&self) -> bool {
+        match self {
+            ShardError::BadInput(_) | ShardError::Load(_) => false,
+            // Out of memory even at the smallest batch is not worth retrying.
+            ShardError::Model(e) => !e.to_string().to_lowercase().contains("out of memory"),
+            ShardError::Cancelled => true,
+        }
+    }
+}
+
+/// Parses a compute dtype name.
+pub fn parse_dtype(s: &str) -> Result<DType, String> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        other => Err(format!(
+            "unknown dtype `{other}` (expected f32, f16 or bf16)"
+        )),
+    }
+}
+
+/// The model a spec names: its path resolved against the spec's folder, else the default
+/// model in `models_dir`.
+pub fn model_path(
+    spec: &SweepSpec,
+    spec_dir: &Path,
+    models_dir: &Path,
+) -> Result<PathBuf, ShardError> {
+    match &spec.model.path {
+        Some(p) if p.is_absolute() => Ok(p.clone()),
+        Some(p) => Ok(spec_dir.join(p)),
+        None => {
+            let p = default_model::path_in(models_dir);
+            if !p.exists() {
+                return Err(ShardError::BadInput(default_model::missing_message(
+                    models_dir,
+                )));
+            }
+            Ok(p)
+        }
+    }
+}
+
+/// A job ready for its shards.
+pub struct PreparedJob {
+    /// The spec.
+    pub spec: SweepSpec,
+    /// The resident model.
+    pub loaded: Arc<LoadedModel>,
+    /// The checked prompt pairs.
+    pub pairs: Vec<PromptPair>,
+    /// Token ids.
+    pub prompts: PromptSet,
+    /// The evaluator (clean and corrupt runs done, ablation values computed).
+    pub ev: Evaluator,
+    /// What the prepare shard reports.
+    pub meta: JobMeta,
+}
+
+/// Loads (or reuses) the model, checks the data, and runs the clean and corrupt prompts.
+/// Relative paths in the spec are relative to `spec_dir`.
+pub fn prepare(
+    spec: &SweepSpec,
+    spec_dir: &Path,
+    models_dir: &Path,
+    cache: &ModelCache,
+) -> Result<PreparedJob, ShardError> {
+    if spec.model.device != "cpu" && !cfg!(feature = "cuda") {
+        return Err(ShardError::BadInput(format!(
+            "[model] device: `{}` needs a build with CUDA support (cargo build --features cuda); this build runs on cpu",
+            spec.model.device
+        )));
+    }
+    let dtype = parse_dtype(&spec.model.dtype)
+        .map_err(|e| ShardError::BadInput(format!("[model] dtype: {e}")))?;
+    let path = model_path(spec, spec_dir, models_dir)?;
+    let loaded = cache.get(&path, dtype)?;
+    let tok = loaded.tokenizer.as_ref().ok_or_else(|| {
+        ShardError::BadInput(format!("{} has no tokenizer", loaded.source.display()))
+    })?;
+    tracing::info!("{}", tok.bos_summary());
+    let pairs = spec
+        .data
+        .load(tok, spec_dir)
+        .map_err(|e| ShardError::BadInput(e.to_string()))?;
+    let prompts = PromptSet::from_pairs(&pairs, tok).map_err(ShardError::BadInput)?;
+    let ev = Evaluator::new(
+        &loaded.model,
+        &prompts,
+        spec.ablation,
+        spec.run.batch_tokens,
+    )?;
+    let info = loaded.model.info();
+    tracing::info!(
+        "{} prompts of {} tokens; full {:.4}, corrupt {:.4}",
+        ev.prompts(),
+        prompts.clean[0].len(),
+        ev.full,
+        ev.corrupt
+    );
+    let jsonl = dataset::to_jsonl(&pairs);
+    let sha: String = Sha256::digest(jsonl.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let meta = JobMeta {
+        model_path: loaded.source.display().to_string(),
+        info: serde_json::to_value(info).expect("model info serializes"),
+        n_layers: info.n_layers,
+        n_heads: info.n_heads,
+        dataset: serde_json::json!({
+            "sha256": sha,
+            "prompts": pairs.len(),
+            "tokens": prompts.clean[0].len(),
+            "bos": tok.bos_summary(),
+        }),
+        prompts_jsonl: jsonl,
+        full: ev.full,
+        corrupt: ev.corrupt,
+    };
+    Ok(PreparedJob {
+        spec: spec.clone(),
+        loaded,
+        pairs,
+        prompts,
+        ev,
+        meta,
+    })
+}

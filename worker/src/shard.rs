@@ -1,0 +1,139 @@
+//! Computing one shard on a prepared job, returning its score tensors.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use circuit_sweep_common::Component;
+use circuit_sweep_common::prune::{PassOrder, PruneResult, Pruner};
+use circuit_sweep_common::shard::ShardTask;
+use circuit_sweep_proto::tensor::WireTensor;
+
+use crate::job::{PreparedJob, ShardError};
+use crate::model::ModelError;
+use crate::sweep;
+
+/// Progress of a shard: units done and units in all (layers, runs or decisions).
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
+
+/// Runs `task`; stops with [`ShardError::Cancelled`] soon after `cancel` is set.
+pub fn execute(
+    job: &PreparedJob,
+    task: &ShardTask,
+    cancel: &AtomicBool,
+    progress: Progress<'_>,
+) -> Result<Vec<WireTensor>, ShardError> {
+    let info = job.loaded.model.info();
+    let (n_layers, n_heads) = (info.n_layers, info.n_heads);
+    let check = || {
+        if cancel.load(Ordering::Relaxed) {
+            Err(ModelError::InvalidRequest("cancelled".into()))
+        } else {
+            Ok(())
+        }
+    };
+    let cancelled = |e: ModelError| -> ShardError {
+        if cancel.load(Ordering::Relaxed) {
+            ShardError::Cancelled
+        } else {
+            ShardError::Model(e)
+        }
+    };
+    match task {
+        ShardTask::Prepare => Ok(vec![WireTensor::json(
+            "meta",
+            serde_json::to_string(&job.meta).expect("meta serializes"),
+        )]),
+        ShardTask::Nodes { layers } => {
+            if let Some(l) = layers.iter().find(|&&l| l >= n_layers) {
+                return Err(ShardError::BadInput(format!(
+                    "shard asks for layer {l} of a {n_layers}-layer model"
+                )));
+            }
+            let total = layers.len() as u64;
+            let mut done = 0;
+            let scores = sweep::node_sweep_layers(&job.ev, layers, n_layers, n_heads, &mut |_| {
+                done += 1;
+                progress(done, total);
+                check()
+            })
+            .map_err(cancelled)?;
+            let heads: Vec<f64> = scores.heads.iter().flatten().copied().collect();
+            Ok(vec![
+                WireTensor::f64("heads", &[layers.len(), n_heads], &heads),
+                WireTensor::f64("mlps", &[layers.len()], &scores.mlps),
+            ])
+        }
+        ShardTask::Prune => {
+            let spec = &job.spec;
+            let thresholds = spec
+                .sweep
+                .thresholds
+                .clone()
+                .unwrap_or_else(|| vec![spec.threshold()]);
+            let mut runs: Vec<PruneResult> = vec![];
+            let mut start: Option<Vec<Component>> = None;
+            let mut start_score = job.ev.scores(&[vec![]])?[0];
+            for &t in &thresholds {
+                let mut pruner = Pruner::new(
+                    n_layers,
+                    n_heads,
+                    PassOrder::Schedule(spec.sweep.schedule),
+                    t,
+                    start.as_deref(),
+                    start_score,
+                );
+                sweep::prune_lockstep(&job.ev, std::slice::from_mut(&mut pruner), &mut |_, d| {
+                    progress(d, 0);
+                    check()
+                })
+                .map_err(cancelled)?;
+                let r = pruner.result();
+                tracing::info!(
+                    "threshold {t}: {} heads, {} MLPs, score {:.2} after {} evaluations in {} passes",
+                    r.heads.len(),
+                    r.mlps.len(),
+                    r.score,
+                    r.evaluations,
+                    r.passes
+                );
+                start_score = r.score;
+                start = Some(pruner.circuit());
+                runs.push(r);
+            }
+            Ok(runs_tensors(&runs))
+        }
+        ShardTask::Orders { orders, .. } => {
+            let full_score = job.ev.scores(&[vec![]])?[0];
+            let t = job.spec.threshold();
+            let mut pruners: Vec<Pruner> = orders
+                .iter()
+                .map(|o| {
+                    Pruner::new(
+                        n_layers,
+                        n_heads,
+                        PassOrder::Fixed(o.clone()),
+                        t,
+                        None,
+                        full_score,
+                    )
+                })
+                .collect();
+            let total = pruners.len() as u64;
+            sweep::prune_lockstep(&job.ev, &mut pruners, &mut |ps, _| {
+                progress(ps.iter().filter(|p| p.is_done()).count() as u64, total);
+                check()
+            })
+            .map_err(cancelled)?;
+            let runs: Vec<PruneResult> = pruners.iter().map(Pruner::result).collect();
+            Ok(runs_tensors(&runs))
+        }
+    }
+}
+
+/// Pruning runs as a score tensor and their decisions as JSON.
+fn runs_tensors(runs: &[PruneResult]) -> Vec<WireTensor> {
+    let scores: Vec<f64> = runs.iter().map(|r| r.score).collect();
+    vec![
+        WireTensor::f64("scores", &[runs.len()], &scores),
+        WireTensor::json("runs", serde_json::to_string(runs).expect("runs serialize")),
+    ]
+}
