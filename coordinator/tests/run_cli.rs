@@ -86,6 +86,7 @@ fn refused(spec_text: &str, needle: &str) {
     let spec = dir.path().join("bad.toml");
     std::fs::write(&spec, spec_text).unwrap();
     std::fs::write(dir.path().join("empty.jsonl"), "\n").unwrap();
+    std::fs::write(dir.path().join("orders.json"), r#"[["m0", "h40.2"]]"#).unwrap();
     let t0 = std::time::Instant::now();
     let out = run(&spec, &dir.path().join("out"));
     assert!(!out.status.success(), "{spec_text:?} was accepted");
@@ -127,5 +128,14 @@ fn a_dataset_with_a_pitfall_is_refused() {
     refused(
         "[data]\ntask = \"months\"\nn = 4\nlength = 1\n",
         "at least 2 members",
+    );
+}
+
+#[test]
+fn a_component_that_does_not_exist_is_refused() {
+    // Checked against the loaded model's shape before the first forward pass.
+    refused(
+        "[data]\ntask = \"digits\"\nn = 2\n\n[sweep]\nkind = \"orders\"\norders_file = \"orders.json\"\n",
+        "orders.json: order 0: component `h40.2` does not exist",
     );
 }

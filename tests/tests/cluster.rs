@@ -254,3 +254,62 @@ fn refused_workers_and_malformed_streams_leave_the_job_unaffected() {
     });
     assert_eq!(folder(&clean_out), folder(&out));
 }
+
+#[test]
+fn a_worker_token_cannot_submit_or_read_results() {
+    use circuit_sweep_coordinator::server::{ServerConfig, Service};
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        let mut cfg = ServerConfig::new(dir.path());
+        cfg.client_tokens = vec!["client-secret".into()];
+        cfg.worker_tokens = vec!["worker-secret".into()];
+        let service = Service::open(cfg).unwrap();
+        let listener = circuit_sweep_coordinator::server::bind(([127, 0, 0, 1], 0).into())
+            .await
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(service.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        let mut worker = auth::connect(&url, Some("worker-secret")).await.unwrap();
+        worker.register(info(PROTOCOL_VERSION)).await.unwrap();
+        let denied = |r: Result<(), tonic::Status>| {
+            let e = r.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+        };
+        denied(
+            worker
+                .status(circuit_sweep_proto::v1::StatusRequest { job_id: 0 })
+                .await
+                .map(|_| ()),
+        );
+        denied(
+            worker
+                .results(circuit_sweep_proto::v1::ResultsRequest { job_id: 1 })
+                .await
+                .map(|_| ()),
+        );
+        denied(
+            worker
+                .submit(circuit_sweep_proto::v1::SubmitRequest {
+                    protocol_version: PROTOCOL_VERSION,
+                    name: "x".into(),
+                    spec_toml: String::new(),
+                    attachments: vec![],
+                })
+                .await
+                .map(|_| ()),
+        );
+        // And the client token is not a worker token.
+        let mut client = auth::connect(&url, Some("client-secret")).await.unwrap();
+        denied(client.register(info(PROTOCOL_VERSION)).await.map(|_| ()));
+        client
+            .status(circuit_sweep_proto::v1::StatusRequest { job_id: 0 })
+            .await
+            .unwrap();
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    });
+}

@@ -300,13 +300,22 @@ async fn compute(
         Some(j) => j.clone(),
         None => {
             let dir = cfg.work_dir.join(format!("job-{}", l.job_id));
-            let spec = materialize(&l, &dir)?;
+            let (spec, copies) = materialize(&l, &dir)?;
             let cache = cache.clone();
             let models_dir = cfg.models_dir.clone();
             let job =
                 tokio::task::spawn_blocking(move || job::prepare(&spec, &dir, &models_dir, &cache))
                     .await
-                    .map_err(|e| ShardError::BadInput(format!("prepare panicked: {e}")))??;
+                    .map_err(|e| ShardError::BadInput(format!("prepare panicked: {e}")))?
+                    .map_err(|e| match e {
+                        // Name the user's files, not this worker's copies of them.
+                        ShardError::BadInput(m) => {
+                            ShardError::BadInput(copies.iter().fold(m, |m, (path, name)| {
+                                m.replace(&path.display().to_string(), name)
+                            }))
+                        }
+                        e => e,
+                    })?;
             let job = Arc::new(job);
             // Keep the two most recent jobs (their evaluators hold the cached activations).
             while jobs.len() >= 2 {
@@ -322,12 +331,17 @@ async fn compute(
         .map_err(|e| ShardError::BadInput(format!("shard panicked: {e}")))?
 }
 
-/// Writes a lease's attachments into `dir` and points the spec at them.
-fn materialize(l: &ShardLease, dir: &Path) -> Result<SweepSpec, ShardError> {
+/// Writes a lease's attachments into `dir` and points the spec at them; returns the spec and
+/// each local copy with the name the spec gave it.
+fn materialize(
+    l: &ShardLease,
+    dir: &Path,
+) -> Result<(SweepSpec, Vec<(PathBuf, String)>), ShardError> {
     let mut spec = SweepSpec::parse(&l.spec_toml, Path::new("spec.toml"))
         .map_err(|e| ShardError::BadInput(e.to_string()))?;
     std::fs::create_dir_all(dir)
         .map_err(|e| ShardError::BadInput(format!("{}: {e}", dir.display())))?;
+    let mut copies = vec![];
     for (i, a) in l.attachments.iter().enumerate() {
         let base = Path::new(&a.name)
             .file_name()
@@ -343,8 +357,9 @@ fn materialize(l: &ShardLease, dir: &Path) -> Result<SweepSpec, ShardError> {
         if spec.sweep.orders_file.as_deref() == Some(named) {
             spec.sweep.orders_file = Some(local.clone());
         }
+        copies.push((local, a.name.clone()));
     }
-    Ok(spec)
+    Ok((spec, copies))
 }
 
 /// Streams a shard's tensors in chunks over a bounded channel (a slow coordinator slows us).

@@ -122,6 +122,17 @@ pub fn prepare(
         .load(tok, spec_dir)
         .map_err(|e| ShardError::BadInput(e.to_string()))?;
     let prompts = PromptSet::from_pairs(&pairs, tok).map_err(ShardError::BadInput)?;
+    // Explicit orders name components: check them against the model before any forward pass.
+    if let Some(f) = &spec.sweep.orders_file {
+        let path = if f.is_absolute() {
+            f.clone()
+        } else {
+            spec_dir.join(f)
+        };
+        let info = loaded.model.info();
+        circuit_sweep_common::orders::read_orders(&path, info.n_layers, info.n_heads)
+            .map_err(ShardError::BadInput)?;
+    }
     let ev = Evaluator::new(
         &loaded.model,
         &prompts,

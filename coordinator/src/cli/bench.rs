@@ -18,6 +18,13 @@ pub enum BenchCommand {
     /// Node sweep of the default model on a digits dataset: the batched evaluator against the
     /// naive path (one full, unbatched forward per component), with achieved GFLOP/s.
     Sweep(SweepArgs),
+    /// The coordinator's overhead per shard: lease, result stream, database commit and
+    /// aggregation, for shards that compute nothing (a stand-in worker answers at once).
+    Shards {
+        /// Jobs to run (each a prepare shard and 16 node shards).
+        #[arg(long, env = "CIRCUIT_SWEEP_BENCH_JOBS", default_value_t = 20)]
+        jobs: usize,
+    },
     /// This machine's f32 matrix-multiply rate (GFLOP/s), the peak the forward pass is held to.
     Matmul {
         /// Sizes as MxKxN, comma-separated.
@@ -62,6 +69,7 @@ pub fn run(cmd: BenchCommand, models_dir: &Path) -> anyhow::Result<()> {
         BenchCommand::Forward(a) => forward(a, models_dir),
         BenchCommand::Matmul { sizes, seconds } => matmul(&sizes, seconds),
         BenchCommand::Sweep(a) => sweep(a, models_dir),
+        BenchCommand::Shards { jobs } => shards(jobs),
     }
 }
 
@@ -304,4 +312,107 @@ fn sweep(a: SweepArgs, models_dir: &Path) -> anyhow::Result<()> {
         .fold(0.0, f64::max);
     println!("largest score difference between the two paths: {worst:.2e} percentage points");
     Ok(())
+}
+
+/// Empty-shard round trips through a real coordinator on loopback (with its database).
+fn shards(jobs: usize) -> anyhow::Result<()> {
+    use circuit_sweep_common::shard::{JobMeta, ShardTask};
+    use circuit_sweep_coordinator::server::{ServerConfig, Service};
+    use circuit_sweep_proto::PROTOCOL_VERSION;
+    use circuit_sweep_proto::tensor::WireTensor;
+    use circuit_sweep_proto::v1::{
+        LeaseRequest, ResultChunk, StatusRequest, SubmitRequest, WorkerInfo,
+    };
+
+    let (n_layers, n_heads) = (32usize, 8usize);
+    let meta = JobMeta {
+        model_path: "none".into(),
+        info: serde_json::json!({}),
+        n_layers,
+        n_heads,
+        dataset: serde_json::json!({"prompts": 1}),
+        prompts_jsonl: String::new(),
+        full: 1.0,
+        corrupt: 0.0,
+    };
+    let state = tempfile::tempdir()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let service = Service::open(ServerConfig::new(state.path()))?;
+        let listener = circuit_sweep_coordinator::server::bind(([127, 0, 0, 1], 0).into()).await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(service.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        let mut c = circuit_sweep_proto::auth::connect(&url, None).await?;
+        let w = c
+            .register(WorkerInfo {
+                protocol_version: PROTOCOL_VERSION,
+                name: "bench".into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .worker_id;
+        let t0 = Instant::now();
+        let mut shards = 0usize;
+        for _ in 0..jobs {
+            c.submit(SubmitRequest {
+                protocol_version: PROTOCOL_VERSION,
+                name: "bench".into(),
+                spec_toml: "[sweep]\nkind = \"nodes\"\n".into(),
+                attachments: vec![],
+            })
+            .await?;
+            while let Some(l) = c
+                .lease(LeaseRequest {
+                    worker_id: w.clone(),
+                })
+                .await?
+                .into_inner()
+                .lease
+            {
+                let tensors = match serde_json::from_str::<ShardTask>(&l.task_json)? {
+                    ShardTask::Nodes { layers } => vec![
+                        WireTensor::f64(
+                            "heads",
+                            &[layers.len(), n_heads],
+                            &vec![100.0; layers.len() * n_heads],
+                        ),
+                        WireTensor::f64("mlps", &[layers.len()], &vec![100.0; layers.len()]),
+                    ],
+                    _ => vec![WireTensor::json("meta", serde_json::to_string(&meta)?)],
+                };
+                let chunks: Vec<_> = tensors.iter().flat_map(|t| t.chunks(1 << 20)).collect();
+                let n = chunks.len();
+                let msgs: Vec<ResultChunk> = chunks
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, chunk)| ResultChunk {
+                        worker_id: w.clone(),
+                        lease_id: l.lease_id.clone(),
+                        chunk: Some(chunk),
+                        last: i + 1 == n,
+                    })
+                    .collect();
+                c.put_result(tokio_stream::iter(msgs)).await?;
+                shards += 1;
+            }
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let st = c.status(StatusRequest { job_id: 0 }).await?.into_inner();
+        let done = st.jobs.iter().filter(|j| j.state == "done").count();
+        println!(
+            "{jobs} jobs ({done} done, results folders written), {shards} shards in {secs:.2} s: \
+             {:.2} ms per shard round trip (lease, result stream, database commit; aggregation \
+             included)",
+            secs * 1e3 / shards as f64
+        );
+        let _ = stop.send(());
+        server.await??;
+        anyhow::Ok(())
+    })
 }
