@@ -340,7 +340,7 @@ impl Scheduler {
                 active: true,
             },
         );
-        tracing::info!(
+        tracing::debug!(
             "job {job_id} shard {i} ({}) leased to {worker}, attempt {attempt}",
             task.label()
         );
@@ -405,7 +405,7 @@ impl Scheduler {
         if let Some(w) = self.workers.get_mut(worker) {
             w.shards_done += 1;
         }
-        tracing::info!("job {job_id} shard {shard} done by {worker}");
+        tracing::debug!("job {job_id} shard {shard} done by {worker}");
         if s == 0 {
             self.plan(job_id, &tensors)?;
         }

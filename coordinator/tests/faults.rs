@@ -23,7 +23,8 @@ impl Drop for Proc {
 
 fn spawn(mut c: Command, log: &Path) -> Proc {
     let f = std::fs::File::create(log).unwrap();
-    c.env("CIRCUIT_SWEEP_LOG", "info")
+    // Per-shard lines (leased, done) are debug; the tests read them.
+    c.env("CIRCUIT_SWEEP_LOG", "info,circuit_sweep_coordinator=debug")
         .stdout(Stdio::null())
         .stderr(f);
     Proc(c.spawn().unwrap())

@@ -3,7 +3,7 @@
 //! delays them; on shutdown the worker stops pulling, finishes the shard it holds and says
 //! goodbye.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -78,7 +78,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<AgentSummary, AgentError> {
     let mut summary = AgentSummary::default();
-    let mut jobs: BTreeMap<u64, Arc<PreparedJob>> = BTreeMap::new();
+    let mut jobs = Prepared::default();
     'session: loop {
         if *shutdown.borrow() {
             return Ok(summary);
@@ -279,25 +279,45 @@ async fn heartbeats(
     }
 }
 
+/// Jobs prepared on this worker, oldest first.
+#[derive(Default)]
+struct Prepared(Vec<(String, Arc<PreparedJob>)>);
+
+/// What identifies a job's inputs: its id alone is not enough, since a coordinator started
+/// afresh counts from 1 again while this worker keeps running.
+fn job_key(l: &ShardLease) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(l.spec_toml.as_bytes());
+    for a in &l.attachments {
+        h.update(a.name.as_bytes());
+        h.update((a.data.len() as u64).to_le_bytes());
+        h.update(&a.data);
+    }
+    let digest: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}:{digest}", l.job_id)
+}
+
 /// Prepares the job if needed and computes the shard on a blocking thread.
 async fn compute(
     cfg: &AgentConfig,
     cache: &Arc<ModelCache>,
-    jobs: &mut BTreeMap<u64, Arc<PreparedJob>>,
+    jobs: &mut Prepared,
     l: ShardLease,
     cancel: Arc<AtomicBool>,
 ) -> Result<Vec<WireTensor>, ShardError> {
     let task: ShardTask = serde_json::from_str(&l.task_json)
         .map_err(|e| ShardError::BadInput(format!("shard task: {e}")))?;
-    tracing::info!(
+    tracing::debug!(
         "job {} shard {} ({}), attempt {}",
         l.job_id,
         l.shard,
         task.label(),
         l.attempt
     );
-    let job = match jobs.get(&l.job_id) {
-        Some(j) => j.clone(),
+    let key = job_key(&l);
+    let job = match jobs.0.iter().find(|(k, _)| *k == key) {
+        Some((_, j)) => j.clone(),
         None => {
             let dir = cfg.work_dir.join(format!("job-{}", l.job_id));
             let (spec, copies) = materialize(&l, &dir)?;
@@ -318,11 +338,10 @@ async fn compute(
                     })?;
             let job = Arc::new(job);
             // Keep the two most recent jobs (their evaluators hold the cached activations).
-            while jobs.len() >= 2 {
-                let oldest = *jobs.keys().next().expect("not empty");
-                jobs.remove(&oldest);
+            if jobs.0.len() >= 2 {
+                jobs.0.remove(0);
             }
-            jobs.insert(l.job_id, job.clone());
+            jobs.0.push((key, job.clone()));
             job
         }
     };
