@@ -60,6 +60,7 @@ impl LocalCluster {
                 let a = AgentConfig {
                     coordinator: url.clone(),
                     token: cfg.token.clone(),
+                    tls: Default::default(),
                     name: format!("local-{i}"),
                     device: "cpu".into(),
                     threads,

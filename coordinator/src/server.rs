@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use circuit_sweep_proto::auth::{self, MAX_MESSAGE_BYTES};
 use circuit_sweep_proto::tensor::{Assembler, MAX_CHUNK_BYTES};
+use circuit_sweep_proto::tls::ServerTls;
 use circuit_sweep_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
 use circuit_sweep_proto::v1::probe_server::{Probe, ProbeServer};
 use circuit_sweep_proto::v1::{
@@ -35,6 +36,8 @@ pub struct ServerConfig {
     pub heartbeat: Duration,
     /// A worker silent this long is lost and its shards re-queued.
     pub lost_after: Duration,
+    /// TLS certificate and key (and client CA); plain text when `None`.
+    pub tls: Option<ServerTls>,
 }
 
 impl ServerConfig {
@@ -46,6 +49,7 @@ impl ServerConfig {
             worker_tokens: vec![],
             heartbeat: Duration::from_secs(1),
             lost_after: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -125,7 +129,11 @@ impl Service {
         // No Nagle delay: leases and acks are small messages that must not wait 40 ms.
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let r = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &self.cfg.tls {
+            builder = builder.tls_config(tls.config())?;
+        }
+        let r = builder
             .add_service(ProbeServer::new(self.clone()))
             .add_service(
                 CoordinatorServer::new(self)

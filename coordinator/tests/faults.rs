@@ -6,29 +6,10 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{bin, fetched, ok, with_model};
-
-/// A child process killed when dropped (a failing test leaves nothing running).
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(mut c: Command, log: &Path) -> Proc {
-    let f = std::fs::File::create(log).unwrap();
-    // Per-shard lines (leased, done) are debug; the tests read them.
-    c.env("CIRCUIT_SWEEP_LOG", "info,circuit_sweep_coordinator=debug")
-        .stdout(Stdio::null())
-        .stderr(f);
-    Proc(c.spawn().unwrap())
-}
+use support::{Proc, address, bin, fetched, ok, spawn, with_model};
 
 fn coordinator(state: &Path, listen: &str, log: &Path) -> Proc {
     let mut c = bin();
@@ -37,22 +18,6 @@ fn coordinator(state: &Path, listen: &str, log: &Path) -> Proc {
         .arg("--state")
         .arg(state);
     spawn(c, log)
-}
-
-/// The address a coordinator logged, waiting for it to listen.
-fn address(log: &Path) -> String {
-    let t0 = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(rest) = text.split("coordinator listening on ").nth(1) {
-            return rest.split_whitespace().next().unwrap().to_string();
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "no address in {text}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn worker(url: &str, name: &str, log: &Path) -> Proc {
@@ -185,7 +150,7 @@ fn a_worker_killed_mid_shard_loses_nothing() {
     let want = reference(&spec, d);
     let clog = d.join("coordinator.log");
     let _c = coordinator(&d.join("state"), "127.0.0.1:0", &clog);
-    let url = format!("http://{}", address(&clog));
+    let url = address(&clog);
     let mut workers: Vec<(String, Option<Proc>)> = (0..3)
         .map(|i| {
             let name = format!("w{i}");
@@ -246,8 +211,8 @@ fn a_restarted_coordinator_resumes_without_recomputing_finished_shards() {
     let state = d.join("state");
     let log1 = d.join("coordinator-1.log");
     let mut c1 = coordinator(&state, "127.0.0.1:0", &log1);
-    let addr = address(&log1);
-    let url = format!("http://{addr}");
+    let url = address(&log1);
+    let addr = url.trim_start_matches("http://").to_string();
     let _workers: Vec<Proc> = (0..2)
         .map(|i| worker(&url, &format!("w{i}"), &d.join(format!("w{i}.log"))))
         .collect();

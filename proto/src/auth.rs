@@ -7,6 +7,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::tls::ClientTls;
 use crate::v1::coordinator_client::CoordinatorClient;
 
 /// Largest message either side accepts (a shard lease carries the dataset; results are chunked).
@@ -44,20 +45,53 @@ impl Interceptor for Bearer {
 /// A coordinator client with the token attached.
 pub type Client = CoordinatorClient<InterceptedService<Channel, Bearer>>;
 
-/// Connects to a coordinator at `url` (`http://host:port`).
+/// Connects to a coordinator at `url` (`http://host:port`) over plain text.
 pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ConnectError> {
-    let endpoint = Endpoint::from_shared(url.to_string())
+    connect_with(url, token, &ClientTls::default()).await
+}
+
+/// Connects to a coordinator at `url`; `https://` URLs use `tls`.
+pub async fn connect_with(
+    url: &str,
+    token: Option<&str>,
+    tls: &ClientTls,
+) -> Result<Client, ConnectError> {
+    let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| ConnectError(format!("{url}: {e}")))?
         .connect_timeout(std::time::Duration::from_secs(10))
         .tcp_nodelay(true);
+    if let Some(c) = tls
+        .config_for(url)
+        .map_err(|e| ConnectError(e.to_string()))?
+    {
+        endpoint = endpoint
+            .tls_config(c)
+            .map_err(|e| ConnectError(format!("{url}: TLS: {}", chain(&e))))?;
+    }
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| ConnectError(format!("{url}: {e}")))?;
+        .map_err(|e| ConnectError(format!("{url}: {}", chain(&e))))?;
     let bearer = Bearer::new(token).map_err(|e| ConnectError(e.message().to_string()))?;
     Ok(CoordinatorClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// An error and its sources, joined: tonic's transport errors say little at the top level
+/// ("transport error") and the reason (a certificate, a refused connection) sits below.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 /// A coordinator that cannot be reached.

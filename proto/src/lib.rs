@@ -13,6 +13,7 @@ pub mod v1 {
 
 pub mod auth;
 pub mod tensor;
+pub mod tls;
 
 /// Refuses a peer whose protocol version differs from ours, with a message naming both.
 pub fn check_protocol_version(peer: u32) -> Result<(), tonic::Status> {

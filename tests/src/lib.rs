@@ -99,3 +99,23 @@ pub fn tiny_model_with_data(dir: &std::path::Path, n: usize) -> (PathBuf, PathBu
     circuit_sweep_common::dataset::write_jsonl(&data, &pairs).unwrap();
     (model, data)
 }
+
+/// Every file of a results folder; `result.json` without its timing.
+pub fn results_folder(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let mut bytes = std::fs::read(&p).unwrap();
+            if name == "result.json" {
+                let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                v.as_object_mut().unwrap().remove("timing");
+                bytes = serde_json::to_vec_pretty(&v).unwrap();
+            }
+            (name, bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}

@@ -9,7 +9,7 @@ use circuit_sweep_proto::PROTOCOL_VERSION;
 use circuit_sweep_proto::auth;
 use circuit_sweep_proto::tensor::WireTensor;
 use circuit_sweep_proto::v1::{LeaseRequest, ResultChunk, WorkerInfo};
-use circuit_sweep_tests::tiny_model_with_data;
+use circuit_sweep_tests::{results_folder as folder, tiny_model_with_data};
 
 fn spec(dir: &Path, name: &str, sweep: &str) -> PathBuf {
     let (model, data) = tiny_model_with_data(dir, 6);
@@ -34,26 +34,6 @@ fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// Every file of a results folder; `result.json` without its timing.
-fn folder(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let p = e.unwrap().path();
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            let mut bytes = std::fs::read(&p).unwrap();
-            if name == "result.json" {
-                let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-                v.as_object_mut().unwrap().remove("timing");
-                bytes = serde_json::to_vec_pretty(&v).unwrap();
-            }
-            (name, bytes)
-        })
-        .collect();
-    files.sort();
-    files
 }
 
 #[test]
@@ -232,6 +212,7 @@ fn refused_workers_and_malformed_streams_leave_the_job_unaffected() {
             circuit_sweep_worker::agent::AgentConfig {
                 coordinator: cluster.url.clone(),
                 token: Some("right".into()),
+                tls: Default::default(),
                 name: "real".into(),
                 device: "cpu".into(),
                 threads: 1,

@@ -14,6 +14,7 @@ use circuit_sweep_common::spec::SweepSpec;
 use circuit_sweep_proto::PROTOCOL_VERSION;
 use circuit_sweep_proto::auth::{self, Client};
 use circuit_sweep_proto::tensor::{MAX_CHUNK_BYTES, WireTensor};
+use circuit_sweep_proto::tls::ClientTls;
 use circuit_sweep_proto::v1::{
     FailRequest, GoodbyeRequest, HeartbeatRequest, LeaseRequest, ResultChunk, ShardLease,
     WorkerInfo,
@@ -31,6 +32,8 @@ pub struct AgentConfig {
     pub coordinator: String,
     /// Shared token, if the coordinator requires one.
     pub token: Option<String>,
+    /// TLS settings for an `https://` coordinator.
+    pub tls: ClientTls,
     /// A name for logs and `status`.
     pub name: String,
     /// Device (`cpu`, `cuda:N`).
@@ -49,6 +52,9 @@ pub enum AgentError {
     /// The coordinator refused the worker (token, protocol version).
     #[error("the coordinator refused this worker: {0}")]
     Refused(String),
+    /// The worker's own settings cannot work (TLS files, URL).
+    #[error("{0}")]
+    Config(String),
     /// A file could not be written.
     #[error("{path}: {source}")]
     Io {
@@ -194,12 +200,18 @@ async fn register(
     cache: &ModelCache,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<(Client, String, u32)>, AgentError> {
+    // Settings that can never work fail now instead of being retried forever.
+    cfg.tls
+        .config_for(&cfg.coordinator)
+        .map_err(|e| AgentError::Config(e.to_string()))?;
     let mut delay = 100u64;
+    let mut attempts = 0u32;
     loop {
         if *shutdown.borrow() {
             return Ok(None);
         }
-        match auth::connect(&cfg.coordinator, cfg.token.as_deref()).await {
+        attempts += 1;
+        match auth::connect_with(&cfg.coordinator, cfg.token.as_deref(), &cfg.tls).await {
             Ok(mut client) => {
                 let info = WorkerInfo {
                     protocol_version: PROTOCOL_VERSION,
@@ -226,6 +238,11 @@ async fn register(
                     }
                     Err(s) => tracing::warn!("register: {}", s.message()),
                 }
+            }
+            // Quiet while a coordinator starts; then say why, now and then (a certificate the
+            // worker does not trust looks like this too).
+            Err(e) if attempts == 5 || attempts.is_multiple_of(30) => {
+                tracing::warn!("{e} (attempt {attempts}, still trying)")
             }
             Err(e) => tracing::debug!("{e}"),
         }

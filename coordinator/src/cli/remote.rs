@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use circuit_sweep_coordinator::client::{self, Submission};
 use circuit_sweep_coordinator::server::{self, ServerConfig, Service};
 use circuit_sweep_proto::auth;
+use circuit_sweep_proto::tls::{ClientTls, ServerTls};
 use circuit_sweep_worker::agent::{self, AgentConfig};
 use circuit_sweep_worker::resident::ModelCache;
 use clap::Args;
@@ -56,11 +57,51 @@ pub struct Remote {
     coordinator: String,
     #[command(flatten)]
     token: TokenArgs,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
 }
 
 impl Remote {
     async fn connect(&self) -> anyhow::Result<auth::Client> {
-        Ok(auth::connect(&self.coordinator, self.token.resolve()?.as_deref()).await?)
+        let tls = self.tls.resolve()?;
+        Ok(auth::connect_with(&self.coordinator, self.token.resolve()?.as_deref(), &tls).await?)
+    }
+}
+
+/// TLS settings of a client or worker (for an `https://` coordinator URL).
+#[derive(Debug, Args, Clone)]
+pub struct ClientTlsArgs {
+    /// CA certificate (PEM) that signed the coordinator's certificate (default: the system's
+    /// roots).
+    #[arg(long, env = "CIRCUIT_SWEEP_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// This client's certificate (PEM), for a coordinator started with --tls-client-ca.
+    #[arg(
+        long = "tls-cert",
+        env = "CIRCUIT_SWEEP_TLS_CERT",
+        requires = "client_key"
+    )]
+    client_cert: Option<PathBuf>,
+    /// This client's private key (PEM).
+    #[arg(
+        long = "tls-key",
+        env = "CIRCUIT_SWEEP_TLS_KEY",
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
+    /// Name the coordinator's certificate must carry (default: the URL's host).
+    #[arg(long, env = "CIRCUIT_SWEEP_TLS_DOMAIN")]
+    tls_domain: Option<String>,
+}
+
+impl ClientTlsArgs {
+    fn resolve(&self) -> anyhow::Result<ClientTls> {
+        Ok(ClientTls::from_files(
+            self.tls_ca.as_deref(),
+            self.client_cert.as_deref(),
+            self.client_key.as_deref(),
+            self.tls_domain.clone(),
+        )?)
     }
 }
 
@@ -91,6 +132,15 @@ pub struct CoordinatorArgs {
     /// A worker silent this long (ms) is lost and its shards are re-queued.
     #[arg(long, env = "CIRCUIT_SWEEP_LOST_AFTER_MS", default_value_t = 10000)]
     lost_after_ms: u64,
+    /// TLS certificate chain (PEM); with --tls-key the coordinator speaks TLS only.
+    #[arg(long, env = "CIRCUIT_SWEEP_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "CIRCUIT_SWEEP_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM) from workers and clients.
+    #[arg(long, env = "CIRCUIT_SWEEP_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 /// Runs the coordinator until SIGINT or SIGTERM.
@@ -102,7 +152,19 @@ pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
             a.listen
         );
     }
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => Some(ServerTls::from_files(c, k, a.tls_client_ca.as_deref())?),
+        _ => None,
+    };
+    if tls.is_none() && !a.listen.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {} without TLS: the token and the data travel in clear text \
+             (give --tls-cert and --tls-key)",
+            a.listen
+        );
+    }
     let mut cfg = ServerConfig::new(&a.state);
+    cfg.tls = tls;
     cfg.client_tokens = token.iter().cloned().collect();
     cfg.worker_tokens = match &a.worker_token {
         Some(w) => vec![w.clone()],
@@ -116,7 +178,12 @@ pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("--listen {}", a.listen))?;
         tracing::info!(
-            "coordinator listening on {} (state {})",
+            "coordinator listening on {}://{} (state {})",
+            if a.tls_cert.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             listener.local_addr()?,
             a.state.display()
         );
@@ -195,6 +262,7 @@ pub fn worker(a: WorkerArgs, models_dir: &Path) -> anyhow::Result<()> {
     let cfg = AgentConfig {
         coordinator: a.remote.coordinator.clone(),
         token: a.remote.token.resolve()?,
+        tls: a.remote.tls.resolve()?,
         name,
         device: a.device.clone(),
         threads,

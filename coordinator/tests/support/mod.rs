@@ -2,8 +2,9 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// The binary, with quiet logs.
 pub fn bin() -> Command {
@@ -64,4 +65,40 @@ pub fn ok(out: Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// A child process killed when dropped (a failing test leaves nothing running).
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns `c` with its log (stderr) in `log`.
+pub fn spawn(mut c: Command, log: &Path) -> Proc {
+    let f = std::fs::File::create(log).unwrap();
+    // Per-shard lines (leased, done) are debug; the tests read them.
+    c.env("CIRCUIT_SWEEP_LOG", "info,circuit_sweep_coordinator=debug")
+        .stdout(Stdio::null())
+        .stderr(f);
+    Proc(c.spawn().unwrap())
+}
+
+/// The URL a coordinator logged, waiting for it to listen.
+pub fn address(log: &Path) -> String {
+    let t0 = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(rest) = text.split("coordinator listening on ").nth(1) {
+            return rest.split_whitespace().next().unwrap().to_string();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no address in {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
