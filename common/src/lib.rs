@@ -6,6 +6,7 @@ pub mod check;
 pub mod component;
 pub mod data_spec;
 pub mod dataset;
+pub mod edge;
 pub mod metric;
 pub mod orders;
 pub mod prune;

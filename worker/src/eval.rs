@@ -8,6 +8,7 @@
 
 use candle_core::{DType, IndexOp, Tensor};
 use circuit_sweep_common::Component;
+use circuit_sweep_common::edge::{Edge, Receiver, Sender};
 use circuit_sweep_common::metric;
 use circuit_sweep_common::spec::{AblationKind, AblationSpec, Direction, Metric};
 
@@ -62,6 +63,26 @@ impl PromptSet {
     }
 }
 
+/// Bytes of sender rows one edge pass may hold (each variant keeps one row of `prompts *
+/// positions * d_model` per sender it ablates).
+const EDGE_ROWS_BYTES: usize = 1 << 30;
+
+/// A candidate for edge ablation: nodes ablated as a whole, and edges ablated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EdgeCandidate {
+    /// Nodes ablated (outside the circuit an edge graph is restricted to).
+    pub nodes: Vec<Component>,
+    /// Edges ablated.
+    pub edges: Vec<Edge>,
+}
+
+fn distinct_senders(edges: &[Edge]) -> usize {
+    let mut s: Vec<Sender> = edges.iter().map(|e| e.sender).collect();
+    s.sort_unstable();
+    s.dedup();
+    s.len()
+}
+
 /// Scores candidate circuits on one model and prompt set.
 pub struct Evaluator {
     model: HookedModel,
@@ -71,6 +92,13 @@ pub struct Evaluator {
     values: Ablation,
     /// Residual stream of the unpatched `input` run at each block's input (noising only).
     resid: Vec<Tensor>,
+    /// Activations of the unpatched `input` run (noising only): what senders below a cached
+    /// start wrote.
+    clean: Option<Ablation>,
+    /// The residual stream each MLP reads, and the final block's output, in the unpatched run
+    /// (noising only; the edge reference path reads them).
+    mid: Vec<Tensor>,
+    last: Option<Tensor>,
     prompts: usize,
     seq_len: usize,
     logit_ids: Vec<u32>,
@@ -143,7 +171,7 @@ impl Evaluator {
         let corrupt_run = run(&corrupt, LogitSelection::Last)?;
         let clean_act = Ablation::from_captured(&clean_run.captured)?;
         let corrupt_act = Ablation::from_captured(&corrupt_run.captured)?;
-        let (input, values, resid) = match ablation.direction {
+        let (input, values, resid, clean_acts) = match ablation.direction {
             Direction::Noising => {
                 let values = match ablation.kind {
                     AblationKind::Mean => corrupt_act.mean_over_prompts()?,
@@ -158,18 +186,38 @@ impl Evaluator {
                     .iter()
                     .map(|r| r.clone().expect("captured"))
                     .collect();
-                (clean.clone(), values, resid)
+                (clean.clone(), values, resid, Some(clean_act))
             }
             Direction::Denoising => {
                 let values = match ablation.kind {
                     AblationKind::Mean => clean_act.mean_over_prompts()?,
                     _ => clean_act,
                 };
-                (corrupt.clone(), values, vec![])
+                (corrupt.clone(), values, vec![], None)
             }
         };
+        let (mid, last) = if clean_acts.is_some() {
+            let c = &clean_run.captured;
+            (
+                c.mid.iter().map(|m| m.clone().expect("captured")).collect(),
+                c.last.clone(),
+            )
+        } else {
+            (vec![], None)
+        };
         let vocab = model.info().vocab_size;
-        let clean_logits: Vec<f32> = clean_run.logits.expect("asked").flatten_all()?.to_vec1()?;
+        // The full model's logits through the path every variant takes (the final block at the
+        // last position only).
+        let clean_logits: Vec<f32> = model
+            .run(&RunRequest {
+                start: Some(Start::Tokens(clean.clone())),
+                logits: LogitSelection::Last,
+                ..Default::default()
+            })?
+            .logits
+            .expect("asked")
+            .flatten_all()?
+            .to_vec1()?;
         let corrupt_logits: Vec<f32> = corrupt_run
             .logits
             .expect("asked")
@@ -189,6 +237,9 @@ impl Evaluator {
             input,
             values,
             resid,
+            clean: clean_acts,
+            mid,
+            last,
             prompts: n,
             seq_len,
             logit_ids,
@@ -199,14 +250,20 @@ impl Evaluator {
             full: 0.0,
             corrupt: 0.0,
             batch_tokens: batch_tokens.max(1),
-            forward_passes: std::sync::atomic::AtomicUsize::new(2),
+            forward_passes: std::sync::atomic::AtomicUsize::new(3),
         };
         ev.full = ev.metric_of_full_logits(&clean_logits);
         ev.corrupt = ev.metric_of_full_logits(&corrupt_logits);
+        if ev.ablation.direction == Direction::Noising {
+            // The unpatched model through the variants' own path (the metric's logit columns
+            // only), so that a variant that changes nothing scores exactly 100.
+            let n_layers = model.info().n_layers;
+            ev.full = ev.run_variants(n_layers, vec![vec![]])?[0];
+        }
         Ok(ev)
     }
 
-    /// Forward passes run so far (the two setup passes included).
+    /// Forward passes run so far (the setup passes included).
     pub fn forward_passes(&self) -> usize {
         self.forward_passes
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -298,20 +355,15 @@ impl Evaluator {
         Ok(out)
     }
 
-    /// One forward pass of `variants` starting at `start` (the cached residual stream there,
-    /// or the tokens at 0); returns the metric of each variant.
-    fn run_variants(
-        &self,
-        start: usize,
-        variants: Vec<Vec<Component>>,
-    ) -> Result<Vec<f64>, ModelError> {
+    /// Where a pass that first patches layer `start` begins: the cached residual stream there,
+    /// or the tokens.
+    fn start_point(&self, start: usize) -> Start {
         let n_layers = self.model.info().n_layers;
-        let v = variants.len();
-        let start_point = if start == 0 || self.resid.is_empty() {
+        if start == 0 || self.resid.is_empty() {
             Start::Tokens(self.input.clone())
         } else if start >= n_layers {
-            // Nothing patched: the unpatched run's last residual is the final block's output,
-            // which is not cached; start at the last block instead.
+            // Nothing patched below the logits: the unpatched run's last residual is the final
+            // block's output, which is not cached; start at the last block instead.
             Start::Resid {
                 layer: n_layers - 1,
                 resid: self.resid[n_layers - 1].clone(),
@@ -321,17 +373,32 @@ impl Evaluator {
                 layer: start,
                 resid: self.resid[start].clone(),
             }
-        };
+        }
+    }
+
+    /// One forward pass of `variants` starting at `start` (the cached residual stream there,
+    /// or the tokens at 0); returns the metric of each variant.
+    fn run_variants(
+        &self,
+        start: usize,
+        variants: Vec<Vec<Component>>,
+    ) -> Result<Vec<f64>, ModelError> {
+        self.run_pass(
+            self.start_point(start),
+            Interventions::nodes(&self.values, variants),
+        )
+    }
+
+    /// One forward pass; the metric of each variant.
+    fn run_pass(&self, start: Start, iv: Interventions<'_>) -> Result<Vec<f64>, ModelError> {
+        let v = iv.variants.len().max(iv.edges.len()).max(1);
         let logits = match self.ablation.metric {
             Metric::LogitDiff => LogitSelection::LastIds(self.logit_ids.clone()),
             Metric::Accuracy | Metric::Kl => LogitSelection::Last,
         };
         let out = self.model.run(&RunRequest {
-            start: Some(start_point),
-            interventions: Some(Interventions {
-                values: &self.values,
-                variants,
-            }),
+            start: Some(start),
+            interventions: Some(iv),
             logits,
             ..Default::default()
         })?;
@@ -362,6 +429,119 @@ impl Evaluator {
             .collect())
     }
 
+    /// Scores of edge candidates (see [`Evaluator::edge_metrics`]).
+    pub fn edge_scores(&self, candidates: &[EdgeCandidate]) -> Result<Vec<f64>, ModelError> {
+        Ok(self
+            .edge_metrics(candidates)?
+            .into_iter()
+            .map(|m| self.score_of(m))
+            .collect())
+    }
+
+    /// Metric values of edge candidates, each a set of ablated nodes and ablated edges, many per
+    /// forward pass: grouped by the first layer they patch (each group starts from the cached
+    /// residual stream there) and cut into passes by `batch_tokens` and by the memory of the
+    /// senders' rows.
+    pub fn edge_metrics(&self, candidates: &[EdgeCandidate]) -> Result<Vec<f64>, ModelError> {
+        let clean = match (&self.ablation.direction, &self.clean) {
+            (Direction::Noising, Some(c)) => c,
+            _ => {
+                return Err(ModelError::InvalidRequest(
+                    "edge ablation is implemented for noising (direction = \"noising\")".into(),
+                ));
+            }
+        };
+        let info = self.model.info();
+        let n_layers = info.n_layers;
+        let mut groups: Vec<Vec<usize>> = vec![vec![]; n_layers + 1];
+        for (i, c) in candidates.iter().enumerate() {
+            let start = c
+                .nodes
+                .iter()
+                .map(Component::layer)
+                .chain(c.edges.iter().map(|e| e.receiver.layer(n_layers)))
+                .min()
+                .unwrap_or(n_layers);
+            groups[start].push(i);
+        }
+        let per_variant = (self.prompts * self.seq_len).max(1);
+        let row_bytes = per_variant * info.d_model * info.dtype.size_in_bytes();
+        let mut out = vec![0.0; candidates.len()];
+        for (start, idx) in groups.iter().enumerate() {
+            let mut part: Vec<usize> = vec![];
+            let mut rows = 0usize;
+            let flush = |part: &mut Vec<usize>, out: &mut Vec<f64>| -> Result<(), ModelError> {
+                if part.is_empty() {
+                    return Ok(());
+                }
+                let iv = Interventions {
+                    variants: part.iter().map(|&i| candidates[i].nodes.clone()).collect(),
+                    edges: part.iter().map(|&i| candidates[i].edges.clone()).collect(),
+                    inputs: vec![],
+                    cached: Some(clean),
+                    values: &self.values,
+                };
+                let values = self.run_pass(self.start_point(start), iv)?;
+                for (&i, v) in part.iter().zip(values) {
+                    out[i] = v;
+                }
+                part.clear();
+                Ok(())
+            };
+            for &i in idx {
+                let senders = distinct_senders(&candidates[i].edges);
+                let full = (part.len() + 1) * per_variant > self.batch_tokens
+                    || (rows + senders) * row_bytes > EDGE_ROWS_BYTES;
+                if full && !part.is_empty() {
+                    flush(&mut part, &mut out)?;
+                    rows = 0;
+                }
+                part.push(i);
+                rows += senders;
+            }
+            flush(&mut part, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// The reference path of one ablated edge: the receiver's input computed by hand from the
+    /// unpatched run (its residual stream minus the sender's write plus the sender's ablated
+    /// write), given to one full forward pass from the tokens. For tests and benchmarks.
+    pub fn edge_metric_reference(&self, edge: Edge) -> Result<f64, ModelError> {
+        let clean = self.clean.as_ref().ok_or_else(|| {
+            ModelError::InvalidRequest("edge ablation is implemented for noising".into())
+        })?;
+        let info = self.model.info();
+        info.graph_shape()
+            .check(&edge)
+            .map_err(|e| ModelError::InvalidRequest(e.to_string()))?;
+        let stream = match edge.receiver {
+            Receiver::Attn { layer, .. } => self.resid[layer].clone(),
+            Receiver::Mlp { layer } => self.mid[layer].clone(),
+            Receiver::Logits => self.last.clone().expect("captured"),
+        };
+        let broadcast = |t: &Tensor| t.broadcast_as(stream.dims());
+        let write = |a: &Ablation| -> Result<Tensor, ModelError> {
+            Ok(match edge.sender {
+                Sender::Embed => broadcast(&a.embed)?,
+                Sender::Node(Component::Mlp { layer }) => broadcast(&a.mlp[layer])?,
+                Sender::Node(Component::Head { layer, head }) => {
+                    let z = a.z[layer].narrow(2, head, 1)?.squeeze(2)?.contiguous()?;
+                    broadcast(&self.model.head_out(layer, head, &z)?)?
+                }
+            })
+        };
+        let input = ((stream.clone() - write(clean)?)? + write(&self.values)?)?;
+        let out = self.run_pass(
+            Start::Tokens(self.input.clone()),
+            Interventions {
+                inputs: vec![(edge.receiver, input)],
+                ..Interventions::nodes(&self.values, vec![vec![]])
+            },
+        )?;
+        Ok(out[0])
+    }
+
     /// The reference path: one full, unbatched forward pass per candidate from the tokens, no
     /// cached residual stream (for tests and the naive baseline of `bench`). With `all_logits`,
     /// every block at every position and logits at every position, as `model(ids)` returns
@@ -377,10 +557,7 @@ impl Evaluator {
             .map(|c| {
                 let out = self.model.run(&RunRequest {
                     start: Some(Start::Tokens(self.input.clone())),
-                    interventions: Some(Interventions {
-                        values: &self.values,
-                        variants: vec![self.patched(c)],
-                    }),
+                    interventions: Some(Interventions::nodes(&self.values, vec![self.patched(c)])),
                     logits: if all_logits {
                         LogitSelection::All
                     } else {

@@ -18,21 +18,6 @@ fn singles(m: &HookedModel) -> Vec<Vec<Component>> {
         .collect()
 }
 
-/// Prompt pairs for the random-weight fixtures: random ids, corrupt = clean shifted.
-fn fixture_prompts(name: &str) -> PromptSet {
-    let clean = id_rows(&expected(name)["input_ids"]);
-    let corrupt: Vec<Vec<u32>> = clean
-        .iter()
-        .map(|r| r.iter().map(|&t| (t * 5 + 11) % 96).collect())
-        .collect();
-    PromptSet {
-        answer: vec![3, 50, 77],
-        wrong: vec![8, 9, 77 - 1],
-        clean,
-        corrupt,
-    }
-}
-
 #[test]
 fn batched_equals_naive_for_every_ablation_setting_on_random_models() {
     for name in ["gpt2", "llama", "neox"] {

@@ -48,7 +48,7 @@ fn run_selected(
     model
         .run(&RunRequest {
             start: Some(start),
-            interventions: Some(Interventions { values, variants }),
+            interventions: Some(Interventions::nodes(values, variants)),
             logits,
             ..Default::default()
         })
@@ -224,10 +224,10 @@ fn bad_requests_are_refused_with_a_reason() {
     let resid = base.captured.resid[2].clone().unwrap();
     let below = m.model.run(&RunRequest {
         start: Some(Start::Resid { layer: 2, resid }),
-        interventions: Some(Interventions {
-            values: &values,
-            variants: vec![vec![Component::Head { layer: 1, head: 0 }]],
-        }),
+        interventions: Some(Interventions::nodes(
+            &values,
+            vec![vec![Component::Head { layer: 1, head: 0 }]],
+        )),
         ..Default::default()
     });
     assert!(
@@ -236,10 +236,10 @@ fn bad_requests_are_refused_with_a_reason() {
     );
     let outside = m.model.run(&RunRequest {
         start: Some(Start::Tokens(ids.clone())),
-        interventions: Some(Interventions {
-            values: &values,
-            variants: vec![vec![Component::Head { layer: 40, head: 2 }]],
-        }),
+        interventions: Some(Interventions::nodes(
+            &values,
+            vec![vec![Component::Head { layer: 40, head: 2 }]],
+        )),
         ..Default::default()
     });
     assert!(

@@ -44,10 +44,11 @@ impl HookedModel {
         let (prompts, seq_len, _) = resid.dims3()?;
         let mut hooks = RunHooks::new(
             info,
+            &*self.blocks,
             req.interventions.as_ref(),
             start_layer,
-            req.capture.z,
-            req.capture.mlp,
+            (prompts, seq_len),
+            req.capture,
             info.dtype,
             &self.device,
         )?;
@@ -60,13 +61,17 @@ impl HookedModel {
                 .broadcast_as((v, prompts, seq_len, info.d_model))?
                 .reshape((v * prompts, seq_len, info.d_model))?
         };
+        if matches!(start, Start::Tokens(_)) {
+            hooks.embedded(&x)?;
+        }
         let ctx = self.blocks.seq_ctx(seq_len)?;
         // Only the last position of the final block reaches last-position logits.
         let last_only = matches!(
             req.logits,
             LogitSelection::Last | LogitSelection::LastIds(_)
         ) && !req.capture.z
-            && !req.capture.mlp;
+            && !req.capture.mlp
+            && !req.capture.mid;
         let final_ctx = if last_only {
             ctx.last_query()?
         } else {
@@ -83,6 +88,7 @@ impl HookedModel {
             };
             x = self.blocks.block(layer, &x, c, &mut hooks)?;
         }
+        let x = hooks.logits_input(info.n_layers, x)?;
         let logits = self.logits(&x, &req.logits)?;
         Ok(RunOutput {
             logits,

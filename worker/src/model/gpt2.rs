@@ -6,6 +6,9 @@ use std::path::Path;
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
 
+use circuit_sweep_common::edge::Qkv;
+
+use super::edges;
 use super::hooks::LayerHooks;
 use super::layers::{self, Activation, SeqCtx};
 use super::{Architecture, Blocks, ModelError, ModelInfo};
@@ -165,6 +168,7 @@ impl Gpt2 {
             context_length: cfg.n_positions,
             rope_theta: None,
             tied_embeddings: true,
+            parallel_residual: false,
             parameters: w.loaded_elements(),
             dtype,
         };
@@ -211,6 +215,13 @@ impl Blocks for Gpt2 {
         let h = self.n_heads;
         let dh = d / h;
         let qkv = layers::dense(&l.qkv, &l.ln1.forward(x)?)?;
+        let col = |w: Qkv, i: usize| match w {
+            Qkv::Q => i * dh,
+            Qkv::K => d + i * dh,
+            Qkv::V => 2 * d + i * dh,
+        };
+        let rx = hooks.attn_inputs(layer, x)?;
+        let qkv = edges::patch_qkv(qkv, &rx, dh, col, &l.qkv, |t| l.ln1.forward(t))?;
         let split = |i: usize| -> candle_core::Result<Tensor> {
             qkv.narrow(2, i * d, d)?
                 .reshape((b, t, h, dh))?
@@ -223,9 +234,10 @@ impl Blocks for Gpt2 {
         let x = (ctx.queries_of(x, 1)? + a)?;
         let m = layers::dense(
             &l.fc_proj,
-            &self
-                .act
-                .forward(&layers::dense(&l.fc, &l.ln2.forward(&x)?)?)?,
+            &self.act.forward(&layers::dense(
+                &l.fc,
+                &l.ln2.forward(&hooks.mlp_input(layer, &x)?)?,
+            )?)?,
         )?;
         let m = hooks.mlp(layer, m)?;
         Ok((x + m)?)
@@ -237,5 +249,9 @@ impl Blocks for Gpt2 {
 
     fn unembed(&self) -> &Tensor {
         &self.wte
+    }
+
+    fn out_proj(&self, layer: usize) -> &Tensor {
+        self.layers[layer].proj.weight()
     }
 }

@@ -1,10 +1,12 @@
-//! Interventions: per-variant replacement of head outputs and MLP outputs, batched so that
-//! many variants run in one forward pass.
+//! Interventions: per-variant replacement of head outputs and MLP outputs, and per-variant
+//! ablation of edges (see `edges.rs`), batched so that many variants run in one forward pass.
 
 use candle_core::{DType, Device, Tensor};
 use circuit_sweep_common::Component;
+use circuit_sweep_common::edge::{Edge, Receiver, Sender};
 
-use super::{Captured, ModelError, ModelInfo};
+use super::edges::{EdgeState, ReceiverInput};
+use super::{Blocks, Capture, Captured, ModelError, ModelInfo};
 
 /// Replacement activations for every component: what an ablated component's output becomes.
 ///
@@ -16,6 +18,8 @@ pub struct Ablation {
     pub z: Vec<Tensor>,
     /// Per layer, `[1 | prompts, positions, d_model]`.
     pub mlp: Vec<Tensor>,
+    /// The embedding (the `embed` sender of edges), `[1 | prompts, positions, d_model]`.
+    pub embed: Tensor,
 }
 
 impl Ablation {
@@ -30,12 +34,13 @@ impl Ablation {
         let m = Tensor::zeros((1, seq_len, info.d_model), dtype, device)?;
         Ok(Ablation {
             z: vec![z; info.n_layers],
-            mlp: vec![m; info.n_layers],
+            mlp: vec![m.clone(); info.n_layers],
+            embed: m,
         })
     }
 
-    /// Replacement by captured activations (`Captured` from a pass with `z` and `mlp` captured
-    /// from layer 0): resample or denoising when the capture has one row per prompt, mean
+    /// Replacement by captured activations (`Captured` from a pass with `z`, `mlp` and `resid`
+    /// captured from layer 0): resample or denoising when the capture has one row per prompt, mean
     /// ablation after [`Ablation::mean_over_prompts`].
     pub fn from_captured(c: &Captured) -> Result<Self, ModelError> {
         let take = |v: &[Option<Tensor>], what: &str| -> Result<Vec<Tensor>, ModelError> {
@@ -48,9 +53,13 @@ impl Ablation {
                 })
                 .collect()
         };
+        let embed = c.resid.first().cloned().flatten().ok_or_else(|| {
+            ModelError::InvalidRequest("capture has no `resid` at layer 0 (the embedding)".into())
+        })?;
         Ok(Ablation {
             z: take(&c.z, "z")?,
             mlp: take(&c.mlp, "mlp")?,
+            embed,
         })
     }
 
@@ -62,18 +71,41 @@ impl Ablation {
         Ok(Ablation {
             z: mean(&self.z)?,
             mlp: mean(&self.mlp)?,
+            embed: self.embed.mean_keepdim(0)?,
         })
     }
 }
 
 /// Variants of a forward pass: in variant `v` the components `variants[v]` are replaced by
-/// their values in `values`, all others run as usual.
+/// their values in `values` and the edges `edges[v]` are ablated; all others run as usual.
 #[derive(Debug, Clone)]
 pub struct Interventions<'a> {
     /// Replacement activations.
     pub values: &'a Ablation,
     /// Components replaced in each variant (an empty set is the unablated model).
     pub variants: Vec<Vec<Component>>,
+    /// Edges ablated in each variant: empty, or one set per variant.
+    pub edges: Vec<Vec<Edge>>,
+    /// Receivers whose input is replaced by the given residual stream (`[1 | prompts,
+    /// positions, d_model]`) in every variant: path patching by hand, and the reference path
+    /// of tests.
+    pub inputs: Vec<(Receiver, Tensor)>,
+    /// The unpatched run's activations (as from [`Ablation::from_captured`]): what senders
+    /// below a cached start layer wrote. Needed when edges start below the start layer.
+    pub cached: Option<&'a Ablation>,
+}
+
+impl<'a> Interventions<'a> {
+    /// Node replacements only.
+    pub fn nodes(values: &'a Ablation, variants: Vec<Vec<Component>>) -> Self {
+        Interventions {
+            values,
+            variants,
+            edges: vec![],
+            inputs: vec![],
+            cached: None,
+        }
+    }
 }
 
 /// Hook points a block calls; the driver implements them.
@@ -82,6 +114,10 @@ pub(crate) trait LayerHooks {
     fn z(&mut self, layer: usize, z: Tensor) -> Result<Tensor, ModelError>;
     /// MLP output `[B, T, d_model]` of `layer`; returns what is added to the residual stream.
     fn mlp(&mut self, layer: usize, m: Tensor) -> Result<Tensor, ModelError>;
+    /// The attention receivers of `layer` whose input differs from the block input `x`.
+    fn attn_inputs(&mut self, layer: usize, x: &Tensor) -> Result<Vec<ReceiverInput>, ModelError>;
+    /// The input of the MLP of `layer`, given the residual stream `x` it would read.
+    fn mlp_input(&mut self, layer: usize, x: &Tensor) -> Result<Tensor, ModelError>;
 }
 
 /// Per-layer masks built from the variants: `keep` is 1 where the model's own activation is
@@ -97,19 +133,22 @@ pub(crate) struct RunHooks<'a> {
     values: Option<&'a Ablation>,
     z_masks: Vec<Option<LayerMask>>,
     mlp_masks: Vec<Option<LayerMask>>,
-    capture_z: bool,
-    capture_mlp: bool,
+    edges: Option<EdgeState<'a>>,
+    capture: Capture,
     pub(crate) captured: Captured,
 }
 
 impl<'a> RunHooks<'a> {
-    /// Builds masks for `interventions` on a model of shape `info`, starting at `start_layer`.
+    /// Builds masks for `interventions` on a model of shape `info`, starting at `start_layer`
+    /// with `prompts` sequences of `seq_len` positions.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         info: &ModelInfo,
+        blocks: &'a dyn Blocks,
         interventions: Option<&Interventions<'a>>,
         start_layer: usize,
-        capture_z: bool,
-        capture_mlp: bool,
+        (prompts, seq_len): (usize, usize),
+        capture: Capture,
         dtype: DType,
         device: &Device,
     ) -> Result<Self, ModelError> {
@@ -172,19 +211,73 @@ impl<'a> RunHooks<'a> {
                 (v, Some(iv.values))
             }
         };
+        let edges = match interventions {
+            Some(iv) if !iv.edges.is_empty() || !iv.inputs.is_empty() => {
+                if !iv.edges.is_empty() && iv.edges.len() != n_variants {
+                    return Err(ModelError::InvalidRequest(format!(
+                        "{} edge sets for {n_variants} variants",
+                        iv.edges.len()
+                    )));
+                }
+                let none = vec![vec![]; n_variants];
+                let sets = if iv.edges.is_empty() {
+                    &none
+                } else {
+                    &iv.edges
+                };
+                Some(EdgeState::new(
+                    info,
+                    blocks,
+                    iv.values,
+                    sets,
+                    &iv.inputs,
+                    iv.cached,
+                    start_layer,
+                    prompts,
+                    seq_len,
+                    device,
+                )?)
+            }
+            _ => None,
+        };
         Ok(RunHooks {
             n_variants,
             values,
             z_masks,
             mlp_masks,
-            capture_z,
-            capture_mlp,
+            edges,
+            capture,
             captured: Captured {
                 resid: vec![None; n_layers],
                 z: vec![None; n_layers],
                 mlp: vec![None; n_layers],
+                mid: vec![None; n_layers],
+                last: None,
             },
         })
+    }
+
+    /// Records the embedding written in this pass (a pass from the tokens).
+    pub(crate) fn embedded(&mut self, x: &Tensor) -> Result<(), ModelError> {
+        match &mut self.edges {
+            Some(e) => e.written(Sender::Embed, x),
+            None => Ok(()),
+        }
+    }
+
+    /// What the final norm reads, given the final block's output.
+    pub(crate) fn logits_input(
+        &mut self,
+        n_layers: usize,
+        x: Tensor,
+    ) -> Result<Tensor, ModelError> {
+        if self.capture.mid {
+            self.captured.last = Some(x.clone());
+        }
+        match &self.edges {
+            Some(e) => e.stream_input(n_layers, &x),
+            None => Ok(x),
+        }
     }
 
     /// Number of variants (rows of the batch are `variants * prompts`).
@@ -253,8 +346,11 @@ impl LayerHooks for RunHooks<'_> {
             (Some(mask), Some(values)) => self.apply(z, mask, &values.z[layer])?,
             _ => z,
         };
-        if self.capture_z {
+        if self.capture.z {
             self.captured.z[layer] = Some(z.clone());
+        }
+        if let Some(e) = &mut self.edges {
+            e.written_heads(layer, &z)?;
         }
         Ok(z)
     }
@@ -264,9 +360,29 @@ impl LayerHooks for RunHooks<'_> {
             (Some(mask), Some(values)) => self.apply(m, mask, &values.mlp[layer])?,
             _ => m,
         };
-        if self.capture_mlp {
+        if self.capture.mlp {
             self.captured.mlp[layer] = Some(m.clone());
         }
+        if let Some(e) = &mut self.edges {
+            e.written(Sender::Node(Component::Mlp { layer }), &m)?;
+        }
         Ok(m)
+    }
+
+    fn attn_inputs(&mut self, layer: usize, x: &Tensor) -> Result<Vec<ReceiverInput>, ModelError> {
+        match &self.edges {
+            Some(e) => e.attn_inputs(layer, x),
+            None => Ok(vec![]),
+        }
+    }
+
+    fn mlp_input(&mut self, layer: usize, x: &Tensor) -> Result<Tensor, ModelError> {
+        if self.capture.mid {
+            self.captured.mid[layer] = Some(x.clone());
+        }
+        match &self.edges {
+            Some(e) => e.stream_input(layer, x),
+            None => Ok(x.clone()),
+        }
     }
 }

@@ -315,3 +315,16 @@ pub(crate) fn dense(l: &Linear, x: &Tensor) -> candle_core::Result<Tensor> {
     use candle_core::Module;
     by_rows(x, |r| l.forward(r))
 }
+
+/// Columns `start..start + len` of a linear layer on `x` (one head's slice of a fused
+/// projection), rows independent of the batch like [`dense`].
+pub(crate) fn dense_cols(
+    l: &Linear,
+    x: &Tensor,
+    start: usize,
+    len: usize,
+) -> candle_core::Result<Tensor> {
+    let w = l.weight().narrow(0, start, len)?;
+    let b = l.bias().map(|b| b.narrow(0, start, len)).transpose()?;
+    dense(&Linear::new(w, b), x)
+}

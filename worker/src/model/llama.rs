@@ -6,6 +6,9 @@ use std::path::Path;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, RmsNorm};
 
+use circuit_sweep_common::edge::Qkv;
+
+use super::edges;
 use super::hooks::LayerHooks;
 use super::layers::{self, Activation, Rotary, SeqCtx};
 use super::{Architecture, Blocks, ModelError, ModelInfo};
@@ -315,6 +318,7 @@ impl Llama {
             context_length: cfg.max_position_embeddings,
             rope_theta: Some(cfg.theta()),
             tied_embeddings: tied,
+            parallel_residual: false,
             parameters: w.loaded_elements(),
             dtype,
         };
@@ -354,6 +358,13 @@ impl Blocks for Llama {
         let (b, t, _) = x.dims3()?;
         let (h, kv, dh) = (self.n_heads, self.n_kv, self.d_head);
         let qkv = layers::dense(&l.qkv, &l.ln1.forward(x)?)?;
+        let col = |w: Qkv, i: usize| match w {
+            Qkv::Q => i * dh,
+            Qkv::K => (h + i) * dh,
+            Qkv::V => (h + kv + i) * dh,
+        };
+        let rx = hooks.attn_inputs(layer, x)?;
+        let qkv = edges::patch_qkv(qkv, &rx, dh, col, &l.qkv, |t| l.ln1.forward(t))?;
         let heads = |start: usize, n: usize| -> candle_core::Result<Tensor> {
             qkv.narrow(2, start * dh, n * dh)?
                 .reshape((b, t, n, dh))?
@@ -371,7 +382,7 @@ impl Blocks for Llama {
         let tq = ctx.queries;
         let a = layers::dense(&l.o, &z.reshape((b, tq, h * dh))?)?;
         let x = (ctx.queries_of(x, 1)? + a)?;
-        let hx = l.ln2.forward(&x)?;
+        let hx = l.ln2.forward(&hooks.mlp_input(layer, &x)?)?;
         let gate_up = layers::dense(&l.gate_up, &hx)?;
         let f = gate_up.dim(2)? / 2;
         let gated = (self.act.forward(&gate_up.narrow(2, 0, f)?)? * gate_up.narrow(2, f, f)?)?;
@@ -386,5 +397,9 @@ impl Blocks for Llama {
 
     fn unembed(&self) -> &Tensor {
         &self.lm_head
+    }
+
+    fn out_proj(&self, layer: usize) -> &Tensor {
+        self.layers[layer].o.weight()
     }
 }

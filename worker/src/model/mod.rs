@@ -3,6 +3,7 @@
 //! residual stream, and compute only the logits a metric needs.
 
 mod driver;
+mod edges;
 mod gpt2;
 mod hooks;
 mod layers;
@@ -80,11 +81,25 @@ pub struct ModelInfo {
     pub rope_theta: Option<f64>,
     /// Whether the unembedding is the token embedding.
     pub tied_embeddings: bool,
+    /// Attention and MLP read the same residual stream (GPT-NeoX's parallel residual).
+    pub parallel_residual: bool,
     /// Parameter count (tied matrices counted once).
     pub parameters: u64,
     /// Dtype the weights are held in.
     #[serde(serialize_with = "serialize_dtype")]
     pub dtype: DType,
+}
+
+impl ModelInfo {
+    /// The shape of the model's edge graph.
+    pub fn graph_shape(&self) -> circuit_sweep_common::edge::GraphShape {
+        circuit_sweep_common::edge::GraphShape {
+            n_layers: self.n_layers,
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            parallel: self.parallel_residual,
+        }
+    }
 }
 
 fn serialize_dtype<S: serde::Serializer>(d: &DType, s: S) -> Result<S::Ok, S::Error> {
@@ -129,6 +144,9 @@ pub struct Capture {
     pub z: bool,
     /// MLP outputs, `[rows, pos, d_model]` per layer.
     pub mlp: bool,
+    /// The MLP's input residual stream per layer (after the layer's attention, except with a
+    /// parallel residual) and the final block's output.
+    pub mid: bool,
 }
 
 impl Capture {
@@ -138,6 +156,7 @@ impl Capture {
             resid: true,
             z: true,
             mlp: true,
+            mid: true,
         }
     }
 }
@@ -151,6 +170,10 @@ pub struct Captured {
     pub z: Vec<Option<Tensor>>,
     /// MLP outputs, after any intervention.
     pub mlp: Vec<Option<Tensor>>,
+    /// The residual stream the MLP reads, per layer (before edge interventions).
+    pub mid: Vec<Option<Tensor>>,
+    /// The final block's output (what the final norm reads).
+    pub last: Option<Tensor>,
 }
 
 /// One forward pass: where it starts, what it replaces, what it returns.
@@ -195,6 +218,20 @@ pub(crate) trait Blocks: Send + Sync {
     fn final_norm(&self, x: &Tensor) -> candle_core::Result<Tensor>;
     /// Unembedding matrix `[vocab, d_model]`.
     fn unembed(&self) -> &Tensor;
+    /// The output projection's weight `[d_model, n_heads * d_head]` of `layer` (bias excluded).
+    fn out_proj(&self, layer: usize) -> &Tensor;
+
+    /// What head `head` of `layer` writes into the residual stream for head outputs `z`
+    /// (`[rows, T, d_head]` to `[rows, T, d_model]`), bias excluded.
+    fn head_out(&self, layer: usize, head: usize, z: &Tensor) -> candle_core::Result<Tensor> {
+        let dh = z.dim(2)?;
+        let w = self
+            .out_proj(layer)
+            .narrow(1, head * dh, dh)?
+            .t()?
+            .contiguous()?;
+        layers::by_rows(z, |r| r.matmul(&w))
+    }
 }
 
 /// A loaded model with hook points, on one device in one dtype. Cloning shares the weights.
@@ -230,6 +267,23 @@ impl HookedModel {
     /// The device the weights live on.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// What head `head` of `layer` writes into the residual stream for head outputs `z`
+    /// (`[rows, T, d_head]` to `[rows, T, d_model]`; its slice of the output projection, bias
+    /// excluded).
+    pub fn head_out(&self, layer: usize, head: usize, z: &Tensor) -> Result<Tensor, ModelError> {
+        let i = &self.info;
+        if layer >= i.n_layers || head >= i.n_heads || z.rank() != 3 || z.dim(2)? != i.d_head {
+            return Err(ModelError::InvalidRequest(format!(
+                "head_out of h{layer}.{head} on {:?}: the model has {} layers of {} heads of width {}",
+                z.dims(),
+                i.n_layers,
+                i.n_heads,
+                i.d_head
+            )));
+        }
+        Ok(self.blocks.head_out(layer, head, &z.to_dtype(i.dtype)?)?)
     }
 
     /// Token ids (one row per prompt, all the same length) as a `[prompts, positions]` tensor.

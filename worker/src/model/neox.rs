@@ -6,6 +6,9 @@ use std::path::Path;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{LayerNorm, Linear};
 
+use circuit_sweep_common::edge::Qkv;
+
+use super::edges;
 use super::hooks::LayerHooks;
 use super::layers::{self, Activation, Rotary, SeqCtx};
 use super::{Architecture, Blocks, ModelError, ModelInfo};
@@ -227,6 +230,7 @@ impl Neox {
             context_length: cfg.max_position_embeddings,
             rope_theta: Some(cfg.theta()),
             tied_embeddings: cfg.tie_word_embeddings,
+            parallel_residual: cfg.use_parallel_residual,
             parameters: w.loaded_elements(),
             dtype,
         };
@@ -266,7 +270,18 @@ impl Blocks for Neox {
         let h = self.n_heads;
         let dh = d / h;
         // query_key_value is laid out per head: [h, (q | k | v), dh].
-        let qkv = layers::dense(&l.qkv, &l.ln1.forward(x)?)?.reshape((b, t, h, 3 * dh))?;
+        let qkv = layers::dense(&l.qkv, &l.ln1.forward(x)?)?;
+        let col = |w: Qkv, i: usize| {
+            i * 3 * dh
+                + match w {
+                    Qkv::Q => 0,
+                    Qkv::K => dh,
+                    Qkv::V => 2 * dh,
+                }
+        };
+        let rx = hooks.attn_inputs(layer, x)?;
+        let qkv = edges::patch_qkv(qkv, &rx, dh, col, &l.qkv, |t| l.ln1.forward(t))?;
+        let qkv = qkv.reshape((b, t, h, 3 * dh))?;
         let part = |i: usize| -> candle_core::Result<Tensor> {
             qkv.narrow(3, i * dh, dh)?.transpose(1, 2)
         };
@@ -285,9 +300,10 @@ impl Blocks for Neox {
         let mlp_in = if self.parallel { x.clone() } else { (x + &a)? };
         let m = layers::dense(
             &l.down,
-            &self
-                .act
-                .forward(&layers::dense(&l.up, &l.ln2.forward(&mlp_in)?)?)?,
+            &self.act.forward(&layers::dense(
+                &l.up,
+                &l.ln2.forward(&hooks.mlp_input(layer, &mlp_in)?)?,
+            )?)?,
         )?;
         let m = hooks.mlp(layer, m)?;
         Ok(if self.parallel {
@@ -303,5 +319,9 @@ impl Blocks for Neox {
 
     fn unembed(&self) -> &Tensor {
         &self.unembed
+    }
+
+    fn out_proj(&self, layer: usize) -> &Tensor {
+        self.layers[layer].dense.weight()
     }
 }

@@ -72,3 +72,18 @@ pub fn default_model() -> LoadedModel {
     load_model(&path, &LoadOptions::default())
         .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
 }
+
+/// Prompt pairs for the random-weight fixtures: random ids, corrupt = clean shifted.
+pub fn fixture_prompts(name: &str) -> circuit_sweep_worker::PromptSet {
+    let clean = id_rows(&expected(name)["input_ids"]);
+    let corrupt: Vec<Vec<u32>> = clean
+        .iter()
+        .map(|r| r.iter().map(|&t| (t * 5 + 11) % 96).collect())
+        .collect();
+    circuit_sweep_worker::PromptSet {
+        answer: vec![3, 50, 77],
+        wrong: vec![8, 9, 77 - 1],
+        clean,
+        corrupt,
+    }
+}
