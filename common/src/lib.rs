@@ -3,10 +3,13 @@
 //! algorithms and result writers. Nothing here depends on candle or a server.
 
 pub mod check;
+pub mod circuit;
 pub mod component;
 pub mod data_spec;
 pub mod dataset;
 pub mod edge;
+pub mod edge_prune;
+pub mod greedy;
 pub mod metric;
 pub mod orders;
 pub mod prune;

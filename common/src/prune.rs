@@ -1,16 +1,12 @@
-//! Greedy iterative pruning (the paper's search) as a state machine: it proposes candidate
-//! circuits, an evaluator scores them (in batches), and it records a decision per candidate.
-//!
-//! A pass visits the components still in the circuit in its order; a candidate `c` is scored
-//! with every component outside `C \ {c}` ablated, and removed at once when the score stays
-//! above the threshold. Passes repeat until one removes nothing. To batch, the machine may
-//! propose the next `k` candidates of a pass at once, assuming none is removed: the decisions
-//! are then taken in order and the proposals after the first removal are discarded (they were
-//! scored against a circuit that no longer exists), so the result equals one-at-a-time pruning.
+//! Greedy iterative pruning of nodes (the paper's search) as a state machine: it proposes
+//! candidate circuits, an evaluator scores them (in batches), and it records a decision per
+//! candidate. The search itself is [`crate::greedy::Greedy`]; this file maps components to its
+//! items and gives the paper's pass orders.
 
 use serde::{Deserialize, Serialize};
 
 use crate::component::Component;
+use crate::greedy::Greedy;
 use crate::spec::Schedule;
 
 /// The order of one pass.
@@ -75,17 +71,8 @@ pub struct PruneResult {
 pub struct Pruner {
     n_layers: usize,
     n_heads: usize,
-    order: PassOrder,
-    threshold: f64,
-    /// In the circuit, by component index (`layer * (n_heads + 1) + head`, MLP last).
-    kept: Vec<bool>,
-    pass: usize,
-    /// Position in the current pass's order.
-    pos: usize,
-    removed_this_pass: bool,
-    score: f64,
-    decisions: Vec<Decision>,
-    done: bool,
+    /// Over components numbered as in [`Component::all`].
+    greedy: Greedy,
 }
 
 impl Pruner {
@@ -99,141 +86,89 @@ impl Pruner {
         start: Option<&[Component]>,
         start_score: f64,
     ) -> Self {
+        let index = |c: &Component| match *c {
+            Component::Head { layer, head } => layer * (n_heads + 1) + head,
+            Component::Mlp { layer } => layer * (n_heads + 1) + n_heads,
+        };
+        let numbered = |cs: Vec<Component>| -> Vec<usize> { cs.iter().map(index).collect() };
+        let orders = match order {
+            PassOrder::Fixed(o) => vec![numbered(o)],
+            PassOrder::Schedule(Schedule::Backward) => vec![numbered(backward(n_layers, n_heads))],
+            PassOrder::Schedule(Schedule::Forward) => vec![numbered(forward(n_layers, n_heads))],
+            PassOrder::Schedule(Schedule::Paper) => vec![
+                numbered(backward(n_layers, n_heads)),
+                numbered(forward(n_layers, n_heads)),
+            ],
+        };
         let mut kept = vec![start.is_none(); n_layers * (n_heads + 1)];
-        let mut p = Pruner {
+        for c in start.unwrap_or(&[]) {
+            kept[index(c)] = true;
+        }
+        Pruner {
             n_layers,
             n_heads,
-            order,
-            threshold,
-            kept: vec![],
-            pass: 0,
-            pos: 0,
-            removed_this_pass: false,
-            score: start_score,
-            decisions: vec![],
-            done: false,
-        };
-        if let Some(s) = start {
-            for c in s {
-                kept[p.index(c)] = true;
-            }
-        }
-        p.kept = kept;
-        p
-    }
-
-    fn index(&self, c: &Component) -> usize {
-        match *c {
-            Component::Head { layer, head } => layer * (self.n_heads + 1) + head,
-            Component::Mlp { layer } => layer * (self.n_heads + 1) + self.n_heads,
+            greedy: Greedy::new(orders, threshold, kept, start_score),
         }
     }
 
-    fn pass_order(&self) -> Vec<Component> {
-        match &self.order {
-            PassOrder::Fixed(o) => o.clone(),
-            PassOrder::Schedule(Schedule::Backward) => backward(self.n_layers, self.n_heads),
-            PassOrder::Schedule(Schedule::Forward) => forward(self.n_layers, self.n_heads),
-            PassOrder::Schedule(Schedule::Paper) if self.pass.is_multiple_of(2) => {
-                backward(self.n_layers, self.n_heads)
-            }
-            PassOrder::Schedule(Schedule::Paper) => forward(self.n_layers, self.n_heads),
+    fn component(&self, i: usize) -> Component {
+        let (layer, k) = (i / (self.n_heads + 1), i % (self.n_heads + 1));
+        if k == self.n_heads {
+            Component::Mlp { layer }
+        } else {
+            Component::Head { layer, head: k }
         }
+    }
+
+    fn components(&self, items: &[usize]) -> Vec<Component> {
+        items.iter().map(|&i| self.component(i)).collect()
     }
 
     /// Whether the run is over.
     pub fn is_done(&self) -> bool {
-        self.done
+        self.greedy.is_done()
     }
 
     /// Whether the last recorded decision removed its component.
     pub fn last_removed(&self) -> bool {
-        self.decisions.last().is_some_and(|d| d.removed)
+        self.greedy.last_removed()
     }
 
     /// Components in the circuit now.
     pub fn circuit(&self) -> Vec<Component> {
-        Component::all(self.n_layers, self.n_heads)
-            .into_iter()
-            .filter(|c| self.kept[self.index(c)])
-            .collect()
-    }
-
-    /// The ablated set of the circuit without `c` (everything outside it, and `c`).
-    fn ablated_without(&self, c: &Component) -> Vec<Component> {
-        Component::all(self.n_layers, self.n_heads)
-            .into_iter()
-            .filter(|x| x == c || !self.kept[self.index(x)])
-            .collect()
-    }
-
-    /// Moves to the next candidate still in the circuit, starting new passes as needed; ends
-    /// the run after a pass that removed nothing.
-    fn advance(&mut self) -> Option<(usize, Component)> {
-        loop {
-            if self.done {
-                return None;
-            }
-            let order = self.pass_order();
-            while self.pos < order.len() {
-                let c = order[self.pos];
-                if self.kept[self.index(&c)] {
-                    return Some((self.pos, c));
-                }
-                self.pos += 1;
-            }
-            if !self.removed_this_pass {
-                self.done = true;
-                return None;
-            }
-            self.pass += 1;
-            self.pos = 0;
-            self.removed_this_pass = false;
-        }
+        let kept: Vec<usize> = (0..self.n_layers * (self.n_heads + 1))
+            .filter(|&i| self.greedy.kept()[i])
+            .collect();
+        self.components(&kept)
     }
 
     /// Up to `k` next candidates of the current pass (assuming none is removed), each as the
     /// component and the set of components ablated to score it.
     pub fn propose(&mut self, k: usize) -> Vec<(Component, Vec<Component>)> {
-        let Some((start, _)) = self.advance() else {
-            return vec![];
-        };
-        let order = self.pass_order();
-        order[start..]
-            .iter()
-            .filter(|c| self.kept[self.index(c)])
-            .take(k.max(1))
-            .map(|c| (*c, self.ablated_without(c)))
+        self.greedy
+            .propose(k)
+            .into_iter()
+            .map(|c| {
+                (
+                    self.component(c),
+                    self.components(&self.greedy.ablated_without(c)),
+                )
+            })
             .collect()
     }
 
     /// Takes the scores of proposed candidates in order; stops after the first removal.
     /// Returns how many scores were used (the rest must be proposed again).
     pub fn record(&mut self, proposed: &[(Component, Vec<Component>)], scores: &[f64]) -> usize {
-        let mut used = 0;
-        for ((c, _), &s) in proposed.iter().zip(scores) {
-            let Some((pos, next)) = self.advance() else {
-                break;
-            };
-            assert_eq!(next, *c, "scores must follow the proposal order");
-            let removed = s > self.threshold;
-            self.decisions.push(Decision {
-                component: c.to_string(),
-                score: s,
-                removed,
-                pass: self.pass,
-            });
-            self.pos = pos + 1;
-            used += 1;
-            if removed {
-                let i = self.index(c);
-                self.kept[i] = false;
-                self.removed_this_pass = true;
-                self.score = s;
-                break;
-            }
-        }
-        used
+        let n = self.n_heads + 1;
+        let items: Vec<usize> = proposed
+            .iter()
+            .map(|(c, _)| match *c {
+                Component::Head { layer, head } => layer * n + head,
+                Component::Mlp { layer } => layer * n + self.n_heads,
+            })
+            .collect();
+        self.greedy.record(&items, scores)
     }
 
     /// The final result (call when [`Pruner::is_done`]).
@@ -247,13 +182,23 @@ impl Pruner {
                 .collect()
         };
         PruneResult {
-            threshold: self.threshold,
+            threshold: self.greedy.threshold(),
             heads: names(true),
             mlps: names(false),
-            score: self.score,
-            evaluations: self.decisions.len(),
-            passes: self.pass + 1,
-            decisions: self.decisions.clone(),
+            score: self.greedy.score(),
+            evaluations: self.greedy.steps().len(),
+            passes: self.greedy.passes(),
+            decisions: self
+                .greedy
+                .steps()
+                .iter()
+                .map(|s| Decision {
+                    component: self.component(s.item).to_string(),
+                    score: s.score,
+                    removed: s.removed,
+                    pass: s.pass,
+                })
+                .collect(),
         }
     }
 }

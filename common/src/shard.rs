@@ -31,6 +31,15 @@ pub enum ShardTask {
         /// The orders.
         orders: Vec<Vec<Component>>,
     },
+    /// Edges `first..first + count` of the job's edge graph, each ablated alone.
+    Edges {
+        /// First edge (in graph order).
+        first: usize,
+        /// Number of edges.
+        count: usize,
+    },
+    /// The whole edge pruning run: one shard.
+    EdgePrune,
 }
 
 impl ShardTask {
@@ -47,6 +56,8 @@ impl ShardTask {
             ShardTask::Orders { first, orders } => {
                 format!("orders {first}..{}", first + orders.len())
             }
+            ShardTask::Edges { first, count } => format!("edges {first}..{}", first + count),
+            ShardTask::EdgePrune => "edge prune".into(),
         }
     }
 }
@@ -62,6 +73,15 @@ pub struct JobMeta {
     pub n_layers: usize,
     /// Heads per layer.
     pub n_heads: usize,
+    /// Key/value heads per layer.
+    #[serde(default)]
+    pub n_kv_heads: usize,
+    /// Attention and MLP read the same residual stream (GPT-NeoX).
+    #[serde(default)]
+    pub parallel_residual: bool,
+    /// Score of the node circuit an edge sweep is restricted to (% of the full model).
+    #[serde(default)]
+    pub circuit_score: Option<f64>,
     /// `{"sha256", "prompts", "tokens", "bos"}` of the checked dataset.
     pub dataset: serde_json::Value,
     /// The checked prompt pairs as JSONL.
@@ -80,9 +100,36 @@ pub fn layers_per_shard(n_layers: usize) -> usize {
 /// Orders per order-study shard (fixed, so the plan never depends on the number of workers).
 pub const ORDERS_PER_SHARD: usize = 4;
 
+/// Edges per edge shard: about 64 shards per sweep, at least 64 edges each.
+pub fn edges_per_shard(n_edges: usize) -> usize {
+    n_edges.div_ceil(64).max(64)
+}
+
+impl JobMeta {
+    /// The shape of the model's edge graph.
+    pub fn graph_shape(&self) -> crate::edge::GraphShape {
+        crate::edge::GraphShape {
+            n_layers: self.n_layers,
+            n_heads: self.n_heads,
+            n_kv_heads: if self.n_kv_heads == 0 {
+                self.n_heads
+            } else {
+                self.n_kv_heads
+            },
+            parallel: self.parallel_residual,
+        }
+    }
+}
+
 /// The sweep's shards after `prepare`: node shards of whole layers (a prune job gets them too,
-/// for its heatmap), one pruning shard, or groups of orders.
-pub fn plan(kind: SweepKind, n_layers: usize, orders: Option<&[Vec<Component>]>) -> Vec<ShardTask> {
+/// for its heatmap), one pruning shard, groups of orders, or ranges of the `n_edges` edges of
+/// the graph (an edge pruning job gets them too, for the widths of its drawing).
+pub fn plan(
+    kind: SweepKind,
+    n_layers: usize,
+    orders: Option<&[Vec<Component>]>,
+    n_edges: usize,
+) -> Vec<ShardTask> {
     let mut shards = vec![];
     if matches!(kind, SweepKind::Nodes | SweepKind::Prune) {
         let per = layers_per_shard(n_layers);
@@ -93,8 +140,18 @@ pub fn plan(kind: SweepKind, n_layers: usize, orders: Option<&[Vec<Component>]>)
             });
         }
     }
+    if kind.is_edges() {
+        let per = edges_per_shard(n_edges);
+        for first in (0..n_edges).step_by(per) {
+            shards.push(ShardTask::Edges {
+                first,
+                count: per.min(n_edges - first),
+            });
+        }
+    }
     match kind {
-        SweepKind::Nodes => {}
+        SweepKind::Nodes | SweepKind::Edges => {}
+        SweepKind::EdgePrune => shards.push(ShardTask::EdgePrune),
         SweepKind::Prune => shards.push(ShardTask::Prune),
         SweepKind::Orders => {
             for (i, group) in orders.unwrap_or(&[]).chunks(ORDERS_PER_SHARD).enumerate() {
@@ -129,7 +186,7 @@ mod tests {
     #[test]
     fn node_shards_cover_every_layer_once() {
         for n in [1, 2, 12, 30, 32, 80] {
-            let shards = plan(SweepKind::Nodes, n, None);
+            let shards = plan(SweepKind::Nodes, n, None, 0);
             let mut seen: Vec<usize> = vec![];
             for s in &shards {
                 let ShardTask::Nodes { layers } = s else {
@@ -144,15 +201,34 @@ mod tests {
 
     #[test]
     fn prune_is_one_shard_after_the_node_shards() {
-        let shards = plan(SweepKind::Prune, 30, None);
+        let shards = plan(SweepKind::Prune, 30, None, 0);
         assert_eq!(shards.last(), Some(&ShardTask::Prune));
         assert_eq!(shards.iter().filter(|s| **s == ShardTask::Prune).count(), 1);
     }
 
     #[test]
+    fn edge_shards_cover_every_edge_once() {
+        for n in [1, 63, 64, 65, 1000, 32_000] {
+            let shards = plan(SweepKind::EdgePrune, 12, None, n);
+            assert_eq!(shards.last(), Some(&ShardTask::EdgePrune));
+            let mut next = 0;
+            for s in &shards[..shards.len() - 1] {
+                let ShardTask::Edges { first, count } = *s else {
+                    panic!("{s:?}")
+                };
+                assert_eq!(first, next);
+                assert!(count > 0);
+                next += count;
+            }
+            assert_eq!(next, n);
+            assert!(shards.len() <= 65, "{n}: {}", shards.len());
+        }
+    }
+
+    #[test]
     fn orders_are_grouped_in_order() {
         let orders = crate::orders::random_orders(2, 2, 10, 7);
-        let shards = plan(SweepKind::Orders, 2, Some(&orders));
+        let shards = plan(SweepKind::Orders, 2, Some(&orders), 0);
         assert_eq!(shards.len(), 3);
         let mut back = vec![];
         for s in &shards {

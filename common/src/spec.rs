@@ -137,6 +137,17 @@ pub enum SweepKind {
     Prune,
     /// Pruning over many orders.
     Orders,
+    /// Every edge ablated alone (path patching).
+    Edges,
+    /// Greedy pruning over edges.
+    EdgePrune,
+}
+
+impl SweepKind {
+    /// Whether the sweep is over edges.
+    pub fn is_edges(self) -> bool {
+        matches!(self, SweepKind::Edges | SweepKind::EdgePrune)
+    }
 }
 
 /// Pass orders of pruning.
@@ -173,6 +184,12 @@ pub struct SweepKindSpec {
     pub seed: u64,
     /// Order study: explicit orders (a JSON list of lists of component names).
     pub orders_file: Option<PathBuf>,
+    /// Edge sweeps: restrict the graph to this node circuit (component names); every node
+    /// outside it stays ablated.
+    pub circuit: Option<Vec<crate::Component>>,
+    /// Edge sweeps: the node circuit from a file: a JSON list of component names, or a
+    /// `result.json` of a pruning run (its last circuit).
+    pub circuit_file: Option<PathBuf>,
 }
 
 /// `[run]`: how the work is executed (never changes the numbers).
@@ -247,6 +264,18 @@ impl SweepSpec {
             source,
         })?;
         Self::parse(&text, path)
+    }
+
+    /// The files the spec names (dataset, orders, circuit): they travel with a submission.
+    pub fn input_files(&self) -> Vec<&PathBuf> {
+        [
+            self.data.file.as_ref(),
+            self.sweep.orders_file.as_ref(),
+            self.sweep.circuit_file.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
     /// The threshold of a single pruning run (default 80).
@@ -329,13 +358,47 @@ impl SweepSpec {
                 "only applies to kind = \"orders\"".into(),
             ));
         }
-        if self.sweep.kind == SweepKind::Nodes
+        if matches!(self.sweep.kind, SweepKind::Nodes | SweepKind::Edges)
             && (self.sweep.threshold.is_some() || self.sweep.thresholds.is_some())
         {
             return Err(bad(
                 "sweep",
                 "threshold",
-                "does not apply to kind = \"nodes\"".into(),
+                "does not apply to a sweep without pruning (kind = \"nodes\" or \"edges\")".into(),
+            ));
+        }
+        if self.sweep.kind == SweepKind::EdgePrune && self.sweep.thresholds.is_some() {
+            return Err(bad(
+                "sweep",
+                "thresholds",
+                "nested thresholds apply to kind = \"prune\"; edge pruning takes `threshold`"
+                    .into(),
+            ));
+        }
+        if !self.sweep.kind.is_edges()
+            && (self.sweep.circuit.is_some() || self.sweep.circuit_file.is_some())
+        {
+            return Err(bad(
+                "sweep",
+                "circuit",
+                "only applies to edge sweeps (kind = \"edges\" or \"edge_prune\")".into(),
+            ));
+        }
+        if self.sweep.circuit.is_some() && self.sweep.circuit_file.is_some() {
+            return Err(bad(
+                "sweep",
+                "circuit",
+                "give `circuit` or `circuit_file`, not both".into(),
+            ));
+        }
+        if self.sweep.circuit.as_ref().is_some_and(Vec::is_empty) {
+            return Err(bad("sweep", "circuit", "is empty".into()));
+        }
+        if self.sweep.kind.is_edges() && self.ablation.direction == Direction::Denoising {
+            return Err(bad(
+                "ablation",
+                "direction",
+                "edge sweeps are implemented for noising".into(),
             ));
         }
         if self.ablation.direction == Direction::Denoising
@@ -409,7 +472,20 @@ mod tests {
                 "[sweep]\nkind = \"prune\"\nthresholds = [80, 90]",
                 "[sweep] thresholds: must not increase",
             ),
-            ("[sweep]\nkind = \"edges\"", "kind"),
+            ("[sweep]\nkind = \"paths\"", "kind"),
+            (
+                "[sweep]\nkind = \"nodes\"\ncircuit = [\"h0.1\"]",
+                "[sweep] circuit: only applies",
+            ),
+            ("[sweep]\nkind = \"edges\"\ncircuit = [\"h0.x\"]", "h0.x"),
+            (
+                "[sweep]\nkind = \"edges\"\nthreshold = 80",
+                "[sweep] threshold",
+            ),
+            (
+                "[sweep]\nkind = \"edge_prune\"\ncircuit = [\"m1\"]\ncircuit_file = \"r.json\"",
+                "not both",
+            ),
             ("[model]\ndtype = \"f64\"", "[model] dtype"),
             ("[model]\ndevice = \"gpu\"", "[model] device"),
             (

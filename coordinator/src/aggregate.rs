@@ -4,6 +4,8 @@
 use std::path::Path;
 
 use circuit_sweep_common::Component;
+use circuit_sweep_common::edge::Edge;
+use circuit_sweep_common::edge_prune::EdgePruneResult;
 use circuit_sweep_common::orders;
 use circuit_sweep_common::prune::PruneResult;
 use circuit_sweep_common::results::{self, NodeScores, WriteError};
@@ -22,6 +24,12 @@ pub struct Collected {
     pub prune: Vec<PruneResult>,
     /// The order study's orders and runs.
     pub orders: Vec<(Vec<Component>, PruneResult)>,
+    /// Edge sweeps: the node circuit the graph is restricted to.
+    pub circuit: Option<Vec<Component>>,
+    /// Edge scores in graph order.
+    pub edges: Vec<f64>,
+    /// The edge pruning run.
+    pub edge_prune: Vec<EdgePruneResult>,
 }
 
 /// Why a results folder could not be written.
@@ -71,6 +79,129 @@ fn circuit_of(r: &PruneResult) -> Vec<Component> {
         .chain(&r.mlps)
         .map(|c| c.parse().expect("names a worker wrote and we checked"))
         .collect()
+}
+
+/// The job's edge graph.
+fn graph(c: &Collected, meta: &JobMeta) -> Vec<Edge> {
+    let shape = meta.graph_shape();
+    match &c.circuit {
+        Some(circuit) => shape.edges_within(circuit),
+        None => shape.edges(),
+    }
+}
+
+/// Writes `edges.csv` and a drawing of the most important edges; returns `result.json`'s
+/// `edges`.
+fn write_edges(
+    spec: &SweepSpec,
+    c: &Collected,
+    meta: &JobMeta,
+    name: &str,
+    out: &Path,
+) -> Result<serde_json::Value, AggregateError> {
+    let edges = graph(c, meta);
+    if edges.len() != c.edges.len() {
+        return Err(AggregateError::Incomplete(format!(
+            "{} edge scores for a graph of {} edges",
+            c.edges.len(),
+            edges.len()
+        )));
+    }
+    results::write_file(out, "edges.csv", &results::edges_csv(&edges, &c.edges))?;
+    // The drawing of a whole graph is unreadable: the 60 edges whose ablation costs most.
+    let mut order: Vec<usize> = (0..edges.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (x, y) = ((100.0 - c.edges[a]).abs(), (100.0 - c.edges[b]).abs());
+        y.total_cmp(&x).then(a.cmp(&b))
+    });
+    order.truncate(60);
+    order.sort_unstable();
+    let top: Vec<Edge> = order.iter().map(|&i| edges[i]).collect();
+    let importance: Vec<f64> = order.iter().map(|&i| (100.0 - c.edges[i]).abs()).collect();
+    let title = format!(
+        "{name}: the {} most important of {} edges ({:?} ablation)",
+        top.len(),
+        edges.len(),
+        spec.ablation.kind
+    );
+    let sub = match (&c.circuit, meta.circuit_score) {
+        (Some(circuit), Some(s)) => format!(
+            "graph restricted to a {}-node circuit scoring {s:.1}%; width: 100 - score of the edge ablated alone",
+            circuit.len()
+        ),
+        _ => "width: 100 - score of the edge ablated alone".into(),
+    };
+    write_edge_drawing(out, "edges", meta, &top, &importance, &title, &sub)?;
+    Ok(json!({
+        "names": edges.iter().map(Edge::to_string).collect::<Vec<_>>(),
+        "scores": c.edges,
+        "circuit": c.circuit,
+        "circuit_score": meta.circuit_score,
+    }))
+}
+
+/// Writes `edge-circuit.svg` and `.dot`: the kept edges, widths by their single-edge scores.
+fn write_edge_circuit(
+    c: &Collected,
+    meta: &JobMeta,
+    name: &str,
+    r: &EdgePruneResult,
+    out: &Path,
+) -> Result<(), AggregateError> {
+    let edges = graph(c, meta);
+    let kept: Vec<Edge> = r
+        .edges
+        .iter()
+        .map(|e| e.parse().expect("names the coordinator checked"))
+        .collect();
+    let importance: Vec<f64> = kept
+        .iter()
+        .map(|k| {
+            edges
+                .iter()
+                .position(|e| e == k)
+                .map_or(0.0, |i| (100.0 - c.edges[i]).abs())
+        })
+        .collect();
+    let title = format!(
+        "{name}: edge circuit at {}% ({} of {} edges, score {:.1}%)",
+        r.threshold,
+        kept.len(),
+        r.graph_edges,
+        r.score
+    );
+    let sub = format!(
+        "{} evaluations, {} passes; width: 100 - score of the edge ablated alone",
+        r.evaluations, r.passes
+    );
+    write_edge_drawing(out, "edge-circuit", meta, &kept, &importance, &title, &sub)
+}
+
+/// Writes `NAME.svg` and `NAME.dot` of some edges.
+fn write_edge_drawing(
+    out: &Path,
+    name: &str,
+    meta: &JobMeta,
+    edges: &[Edge],
+    importance: &[f64],
+    title: &str,
+    sub: &str,
+) -> Result<(), AggregateError> {
+    let shape = meta.graph_shape();
+    let group = shape.n_heads / shape.n_kv_heads.max(1);
+    let svg = results::edge_svg(
+        shape.n_layers,
+        shape.n_heads,
+        group,
+        edges,
+        importance,
+        title,
+        sub,
+    );
+    results::write_file(out, &format!("{name}.svg"), &svg)?;
+    let dot = results::edge_dot(edges, importance, group, title);
+    results::write_file(out, &format!("{name}.dot"), &dot)?;
+    Ok(())
 }
 
 /// Writes the results folder of a job into `out` and returns `result.json` (whose `timing`
@@ -149,6 +280,17 @@ pub fn write(
             } else {
                 json!(c.prune)
             };
+        }
+        SweepKind::Edges | SweepKind::EdgePrune => {
+            doc["edges"] = write_edges(spec, c, meta, &name, out)?;
+            if spec.sweep.kind == SweepKind::EdgePrune {
+                let r = c
+                    .edge_prune
+                    .first()
+                    .ok_or_else(|| AggregateError::Incomplete("no edge pruning result".into()))?;
+                write_edge_circuit(c, meta, &name, r, out)?;
+                doc["edge_prune"] = json!(r);
+            }
         }
         SweepKind::Orders => {
             let t = spec.threshold();

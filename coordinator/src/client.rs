@@ -83,10 +83,7 @@ impl Submission {
             }
         }
         let mut attachments = vec![];
-        for f in [spec.data.file.as_ref(), spec.sweep.orders_file.as_ref()]
-            .into_iter()
-            .flatten()
-        {
+        for f in spec.input_files() {
             let local = if f.is_absolute() {
                 f.clone()
             } else {

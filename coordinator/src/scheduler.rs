@@ -6,10 +6,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use circuit_sweep_common::orders;
+use circuit_sweep_common::edge_prune::EdgePruneResult;
 use circuit_sweep_common::prune::PruneResult;
 use circuit_sweep_common::shard::{self, JobMeta, NodeShard, ShardTask};
 use circuit_sweep_common::spec::{SweepKind, SweepSpec};
+use circuit_sweep_common::{Component, circuit, orders};
 use circuit_sweep_proto::tensor::{self, WireTensor};
 use circuit_sweep_proto::v1::{JobStatus, ShardLease, WorkerInfo, WorkerStatus};
 
@@ -201,10 +202,7 @@ impl Scheduler {
     ) -> Result<u64, SchedError> {
         let spec = SweepSpec::parse(spec_toml, Path::new(name))
             .map_err(|e| SchedError::BadSpec(e.to_string()))?;
-        for wanted in [spec.data.file.as_ref(), spec.sweep.orders_file.as_ref()]
-            .into_iter()
-            .flatten()
-        {
+        for wanted in spec.input_files() {
             let w = wanted.display().to_string();
             if !attachments.iter().any(|(n, _)| *n == w) {
                 return Err(SchedError::BadSpec(format!(
@@ -224,6 +222,7 @@ impl Scheduler {
             meta: None,
             shards: vec![ShardTask::Prepare],
             orders: None,
+            circuit: None,
         };
         let data: Vec<Vec<u8>> = attachments.into_iter().map(|(_, d)| d).collect();
         self.store.put_job(&rec, Some(&data))?;
@@ -696,52 +695,106 @@ impl Scheduler {
             .map_err(SchedError::from)
     }
 
-    /// After `prepare`: plan the sweep from the model's shape.
-    fn plan(&mut self, job_id: u64, tensors: &[WireTensor]) -> Result<(), SchedError> {
-        let job = self.jobs.get_mut(&job_id).expect("caller checked");
-        let meta: JobMeta = decode_json(tensors, "meta").expect("checked by check_result");
-        let orders = if job.spec.sweep.kind == SweepKind::Orders {
-            let list = match &job.spec.sweep.orders_file {
-                Some(f) => {
-                    let name = f.display().to_string();
-                    let i = job
-                        .rec
-                        .attachments
-                        .iter()
-                        .position(|n| *n == name)
-                        .expect("submit checked the attachment");
-                    let data = self
-                        .store
-                        .attachments(job_id, job.rec.attachments.len())?
-                        .swap_remove(i);
-                    let text = String::from_utf8_lossy(&data);
-                    orders::parse_orders(&text, &name, meta.n_layers, meta.n_heads)
-                }
-                None => Ok(orders::random_orders(
+    /// The text of a job's attachment `name` (submit checked that it is there).
+    fn attachment_text(&self, job_id: u64, name: &std::path::Path) -> Result<String, SchedError> {
+        let job = &self.jobs[&job_id];
+        let name = name.display().to_string();
+        let i = job
+            .rec
+            .attachments
+            .iter()
+            .position(|n| *n == name)
+            .expect("submit checked the attachment");
+        let data = self
+            .store
+            .attachments(job_id, job.rec.attachments.len())?
+            .swap_remove(i);
+        Ok(String::from_utf8_lossy(&data).into_owned())
+    }
+
+    /// The orders of an order study, the node circuit of an edge sweep and the number of edges
+    /// in its graph; an error is the job's input at fault.
+    #[allow(clippy::type_complexity)]
+    fn plan_inputs(
+        &self,
+        job_id: u64,
+        meta: &JobMeta,
+    ) -> Result<
+        Result<(Option<Vec<Vec<Component>>>, Option<Vec<Component>>, usize), String>,
+        SchedError,
+    > {
+        let spec = self.jobs[&job_id].spec.clone();
+        let orders = match (spec.sweep.kind, &spec.sweep.orders_file) {
+            (SweepKind::Orders, Some(f)) => {
+                let text = self.attachment_text(job_id, f)?;
+                match orders::parse_orders(
+                    &text,
+                    &f.display().to_string(),
                     meta.n_layers,
                     meta.n_heads,
-                    job.spec.sweep.orders.unwrap_or(100),
-                    job.spec.sweep.seed,
-                )),
-            };
-            match list {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    job.rec.state = JobState::Failed;
-                    job.rec.error = Some(e.clone());
-                    job.rec.meta = Some(meta);
-                    self.store.put_job(&job.rec, None)?;
-                    tracing::error!("job {job_id} failed: {e}");
-                    return Ok(());
+                ) {
+                    Ok(o) => Some(o),
+                    Err(e) => return Ok(Err(e)),
                 }
             }
-        } else {
-            None
+            (SweepKind::Orders, None) => Some(orders::random_orders(
+                meta.n_layers,
+                meta.n_heads,
+                spec.sweep.orders.unwrap_or(100),
+                spec.sweep.seed,
+            )),
+            _ => None,
         };
-        let planned = shard::plan(job.spec.sweep.kind, meta.n_layers, orders.as_deref());
+        let circuit = match (&spec.sweep.circuit, &spec.sweep.circuit_file) {
+            (Some(c), _) => Some(c.clone()),
+            (None, Some(f)) => {
+                let text = self.attachment_text(job_id, f)?;
+                let name = f.display().to_string();
+                match circuit::parse_circuit(&text, &name, meta.n_layers, meta.n_heads) {
+                    Ok(c) => Some(c),
+                    Err(e) => return Ok(Err(e)),
+                }
+            }
+            (None, None) => None,
+        };
+        let n_edges = if spec.sweep.kind.is_edges() {
+            let shape = meta.graph_shape();
+            match &circuit {
+                Some(c) => shape.edges_within(c).len(),
+                None => shape.edges().len(),
+            }
+        } else {
+            0
+        };
+        Ok(Ok((orders, circuit, n_edges)))
+    }
+
+    /// After `prepare`: plan the sweep from the model's shape.
+    fn plan(&mut self, job_id: u64, tensors: &[WireTensor]) -> Result<(), SchedError> {
+        let meta: JobMeta = decode_json(tensors, "meta").expect("checked by check_result");
+        let inputs = self.plan_inputs(job_id, &meta)?;
+        let job = self.jobs.get_mut(&job_id).expect("caller checked");
+        let (orders, circuit, n_edges) = match inputs {
+            Ok(x) => x,
+            Err(e) => {
+                job.rec.state = JobState::Failed;
+                job.rec.error = Some(e.clone());
+                job.rec.meta = Some(meta);
+                self.store.put_job(&job.rec, None)?;
+                tracing::error!("job {job_id} failed: {e}");
+                return Ok(());
+            }
+        };
+        let planned = shard::plan(
+            job.spec.sweep.kind,
+            meta.n_layers,
+            orders.as_deref(),
+            n_edges,
+        );
         let first = job.rec.shards.len() as u32;
         job.rec.shards.extend(planned);
         job.rec.orders = orders;
+        job.rec.circuit = circuit;
         job.rec.meta = Some(meta);
         job.rec.state = JobState::Running;
         let n = job.rec.shards.len() as u32 - first;
@@ -768,6 +821,7 @@ impl Scheduler {
         }
         let mut c = Collected {
             meta: job.rec.meta.clone(),
+            circuit: job.rec.circuit.clone(),
             ..Default::default()
         };
         for (i, task) in job.rec.shards.iter().enumerate() {
@@ -782,6 +836,10 @@ impl Scheduler {
                 ShardTask::Orders { orders, .. } => {
                     c.orders
                         .extend(orders.iter().cloned().zip(decode_runs(&ts)?));
+                }
+                ShardTask::Edges { count, .. } => c.edges.extend(decode_edges(&ts, *count)?),
+                ShardTask::EdgePrune => {
+                    c.edge_prune = decode_json(&ts, "edge_runs").map_err(SchedError::NotReady)?
                 }
             }
         }
@@ -839,6 +897,12 @@ fn decode_nodes(job: &Job, i: usize, ts: &[WireTensor]) -> Result<NodeShard, Sch
     })
 }
 
+fn decode_edges(ts: &[WireTensor], count: usize) -> Result<Vec<f64>, SchedError> {
+    tensor::find(ts, "edges")
+        .and_then(|t| t.to_f64(&[count]))
+        .map_err(|e| SchedError::NotReady(e.to_string()))
+}
+
 fn decode_runs(ts: &[WireTensor]) -> Result<Vec<PruneResult>, SchedError> {
     decode_json(ts, "runs").map_err(SchedError::NotReady)
 }
@@ -862,6 +926,32 @@ fn check_result(job: &Job, i: usize, ts: &[WireTensor]) -> Result<(), String> {
         ShardTask::Nodes { .. } => decode_nodes(job, i, ts)
             .map(|_| ())
             .map_err(|e| e.to_string()),
+        ShardTask::Edges { count, .. } => decode_edges(ts, *count)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        ShardTask::EdgePrune => {
+            let runs: Vec<EdgePruneResult> = decode_json(ts, "edge_runs")?;
+            let scores = tensor::find(ts, "scores")
+                .and_then(|t| t.to_f64(&[1]))
+                .map_err(|e| e.to_string())?;
+            let [r] = runs.as_slice() else {
+                return Err(format!("{} edge pruning runs, expected 1", runs.len()));
+            };
+            if r.score.to_bits() != scores[0].to_bits() {
+                return Err(format!(
+                    "run score {} differs from score tensor {}",
+                    r.score, scores[0]
+                ));
+            }
+            let meta = job.rec.meta.as_ref().ok_or("no prepare result yet")?;
+            let shape = meta.graph_shape();
+            for e in &r.edges {
+                let edge: circuit_sweep_common::edge::Edge =
+                    e.parse().map_err(|x| format!("{x}"))?;
+                shape.check(&edge).map_err(|x| x.to_string())?;
+            }
+            Ok(())
+        }
         ShardTask::Prune | ShardTask::Orders { .. } => {
             let want = match &job.rec.shards[i] {
                 ShardTask::Orders { orders, .. } => orders.len(),

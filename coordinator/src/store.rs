@@ -76,6 +76,9 @@ pub struct JobRecord {
     pub shards: Vec<ShardTask>,
     /// The order study's orders (all of them, in study order).
     pub orders: Option<Vec<Vec<Component>>>,
+    /// Edge sweeps: the node circuit the graph is restricted to.
+    #[serde(default)]
+    pub circuit: Option<Vec<Component>>,
 }
 
 /// A shard as stored.
@@ -350,6 +353,7 @@ mod tests {
             meta: None,
             shards: vec![ShardTask::Prepare, ShardTask::Nodes { layers: vec![0, 1] }],
             orders: None,
+            circuit: None,
         };
         let ts = vec![
             WireTensor::f64("heads", &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),

@@ -47,9 +47,16 @@ fn three_workers_give_the_numbers_of_one_worker() {
             "orders",
             "kind = \"orders\"\norders = 12\nseed = 3\nthreshold = 80.0",
         ),
+        ("edges", "kind = \"edges\""),
+        // Restricted to the 70% circuit of the pruning case above.
+        (
+            "edge_prune",
+            "kind = \"edge_prune\"\ncircuit_file = \"prune-1/result.json\"\nthreshold = 60.0",
+        ),
     ];
     let rt = rt();
     for (name, sweep) in cases {
+        eprintln!("{name}");
         let spec = spec(dir.path(), name, sweep);
         let one = dir.path().join(format!("{name}-1"));
         let three = dir.path().join(format!("{name}-3"));
@@ -71,6 +78,26 @@ fn three_workers_give_the_numbers_of_one_worker() {
                 let runs = b["prune"].as_array().unwrap();
                 assert_eq!(runs.len(), 2);
                 assert!(runs[1]["score"].as_f64().unwrap() > 70.0);
+            }
+            "edges" => {
+                let names = b["edges"]["names"].as_array().unwrap();
+                let scores = b["edges"]["scores"].as_array().unwrap();
+                assert_eq!(names.len(), scores.len());
+                assert!(names.len() > 200, "{}", names.len());
+                assert!(
+                    scores
+                        .iter()
+                        .any(|s| (s.as_f64().unwrap() - 100.0).abs() > 0.5)
+                );
+                assert!(b["timing"]["shards"].as_u64().unwrap() > 3);
+            }
+            "edge_prune" => {
+                let r = &b["edge_prune"];
+                assert!(r["score"].as_f64().unwrap() > 60.0, "{r}");
+                assert!(b["edges"]["circuit_score"].as_f64().unwrap() > 70.0);
+                let kept = r["edges"].as_array().unwrap().len();
+                assert!(kept > 0 && kept < r["graph_edges"].as_u64().unwrap() as usize);
+                assert!(three.join("edge-circuit.svg").exists());
             }
             _ => {
                 assert_eq!(b["orders"]["runs"].as_array().unwrap().len(), 12);

@@ -393,6 +393,9 @@ fn materialize(
         if spec.sweep.orders_file.as_deref() == Some(named) {
             spec.sweep.orders_file = Some(local.clone());
         }
+        if spec.sweep.circuit_file.as_deref() == Some(named) {
+            spec.sweep.circuit_file = Some(local.clone());
+        }
         copies.push((local, a.name.clone()));
     }
     Ok((spec, copies))

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::DType;
+use circuit_sweep_common::Component;
 use circuit_sweep_common::dataset::{self, PromptPair};
+use circuit_sweep_common::edge::Edge;
 use circuit_sweep_common::shard::JobMeta;
 use circuit_sweep_common::spec::SweepSpec;
 use sha2::{Digest, Sha256};
@@ -93,6 +95,10 @@ pub struct PreparedJob {
     pub ev: Evaluator,
     /// What the prepare shard reports.
     pub meta: JobMeta,
+    /// Edge sweeps: the edge graph (restricted to the node circuit, if one is given).
+    pub edges: Vec<Edge>,
+    /// Edge sweeps: the nodes outside the node circuit, ablated in every candidate.
+    pub outside: Vec<Component>,
 }
 
 /// Loads (or reuses) the model, checks the data, and runs the clean and corrupt prompts.
@@ -133,13 +139,61 @@ pub fn prepare(
         circuit_sweep_common::orders::read_orders(&path, info.n_layers, info.n_heads)
             .map_err(ShardError::BadInput)?;
     }
+    let info = loaded.model.info();
+    // A node circuit for an edge sweep, checked against the model.
+    let circuit = match (&spec.sweep.circuit, &spec.sweep.circuit_file) {
+        (Some(c), _) => {
+            for x in c {
+                x.check(info.n_layers, info.n_heads)
+                    .map_err(|e| ShardError::BadInput(format!("[sweep] circuit: {e}")))?;
+            }
+            Some(c.clone())
+        }
+        (None, Some(f)) => {
+            let path = if f.is_absolute() {
+                f.clone()
+            } else {
+                spec_dir.join(f)
+            };
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| ShardError::BadInput(format!("{}: {e}", f.display())))?;
+            Some(
+                circuit_sweep_common::circuit::parse_circuit(
+                    &text,
+                    &f.display().to_string(),
+                    info.n_layers,
+                    info.n_heads,
+                )
+                .map_err(ShardError::BadInput)?,
+            )
+        }
+        (None, None) => None,
+    };
+    let (edges, outside) = if spec.sweep.kind.is_edges() {
+        let shape = info.graph_shape();
+        match &circuit {
+            Some(c) => (
+                shape.edges_within(c),
+                Component::all(info.n_layers, info.n_heads)
+                    .into_iter()
+                    .filter(|x| !c.contains(x))
+                    .collect(),
+            ),
+            None => (shape.edges(), vec![]),
+        }
+    } else {
+        (vec![], vec![])
+    };
     let ev = Evaluator::new(
         &loaded.model,
         &prompts,
         spec.ablation,
         spec.run.batch_tokens,
     )?;
-    let info = loaded.model.info();
+    let circuit_score = match &circuit {
+        Some(_) => Some(ev.scores(std::slice::from_ref(&outside))?[0]),
+        None => None,
+    };
     tracing::info!(
         "{} prompts of {} tokens; full {:.4}, corrupt {:.4}",
         ev.prompts(),
@@ -157,6 +211,9 @@ pub fn prepare(
         info: serde_json::to_value(info).expect("model info serializes"),
         n_layers: info.n_layers,
         n_heads: info.n_heads,
+        n_kv_heads: info.n_kv_heads,
+        parallel_residual: info.parallel_residual,
+        circuit_score,
         dataset: serde_json::json!({
             "sha256": sha,
             "prompts": pairs.len(),
@@ -174,5 +231,7 @@ pub fn prepare(
         prompts,
         ev,
         meta,
+        edges,
+        outside,
     })
 }

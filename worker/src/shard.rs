@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use circuit_sweep_common::Component;
+use circuit_sweep_common::edge_prune::EdgePruner;
 use circuit_sweep_common::prune::{PassOrder, PruneResult, Pruner};
 use circuit_sweep_common::shard::ShardTask;
 use circuit_sweep_proto::tensor::WireTensor;
@@ -125,6 +126,60 @@ pub fn execute(
             .map_err(cancelled)?;
             let runs: Vec<PruneResult> = pruners.iter().map(Pruner::result).collect();
             Ok(runs_tensors(&runs))
+        }
+        ShardTask::Edges { first, count } => {
+            let (first, count) = (*first, *count);
+            if first + count > job.edges.len() {
+                return Err(ShardError::BadInput(format!(
+                    "shard asks for edges {first}..{} of a graph of {}",
+                    first + count,
+                    job.edges.len()
+                )));
+            }
+            let edges = &job.edges[first..first + count];
+            // Chunks that fill a few passes each: progress and cancellation in between.
+            let chunk = 64;
+            let scores = sweep::edge_sweep(&job.ev, edges, &job.outside, chunk, &mut |done| {
+                progress(done as u64, count as u64);
+                check()
+            })
+            .map_err(cancelled)?;
+            Ok(vec![WireTensor::f64("edges", &[count], &scores)])
+        }
+        ShardTask::EdgePrune => {
+            let start = job.ev.edge_scores(&[crate::eval::EdgeCandidate {
+                nodes: job.outside.clone(),
+                edges: vec![],
+            }])?[0];
+            let t = job.spec.threshold();
+            let mut pruner =
+                EdgePruner::new(job.edges.clone(), None, t, start).map_err(ShardError::BadInput)?;
+            sweep::edge_prune_lockstep(
+                &job.ev,
+                &job.outside,
+                std::slice::from_mut(&mut pruner),
+                &mut |_, d| {
+                    progress(d, 0);
+                    check()
+                },
+            )
+            .map_err(cancelled)?;
+            let r = pruner.result();
+            tracing::info!(
+                "edge pruning at {t}: {} of {} edges kept, score {:.2} after {} evaluations in {} passes",
+                r.edges.len(),
+                r.graph_edges,
+                r.score,
+                r.evaluations,
+                r.passes
+            );
+            Ok(vec![
+                WireTensor::f64("scores", &[1], &[r.score]),
+                WireTensor::json(
+                    "edge_runs",
+                    serde_json::to_string(&[r]).expect("serializes"),
+                ),
+            ])
         }
     }
 }

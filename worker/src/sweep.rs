@@ -1,11 +1,14 @@
-//! Sweeps on one evaluator: the node sweep, and pruning runs in lockstep (one run, or the K
-//! runs of an order study), every step's candidates scored in one batched call.
+//! Sweeps on one evaluator: the node and edge sweeps, and pruning runs (of nodes or edges) in
+//! lockstep (one run, or the K runs of an order study), every step's candidates scored in one
+//! batched call.
 
 use circuit_sweep_common::Component;
+use circuit_sweep_common::edge::Edge;
+use circuit_sweep_common::edge_prune::EdgePruner;
 use circuit_sweep_common::prune::Pruner;
 use circuit_sweep_common::results::NodeScores;
 
-use crate::eval::Evaluator;
+use crate::eval::{EdgeCandidate, Evaluator};
 use crate::model::ModelError;
 
 /// Every head and every MLP ablated alone, batched layer by layer (a layer's components share
@@ -44,19 +47,100 @@ pub fn node_sweep_layers(
     Ok(NodeScores { heads, mlps })
 }
 
+/// A greedy search that proposes candidates (an item and the items ablated to score it) and
+/// takes their scores: node pruning and edge pruning.
+pub trait Search {
+    /// What is pruned.
+    type Item: Clone;
+    /// Whether the search is over.
+    fn is_done(&self) -> bool;
+    /// Whether the last decision removed its item.
+    fn last_removed(&self) -> bool;
+    /// Up to `k` next candidates.
+    fn propose(&mut self, k: usize) -> Vec<(Self::Item, Vec<Self::Item>)>;
+    /// Takes scores of proposed candidates in order; returns how many were used.
+    fn record(&mut self, proposed: &[(Self::Item, Vec<Self::Item>)], scores: &[f64]) -> usize;
+}
+
+impl Search for Pruner {
+    type Item = Component;
+    fn is_done(&self) -> bool {
+        Pruner::is_done(self)
+    }
+    fn last_removed(&self) -> bool {
+        Pruner::last_removed(self)
+    }
+    fn propose(&mut self, k: usize) -> Vec<(Component, Vec<Component>)> {
+        Pruner::propose(self, k)
+    }
+    fn record(&mut self, p: &[(Component, Vec<Component>)], scores: &[f64]) -> usize {
+        Pruner::record(self, p, scores)
+    }
+}
+
+impl Search for EdgePruner {
+    type Item = Edge;
+    fn is_done(&self) -> bool {
+        EdgePruner::is_done(self)
+    }
+    fn last_removed(&self) -> bool {
+        EdgePruner::last_removed(self)
+    }
+    fn propose(&mut self, k: usize) -> Vec<(Edge, Vec<Edge>)> {
+        EdgePruner::propose(self, k)
+    }
+    fn record(&mut self, p: &[(Edge, Vec<Edge>)], scores: &[f64]) -> usize {
+        EdgePruner::record(self, p, scores)
+    }
+}
+
+/// Scores candidates, each given as its ablated items.
+pub type ScoreFn<'a, T> = &'a dyn Fn(&[Vec<T>]) -> Result<Vec<f64>, ModelError>;
+
 /// Called after each lockstep step with the runs and the decisions so far; an error stops.
-pub type OnStep<'a> = &'a mut dyn FnMut(&[Pruner], u64) -> Result<(), ModelError>;
+pub type OnStep<'a, S> = &'a mut dyn FnMut(&[S], u64) -> Result<(), ModelError>;
 
 /// Largest speculative batch of one run (candidates proposed past an undecided one).
 const MAX_SPECULATION: usize = 32;
 
-/// Runs pruning runs to the end in lockstep. Each step, every unfinished run proposes its next
-/// candidates (one after a removal, twice as many after a step without one) and all are scored
-/// together. `on_step` gets the runs and the decisions taken so far, and may stop the runs.
+/// Runs node pruning runs to the end in lockstep (see [`lockstep`]).
 pub fn prune_lockstep(
     ev: &Evaluator,
     pruners: &mut [Pruner],
-    on_step: OnStep<'_>,
+    on_step: OnStep<'_, Pruner>,
+) -> Result<(), ModelError> {
+    lockstep(pruners, &|c| ev.scores(c), on_step)
+}
+
+/// Runs edge pruning runs to the end in lockstep, with `nodes` (outside the node circuit the
+/// graph is restricted to) ablated in every candidate.
+pub fn edge_prune_lockstep(
+    ev: &Evaluator,
+    nodes: &[Component],
+    pruners: &mut [EdgePruner],
+    on_step: OnStep<'_, EdgePruner>,
+) -> Result<(), ModelError> {
+    let score = |cands: &[Vec<Edge>]| {
+        let c: Vec<EdgeCandidate> = cands
+            .iter()
+            .map(|edges| EdgeCandidate {
+                nodes: nodes.to_vec(),
+                edges: edges.clone(),
+            })
+            .collect();
+        ev.edge_scores(&c)
+    };
+    lockstep(pruners, &score, on_step)
+}
+
+/// Runs searches to the end in lockstep. Each step, every unfinished search proposes its next
+/// candidates (one after a removal, twice as many after a step without one) and all are scored
+/// together by `score`. `on_step` gets the searches and the decisions taken so far, and may stop
+/// them.
+pub fn lockstep<S: Search>(
+    pruners: &mut [S],
+    score: ScoreFn<'_, S::Item>,
+    on_step: OnStep<'_, S>,
 ) -> Result<(), ModelError> {
     let mut ks = vec![1usize; pruners.len()];
     let mut decisions = 0u64;
@@ -73,11 +157,11 @@ pub fn prune_lockstep(
         if props.is_empty() {
             return Ok(());
         }
-        let cands: Vec<Vec<Component>> = props
+        let cands: Vec<Vec<S::Item>> = props
             .iter()
             .flat_map(|(_, pr)| pr.iter().map(|(_, a)| a.clone()))
             .collect();
-        let scores = ev.scores(&cands)?;
+        let scores = score(&cands)?;
         let mut off = 0;
         for (i, pr) in &props {
             decisions += pruners[*i].record(pr, &scores[off..off + pr.len()]) as u64;
@@ -91,4 +175,28 @@ pub fn prune_lockstep(
         }
         on_step(pruners, decisions)?;
     }
+}
+
+/// Every edge of `edges` ablated alone, with `nodes` ablated in every candidate, in chunks of
+/// `chunk` edges; `on_chunk` gets the edges done so far and may stop the sweep.
+pub fn edge_sweep(
+    ev: &Evaluator,
+    edges: &[Edge],
+    nodes: &[Component],
+    chunk: usize,
+    on_chunk: &mut dyn FnMut(usize) -> Result<(), ModelError>,
+) -> Result<Vec<f64>, ModelError> {
+    let mut out = Vec::with_capacity(edges.len());
+    for part in edges.chunks(chunk.max(1)) {
+        let c: Vec<EdgeCandidate> = part
+            .iter()
+            .map(|e| EdgeCandidate {
+                nodes: nodes.to_vec(),
+                edges: vec![*e],
+            })
+            .collect();
+        out.extend(ev.edge_scores(&c)?);
+        on_chunk(out.len())?;
+    }
+    Ok(out)
 }

@@ -3,13 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use super::{esc, svg_header};
 use crate::component::Component;
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
 
 /// The circuit as a grid: every component a cell, the kept ones filled. `shade` (0..=1) per
 /// component, when given, fills cells by inclusion frequency instead.
@@ -24,13 +19,7 @@ pub fn circuit_svg(
     let width = (left + (n_heads + 2) as f64 * cell + 40.0)
         .max(left + 7.0 * title.len().max(subtitle.len()) as f64);
     let height = top + n_layers as f64 * cell + 20.0;
-    let mut out = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"10\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"18\" font-size=\"13\">{}</text>\n\
-         <text x=\"{left}\" y=\"34\" fill=\"#555\">{}</text>\n",
-        esc(title),
-        esc(subtitle)
-    );
+    let mut out = svg_header(width, height, left, title, subtitle);
     for h in 0..n_heads {
         out.push_str(&format!(
             "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">h{h}</text>\n",

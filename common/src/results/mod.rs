@@ -2,6 +2,7 @@
 //! matrices as CSV and safetensors, and SVG plots.
 
 mod circuit;
+mod edges;
 mod heatmap;
 mod tables;
 
@@ -10,7 +11,33 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 pub use circuit::{circuit_dot, circuit_svg, frequency_svg};
+pub use edges::{edge_dot, edge_svg, edges_csv};
 pub use heatmap::head_heatmap_svg;
+
+/// Escapes text for SVG and DOT.
+pub(crate) fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The start of an SVG drawing: white background, a title and a grey subtitle at `left`.
+pub(crate) fn svg_header(
+    width: f64,
+    height: f64,
+    left: f64,
+    title: &str,
+    subtitle: &str,
+) -> String {
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"10\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"18\" font-size=\"13\">{}</text>\n\
+         <text x=\"{left}\" y=\"34\" fill=\"#555\">{}</text>\n",
+        esc(title),
+        esc(subtitle)
+    )
+}
 
 /// Version of `result.json`'s layout.
 pub const SCHEMA: u32 = 1;

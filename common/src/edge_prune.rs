@@ -1,0 +1,237 @@
+//! Greedy pruning over edges (spec section 5): the same search as node pruning
+//! ([`crate::greedy`]), over the edges of a graph. The default order visits receivers in reverse
+//! topological order (the logits first) and, within a receiver, senders in reverse order; every
+//! pass uses the same order. An order study gives each run its own order.
+
+use serde::{Deserialize, Serialize};
+
+use crate::edge::Edge;
+use crate::greedy::Greedy;
+
+/// One decision of an edge pruning run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EdgeDecision {
+    /// The candidate edge.
+    pub edge: String,
+    /// Score of the circuit without it.
+    pub score: f64,
+    /// Whether it was removed.
+    pub removed: bool,
+    /// Pass number, from 0.
+    pub pass: usize,
+}
+
+/// The outcome of an edge pruning run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EdgePruneResult {
+    /// The threshold used.
+    pub threshold: f64,
+    /// Edges kept, in graph order.
+    pub edges: Vec<String>,
+    /// Edges in the graph pruned from.
+    pub graph_edges: usize,
+    /// Score of the final circuit.
+    pub score: f64,
+    /// Candidate evaluations (decisions).
+    pub evaluations: usize,
+    /// Passes run (the last removed nothing).
+    pub passes: usize,
+    /// Every decision in order.
+    pub decisions: Vec<EdgeDecision>,
+}
+
+/// An edge pruning run in progress.
+#[derive(Debug, Clone)]
+pub struct EdgePruner {
+    edges: Vec<Edge>,
+    greedy: Greedy,
+}
+
+impl EdgePruner {
+    /// A run over `edges` (the graph, every edge kept), whose score is `start_score`, visiting
+    /// `order` (a permutation of `edges`) or, by default, the edges in reverse graph order.
+    pub fn new(
+        edges: Vec<Edge>,
+        order: Option<&[Edge]>,
+        threshold: f64,
+        start_score: f64,
+    ) -> Result<Self, String> {
+        let index: std::collections::HashMap<Edge, usize> =
+            edges.iter().enumerate().map(|(i, e)| (*e, i)).collect();
+        let numbered: Vec<usize> = match order {
+            None => (0..edges.len()).rev().collect(),
+            Some(o) => {
+                if o.len() != edges.len() {
+                    return Err(format!(
+                        "an order of {} edges for a graph of {}",
+                        o.len(),
+                        edges.len()
+                    ));
+                }
+                let mut seen = vec![false; edges.len()];
+                let mut out = Vec::with_capacity(o.len());
+                for e in o {
+                    let i = *index
+                        .get(e)
+                        .ok_or_else(|| format!("{e} is not in the graph"))?;
+                    if std::mem::replace(&mut seen[i], true) {
+                        return Err(format!("{e} appears twice in the order"));
+                    }
+                    out.push(i);
+                }
+                out
+            }
+        };
+        let n = edges.len();
+        Ok(EdgePruner {
+            edges,
+            greedy: Greedy::new(vec![numbered], threshold, vec![true; n], start_score),
+        })
+    }
+
+    fn edges_of(&self, items: &[usize]) -> Vec<Edge> {
+        items.iter().map(|&i| self.edges[i]).collect()
+    }
+
+    /// Whether the run is over.
+    pub fn is_done(&self) -> bool {
+        self.greedy.is_done()
+    }
+
+    /// Whether the last decision removed its edge.
+    pub fn last_removed(&self) -> bool {
+        self.greedy.last_removed()
+    }
+
+    /// Edges kept now, in graph order.
+    pub fn kept(&self) -> Vec<Edge> {
+        let kept: Vec<usize> = (0..self.edges.len())
+            .filter(|&i| self.greedy.kept()[i])
+            .collect();
+        self.edges_of(&kept)
+    }
+
+    /// Up to `k` next candidates, each as the edge and the set of edges ablated to score it.
+    pub fn propose(&mut self, k: usize) -> Vec<(Edge, Vec<Edge>)> {
+        self.greedy
+            .propose(k)
+            .into_iter()
+            .map(|c| {
+                (
+                    self.edges[c],
+                    self.edges_of(&self.greedy.ablated_without(c)),
+                )
+            })
+            .collect()
+    }
+
+    /// Takes the scores of proposed candidates in order; returns how many were used.
+    pub fn record(&mut self, proposed: &[(Edge, Vec<Edge>)], scores: &[f64]) -> usize {
+        let items: Vec<usize> = proposed
+            .iter()
+            .map(|(e, _)| {
+                self.edges
+                    .iter()
+                    .position(|x| x == e)
+                    .expect("a proposed edge")
+            })
+            .collect();
+        self.greedy.record(&items, scores)
+    }
+
+    /// The final result (call when [`EdgePruner::is_done`]).
+    pub fn result(&self) -> EdgePruneResult {
+        EdgePruneResult {
+            threshold: self.greedy.threshold(),
+            edges: self.kept().iter().map(Edge::to_string).collect(),
+            graph_edges: self.edges.len(),
+            score: self.greedy.score(),
+            evaluations: self.greedy.steps().len(),
+            passes: self.greedy.passes(),
+            decisions: self
+                .greedy
+                .steps()
+                .iter()
+                .map(|s| EdgeDecision {
+                    edge: self.edges[s.item].to_string(),
+                    score: s.score,
+                    removed: s.removed,
+                    pass: s.pass,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edge::GraphShape;
+
+    fn graph() -> Vec<Edge> {
+        GraphShape {
+            n_layers: 2,
+            n_heads: 2,
+            n_kv_heads: 2,
+            parallel: false,
+        }
+        .edges()
+    }
+
+    /// Score: 100 minus the importance of each ablated edge (two edges matter).
+    fn toy(ablated: &[Edge]) -> f64 {
+        100.0
+            - ablated
+                .iter()
+                .map(|e| match e.to_string().as_str() {
+                    "h1.0->logits" => 30.0,
+                    "h0.1->h1.0.v" => 15.0,
+                    _ => 0.5,
+                })
+                .sum::<f64>()
+    }
+
+    fn run(k: usize, order: Option<&[Edge]>) -> EdgePruneResult {
+        let mut p = EdgePruner::new(graph(), order, 80.0, 100.0).unwrap();
+        while !p.is_done() {
+            let prop = p.propose(k);
+            if prop.is_empty() {
+                break;
+            }
+            let scores: Vec<f64> = prop.iter().map(|(_, a)| toy(a)).collect();
+            p.record(&prop, &scores);
+        }
+        p.result()
+    }
+
+    #[test]
+    fn the_default_order_visits_the_logits_first_and_keeps_what_matters() {
+        let r = run(1, None);
+        assert_eq!(r.decisions[0].edge, "m1->logits");
+        assert!(
+            r.edges.contains(&"h1.0->logits".to_string()),
+            "{:?}",
+            r.edges
+        );
+        assert!(r.edges.contains(&"h0.1->h1.0.v".to_string()));
+        assert!(r.score > 80.0);
+        // Speculative batches give the same run.
+        for k in [2, 5, 16] {
+            assert_eq!(run(k, None), r, "k = {k}");
+        }
+    }
+
+    #[test]
+    fn orders_must_be_permutations_of_the_graph() {
+        let g = graph();
+        let mut o = g.clone();
+        o.reverse();
+        assert_eq!(run(1, Some(&o)).edges.len(), run(1, None).edges.len());
+        let short = &g[1..];
+        assert!(EdgePruner::new(g.clone(), Some(short), 80.0, 100.0).is_err());
+        let mut twice = g.clone();
+        twice[0] = twice[1];
+        let e = EdgePruner::new(g, Some(&twice), 80.0, 100.0).unwrap_err();
+        assert!(e.contains("twice"), "{e}");
+    }
+}

@@ -1,0 +1,168 @@
+//! The greedy search behind node and edge pruning, over items numbered `0..n`.
+//!
+//! A pass visits the items still kept in its order; a candidate is scored with every item not
+//! kept, and itself, ablated, and removed at once when the score stays above the threshold.
+//! Passes repeat (cycling through the given orders) until one removes nothing. To batch, the
+//! search may propose the next `k` candidates of a pass at once, assuming none is removed: the
+//! decisions are then taken in order and the proposals after the first removal are discarded
+//! (they were scored against a circuit that no longer exists), so the result equals
+//! one-at-a-time pruning.
+
+/// One decision.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Step {
+    /// The candidate.
+    pub item: usize,
+    /// Score without it.
+    pub score: f64,
+    /// Whether it was removed.
+    pub removed: bool,
+    /// Pass number, from 0.
+    pub pass: usize,
+}
+
+/// A greedy search in progress.
+#[derive(Debug, Clone)]
+pub struct Greedy {
+    /// Pass `p` visits `orders[p % orders.len()]`.
+    orders: Vec<Vec<usize>>,
+    threshold: f64,
+    kept: Vec<bool>,
+    pass: usize,
+    /// Position in the current pass's order.
+    pos: usize,
+    removed_this_pass: bool,
+    score: f64,
+    steps: Vec<Step>,
+    done: bool,
+}
+
+impl Greedy {
+    /// A search over `kept.len()` items starting from the kept ones, whose score is
+    /// `start_score`.
+    pub fn new(orders: Vec<Vec<usize>>, threshold: f64, kept: Vec<bool>, start_score: f64) -> Self {
+        assert!(!orders.is_empty(), "at least one pass order");
+        Greedy {
+            orders,
+            threshold,
+            kept,
+            pass: 0,
+            pos: 0,
+            removed_this_pass: false,
+            score: start_score,
+            steps: vec![],
+            done: false,
+        }
+    }
+
+    fn order(&self) -> &[usize] {
+        &self.orders[self.pass % self.orders.len()]
+    }
+
+    /// Whether the search is over.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Whether the last decision removed its item.
+    pub fn last_removed(&self) -> bool {
+        self.steps.last().is_some_and(|d| d.removed)
+    }
+
+    /// Which items are kept.
+    pub fn kept(&self) -> &[bool] {
+        &self.kept
+    }
+
+    /// Score of the kept items.
+    pub fn score(&self) -> f64 {
+        self.score
+    }
+
+    /// Passes started so far.
+    pub fn passes(&self) -> usize {
+        self.pass + 1
+    }
+
+    /// The decisions so far.
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
+    /// The threshold.
+    pub fn threshold(&self) -> f64 {
+        self.threshold
+    }
+
+    /// Moves to the next candidate still kept, starting new passes as needed; ends the search
+    /// after a pass that removed nothing.
+    fn advance(&mut self) -> Option<(usize, usize)> {
+        loop {
+            if self.done {
+                return None;
+            }
+            while self.pos < self.order().len() {
+                let c = self.order()[self.pos];
+                if self.kept[c] {
+                    return Some((self.pos, c));
+                }
+                self.pos += 1;
+            }
+            if !self.removed_this_pass {
+                self.done = true;
+                return None;
+            }
+            self.pass += 1;
+            self.pos = 0;
+            self.removed_this_pass = false;
+        }
+    }
+
+    /// Up to `k` next candidates of the current pass (assuming none is removed).
+    pub fn propose(&mut self, k: usize) -> Vec<usize> {
+        let Some((start, _)) = self.advance() else {
+            return vec![];
+        };
+        self.order()[start..]
+            .iter()
+            .copied()
+            .filter(|&c| self.kept[c])
+            .take(k.max(1))
+            .collect()
+    }
+
+    /// The items ablated to score candidate `c`: every item not kept, and `c`.
+    pub fn ablated_without(&self, c: usize) -> Vec<usize> {
+        (0..self.kept.len())
+            .filter(|&x| x == c || !self.kept[x])
+            .collect()
+    }
+
+    /// Takes the scores of proposed candidates in order; stops after the first removal.
+    /// Returns how many scores were used (the rest must be proposed again).
+    pub fn record(&mut self, proposed: &[usize], scores: &[f64]) -> usize {
+        let mut used = 0;
+        for (&c, &s) in proposed.iter().zip(scores) {
+            let Some((pos, next)) = self.advance() else {
+                break;
+            };
+            assert_eq!(next, c, "scores must follow the proposal order");
+            let removed = s > self.threshold;
+            self.steps.push(Step {
+                item: c,
+                score: s,
+                removed,
+                pass: self.pass,
+            });
+            self.pos = pos + 1;
+            used += 1;
+            if removed {
+                self.kept[c] = false;
+                self.removed_this_pass = true;
+                self.score = s;
+                break;
+            }
+        }
+        used
+    }
+}
