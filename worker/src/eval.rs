@@ -6,6 +6,9 @@
 //! the corrupt prompts, zeros, or paired activations) are computed once; only the logits the
 //! metric needs are computed.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
 use candle_core::{DType, IndexOp, Tensor};
 use circuit_sweep_common::Component;
 use circuit_sweep_common::edge::{Edge, Receiver, Sender};
@@ -67,6 +70,14 @@ impl PromptSet {
 /// positions * d_model` per sender it ablates).
 const EDGE_ROWS_BYTES: usize = 1 << 30;
 
+/// A run the edge candidates that ablate the same nodes start from.
+struct Base {
+    /// Residual stream at each block's input.
+    resid: Vec<Tensor>,
+    /// What each sender wrote.
+    acts: Ablation,
+}
+
 /// A candidate for edge ablation: nodes ablated as a whole, and edges ablated.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EdgeCandidate {
@@ -113,6 +124,8 @@ pub struct Evaluator {
     pub corrupt: f64,
     batch_tokens: usize,
     forward_passes: std::sync::atomic::AtomicUsize,
+    /// Base runs of edge candidates with nodes ablated (see [`Evaluator::edge_metrics`]).
+    bases: Mutex<Vec<(Vec<Component>, Arc<Base>)>>,
 }
 
 impl Evaluator {
@@ -251,6 +264,7 @@ impl Evaluator {
             corrupt: 0.0,
             batch_tokens: batch_tokens.max(1),
             forward_passes: std::sync::atomic::AtomicUsize::new(3),
+            bases: Mutex::new(vec![]),
         };
         ev.full = ev.metric_of_full_logits(&clean_logits);
         ev.corrupt = ev.metric_of_full_logits(&corrupt_logits);
@@ -443,65 +457,131 @@ impl Evaluator {
     /// residual stream there) and cut into passes by `batch_tokens` and by the memory of the
     /// senders' rows.
     pub fn edge_metrics(&self, candidates: &[EdgeCandidate]) -> Result<Vec<f64>, ModelError> {
-        let clean = match (&self.ablation.direction, &self.clean) {
-            (Direction::Noising, Some(c)) => c,
-            _ => {
-                return Err(ModelError::InvalidRequest(
-                    "edge ablation is implemented for noising (direction = \"noising\")".into(),
-                ));
-            }
-        };
+        if self.ablation.direction != Direction::Noising {
+            return Err(ModelError::InvalidRequest(
+                "edge ablation is implemented for noising (direction = \"noising\")".into(),
+            ));
+        }
         let info = self.model.info();
         let n_layers = info.n_layers;
-        let mut groups: Vec<Vec<usize>> = vec![vec![]; n_layers + 1];
+        // Candidates that ablate the same nodes (everything outside the circuit a graph is
+        // restricted to) start from the same base run.
+        let mut bases: BTreeMap<Vec<Component>, Vec<usize>> = BTreeMap::new();
         for (i, c) in candidates.iter().enumerate() {
-            let start = c
-                .nodes
-                .iter()
-                .map(Component::layer)
-                .chain(c.edges.iter().map(|e| e.receiver.layer(n_layers)))
-                .min()
-                .unwrap_or(n_layers);
-            groups[start].push(i);
+            let mut nodes = c.nodes.clone();
+            nodes.sort();
+            nodes.dedup();
+            bases.entry(nodes).or_default().push(i);
         }
         let per_variant = (self.prompts * self.seq_len).max(1);
         let row_bytes = per_variant * info.d_model * info.dtype.size_in_bytes();
         let mut out = vec![0.0; candidates.len()];
-        for (start, idx) in groups.iter().enumerate() {
-            let mut part: Vec<usize> = vec![];
-            let mut rows = 0usize;
-            let flush = |part: &mut Vec<usize>, out: &mut Vec<f64>| -> Result<(), ModelError> {
-                if part.is_empty() {
-                    return Ok(());
-                }
-                let iv = Interventions {
-                    variants: part.iter().map(|&i| candidates[i].nodes.clone()).collect(),
-                    edges: part.iter().map(|&i| candidates[i].edges.clone()).collect(),
-                    inputs: vec![],
-                    cached: Some(clean),
-                    values: &self.values,
-                };
-                let values = self.run_pass(self.start_point(start), iv)?;
-                for (&i, v) in part.iter().zip(values) {
-                    out[i] = v;
-                }
-                part.clear();
-                Ok(())
-            };
-            for &i in idx {
-                let senders = distinct_senders(&candidates[i].edges);
-                let full = (part.len() + 1) * per_variant > self.batch_tokens
-                    || (rows + senders) * row_bytes > EDGE_ROWS_BYTES;
-                if full && !part.is_empty() {
-                    flush(&mut part, &mut out)?;
-                    rows = 0;
-                }
-                part.push(i);
-                rows += senders;
+        for (nodes, idx) in bases {
+            let base = self.base(&nodes)?;
+            // Then by the first receiver: the pass starts from the base's residual there.
+            let mut groups: Vec<Vec<usize>> = vec![vec![]; n_layers + 1];
+            for i in idx {
+                let start = candidates[i]
+                    .edges
+                    .iter()
+                    .map(|e| e.receiver.layer(n_layers))
+                    .min()
+                    .unwrap_or(n_layers);
+                groups[start].push(i);
             }
-            flush(&mut part, &mut out)?;
+            for (start, idx) in groups.iter().enumerate() {
+                // The base's residual stream is cached at block inputs; nothing patched before
+                // the logits starts at the last block.
+                let layer = start.min(n_layers - 1);
+                let at = |n: &Vec<Component>| -> Vec<Component> {
+                    n.iter().copied().filter(|c| c.layer() >= layer).collect()
+                };
+                let mut part: Vec<usize> = vec![];
+                let mut rows = 0usize;
+                let flush = |part: &mut Vec<usize>, out: &mut Vec<f64>| -> Result<(), ModelError> {
+                    if part.is_empty() {
+                        return Ok(());
+                    }
+                    let iv = Interventions {
+                        variants: part.iter().map(|_| at(&nodes)).collect(),
+                        edges: part.iter().map(|&i| candidates[i].edges.clone()).collect(),
+                        inputs: vec![],
+                        cached: Some(&base.acts),
+                        values: &self.values,
+                    };
+                    let start = if layer == 0 {
+                        Start::Tokens(self.input.clone())
+                    } else {
+                        Start::Resid {
+                            layer,
+                            resid: base.resid[layer].clone(),
+                        }
+                    };
+                    let values = self.run_pass(start, iv)?;
+                    for (&i, v) in part.iter().zip(values) {
+                        out[i] = v;
+                    }
+                    part.clear();
+                    Ok(())
+                };
+                for &i in idx {
+                    let senders = distinct_senders(&candidates[i].edges);
+                    let full = (part.len() + 1) * per_variant > self.batch_tokens
+                        || (rows + senders) * row_bytes > EDGE_ROWS_BYTES;
+                    if full && !part.is_empty() {
+                        flush(&mut part, &mut out)?;
+                        rows = 0;
+                    }
+                    part.push(i);
+                    rows += senders;
+                }
+                flush(&mut part, &mut out)?;
+            }
         }
         Ok(out)
+    }
+
+    /// The unpatched run with `nodes` ablated (residual stream at each block's input and the
+    /// activations): where edge candidates that ablate those nodes start. Kept for reuse, the
+    /// last two.
+    fn base(&self, nodes: &[Component]) -> Result<Arc<Base>, ModelError> {
+        if nodes.is_empty() {
+            let acts = self.clean.clone().expect("noising has clean activations");
+            return Ok(Arc::new(Base {
+                resid: self.resid.clone(),
+                acts,
+            }));
+        }
+        let mut cache = self.bases.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, b)) = cache.iter().find(|(n, _)| n == nodes) {
+            return Ok(b.clone());
+        }
+        let run = self.model.run(&RunRequest {
+            start: Some(Start::Tokens(self.input.clone())),
+            interventions: Some(Interventions::nodes(&self.values, vec![nodes.to_vec()])),
+            capture: Capture {
+                resid: true,
+                z: true,
+                mlp: true,
+                mid: false,
+            },
+            ..Default::default()
+        })?;
+        self.forward_passes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let acts = Ablation::from_captured(&run.captured)?;
+        let resid = run
+            .captured
+            .resid
+            .into_iter()
+            .map(|r| r.expect("captured"))
+            .collect();
+        let b = Arc::new(Base { resid, acts });
+        if cache.len() >= 2 {
+            cache.remove(0);
+        }
+        cache.push((nodes.to_vec(), b.clone()));
+        Ok(b)
     }
 
     /// The reference path of one ablated edge: the receiver's input computed by hand from the

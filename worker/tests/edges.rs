@@ -325,3 +325,51 @@ fn variants_batched_equal_variants_alone_and_a_cached_start() {
         }
     }
 }
+
+#[test]
+fn a_base_run_with_nodes_ablated_is_a_valid_cached_start() {
+    // Edge sweeps restricted to a node circuit start from the run with the other nodes ablated.
+    for name in ARCHS {
+        let m = load_fixture(name);
+        let model = &m.model;
+        let s = setup(model, name);
+        let nodes: Vec<Component> = ["h0.2", "m1", "h2.3"]
+            .iter()
+            .map(|c| c.parse().unwrap())
+            .collect();
+        let edges: Vec<Edge> = ["h0.0->h2.1.q", "m0->m2", "embed->logits"]
+            .iter()
+            .map(|e| e.parse().unwrap())
+            .collect();
+        let full = logits(
+            model,
+            Start::Tokens(s.ids.clone()),
+            Interventions {
+                edges: vec![edges.clone()],
+                ..Interventions::nodes(&s.means, vec![nodes.clone()])
+            },
+        );
+        let base = model
+            .run(&RunRequest {
+                start: Some(Start::Tokens(s.ids.clone())),
+                interventions: Some(Interventions::nodes(&s.means, vec![nodes.clone()])),
+                capture: Capture::all(),
+                ..Default::default()
+            })
+            .unwrap();
+        let acts = Ablation::from_captured(&base.captured).unwrap();
+        let cached = logits(
+            model,
+            Start::Resid {
+                layer: 2,
+                resid: base.captured.resid[2].clone().unwrap(),
+            },
+            Interventions {
+                edges: vec![edges.clone()],
+                cached: Some(&acts),
+                ..Interventions::nodes(&s.means, vec![vec![nodes[2]]])
+            },
+        );
+        assert_eq!(max_abs_diff(&full, &cached), 0.0, "{name}");
+    }
+}

@@ -18,6 +18,9 @@ pub enum BenchCommand {
     /// Node sweep of the default model on a digits dataset: the batched evaluator against the
     /// naive path (one full, unbatched forward per component), with achieved GFLOP/s.
     Sweep(SweepArgs),
+    /// Edge-sweep throughput (edges/s) on a random-weight GPT-2-small-shaped model and on the
+    /// default model, with the time a full sweep of each takes on this machine.
+    Edges(super::bench_edges::EdgesArgs),
     /// The coordinator's overhead per shard: lease, result stream, database commit and
     /// aggregation, for shards that compute nothing (a stand-in worker answers at once).
     Shards {
@@ -70,6 +73,7 @@ pub fn run(cmd: BenchCommand, models_dir: &Path) -> anyhow::Result<()> {
         BenchCommand::Matmul { sizes, seconds } => matmul(&sizes, seconds),
         BenchCommand::Sweep(a) => sweep(a, models_dir),
         BenchCommand::Shards { jobs } => shards(jobs),
+        BenchCommand::Edges(a) => super::bench_edges::edges(a, models_dir),
     }
 }
 

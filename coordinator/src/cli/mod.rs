@@ -1,6 +1,7 @@
 //! The command line: every flag is also readable from an environment variable.
 
 mod bench;
+mod bench_edges;
 mod model;
 mod predict;
 mod prompts;
