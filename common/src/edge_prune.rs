@@ -1,12 +1,63 @@
 //! Greedy pruning over edges (spec section 5): the same search as node pruning
 //! ([`crate::greedy`]), over the edges of a graph. The default order visits receivers in reverse
 //! topological order (the logits first) and, within a receiver, senders in reverse order; every
-//! pass uses the same order. An order study gives each run its own order.
+//! pass uses the same order. An order study gives each run its own seeded random order.
 
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeSet;
+
 use crate::edge::Edge;
 use crate::greedy::Greedy;
+use crate::orders::{SetStats, set_stats};
+use crate::rng::Rng;
+
+/// Order `index` of an edge order study: a seeded permutation of `edges`, drawn on its own so
+/// that any shard can draw its orders without the others.
+pub fn random_edge_order(edges: &[Edge], seed: u64, index: usize) -> Vec<Edge> {
+    let mut rng = Rng::derive(seed, &format!("edge-order-{index}"));
+    let mut o = edges.to_vec();
+    rng.shuffle(&mut o);
+    o
+}
+
+/// The aggregates of an edge order study.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EdgeOrderStudy {
+    /// Kept edges, score and evaluations of each run (decisions left out).
+    pub runs: Vec<serde_json::Value>,
+    /// Agreement of the edge circuits.
+    #[serde(flatten)]
+    pub stats: SetStats,
+    /// Circuit scores, run by run.
+    pub scores: Vec<f64>,
+}
+
+/// Aggregates the runs of an edge order study.
+pub fn summarize_edge_orders(runs: &[EdgePruneResult]) -> EdgeOrderStudy {
+    let sets: Vec<BTreeSet<Edge>> = runs
+        .iter()
+        .map(|r| {
+            r.edges
+                .iter()
+                .map(|e| e.parse().expect("names we wrote"))
+                .collect()
+        })
+        .collect();
+    EdgeOrderStudy {
+        runs: runs
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "edges": r.edges, "score": r.score,
+                    "evaluations": r.evaluations, "passes": r.passes,
+                })
+            })
+            .collect(),
+        stats: set_stats(&sets),
+        scores: runs.iter().map(|r| r.score).collect(),
+    }
+}
 
 /// One decision of an edge pruning run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -219,6 +270,28 @@ mod tests {
         for k in [2, 5, 16] {
             assert_eq!(run(k, None), r, "k = {k}");
         }
+    }
+
+    #[test]
+    fn edge_orders_are_seeded_permutations_that_agree_on_what_matters() {
+        let g = graph();
+        let a = random_edge_order(&g, 5, 0);
+        assert_eq!(a, random_edge_order(&g, 5, 0));
+        assert_ne!(a, random_edge_order(&g, 5, 1));
+        let mut sorted = a.clone();
+        sorted.sort();
+        let mut all = g.clone();
+        all.sort();
+        assert_eq!(sorted, all);
+        let runs: Vec<EdgePruneResult> = (0..3)
+            .map(|i| run(4, Some(&random_edge_order(&g, 5, i))))
+            .collect();
+        let study = summarize_edge_orders(&runs);
+        // The two edges that matter are in every circuit.
+        assert!(study.stats.core.contains(&"h1.0->logits".to_string()));
+        assert!(study.stats.core.contains(&"h0.1->h1.0.v".to_string()));
+        assert_eq!(study.stats.frequency["h1.0->logits"], 1.0);
+        assert_eq!(study.scores.len(), 3);
     }
 
     #[test]

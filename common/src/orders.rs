@@ -110,23 +110,30 @@ pub struct OrderStudy {
     pub scores: Vec<f64>,
 }
 
-/// Aggregates per-order pruning results.
-pub fn summarize(orders: &[Vec<Component>], results: &[PruneResult]) -> OrderStudy {
-    let sets: Vec<BTreeSet<Component>> = results
-        .iter()
-        .map(|r| {
-            r.heads
-                .iter()
-                .chain(&r.mlps)
-                .map(|n| n.parse().expect("names we wrote"))
-                .collect()
-        })
-        .collect();
+/// How much a family of circuits agree (each a set of components or edges).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SetStats {
+    /// Share of circuits holding each item (items in no circuit omitted).
+    pub frequency: BTreeMap<String, f64>,
+    /// Mean pairwise Jaccard similarity (1 with a single circuit).
+    pub jaccard_mean: f64,
+    /// Smallest and largest pairwise Jaccard similarity.
+    pub jaccard_range: [f64; 2],
+    /// Items in every circuit, in item order.
+    pub core: Vec<String>,
+    /// Items in any circuit, in item order.
+    pub union: Vec<String>,
+    /// Circuit sizes.
+    pub sizes: Vec<usize>,
+}
+
+/// Inclusion frequency, pairwise Jaccard similarity, core and union of `sets`.
+pub fn set_stats<T: Ord + Clone + std::fmt::Display>(sets: &[BTreeSet<T>]) -> SetStats {
     let k = sets.len().max(1) as f64;
-    let mut counts: BTreeMap<Component, usize> = BTreeMap::new();
-    for s in &sets {
+    let mut counts: BTreeMap<T, usize> = BTreeMap::new();
+    for s in sets {
         for c in s {
-            *counts.entry(*c).or_default() += 1;
+            *counts.entry(c.clone()).or_default() += 1;
         }
     }
     let mut pairs = vec![];
@@ -147,6 +154,36 @@ pub fn summarize(orders: &[Vec<Component>], results: &[PruneResult]) -> OrderStu
         .iter()
         .copied()
         .fold(if pairs.is_empty() { 1.0 } else { 0.0 }, f64::max);
+    SetStats {
+        frequency: counts
+            .iter()
+            .map(|(c, n)| (c.to_string(), *n as f64 / k))
+            .collect(),
+        jaccard_mean,
+        jaccard_range: [lo, hi],
+        core: counts
+            .iter()
+            .filter(|(_, n)| **n == sets.len())
+            .map(|(c, _)| c.to_string())
+            .collect(),
+        union: counts.keys().map(T::to_string).collect(),
+        sizes: sets.iter().map(BTreeSet::len).collect(),
+    }
+}
+
+/// Aggregates per-order pruning results.
+pub fn summarize(orders: &[Vec<Component>], results: &[PruneResult]) -> OrderStudy {
+    let sets: Vec<BTreeSet<Component>> = results
+        .iter()
+        .map(|r| {
+            r.heads
+                .iter()
+                .chain(&r.mlps)
+                .map(|n| n.parse().expect("names we wrote"))
+                .collect()
+        })
+        .collect();
+    let st = set_stats(&sets);
     OrderStudy {
         runs: orders
             .iter()
@@ -159,19 +196,12 @@ pub fn summarize(orders: &[Vec<Component>], results: &[PruneResult]) -> OrderStu
                 evaluations: r.evaluations,
             })
             .collect(),
-        frequency: counts
-            .iter()
-            .map(|(c, n)| (c.to_string(), *n as f64 / k))
-            .collect(),
-        jaccard_mean,
-        jaccard_range: [lo, hi],
-        core: counts
-            .iter()
-            .filter(|(_, n)| **n == sets.len())
-            .map(|(c, _)| c.to_string())
-            .collect(),
-        union: counts.keys().map(Component::to_string).collect(),
-        sizes: sets.iter().map(BTreeSet::len).collect(),
+        frequency: st.frequency,
+        jaccard_mean: st.jaccard_mean,
+        jaccard_range: st.jaccard_range,
+        core: st.core,
+        union: st.union,
+        sizes: st.sizes,
         scores: results.iter().map(|r| r.score).collect(),
     }
 }

@@ -40,6 +40,14 @@ pub enum ShardTask {
     },
     /// The whole edge pruning run: one shard.
     EdgePrune,
+    /// Edge pruning once per seeded random edge order, orders `first..first + count` of the
+    /// study, in lockstep.
+    EdgeOrders {
+        /// Index of the first order.
+        first: usize,
+        /// Number of orders.
+        count: usize,
+    },
 }
 
 impl ShardTask {
@@ -58,6 +66,9 @@ impl ShardTask {
             }
             ShardTask::Edges { first, count } => format!("edges {first}..{}", first + count),
             ShardTask::EdgePrune => "edge prune".into(),
+            ShardTask::EdgeOrders { first, count } => {
+                format!("edge orders {first}..{}", first + count)
+            }
         }
     }
 }
@@ -123,12 +134,14 @@ impl JobMeta {
 
 /// The sweep's shards after `prepare`: node shards of whole layers (a prune job gets them too,
 /// for its heatmap), one pruning shard, groups of orders, or ranges of the `n_edges` edges of
-/// the graph (an edge pruning job gets them too, for the widths of its drawing).
+/// the graph (an edge pruning job gets them too, for the widths of its drawing) and one edge
+/// pruning shard or, for `edge_orders` orders, groups of edge orders.
 pub fn plan(
     kind: SweepKind,
     n_layers: usize,
     orders: Option<&[Vec<Component>]>,
     n_edges: usize,
+    edge_orders: Option<usize>,
 ) -> Vec<ShardTask> {
     let mut shards = vec![];
     if matches!(kind, SweepKind::Nodes | SweepKind::Prune) {
@@ -151,7 +164,17 @@ pub fn plan(
     }
     match kind {
         SweepKind::Nodes | SweepKind::Edges => {}
-        SweepKind::EdgePrune => shards.push(ShardTask::EdgePrune),
+        SweepKind::EdgePrune => match edge_orders {
+            None => shards.push(ShardTask::EdgePrune),
+            Some(k) => {
+                for first in (0..k).step_by(ORDERS_PER_SHARD) {
+                    shards.push(ShardTask::EdgeOrders {
+                        first,
+                        count: ORDERS_PER_SHARD.min(k - first),
+                    });
+                }
+            }
+        },
         SweepKind::Prune => shards.push(ShardTask::Prune),
         SweepKind::Orders => {
             for (i, group) in orders.unwrap_or(&[]).chunks(ORDERS_PER_SHARD).enumerate() {
@@ -186,7 +209,7 @@ mod tests {
     #[test]
     fn node_shards_cover_every_layer_once() {
         for n in [1, 2, 12, 30, 32, 80] {
-            let shards = plan(SweepKind::Nodes, n, None, 0);
+            let shards = plan(SweepKind::Nodes, n, None, 0, None);
             let mut seen: Vec<usize> = vec![];
             for s in &shards {
                 let ShardTask::Nodes { layers } = s else {
@@ -201,7 +224,7 @@ mod tests {
 
     #[test]
     fn prune_is_one_shard_after_the_node_shards() {
-        let shards = plan(SweepKind::Prune, 30, None, 0);
+        let shards = plan(SweepKind::Prune, 30, None, 0, None);
         assert_eq!(shards.last(), Some(&ShardTask::Prune));
         assert_eq!(shards.iter().filter(|s| **s == ShardTask::Prune).count(), 1);
     }
@@ -209,7 +232,7 @@ mod tests {
     #[test]
     fn edge_shards_cover_every_edge_once() {
         for n in [1, 63, 64, 65, 1000, 32_000] {
-            let shards = plan(SweepKind::EdgePrune, 12, None, n);
+            let shards = plan(SweepKind::EdgePrune, 12, None, n, None);
             assert_eq!(shards.last(), Some(&ShardTask::EdgePrune));
             let mut next = 0;
             for s in &shards[..shards.len() - 1] {
@@ -223,12 +246,25 @@ mod tests {
             assert_eq!(next, n);
             assert!(shards.len() <= 65, "{n}: {}", shards.len());
         }
+        let study = plan(SweepKind::EdgePrune, 12, None, 100, Some(10));
+        let groups: Vec<&ShardTask> = study
+            .iter()
+            .filter(|s| matches!(s, ShardTask::EdgeOrders { .. }))
+            .collect();
+        assert_eq!(
+            groups,
+            [
+                &ShardTask::EdgeOrders { first: 0, count: 4 },
+                &ShardTask::EdgeOrders { first: 4, count: 4 },
+                &ShardTask::EdgeOrders { first: 8, count: 2 },
+            ]
+        );
     }
 
     #[test]
     fn orders_are_grouped_in_order() {
         let orders = crate::orders::random_orders(2, 2, 10, 7);
-        let shards = plan(SweepKind::Orders, 2, Some(&orders), 0);
+        let shards = plan(SweepKind::Orders, 2, Some(&orders), 0, None);
         assert_eq!(shards.len(), 3);
         let mut back = vec![];
         for s in &shards {

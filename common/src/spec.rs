@@ -177,7 +177,7 @@ pub struct SweepKindSpec {
     /// Pass schedule of pruning.
     #[serde(default)]
     pub schedule: Schedule,
-    /// Order study: how many seeded random orders.
+    /// Order study (`orders`, or `edge_prune` over edge orders): how many seeded random orders.
     pub orders: Option<usize>,
     /// Seed of the random orders.
     #[serde(default)]
@@ -190,6 +190,9 @@ pub struct SweepKindSpec {
     /// Edge sweeps: the node circuit from a file: a JSON list of component names, or a
     /// `result.json` of a pruning run (its last circuit).
     pub circuit_file: Option<PathBuf>,
+    /// Edge sweeps: ablate edges at these positions only (negative counts from the end: -1 is
+    /// the last position); every position when omitted.
+    pub positions: Option<Vec<i64>>,
 }
 
 /// `[run]`: how the work is executed (never changes the numbers).
@@ -278,6 +281,26 @@ impl SweepSpec {
         .collect()
     }
 
+    /// `[sweep] positions` as positions in sequences of `seq_len` tokens (sorted, distinct).
+    pub fn edge_positions(&self, seq_len: usize) -> Result<Option<Vec<usize>>, String> {
+        let Some(ps) = &self.sweep.positions else {
+            return Ok(None);
+        };
+        let mut out = vec![];
+        for &p in ps {
+            let abs = if p < 0 { seq_len as i64 + p } else { p };
+            if abs < 0 || abs >= seq_len as i64 {
+                return Err(format!(
+                    "[sweep] positions: {p} is outside the {seq_len} positions of the prompts"
+                ));
+            }
+            out.push(abs as usize);
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(Some(out))
+    }
+
     /// The threshold of a single pruning run (default 80).
     pub fn threshold(&self) -> f64 {
         self.sweep.threshold.unwrap_or(80.0)
@@ -349,13 +372,20 @@ impl SweepSpec {
         if self.sweep.orders == Some(0) {
             return Err(bad("sweep", "orders", "must be at least 1".into()));
         }
-        if self.sweep.kind != SweepKind::Orders
-            && (self.sweep.orders.is_some() || self.sweep.orders_file.is_some())
+        if self.sweep.kind != SweepKind::Orders && self.sweep.orders_file.is_some() {
+            return Err(bad(
+                "sweep",
+                "orders_file",
+                "only applies to kind = \"orders\"".into(),
+            ));
+        }
+        if !matches!(self.sweep.kind, SweepKind::Orders | SweepKind::EdgePrune)
+            && self.sweep.orders.is_some()
         {
             return Err(bad(
                 "sweep",
                 "orders",
-                "only applies to kind = \"orders\"".into(),
+                "only applies to kind = \"orders\" or \"edge_prune\" (an edge order study)".into(),
             ));
         }
         if matches!(self.sweep.kind, SweepKind::Nodes | SweepKind::Edges)
@@ -383,6 +413,16 @@ impl SweepSpec {
                 "circuit",
                 "only applies to edge sweeps (kind = \"edges\" or \"edge_prune\")".into(),
             ));
+        }
+        if !self.sweep.kind.is_edges() && self.sweep.positions.is_some() {
+            return Err(bad(
+                "sweep",
+                "positions",
+                "only applies to edge sweeps (kind = \"edges\" or \"edge_prune\")".into(),
+            ));
+        }
+        if self.sweep.positions.as_ref().is_some_and(Vec::is_empty) {
+            return Err(bad("sweep", "positions", "is empty".into()));
         }
         if self.sweep.circuit.is_some() && self.sweep.circuit_file.is_some() {
             return Err(bad(
@@ -453,6 +493,15 @@ mod tests {
         assert_eq!(s.sweep.kind, SweepKind::Prune);
         assert_eq!(s.threshold(), 80.0);
         assert_eq!(parse("").unwrap(), SweepSpec::default());
+    }
+
+    #[test]
+    fn edge_positions_count_from_the_end_when_negative() {
+        let s = parse("[sweep]\nkind = \"edges\"\npositions = [-1, 0, 22, -1]").unwrap();
+        assert_eq!(s.edge_positions(23).unwrap(), Some(vec![0, 22]));
+        let e = s.edge_positions(20).unwrap_err();
+        assert!(e.contains("22 is outside the 20 positions"), "{e}");
+        assert_eq!(parse("").unwrap().edge_positions(5).unwrap(), None);
     }
 
     #[test]

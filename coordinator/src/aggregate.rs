@@ -5,7 +5,7 @@ use std::path::Path;
 
 use circuit_sweep_common::Component;
 use circuit_sweep_common::edge::Edge;
-use circuit_sweep_common::edge_prune::EdgePruneResult;
+use circuit_sweep_common::edge_prune::{self, EdgePruneResult};
 use circuit_sweep_common::orders;
 use circuit_sweep_common::prune::PruneResult;
 use circuit_sweep_common::results::{self, NodeScores, WriteError};
@@ -177,6 +177,52 @@ fn write_edge_circuit(
     write_edge_drawing(out, "edge-circuit", meta, &kept, &importance, &title, &sub)
 }
 
+/// The edge order study: `edge-frequency.svg` / `.dot` (every edge kept by any order, widths
+/// by the share of orders keeping it); returns `result.json`'s `edge_orders`.
+fn write_edge_study(
+    spec: &SweepSpec,
+    c: &Collected,
+    meta: &JobMeta,
+    name: &str,
+    out: &Path,
+) -> Result<serde_json::Value, AggregateError> {
+    let study = edge_prune::summarize_edge_orders(&c.edge_prune);
+    tracing::info!(
+        "{} edge orders: circuit sizes {}..{}, mean Jaccard {:.3}, core {} edges, union {}",
+        c.edge_prune.len(),
+        study.stats.sizes.iter().min().unwrap_or(&0),
+        study.stats.sizes.iter().max().unwrap_or(&0),
+        study.stats.jaccard_mean,
+        study.stats.core.len(),
+        study.stats.union.len()
+    );
+    let union: Vec<Edge> = study
+        .stats
+        .union
+        .iter()
+        .map(|e| e.parse().expect("names we wrote"))
+        .collect();
+    let share: Vec<f64> = study
+        .stats
+        .union
+        .iter()
+        .map(|e| study.stats.frequency[e])
+        .collect();
+    let title = format!(
+        "{name}: edge order study, {} orders at {}%",
+        c.edge_prune.len(),
+        spec.threshold()
+    );
+    let sub = format!(
+        "{} edges in any circuit, {} in every one; mean Jaccard {:.3}; width: share of orders keeping the edge",
+        union.len(),
+        study.stats.core.len(),
+        study.stats.jaccard_mean
+    );
+    write_edge_drawing(out, "edge-frequency", meta, &union, &share, &title, &sub)?;
+    Ok(json!(study))
+}
+
 /// Writes `NAME.svg` and `NAME.dot` of some edges.
 fn write_edge_drawing(
     out: &Path,
@@ -283,13 +329,24 @@ pub fn write(
         }
         SweepKind::Edges | SweepKind::EdgePrune => {
             doc["edges"] = write_edges(spec, c, meta, &name, out)?;
-            if spec.sweep.kind == SweepKind::EdgePrune {
-                let r = c
-                    .edge_prune
-                    .first()
-                    .ok_or_else(|| AggregateError::Incomplete("no edge pruning result".into()))?;
-                write_edge_circuit(c, meta, &name, r, out)?;
-                doc["edge_prune"] = json!(r);
+            match (spec.sweep.kind, spec.sweep.orders) {
+                (SweepKind::EdgePrune, None) => {
+                    let r = c.edge_prune.first().ok_or_else(|| {
+                        AggregateError::Incomplete("no edge pruning result".into())
+                    })?;
+                    write_edge_circuit(c, meta, &name, r, out)?;
+                    doc["edge_prune"] = json!(r);
+                }
+                (SweepKind::EdgePrune, Some(k)) => {
+                    if c.edge_prune.len() != k {
+                        return Err(AggregateError::Incomplete(format!(
+                            "{} edge order runs of {k}",
+                            c.edge_prune.len()
+                        )));
+                    }
+                    doc["edge_orders"] = write_edge_study(spec, c, meta, &name, out)?;
+                }
+                _ => {}
             }
         }
         SweepKind::Orders => {

@@ -785,11 +785,16 @@ impl Scheduler {
                 return Ok(());
             }
         };
+        let edge_orders = match job.spec.sweep.kind {
+            SweepKind::EdgePrune => job.spec.sweep.orders,
+            _ => None,
+        };
         let planned = shard::plan(
             job.spec.sweep.kind,
             meta.n_layers,
             orders.as_deref(),
             n_edges,
+            edge_orders,
         );
         let first = job.rec.shards.len() as u32;
         job.rec.shards.extend(planned);
@@ -838,8 +843,10 @@ impl Scheduler {
                         .extend(orders.iter().cloned().zip(decode_runs(&ts)?));
                 }
                 ShardTask::Edges { count, .. } => c.edges.extend(decode_edges(&ts, *count)?),
-                ShardTask::EdgePrune => {
-                    c.edge_prune = decode_json(&ts, "edge_runs").map_err(SchedError::NotReady)?
+                ShardTask::EdgePrune | ShardTask::EdgeOrders { .. } => {
+                    let runs: Vec<EdgePruneResult> =
+                        decode_json(&ts, "edge_runs").map_err(SchedError::NotReady)?;
+                    c.edge_prune.extend(runs);
                 }
             }
         }
@@ -929,26 +936,32 @@ fn check_result(job: &Job, i: usize, ts: &[WireTensor]) -> Result<(), String> {
         ShardTask::Edges { count, .. } => decode_edges(ts, *count)
             .map(|_| ())
             .map_err(|e| e.to_string()),
-        ShardTask::EdgePrune => {
+        ShardTask::EdgePrune | ShardTask::EdgeOrders { .. } => {
+            let want = match &job.rec.shards[i] {
+                ShardTask::EdgeOrders { count, .. } => *count,
+                _ => 1,
+            };
             let runs: Vec<EdgePruneResult> = decode_json(ts, "edge_runs")?;
             let scores = tensor::find(ts, "scores")
-                .and_then(|t| t.to_f64(&[1]))
+                .and_then(|t| t.to_f64(&[want]))
                 .map_err(|e| e.to_string())?;
-            let [r] = runs.as_slice() else {
-                return Err(format!("{} edge pruning runs, expected 1", runs.len()));
-            };
-            if r.score.to_bits() != scores[0].to_bits() {
-                return Err(format!(
-                    "run score {} differs from score tensor {}",
-                    r.score, scores[0]
-                ));
+            if runs.len() != want {
+                return Err(format!("{} edge pruning runs, expected {want}", runs.len()));
             }
             let meta = job.rec.meta.as_ref().ok_or("no prepare result yet")?;
             let shape = meta.graph_shape();
-            for e in &r.edges {
-                let edge: circuit_sweep_common::edge::Edge =
-                    e.parse().map_err(|x| format!("{x}"))?;
-                shape.check(&edge).map_err(|x| x.to_string())?;
+            for (r, s) in runs.iter().zip(&scores) {
+                if r.score.to_bits() != s.to_bits() {
+                    return Err(format!(
+                        "run score {} differs from score tensor {s}",
+                        r.score
+                    ));
+                }
+                for e in &r.edges {
+                    let edge: circuit_sweep_common::edge::Edge =
+                        e.parse().map_err(|x| format!("{x}"))?;
+                    shape.check(&edge).map_err(|x| x.to_string())?;
+                }
             }
             Ok(())
         }

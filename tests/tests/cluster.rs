@@ -53,6 +53,10 @@ fn three_workers_give_the_numbers_of_one_worker() {
             "edge_prune",
             "kind = \"edge_prune\"\ncircuit_file = \"prune-1/result.json\"\nthreshold = 60.0",
         ),
+        (
+            "edge_orders",
+            "kind = \"edge_prune\"\ncircuit_file = \"prune-1/result.json\"\nthreshold = 60.0\norders = 6\nseed = 2",
+        ),
     ];
     let rt = rt();
     for (name, sweep) in cases {
@@ -98,6 +102,14 @@ fn three_workers_give_the_numbers_of_one_worker() {
                 let kept = r["edges"].as_array().unwrap().len();
                 assert!(kept > 0 && kept < r["graph_edges"].as_u64().unwrap() as usize);
                 assert!(three.join("edge-circuit.svg").exists());
+            }
+            "edge_orders" => {
+                let st = &b["edge_orders"];
+                assert_eq!(st["runs"].as_array().unwrap().len(), 6);
+                let j = st["jaccard_mean"].as_f64().unwrap();
+                assert!(j > 0.0 && j <= 1.0, "{st}");
+                assert!(!st["union"].as_array().unwrap().is_empty());
+                assert!(three.join("edge-frequency.svg").exists());
             }
             _ => {
                 assert_eq!(b["orders"]["runs"].as_array().unwrap().len(), 12);

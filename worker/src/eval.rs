@@ -126,6 +126,8 @@ pub struct Evaluator {
     forward_passes: std::sync::atomic::AtomicUsize,
     /// Base runs of edge candidates with nodes ablated (see [`Evaluator::edge_metrics`]).
     bases: Mutex<Vec<(Vec<Component>, Arc<Base>)>>,
+    /// Positions where edges are ablated (all when `None`).
+    edge_positions: Option<Vec<usize>>,
 }
 
 impl Evaluator {
@@ -265,6 +267,7 @@ impl Evaluator {
             batch_tokens: batch_tokens.max(1),
             forward_passes: std::sync::atomic::AtomicUsize::new(3),
             bases: Mutex::new(vec![]),
+            edge_positions: None,
         };
         ev.full = ev.metric_of_full_logits(&clean_logits);
         ev.corrupt = ev.metric_of_full_logits(&corrupt_logits);
@@ -443,6 +446,21 @@ impl Evaluator {
             .collect())
     }
 
+    /// Ablates edges at these positions only (`None`: every position; the spec's `positions`).
+    pub fn set_edge_positions(&mut self, positions: Option<Vec<usize>>) -> Result<(), ModelError> {
+        if let Some(p) = positions
+            .as_ref()
+            .and_then(|ps| ps.iter().find(|&&p| p >= self.seq_len))
+        {
+            return Err(ModelError::InvalidRequest(format!(
+                "edge position {p} is outside the {} positions of the prompts",
+                self.seq_len
+            )));
+        }
+        self.edge_positions = positions;
+        Ok(())
+    }
+
     /// Scores of edge candidates (see [`Evaluator::edge_metrics`]).
     pub fn edge_scores(&self, candidates: &[EdgeCandidate]) -> Result<Vec<f64>, ModelError> {
         Ok(self
@@ -508,6 +526,7 @@ impl Evaluator {
                         inputs: vec![],
                         cached: Some(&base.acts),
                         values: &self.values,
+                        positions: self.edge_positions.clone(),
                     };
                     let start = if layer == 0 {
                         Start::Tokens(self.input.clone())
@@ -611,7 +630,17 @@ impl Evaluator {
                 }
             })
         };
-        let input = ((stream.clone() - write(clean)?)? + write(&self.values)?)?;
+        let mut delta = (write(clean)? - write(&self.values)?)?;
+        if let Some(ps) = &self.edge_positions {
+            let mut m = vec![0f32; self.seq_len];
+            for &p in ps {
+                m[p] = 1.0;
+            }
+            let m = Tensor::from_vec(m, (1, self.seq_len, 1), stream.device())?
+                .to_dtype(stream.dtype())?;
+            delta = delta.broadcast_mul(&m)?;
+        }
+        let input = (stream.clone() - delta)?;
         let out = self.run_pass(
             Start::Tokens(self.input.clone()),
             Interventions {

@@ -184,12 +184,16 @@ pub fn prepare(
     } else {
         (vec![], vec![])
     };
-    let ev = Evaluator::new(
+    let mut ev = Evaluator::new(
         &loaded.model,
         &prompts,
         spec.ablation,
         spec.run.batch_tokens,
     )?;
+    let positions = spec
+        .edge_positions(prompts.clean[0].len())
+        .map_err(ShardError::BadInput)?;
+    ev.set_edge_positions(positions)?;
     let circuit_score = match &circuit {
         Some(_) => Some(ev.scores(std::slice::from_ref(&outside))?[0]),
         None => None,

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use circuit_sweep_common::Component;
-use circuit_sweep_common::edge_prune::EdgePruner;
+use circuit_sweep_common::edge_prune::{EdgePruner, random_edge_order};
 use circuit_sweep_common::prune::{PassOrder, PruneResult, Pruner};
 use circuit_sweep_common::shard::ShardTask;
 use circuit_sweep_proto::tensor::WireTensor;
@@ -146,38 +146,50 @@ pub fn execute(
             .map_err(cancelled)?;
             Ok(vec![WireTensor::f64("edges", &[count], &scores)])
         }
-        ShardTask::EdgePrune => {
+        ShardTask::EdgePrune | ShardTask::EdgeOrders { .. } => {
             let start = job.ev.edge_scores(&[crate::eval::EdgeCandidate {
                 nodes: job.outside.clone(),
                 edges: vec![],
             }])?[0];
             let t = job.spec.threshold();
-            let mut pruner =
-                EdgePruner::new(job.edges.clone(), None, t, start).map_err(ShardError::BadInput)?;
-            sweep::edge_prune_lockstep(
-                &job.ev,
-                &job.outside,
-                std::slice::from_mut(&mut pruner),
-                &mut |_, d| {
+            let orders: Vec<Option<Vec<_>>> = match task {
+                ShardTask::EdgeOrders { first, count } => (*first..first + count)
+                    .map(|i| Some(random_edge_order(&job.edges, job.spec.sweep.seed, i)))
+                    .collect(),
+                _ => vec![None],
+            };
+            let mut pruners = orders
+                .iter()
+                .map(|o| EdgePruner::new(job.edges.clone(), o.as_deref(), t, start))
+                .collect::<Result<Vec<_>, String>>()
+                .map_err(ShardError::BadInput)?;
+            let total = pruners.len() as u64;
+            sweep::edge_prune_lockstep(&job.ev, &job.outside, &mut pruners, &mut |ps, d| {
+                if total > 1 {
+                    progress(ps.iter().filter(|p| p.is_done()).count() as u64, total);
+                } else {
                     progress(d, 0);
-                    check()
-                },
-            )
+                }
+                check()
+            })
             .map_err(cancelled)?;
-            let r = pruner.result();
-            tracing::info!(
-                "edge pruning at {t}: {} of {} edges kept, score {:.2} after {} evaluations in {} passes",
-                r.edges.len(),
-                r.graph_edges,
-                r.score,
-                r.evaluations,
-                r.passes
-            );
+            let runs: Vec<_> = pruners.iter().map(EdgePruner::result).collect();
+            for r in &runs {
+                tracing::info!(
+                    "edge pruning at {t}: {} of {} edges kept, score {:.2} after {} evaluations in {} passes",
+                    r.edges.len(),
+                    r.graph_edges,
+                    r.score,
+                    r.evaluations,
+                    r.passes
+                );
+            }
+            let scores: Vec<f64> = runs.iter().map(|r| r.score).collect();
             Ok(vec![
-                WireTensor::f64("scores", &[1], &[r.score]),
+                WireTensor::f64("scores", &[runs.len()], &scores),
                 WireTensor::json(
                     "edge_runs",
-                    serde_json::to_string(&[r]).expect("serializes"),
+                    serde_json::to_string(&runs).expect("serializes"),
                 ),
             ])
         }

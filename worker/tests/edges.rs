@@ -373,3 +373,43 @@ fn a_base_run_with_nodes_ablated_is_a_valid_cached_start() {
         assert_eq!(max_abs_diff(&full, &cached), 0.0, "{name}");
     }
 }
+
+#[test]
+fn positions_restrict_where_edges_are_ablated() {
+    for name in ARCHS {
+        let m = load_fixture(name);
+        let model = &m.model;
+        let s = setup(model, name);
+        let t = s.ids.dim(1).unwrap();
+        let run = |edges: Vec<Edge>, positions: Option<Vec<usize>>| {
+            logits(
+                model,
+                Start::Tokens(s.ids.clone()),
+                Interventions {
+                    positions,
+                    ..edges_iv(&s.means, vec![edges])
+                },
+            )
+        };
+        let mid: Vec<Edge> = vec!["h0.1->h2.0.q".parse().unwrap(), "m0->m1".parse().unwrap()];
+        let every = run(mid.clone(), None);
+        assert_eq!(
+            max_abs_diff(&every, &run(mid.clone(), Some((0..t).collect()))),
+            0.0,
+            "{name}: every position"
+        );
+        assert!(max_abs_diff(&every, &run(mid.clone(), Some(vec![0]))) > 1e-6);
+        // The logits read the last position only.
+        let out: Vec<Edge> = vec!["h1.2->logits".parse().unwrap()];
+        let plain = run(vec![], None);
+        assert_eq!(
+            max_abs_diff(
+                &run(out.clone(), None),
+                &run(out.clone(), Some(vec![t - 1]))
+            ),
+            0.0
+        );
+        assert_eq!(max_abs_diff(&plain, &run(out.clone(), Some(vec![0]))), 0.0);
+        assert!(max_abs_diff(&plain, &run(out, None)) > 1e-6, "{name}");
+    }
+}

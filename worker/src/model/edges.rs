@@ -61,6 +61,8 @@ pub(crate) struct EdgeState<'a> {
     masks: Vec<Vec<Option<Tensor>>>,
     /// Sender rows `[rows, T * d]`, filled as senders are computed.
     rows: Tensor,
+    /// `[1, T, 1]`: 1 at the positions where edges are ablated.
+    positions: Option<Tensor>,
 }
 
 impl<'a> EdgeState<'a> {
@@ -74,6 +76,7 @@ impl<'a> EdgeState<'a> {
         edges: &[Vec<Edge>],
         inputs: &[(Receiver, Tensor)],
         cached: Option<&Ablation>,
+        positions: Option<&[usize]>,
         start_layer: usize,
         prompts: usize,
         seq_len: usize,
@@ -167,6 +170,20 @@ impl<'a> EdgeState<'a> {
         }
         let width = prompts * seq_len * info.d_model;
         let rows = Tensor::zeros((next.max(1), width), dtype, device)?;
+        let positions = match positions {
+            None => None,
+            Some(ps) => {
+                let mut m = vec![0f32; seq_len];
+                for &p in ps {
+                    *m.get_mut(p).ok_or_else(|| {
+                        ModelError::InvalidRequest(format!(
+                            "edge position {p} is outside the {seq_len} positions"
+                        ))
+                    })? = 1.0;
+                }
+                Some(Tensor::from_vec(m, (1, seq_len, 1), device)?.to_dtype(dtype)?)
+            }
+        };
         let mut st = EdgeState {
             values,
             blocks,
@@ -180,6 +197,7 @@ impl<'a> EdgeState<'a> {
             touched,
             masks,
             rows,
+            positions,
         };
         // Senders below the start are not computed in this pass: their writes are the
         // unpatched run's (nothing below the start differs from it).
@@ -263,13 +281,18 @@ impl<'a> EdgeState<'a> {
         Ok(())
     }
 
-    /// `[prompts, T', d]` as one row `[1, T * d]`, zero-padded at the front to `T` positions.
+    /// `[prompts, T', d]` as one row `[1, T * d]`, zero-padded at the front to `T` positions,
+    /// zero at positions where edges are not ablated.
     fn as_row(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let t = x.dim(1)?;
         let x = if t < self.seq_len {
             x.pad_with_zeros(1, self.seq_len - t, 0)?
         } else {
             x.clone()
+        };
+        let x = match &self.positions {
+            Some(m) => x.broadcast_mul(m)?,
+            None => x,
         };
         Ok(x.contiguous()?
             .reshape((1, self.prompts * self.seq_len * self.d_model))?

@@ -93,6 +93,8 @@ pub struct Interventions<'a> {
     /// The unpatched run's activations (as from [`Ablation::from_captured`]): what senders
     /// below a cached start layer wrote. Needed when edges start below the start layer.
     pub cached: Option<&'a Ablation>,
+    /// Edges are ablated at these positions only (every position when `None`).
+    pub positions: Option<Vec<usize>>,
 }
 
 impl<'a> Interventions<'a> {
@@ -104,6 +106,7 @@ impl<'a> Interventions<'a> {
             edges: vec![],
             inputs: vec![],
             cached: None,
+            positions: None,
         }
     }
 }
@@ -232,6 +235,7 @@ impl<'a> RunHooks<'a> {
                     sets,
                     &iv.inputs,
                     iv.cached,
+                    iv.positions.as_deref(),
                     start_layer,
                     prompts,
                     seq_len,
