@@ -94,18 +94,9 @@ pub struct OrderRun {
 pub struct OrderStudy {
     /// Every run.
     pub runs: Vec<OrderRun>,
-    /// Share of runs whose circuit holds each component (components in no circuit omitted).
-    pub frequency: BTreeMap<String, f64>,
-    /// Mean pairwise Jaccard similarity of the circuits (1 with a single run).
-    pub jaccard_mean: f64,
-    /// Smallest and largest pairwise Jaccard similarity.
-    pub jaccard_range: [f64; 2],
-    /// Components in every circuit.
-    pub core: Vec<String>,
-    /// Components in any circuit.
-    pub union: Vec<String>,
-    /// Circuit sizes, run by run.
-    pub sizes: Vec<usize>,
+    /// Agreement of the circuits (frequency, Jaccard, core, union, sizes).
+    #[serde(flatten)]
+    pub stats: SetStats,
     /// Circuit scores, run by run.
     pub scores: Vec<f64>,
 }
@@ -183,7 +174,6 @@ pub fn summarize(orders: &[Vec<Component>], results: &[PruneResult]) -> OrderStu
                 .collect()
         })
         .collect();
-    let st = set_stats(&sets);
     OrderStudy {
         runs: orders
             .iter()
@@ -196,12 +186,7 @@ pub fn summarize(orders: &[Vec<Component>], results: &[PruneResult]) -> OrderStu
                 evaluations: r.evaluations,
             })
             .collect(),
-        frequency: st.frequency,
-        jaccard_mean: st.jaccard_mean,
-        jaccard_range: st.jaccard_range,
-        core: st.core,
-        union: st.union,
-        sizes: st.sizes,
+        stats: set_stats(&sets),
         scores: results.iter().map(|r| r.score).collect(),
     }
 }
@@ -235,14 +220,14 @@ mod tests {
             result(&["h0.0", "h0.1"]),
         ];
         let s = summarize(&orders, &res);
-        assert_eq!(s.frequency["h0.0"], 1.0);
-        assert!((s.frequency["m0"] - 1.0 / 3.0).abs() < 1e-12);
-        assert_eq!(s.core, ["h0.0"]);
-        assert_eq!(s.union, ["h0.0", "h0.1", "m0"]);
+        assert_eq!(s.stats.frequency["h0.0"], 1.0);
+        assert!((s.stats.frequency["m0"] - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(s.stats.core, ["h0.0"]);
+        assert_eq!(s.stats.union, ["h0.0", "h0.1", "m0"]);
         // Pairs: {h0.0,m0}-{h0.0} = 1/2, {h0.0,m0}-{h0.0,h0.1} = 1/3, {h0.0}-{h0.0,h0.1} = 1/2.
-        assert!((s.jaccard_mean - (0.5 + 1.0 / 3.0 + 0.5) / 3.0).abs() < 1e-12);
-        assert_eq!(s.jaccard_range, [1.0 / 3.0, 0.5]);
-        assert_eq!(s.sizes, [2, 1, 2]);
+        assert!((s.stats.jaccard_mean - (0.5 + 1.0 / 3.0 + 0.5) / 3.0).abs() < 1e-12);
+        assert_eq!(s.stats.jaccard_range, [1.0 / 3.0, 0.5]);
+        assert_eq!(s.stats.sizes, [2, 1, 2]);
     }
 
     #[test]

@@ -356,23 +356,23 @@ pub fn write(
             tracing::info!(
                 "{} orders: circuit sizes {}..{}, mean Jaccard {:.3}, core {} components, union {}",
                 ords.len(),
-                study.sizes.iter().min().unwrap_or(&0),
-                study.sizes.iter().max().unwrap_or(&0),
-                study.jaccard_mean,
-                study.core.len(),
-                study.union.len()
+                study.stats.sizes.iter().min().unwrap_or(&0),
+                study.stats.sizes.iter().max().unwrap_or(&0),
+                study.stats.jaccard_mean,
+                study.stats.core.len(),
+                study.stats.union.len()
             );
             let title = format!("{name}: order study, {} orders at {t}%", ords.len());
             results::write_file(
                 out,
                 "frequency.svg",
-                &results::frequency_svg(&study.frequency, &title),
+                &results::frequency_svg(&study.stats.frequency, &title),
             )?;
-            let freq = study.frequency.clone();
+            let freq = study.stats.frequency.clone();
             let shade = move |c: &Component| freq.get(&c.to_string()).copied().unwrap_or(0.0);
             let sub = format!(
                 "shade: share of orders keeping the component; mean Jaccard {:.3}",
-                study.jaccard_mean
+                study.stats.jaccard_mean
             );
             results::write_file(
                 out,
@@ -380,6 +380,7 @@ pub fn write(
                 &results::circuit_svg(meta.n_layers, meta.n_heads, &shade, &title, &sub),
             )?;
             let core: Vec<Component> = study
+                .stats
                 .core
                 .iter()
                 .map(|c| c.parse().expect("names we wrote"))

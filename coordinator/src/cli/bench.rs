@@ -226,19 +226,33 @@ fn block_flops(i: &circuit_sweep_worker::ModelInfo, tokens: f64, layers: f64) ->
     2.0 * (attn + mlp) * tokens * layers
 }
 
-fn sweep(a: SweepArgs, models_dir: &Path) -> anyhow::Result<()> {
-    use circuit_sweep_common::Component;
-    use circuit_sweep_common::spec::AblationSpec;
+/// A model (the default one unless given) and `n` digits prompts made for its tokenizer.
+pub(super) fn digits(
+    model: Option<&Path>,
+    models_dir: &Path,
+    n: usize,
+) -> anyhow::Result<(
+    circuit_sweep_worker::LoadedModel,
+    circuit_sweep_worker::PromptSet,
+)> {
     use circuit_sweep_common::tasks::{self, GenSpec};
-    use circuit_sweep_worker::{Evaluator, PromptSet};
-
-    let loaded = resolve::load(a.model.as_deref(), models_dir, DType::F32)?;
+    let loaded = resolve::load(model, models_dir, DType::F32)?;
     let tok = loaded
         .tokenizer
         .as_ref()
         .context("the model has no tokenizer")?;
-    let pairs = tasks::generate(&GenSpec::new("digits".parse()?, a.prompts, 0), tok)?;
-    let prompts = PromptSet::from_pairs(&pairs, tok).map_err(anyhow::Error::msg)?;
+    let pairs = tasks::generate(&GenSpec::new("digits".parse()?, n, 0), tok)?;
+    let prompts =
+        circuit_sweep_worker::PromptSet::from_pairs(&pairs, tok).map_err(anyhow::Error::msg)?;
+    Ok((loaded, prompts))
+}
+
+fn sweep(a: SweepArgs, models_dir: &Path) -> anyhow::Result<()> {
+    use circuit_sweep_common::Component;
+    use circuit_sweep_common::spec::AblationSpec;
+    use circuit_sweep_worker::Evaluator;
+
+    let (loaded, prompts) = digits(a.model.as_deref(), models_dir, a.prompts)?;
     let m = &loaded.model;
     let i = m.info().clone();
     let t = prompts.clean[0].len() as f64;

@@ -8,12 +8,9 @@ use std::time::Instant;
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
 use circuit_sweep_common::spec::AblationSpec;
-use circuit_sweep_common::tasks::{self, GenSpec};
 use circuit_sweep_worker::{Evaluator, PromptSet};
 use circuit_sweep_worker::{HookedModel, LoadOptions, load_model, sweep};
 use clap::Args;
-
-use super::resolve;
 
 /// Arguments of `bench edges`.
 #[derive(Debug, Args)]
@@ -181,13 +178,7 @@ pub fn edges(a: EdgesArgs, models_dir: &Path) -> anyhow::Result<()> {
         a.every,
     )?;
     if a.default_every > 0 {
-        let loaded = resolve::load(a.model.as_deref(), models_dir, DType::F32)?;
-        let tok = loaded
-            .tokenizer
-            .as_ref()
-            .context("the model has no tokenizer")?;
-        let pairs = tasks::generate(&GenSpec::new("digits".parse()?, a.prompts, 0), tok)?;
-        let prompts = PromptSet::from_pairs(&pairs, tok).map_err(anyhow::Error::msg)?;
+        let (loaded, prompts) = super::bench::digits(a.model.as_deref(), models_dir, a.prompts)?;
         let name = format!(
             "{} (digits)",
             loaded
