@@ -220,5 +220,11 @@ fn the_order_study_in_lockstep_equals_one_prune_per_order() {
     let study = orders::summarize(&read, &together);
     assert_eq!(study.runs.len(), 5);
     assert!(study.stats.jaccard_mean > 0.0 && study.stats.jaccard_mean <= 1.0);
-    assert!(study.stats.core.iter().all(|c| study.stats.frequency[c] == 1.0));
+    assert!(
+        study
+            .stats
+            .core
+            .iter()
+            .all(|c| study.stats.frequency[c] == 1.0)
+    );
 }
