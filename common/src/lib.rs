@@ -2,6 +2,7 @@
 //! generators, the prompt checker, a seeded random generator, and (later) specs, pruning
 //! algorithms and result writers. Nothing here depends on candle or a server.
 
+pub mod analysis;
 pub mod check;
 pub mod circuit;
 pub mod component;

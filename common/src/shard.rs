@@ -48,6 +48,14 @@ pub enum ShardTask {
         /// Number of orders.
         count: usize,
     },
+    /// Downstream accuracy of sets `first..first + count` of the study
+    /// (`analysis::downstream::study_sets`).
+    Downstream {
+        /// Index of the first set.
+        first: usize,
+        /// Number of sets.
+        count: usize,
+    },
 }
 
 impl ShardTask {
@@ -68,6 +76,9 @@ impl ShardTask {
             ShardTask::EdgePrune => "edge prune".into(),
             ShardTask::EdgeOrders { first, count } => {
                 format!("edge orders {first}..{}", first + count)
+            }
+            ShardTask::Downstream { first, count } => {
+                format!("downstream sets {first}..{}", first + count)
             }
         }
     }
@@ -111,6 +122,9 @@ pub fn layers_per_shard(n_layers: usize) -> usize {
 /// Orders per order-study shard (fixed, so the plan never depends on the number of workers).
 pub const ORDERS_PER_SHARD: usize = 4;
 
+/// Head sets per downstream shard.
+pub const SETS_PER_SHARD: usize = 4;
+
 /// Edges per edge shard: about 64 shards per sweep, at least 64 edges each.
 pub fn edges_per_shard(n_edges: usize) -> usize {
     n_edges.div_ceil(64).max(64)
@@ -135,13 +149,15 @@ impl JobMeta {
 /// The sweep's shards after `prepare`: node shards of whole layers (a prune job gets them too,
 /// for its heatmap), one pruning shard, groups of orders, or ranges of the `n_edges` edges of
 /// the graph (an edge pruning job gets them too, for the widths of its drawing) and one edge
-/// pruning shard or, for `edge_orders` orders, groups of edge orders.
+/// pruning shard or, for `edge_orders` orders, groups of edge orders; or groups of the
+/// `n_sets` head sets of a downstream study.
 pub fn plan(
     kind: SweepKind,
     n_layers: usize,
     orders: Option<&[Vec<Component>]>,
     n_edges: usize,
     edge_orders: Option<usize>,
+    n_sets: usize,
 ) -> Vec<ShardTask> {
     let mut shards = vec![];
     if matches!(kind, SweepKind::Nodes | SweepKind::Prune) {
@@ -164,6 +180,14 @@ pub fn plan(
     }
     match kind {
         SweepKind::Nodes | SweepKind::Edges => {}
+        SweepKind::Downstream => {
+            for first in (0..n_sets).step_by(SETS_PER_SHARD) {
+                shards.push(ShardTask::Downstream {
+                    first,
+                    count: SETS_PER_SHARD.min(n_sets - first),
+                });
+            }
+        }
         SweepKind::EdgePrune => match edge_orders {
             None => shards.push(ShardTask::EdgePrune),
             Some(k) => {
@@ -209,7 +233,7 @@ mod tests {
     #[test]
     fn node_shards_cover_every_layer_once() {
         for n in [1, 2, 12, 30, 32, 80] {
-            let shards = plan(SweepKind::Nodes, n, None, 0, None);
+            let shards = plan(SweepKind::Nodes, n, None, 0, None, 0);
             let mut seen: Vec<usize> = vec![];
             for s in &shards {
                 let ShardTask::Nodes { layers } = s else {
@@ -224,7 +248,7 @@ mod tests {
 
     #[test]
     fn prune_is_one_shard_after_the_node_shards() {
-        let shards = plan(SweepKind::Prune, 30, None, 0, None);
+        let shards = plan(SweepKind::Prune, 30, None, 0, None, 0);
         assert_eq!(shards.last(), Some(&ShardTask::Prune));
         assert_eq!(shards.iter().filter(|s| **s == ShardTask::Prune).count(), 1);
     }
@@ -232,7 +256,7 @@ mod tests {
     #[test]
     fn edge_shards_cover_every_edge_once() {
         for n in [1, 63, 64, 65, 1000, 32_000] {
-            let shards = plan(SweepKind::EdgePrune, 12, None, n, None);
+            let shards = plan(SweepKind::EdgePrune, 12, None, n, None, 0);
             assert_eq!(shards.last(), Some(&ShardTask::EdgePrune));
             let mut next = 0;
             for s in &shards[..shards.len() - 1] {
@@ -246,7 +270,7 @@ mod tests {
             assert_eq!(next, n);
             assert!(shards.len() <= 65, "{n}: {}", shards.len());
         }
-        let study = plan(SweepKind::EdgePrune, 12, None, 100, Some(10));
+        let study = plan(SweepKind::EdgePrune, 12, None, 100, Some(10), 0);
         let groups: Vec<&ShardTask> = study
             .iter()
             .filter(|s| matches!(s, ShardTask::EdgeOrders { .. }))
@@ -262,9 +286,23 @@ mod tests {
     }
 
     #[test]
+    fn downstream_sets_are_grouped_by_four() {
+        let shards = plan(SweepKind::Downstream, 30, None, 0, None, 22);
+        assert_eq!(shards.len(), 6);
+        assert_eq!(
+            shards[5],
+            ShardTask::Downstream {
+                first: 20,
+                count: 2
+            }
+        );
+        assert_eq!(shards[0].label(), "downstream sets 0..4");
+    }
+
+    #[test]
     fn orders_are_grouped_in_order() {
         let orders = crate::orders::random_orders(2, 2, 10, 7);
-        let shards = plan(SweepKind::Orders, 2, Some(&orders), 0, None);
+        let shards = plan(SweepKind::Orders, 2, Some(&orders), 0, None, 0);
         assert_eq!(shards.len(), 3);
         let mut back = vec![];
         for s in &shards {

@@ -23,9 +23,49 @@ pub struct SweepSpec {
     /// What sweep to run.
     #[serde(default)]
     pub sweep: SweepKindSpec,
+    /// Downstream ablation (`kind = "downstream"`): the tasks and their prompts.
+    #[serde(default)]
+    pub downstream: DownstreamSpec,
     /// Execution settings that do not change results.
     #[serde(default)]
     pub run: RunSpec,
+}
+
+/// `[downstream]`: generated arithmetic and interval prompts answered by greedy generation.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DownstreamSpec {
+    /// Tasks: `add1`, `add2`, `sub1`, `sub2`, `intervalK` (default: all of them with K = 1, 2,
+    /// 3, 10).
+    #[serde(default = "crate::analysis::downstream::default_tasks")]
+    pub tasks: Vec<crate::analysis::downstream::DownTask>,
+    /// Prompts per task.
+    #[serde(default = "default_down_n")]
+    pub n: usize,
+    /// Solved examples before each arithmetic question.
+    #[serde(default = "default_shots")]
+    pub shots: usize,
+    /// Seed of the prompts.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_down_n() -> usize {
+    32
+}
+fn default_shots() -> usize {
+    3
+}
+
+impl Default for DownstreamSpec {
+    fn default() -> Self {
+        DownstreamSpec {
+            tasks: crate::analysis::downstream::default_tasks(),
+            n: default_down_n(),
+            shots: default_shots(),
+            seed: 0,
+        }
+    }
 }
 
 /// `[model]`.
@@ -141,12 +181,20 @@ pub enum SweepKind {
     Edges,
     /// Greedy pruning over edges.
     EdgePrune,
+    /// Generation accuracy on downstream tasks with head sets ablated (a circuit and random
+    /// sets as the control).
+    Downstream,
 }
 
 impl SweepKind {
     /// Whether the sweep is over edges.
     pub fn is_edges(self) -> bool {
         matches!(self, SweepKind::Edges | SweepKind::EdgePrune)
+    }
+
+    /// Whether the sweep scores prompt pairs of `[data]` (all but downstream ablation).
+    pub fn uses_data(self) -> bool {
+        self != SweepKind::Downstream
     }
 }
 
@@ -193,6 +241,10 @@ pub struct SweepKindSpec {
     /// Edge sweeps: ablate edges at these positions only (negative counts from the end: -1 is
     /// the last position); every position when omitted.
     pub positions: Option<Vec<i64>>,
+    /// Downstream: random head sets, the control (default 20).
+    pub random_sets: Option<usize>,
+    /// Downstream: heads per random set (default: the circuit's heads, else 10).
+    pub set_size: Option<usize>,
 }
 
 /// `[run]`: how the work is executed (never changes the numbers).
@@ -405,13 +457,67 @@ impl SweepSpec {
                     .into(),
             ));
         }
+        let downstream = self.sweep.kind == SweepKind::Downstream;
         if !self.sweep.kind.is_edges()
+            && !downstream
             && (self.sweep.circuit.is_some() || self.sweep.circuit_file.is_some())
         {
             return Err(bad(
                 "sweep",
                 "circuit",
-                "only applies to edge sweeps (kind = \"edges\" or \"edge_prune\")".into(),
+                "only applies to edge sweeps (kind = \"edges\" or \"edge_prune\") and to kind = \"downstream\"".into(),
+            ));
+        }
+        if !downstream && (self.sweep.random_sets.is_some() || self.sweep.set_size.is_some()) {
+            let field = if self.sweep.random_sets.is_some() {
+                "random_sets"
+            } else {
+                "set_size"
+            };
+            return Err(bad(
+                "sweep",
+                field,
+                "only applies to kind = \"downstream\"".into(),
+            ));
+        }
+        if self.sweep.set_size == Some(0) {
+            return Err(bad("sweep", "set_size", "must be at least 1".into()));
+        }
+        if downstream {
+            if self.sweep.threshold.is_some() || self.sweep.thresholds.is_some() {
+                return Err(bad(
+                    "sweep",
+                    "threshold",
+                    "does not apply to kind = \"downstream\"".into(),
+                ));
+            }
+            if self.data != DataSpec::default() {
+                return Err(bad(
+                    "data",
+                    "task",
+                    "kind = \"downstream\" takes its prompts from [downstream], not [data]".into(),
+                ));
+            }
+            if self.ablation.kind == AblationKind::Resample
+                || self.ablation.direction == Direction::Denoising
+            {
+                return Err(bad(
+                    "ablation",
+                    "kind",
+                    "downstream ablation is zero or mean noising (generated prompts have no corrupt pairs)".into(),
+                ));
+            }
+            if self.downstream.tasks.is_empty() {
+                return Err(bad("downstream", "tasks", "is empty".into()));
+            }
+            if self.downstream.n == 0 {
+                return Err(bad("downstream", "n", "must be at least 1".into()));
+            }
+        } else if self.downstream != DownstreamSpec::default() {
+            return Err(bad(
+                "downstream",
+                "tasks",
+                "only applies to kind = \"downstream\"".into(),
             ));
         }
         if !self.sweep.kind.is_edges() && self.sweep.positions.is_some() {
@@ -496,6 +602,17 @@ mod tests {
     }
 
     #[test]
+    fn a_downstream_spec_parses_with_its_defaults() {
+        let s = parse("[sweep]\nkind = \"downstream\"\ncircuit = [\"h1.2\"]\n[downstream]\ntasks = [\"add1\", \"interval10\"]").unwrap();
+        assert_eq!(s.sweep.kind, SweepKind::Downstream);
+        assert!(!s.sweep.kind.uses_data());
+        assert_eq!(s.downstream.tasks.len(), 2);
+        assert_eq!((s.downstream.n, s.downstream.shots), (32, 3));
+        let d = parse("[sweep]\nkind = \"downstream\"").unwrap();
+        assert_eq!(d.downstream.tasks.len(), 8);
+    }
+
+    #[test]
     fn edge_positions_count_from_the_end_when_negative() {
         let s = parse("[sweep]\nkind = \"edges\"\npositions = [-1, 0, 22, -1]").unwrap();
         assert_eq!(s.edge_positions(23).unwrap(), Some(vec![0, 22]));
@@ -543,6 +660,31 @@ mod tests {
             ),
             ("[sweep]\norders = 5", "[sweep] orders: only applies"),
             ("[ablation]\nmetric = \"loss\"", "metric"),
+            (
+                "[sweep]\nrandom_sets = 3",
+                "[sweep] random_sets: only applies",
+            ),
+            (
+                "[data]\ntask = \"months\"\n[sweep]\nkind = \"downstream\"",
+                "[data] task: kind = \"downstream\" takes its prompts from [downstream]",
+            ),
+            (
+                "[ablation]\nkind = \"resample\"\n[sweep]\nkind = \"downstream\"",
+                "[ablation] kind",
+            ),
+            (
+                "[sweep]\nkind = \"downstream\"\n[downstream]\ntasks = [\"mul\"]",
+                "mul",
+            ),
+            (
+                "[sweep]\nkind = \"downstream\"\n[downstream]\nn = 0",
+                "[downstream] n",
+            ),
+            ("[downstream]\nn = 5", "[downstream] tasks: only applies"),
+            (
+                "[sweep]\nkind = \"downstream\"\nthreshold = 80",
+                "[sweep] threshold",
+            ),
         ];
         for (text, needle) in cases {
             let err = parse(text).unwrap_err().to_string();

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use circuit_sweep_common::Component;
+use circuit_sweep_common::analysis::downstream;
 use circuit_sweep_common::edge::Edge;
 use circuit_sweep_common::edge_prune::{self, EdgePruneResult};
 use circuit_sweep_common::orders;
@@ -30,6 +31,8 @@ pub struct Collected {
     pub edges: Vec<f64>,
     /// The edge pruning run.
     pub edge_prune: Vec<EdgePruneResult>,
+    /// Downstream accuracy `[set][task]` in % (sets in study order).
+    pub downstream: Vec<Vec<f64>>,
 }
 
 /// Why a results folder could not be written.
@@ -250,6 +253,104 @@ fn write_edge_drawing(
     Ok(())
 }
 
+/// Writes `downstream.csv` and `downstream.svg`; returns `result.json`'s `downstream`: every
+/// set with its components and accuracy per task, the random sets' spread per task, and per
+/// task the share of random sets that do no better than the circuit (a one-sided empirical
+/// p-value: small when the circuit hurts more than chance).
+fn write_downstream(
+    spec: &SweepSpec,
+    c: &Collected,
+    meta: &JobMeta,
+    name: &str,
+    out: &Path,
+) -> Result<serde_json::Value, AggregateError> {
+    let sets = downstream::study_sets(
+        &spec.sweep,
+        c.circuit.as_deref(),
+        meta.n_layers,
+        meta.n_heads,
+    );
+    if sets.len() != c.downstream.len() {
+        return Err(AggregateError::Incomplete(format!(
+            "{} downstream results for {} sets",
+            c.downstream.len(),
+            sets.len()
+        )));
+    }
+    let tasks: Vec<String> = spec
+        .downstream
+        .tasks
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    let random: Vec<usize> = (0..sets.len())
+        .filter(|&i| sets[i].0.starts_with("random"))
+        .collect();
+    let mut csv = format!("set,components,{}\n", tasks.join(","));
+    let mut rows = vec![];
+    for ((set_name, comps), acc) in sets.iter().zip(&c.downstream) {
+        let names: Vec<String> = comps.iter().map(|x| x.to_string()).collect();
+        let cells: Vec<String> = acc.iter().map(|v| v.to_string()).collect();
+        csv.push_str(&format!(
+            "{set_name},{},{}\n",
+            names.join(" "),
+            cells.join(",")
+        ));
+        let by_task: serde_json::Map<String, serde_json::Value> = tasks
+            .iter()
+            .cloned()
+            .zip(acc.iter().map(|v| json!(v)))
+            .collect();
+        rows.push(json!({"name": set_name, "components": names, "accuracy": by_task}));
+    }
+    results::write_file(out, "downstream.csv", &csv)?;
+    let mut spread = serde_json::Map::new();
+    let mut p_values = serde_json::Map::new();
+    let circuit = sets.iter().position(|s| s.0 == "circuit");
+    for (t, task) in tasks.iter().enumerate() {
+        let xs: Vec<f64> = random.iter().map(|&i| c.downstream[i][t]).collect();
+        spread.insert(task.clone(), json!(downstream::Spread::of(&xs)));
+        if let (Some(ci), false) = (circuit, xs.is_empty()) {
+            let at_most = xs.iter().filter(|&&x| x <= c.downstream[ci][t]).count();
+            p_values.insert(task.clone(), json!(at_most as f64 / xs.len() as f64));
+        }
+    }
+    let dots: Vec<Vec<f64>> = random.iter().map(|&i| c.downstream[i].clone()).collect();
+    let marks: Vec<(String, Vec<f64>)> = sets
+        .iter()
+        .zip(&c.downstream)
+        .filter(|(s, _)| !s.0.starts_with("random"))
+        .map(|(s, acc)| (s.0.clone(), acc.clone()))
+        .collect();
+    let size = sets
+        .get(random.first().copied().unwrap_or(0))
+        .map_or(0, |s| s.1.len());
+    results::write_file(
+        out,
+        "downstream.svg",
+        &results::strip_svg(
+            &tasks,
+            &dots,
+            &marks,
+            &format!(
+                "{name}: downstream accuracy with heads {:?}-ablated",
+                spec.ablation.kind
+            ),
+            &format!(
+                "exact match of greedy generation, {} prompts per task; dots: {} random sets of {size} heads",
+                spec.downstream.n,
+                random.len()
+            ),
+        ),
+    )?;
+    Ok(json!({
+        "tasks": tasks,
+        "sets": rows,
+        "random": spread,
+        "circuit_p_value": p_values,
+    }))
+}
+
 /// Writes the results folder of a job into `out` and returns `result.json` (whose `timing`
 /// is `timing`, the only field that differs between two runs of the same spec).
 pub fn write(
@@ -276,6 +377,13 @@ pub fn write(
         source: e,
     })?;
     results::write_file(out, "prompts.jsonl", &meta.prompts_jsonl)?;
+    if spec.sweep.kind == SweepKind::Downstream {
+        // No prompt pairs: no full or corrupt metric (the study's first set is the full model).
+        if let Some(o) = doc.as_object_mut() {
+            o.remove("full");
+            o.remove("corrupt");
+        }
+    }
     if matches!(spec.sweep.kind, SweepKind::Nodes | SweepKind::Prune) {
         let mut scores = NodeScores {
             heads: vec![vec![]; meta.n_layers],
@@ -301,6 +409,9 @@ pub fn write(
     }
     match spec.sweep.kind {
         SweepKind::Nodes => {}
+        SweepKind::Downstream => {
+            doc["downstream"] = write_downstream(spec, c, meta, &name, out)?;
+        }
         SweepKind::Prune => {
             if c.prune.is_empty() {
                 return Err(AggregateError::Incomplete("no pruning result".into()));

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use circuit_sweep_common::analysis::downstream;
 use circuit_sweep_common::edge_prune::EdgePruneResult;
 use circuit_sweep_common::prune::PruneResult;
 use circuit_sweep_common::shard::{self, JobMeta, NodeShard, ShardTask};
@@ -789,12 +790,23 @@ impl Scheduler {
             SweepKind::EdgePrune => job.spec.sweep.orders,
             _ => None,
         };
+        let n_sets = match job.spec.sweep.kind {
+            SweepKind::Downstream => downstream::study_sets(
+                &job.spec.sweep,
+                circuit.as_deref(),
+                meta.n_layers,
+                meta.n_heads,
+            )
+            .len(),
+            _ => 0,
+        };
         let planned = shard::plan(
             job.spec.sweep.kind,
             meta.n_layers,
             orders.as_deref(),
             n_edges,
             edge_orders,
+            n_sets,
         );
         let first = job.rec.shards.len() as u32;
         job.rec.shards.extend(planned);
@@ -848,6 +860,11 @@ impl Scheduler {
                         decode_json(&ts, "edge_runs").map_err(SchedError::NotReady)?;
                     c.edge_prune.extend(runs);
                 }
+                ShardTask::Downstream { count, .. } => c.downstream.extend(decode_accuracy(
+                    &ts,
+                    *count,
+                    job.spec.downstream.tasks.len(),
+                )?),
             }
         }
         let attempts: u32 = job.shards.iter().map(|s| s.1.attempts).sum();
@@ -910,6 +927,23 @@ fn decode_edges(ts: &[WireTensor], count: usize) -> Result<Vec<f64>, SchedError>
         .map_err(|e| SchedError::NotReady(e.to_string()))
 }
 
+/// `[sets][tasks]` accuracies of a downstream shard, each in 0..=100.
+fn decode_accuracy(
+    ts: &[WireTensor],
+    count: usize,
+    tasks: usize,
+) -> Result<Vec<Vec<f64>>, SchedError> {
+    let flat = tensor::find(ts, "accuracy")
+        .and_then(|t| t.to_f64(&[count, tasks]))
+        .map_err(|e| SchedError::NotReady(e.to_string()))?;
+    if let Some(v) = flat.iter().find(|v| !(0.0..=100.0).contains(*v)) {
+        return Err(SchedError::NotReady(format!(
+            "accuracy {v} outside 0..=100"
+        )));
+    }
+    Ok(flat.chunks(tasks.max(1)).map(<[f64]>::to_vec).collect())
+}
+
 fn decode_runs(ts: &[WireTensor]) -> Result<Vec<PruneResult>, SchedError> {
     decode_json(ts, "runs").map_err(SchedError::NotReady)
 }
@@ -936,6 +970,11 @@ fn check_result(job: &Job, i: usize, ts: &[WireTensor]) -> Result<(), String> {
         ShardTask::Edges { count, .. } => decode_edges(ts, *count)
             .map(|_| ())
             .map_err(|e| e.to_string()),
+        ShardTask::Downstream { count, .. } => {
+            decode_accuracy(ts, *count, job.spec.downstream.tasks.len())
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
         ShardTask::EdgePrune | ShardTask::EdgeOrders { .. } => {
             let want = match &job.rec.shards[i] {
                 ShardTask::EdgeOrders { count, .. } => *count,

@@ -119,3 +119,37 @@ pub fn results_folder(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     files.sort();
     files
 }
+
+/// Runs the spec `text` through an in-process coordinator with 1 worker, then with 2, and
+/// checks that the two results folders are identical; returns the first run's `result.json`
+/// and the folder it wrote (kept while the returned `TempDir` lives).
+pub fn one_and_two_workers(text: &str) -> (serde_json::Value, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = default_model_path();
+    let models = model.parent().unwrap().to_path_buf();
+    let spec = dir.path().join("spec.toml");
+    std::fs::write(&spec, text).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    let t0 = std::time::Instant::now();
+    let doc = rt
+        .block_on(circuit_sweep_coordinator::local::run(
+            &spec, &one, 1, &models, false,
+        ))
+        .unwrap();
+    let t1 = t0.elapsed();
+    rt.block_on(circuit_sweep_coordinator::local::run(
+        &spec, &two, 2, &models, false,
+    ))
+    .unwrap();
+    eprintln!(
+        "1 worker {:.1} s, 2 workers {:.1} s",
+        t1.as_secs_f64(),
+        t0.elapsed().as_secs_f64() - t1.as_secs_f64()
+    );
+    assert_eq!(results_folder(&one), results_folder(&two));
+    (doc, dir)
+}

@@ -582,7 +582,7 @@ impl Evaluator {
                 resid: true,
                 z: true,
                 mlp: true,
-                mid: false,
+                ..Default::default()
             },
             ..Default::default()
         })?;

@@ -12,6 +12,7 @@ use circuit_sweep_common::shard::JobMeta;
 use circuit_sweep_common::spec::SweepSpec;
 use sha2::{Digest, Sha256};
 
+use crate::analysis::downstream::{Downstream, DownstreamError};
 use crate::default_model;
 use crate::eval::{Evaluator, PromptSet};
 use crate::load::{LoadError, LoadedModel};
@@ -87,12 +88,17 @@ pub struct PreparedJob {
     pub spec: SweepSpec,
     /// The resident model.
     pub loaded: Arc<LoadedModel>,
-    /// The checked prompt pairs.
+    /// The checked prompt pairs (none for downstream ablation).
     pub pairs: Vec<PromptPair>,
-    /// Token ids.
-    pub prompts: PromptSet,
-    /// The evaluator (clean and corrupt runs done, ablation values computed).
-    pub ev: Evaluator,
+    /// Token ids (none for downstream ablation).
+    pub prompts: Option<PromptSet>,
+    /// The evaluator (clean and corrupt runs done, ablation values computed); none for
+    /// downstream ablation.
+    pub ev: Option<Evaluator>,
+    /// Downstream ablation: the tokenized task prompts and replacement values.
+    pub downstream: Option<Downstream>,
+    /// The node circuit the spec names (`circuit` or `circuit_file`), checked against the model.
+    pub circuit: Option<Vec<Component>>,
     /// What the prepare shard reports.
     pub meta: JobMeta,
     /// Edge sweeps: the edge graph (restricted to the node circuit, if one is given).
@@ -123,11 +129,13 @@ pub fn prepare(
         ShardError::BadInput(format!("{} has no tokenizer", loaded.source.display()))
     })?;
     tracing::info!("{}", tok.bos_summary());
-    let pairs = spec
-        .data
-        .load(tok, spec_dir)
-        .map_err(|e| ShardError::BadInput(e.to_string()))?;
-    let prompts = PromptSet::from_pairs(&pairs, tok).map_err(ShardError::BadInput)?;
+    let pairs = if spec.sweep.kind.uses_data() {
+        spec.data
+            .load(tok, spec_dir)
+            .map_err(|e| ShardError::BadInput(e.to_string()))?
+    } else {
+        vec![]
+    };
     // Explicit orders name components: check them against the model before any forward pass.
     if let Some(f) = &spec.sweep.orders_file {
         let path = if f.is_absolute() {
@@ -184,6 +192,10 @@ pub fn prepare(
     } else {
         (vec![], vec![])
     };
+    if !spec.sweep.kind.uses_data() {
+        return prepare_downstream(spec, loaded, circuit);
+    }
+    let prompts = PromptSet::from_pairs(&pairs, tok).map_err(ShardError::BadInput)?;
     let mut ev = Evaluator::new(
         &loaded.model,
         &prompts,
@@ -206,10 +218,7 @@ pub fn prepare(
         ev.corrupt
     );
     let jsonl = dataset::to_jsonl(&pairs);
-    let sha: String = Sha256::digest(jsonl.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha = sha256_hex(&jsonl);
     let meta = JobMeta {
         model_path: loaded.source.display().to_string(),
         info: serde_json::to_value(info).expect("model info serializes"),
@@ -232,10 +241,98 @@ pub fn prepare(
         spec: spec.clone(),
         loaded,
         pairs,
-        prompts,
-        ev,
+        prompts: Some(prompts),
+        ev: Some(ev),
+        downstream: None,
+        circuit,
         meta,
         edges,
         outside,
     })
+}
+
+/// The prepare step of downstream ablation: the task prompts, tokenized, and the replacement
+/// values. `full` and `corrupt` of the meta are unused (0): the study's own first set is the
+/// full model.
+fn prepare_downstream(
+    spec: &SweepSpec,
+    loaded: Arc<LoadedModel>,
+    circuit: Option<Vec<Component>>,
+) -> Result<PreparedJob, ShardError> {
+    let tok = loaded.tokenizer.as_ref().expect("checked by prepare");
+    let d = &spec.downstream;
+    let tasks: Vec<_> = d
+        .tasks
+        .iter()
+        .map(|&t| (t, t.prompts(d.n, d.shots, d.seed)))
+        .collect();
+    let ds = Downstream::new(
+        &loaded.model,
+        tok,
+        tasks,
+        spec.ablation.kind,
+        spec.run.batch_tokens,
+    )
+    .map_err(|e| match e {
+        DownstreamError::Model(m) => ShardError::Model(m),
+        DownstreamError::Input(i) => ShardError::BadInput(i),
+    })?;
+    let jsonl: String = ds
+        .tasks
+        .iter()
+        .flat_map(|(_, ps, _)| ps.iter())
+        .map(|p| serde_json::to_string(p).expect("prompts serialize") + "\n")
+        .collect();
+    let sha = sha256_hex(&jsonl);
+    let info = loaded.model.info();
+    let meta = JobMeta {
+        model_path: loaded.source.display().to_string(),
+        info: serde_json::to_value(info).expect("model info serializes"),
+        n_layers: info.n_layers,
+        n_heads: info.n_heads,
+        n_kv_heads: info.n_kv_heads,
+        parallel_residual: info.parallel_residual,
+        circuit_score: None,
+        dataset: serde_json::json!({
+            "sha256": sha,
+            "prompts": ds.tasks.iter().map(|t| t.1.len()).sum::<usize>(),
+            "tasks": d.tasks,
+            "bos": tok.bos_summary(),
+        }),
+        prompts_jsonl: jsonl,
+        full: 0.0,
+        corrupt: 0.0,
+    };
+    Ok(PreparedJob {
+        spec: spec.clone(),
+        loaded,
+        pairs: vec![],
+        prompts: None,
+        ev: None,
+        downstream: Some(ds),
+        circuit,
+        meta,
+        edges: vec![],
+        outside: vec![],
+    })
+}
+
+/// The hex sha256 of a text (the dataset hash in `result.json`).
+fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl PreparedJob {
+    /// The evaluator of a sweep over prompt pairs.
+    pub fn ev(&self) -> Result<&Evaluator, ShardError> {
+        self.ev.as_ref().ok_or_else(|| {
+            ShardError::BadInput(format!(
+                "a {:?} job has no prompt pairs to evaluate",
+                self.spec.sweep.kind
+            ))
+        })
+    }
 }

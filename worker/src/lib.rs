@@ -3,6 +3,7 @@
 //! default model.
 
 pub mod agent;
+pub mod analysis;
 pub mod default_model;
 pub mod eval;
 pub mod job;
@@ -16,7 +17,7 @@ pub mod tokenizer;
 pub use eval::{Evaluator, PromptSet};
 pub use load::{LoadError, LoadOptions, LoadedModel, load_model, load_tokenizer};
 pub use model::{
-    Ablation, Architecture, Capture, Captured, HookedModel, Interventions, LogitSelection,
+    Ablation, Architecture, Capture, Captured, HookedModel, Interventions, KvCache, LogitSelection,
     ModelError, ModelInfo, RunOutput, RunRequest, Start,
 };
 pub use tokenizer::PromptTokenizer;

@@ -51,12 +51,13 @@ pub fn execute(
             }
             let total = layers.len() as u64;
             let mut done = 0;
-            let scores = sweep::node_sweep_layers(&job.ev, layers, n_layers, n_heads, &mut |_| {
-                done += 1;
-                progress(done, total);
-                check()
-            })
-            .map_err(cancelled)?;
+            let scores =
+                sweep::node_sweep_layers(job.ev()?, layers, n_layers, n_heads, &mut |_| {
+                    done += 1;
+                    progress(done, total);
+                    check()
+                })
+                .map_err(cancelled)?;
             let heads: Vec<f64> = scores.heads.iter().flatten().copied().collect();
             Ok(vec![
                 WireTensor::f64("heads", &[layers.len(), n_heads], &heads),
@@ -72,7 +73,7 @@ pub fn execute(
                 .unwrap_or_else(|| vec![spec.threshold()]);
             let mut runs: Vec<PruneResult> = vec![];
             let mut start: Option<Vec<Component>> = None;
-            let mut start_score = job.ev.scores(&[vec![]])?[0];
+            let mut start_score = job.ev()?.scores(&[vec![]])?[0];
             for &t in &thresholds {
                 let mut pruner = Pruner::new(
                     n_layers,
@@ -82,7 +83,7 @@ pub fn execute(
                     start.as_deref(),
                     start_score,
                 );
-                sweep::prune_lockstep(&job.ev, std::slice::from_mut(&mut pruner), &mut |_, d| {
+                sweep::prune_lockstep(job.ev()?, std::slice::from_mut(&mut pruner), &mut |_, d| {
                     progress(d, 0);
                     check()
                 })
@@ -103,7 +104,7 @@ pub fn execute(
             Ok(runs_tensors(&runs))
         }
         ShardTask::Orders { orders, .. } => {
-            let full_score = job.ev.scores(&[vec![]])?[0];
+            let full_score = job.ev()?.scores(&[vec![]])?[0];
             let t = job.spec.threshold();
             let mut pruners: Vec<Pruner> = orders
                 .iter()
@@ -119,7 +120,7 @@ pub fn execute(
                 })
                 .collect();
             let total = pruners.len() as u64;
-            sweep::prune_lockstep(&job.ev, &mut pruners, &mut |ps, _| {
+            sweep::prune_lockstep(job.ev()?, &mut pruners, &mut |ps, _| {
                 progress(ps.iter().filter(|p| p.is_done()).count() as u64, total);
                 check()
             })
@@ -139,15 +140,53 @@ pub fn execute(
             let edges = &job.edges[first..first + count];
             // Chunks that fill a few passes each: progress and cancellation in between.
             let chunk = 64;
-            let scores = sweep::edge_sweep(&job.ev, edges, &job.outside, chunk, &mut |done| {
+            let scores = sweep::edge_sweep(job.ev()?, edges, &job.outside, chunk, &mut |done| {
                 progress(done as u64, count as u64);
                 check()
             })
             .map_err(cancelled)?;
             Ok(vec![WireTensor::f64("edges", &[count], &scores)])
         }
+        ShardTask::Downstream { first, count } => {
+            let ds = job.downstream.as_ref().ok_or_else(|| {
+                ShardError::BadInput("a downstream shard of a job with no downstream tasks".into())
+            })?;
+            let sets = circuit_sweep_common::analysis::downstream::study_sets(
+                &job.spec.sweep,
+                job.circuit.as_deref(),
+                n_layers,
+                n_heads,
+            );
+            if first + count > sets.len() {
+                return Err(ShardError::BadInput(format!(
+                    "shard asks for sets {first}..{} of a study of {}",
+                    first + count,
+                    sets.len()
+                )));
+            }
+            let chosen: Vec<Vec<Component>> = sets[*first..first + count]
+                .iter()
+                .map(|(_, s)| s.clone())
+                .collect();
+            let tok = job.loaded.tokenizer.as_ref().ok_or_else(|| {
+                ShardError::BadInput(format!("{} has no tokenizer", job.loaded.source.display()))
+            })?;
+            let tasks = ds.tasks.len() as u64;
+            let acc = ds
+                .accuracy(&job.loaded.model, tok, &chosen, &mut |done| {
+                    progress(done as u64, tasks);
+                    check()
+                })
+                .map_err(cancelled)?;
+            let flat: Vec<f64> = acc.iter().flatten().copied().collect();
+            Ok(vec![WireTensor::f64(
+                "accuracy",
+                &[*count, ds.tasks.len()],
+                &flat,
+            )])
+        }
         ShardTask::EdgePrune | ShardTask::EdgeOrders { .. } => {
-            let start = job.ev.edge_scores(&[crate::eval::EdgeCandidate {
+            let start = job.ev()?.edge_scores(&[crate::eval::EdgeCandidate {
                 nodes: job.outside.clone(),
                 edges: vec![],
             }])?[0];
@@ -164,7 +203,7 @@ pub fn execute(
                 .collect::<Result<Vec<_>, String>>()
                 .map_err(ShardError::BadInput)?;
             let total = pruners.len() as u64;
-            sweep::edge_prune_lockstep(&job.ev, &job.outside, &mut pruners, &mut |ps, d| {
+            sweep::edge_prune_lockstep(job.ev()?, &job.outside, &mut pruners, &mut |ps, d| {
                 if total > 1 {
                     progress(ps.iter().filter(|p| p.is_done()).count() as u64, total);
                 } else {

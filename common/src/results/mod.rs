@@ -1,18 +1,24 @@
 //! The results folder of a run (spec section 6): `result.json` (schema-versioned), the score
 //! matrices as CSV and safetensors, and SVG plots.
 
+mod charts;
 mod circuit;
 mod edges;
+mod grid;
 mod heatmap;
 mod tables;
+mod upset;
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+pub use charts::{bars_svg, strip_svg};
 pub use circuit::{circuit_dot, circuit_svg, frequency_svg};
 pub use edges::{edge_dot, edge_svg, edges_csv};
+pub use grid::{Grid, grid_svg};
 pub use heatmap::head_heatmap_svg;
+pub use upset::upset_svg;
 
 /// Escapes text for SVG and DOT.
 pub(crate) fn esc(s: &str) -> String {

@@ -5,7 +5,7 @@
 mod corruption;
 mod greater_than;
 mod sequence;
-mod vocab;
+pub mod vocab;
 
 use std::fmt;
 use std::str::FromStr;

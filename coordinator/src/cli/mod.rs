@@ -1,5 +1,6 @@
 //! The command line: every flag is also readable from an environment variable.
 
+mod analyze;
 mod bench;
 mod bench_edges;
 mod model;
@@ -57,6 +58,9 @@ pub enum Command {
     /// Generate and check datasets of prompt pairs.
     #[command(subcommand)]
     Prompts(prompts::PromptsCommand),
+    /// Mechanism analyses: cross-task circuits, OV successor scores, attention, logit lens.
+    #[command(subcommand)]
+    Analyze(analyze::AnalyzeCommand),
     /// Benchmarks that print a table.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -87,6 +91,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Results(args) => remote::results(args),
         Command::Predict(args) => predict::run(args, &cli.models_dir),
         Command::Prompts(cmd) => prompts::run(cmd, &cli.models_dir),
+        Command::Analyze(cmd) => analyze::run(cmd, &cli.models_dir),
         Command::Bench(cmd) => bench::run(cmd, &cli.models_dir),
     }
 }

@@ -42,11 +42,13 @@ pub fn run(args: RunArgs, models_dir: &Path) -> anyhow::Result<()> {
         models_dir,
         !args.quiet,
     ))?;
+    let metrics = match (doc["full"].as_f64(), doc["corrupt"].as_f64()) {
+        (Some(f), Some(c)) => format!("full {f:.4}, corrupt {c:.4}, "),
+        _ => String::new(),
+    };
     println!(
-        "wrote {} (full {:.4}, corrupt {:.4}, {} shards in {:.1} s)",
+        "wrote {} ({metrics}{} shards in {:.1} s)",
         out.display(),
-        doc["full"].as_f64().unwrap_or(f64::NAN),
-        doc["corrupt"].as_f64().unwrap_or(f64::NAN),
         doc["timing"]["shards"],
         doc["timing"]["seconds"].as_f64().unwrap_or(0.0)
     );

@@ -14,6 +14,17 @@ impl HookedModel {
             .start
             .as_ref()
             .ok_or_else(|| ModelError::InvalidRequest("`start` is required".into()))?;
+        let past = req.cache.map_or(0, |c| c.len());
+        if req.cache.is_some()
+            && req
+                .interventions
+                .as_ref()
+                .is_some_and(|iv| !iv.edges.is_empty() || !iv.inputs.is_empty())
+        {
+            return Err(ModelError::InvalidRequest(
+                "edge interventions do not run with a KV cache".into(),
+            ));
+        }
         let (start_layer, resid) = match start {
             Start::Tokens(ids) => {
                 if ids.rank() != 2 {
@@ -22,7 +33,12 @@ impl HookedModel {
                         ids.dims()
                     )));
                 }
-                (0, self.blocks.embed(ids)?)
+                (0, self.blocks.embed(ids, past)?)
+            }
+            Start::Resid { .. } if req.cache.is_some() => {
+                return Err(ModelError::InvalidRequest(
+                    "a pass with a KV cache starts from tokens".into(),
+                ));
             }
             Start::Resid { layer, resid } => {
                 if *layer > info.n_layers {
@@ -41,7 +57,24 @@ impl HookedModel {
                 (*layer, resid.to_dtype(info.dtype)?)
             }
         };
-        let (prompts, seq_len, _) = resid.dims3()?;
+        let (rows, seq_len, _) = resid.dims3()?;
+        // Once a cache holds positions its rows are already variant-major.
+        let expanded = past > 0;
+        let n_variants = req
+            .interventions
+            .as_ref()
+            .map_or(1, |iv| iv.variants.len().max(1));
+        let prompts = if expanded {
+            if req.cache.is_some_and(|c| c.rows() != rows) || !rows.is_multiple_of(n_variants) {
+                return Err(ModelError::InvalidRequest(format!(
+                    "{rows} token rows do not continue a KV cache of {} rows ({n_variants} variants)",
+                    req.cache.map_or(0, |c| c.rows())
+                )));
+            }
+            rows / n_variants
+        } else {
+            rows
+        };
         let mut hooks = RunHooks::new(
             info,
             &*self.blocks,
@@ -52,24 +85,32 @@ impl HookedModel {
             info.dtype,
             &self.device,
         )?;
+        if let Some(c) = req.cache {
+            hooks.set_cache(c);
+        }
         let v = hooks.n_variants();
-        let mut x = if v == 1 {
+        let mut x = if v == 1 || expanded {
             resid
         } else {
             resid
                 .unsqueeze(0)?
-                .broadcast_as((v, prompts, seq_len, info.d_model))?
-                .reshape((v * prompts, seq_len, info.d_model))?
+                .broadcast_as((v, rows, seq_len, info.d_model))?
+                .reshape((v * rows, seq_len, info.d_model))?
         };
         if matches!(start, Start::Tokens(_)) {
             hooks.embedded(&x)?;
         }
-        let ctx = self.blocks.seq_ctx(seq_len)?;
+        let ctx = if req.cache.is_some() {
+            self.blocks.seq_ctx(past + seq_len)?.with_cache(seq_len)?
+        } else {
+            self.blocks.seq_ctx(seq_len)?
+        };
         // Only the last position of the final block reaches last-position logits.
         let last_only = matches!(
             req.logits,
             LogitSelection::Last | LogitSelection::LastIds(_)
         ) && !req.capture.z
+            && !req.capture.pattern
             && !req.capture.mlp
             && !req.capture.mid;
         let final_ctx = if last_only {
@@ -89,6 +130,9 @@ impl HookedModel {
             x = self.blocks.block(layer, &x, c, &mut hooks)?;
         }
         let x = hooks.logits_input(info.n_layers, x)?;
+        if let Some(c) = req.cache {
+            c.advance(seq_len);
+        }
         let logits = self.logits(&x, &req.logits)?;
         Ok(RunOutput {
             logits,

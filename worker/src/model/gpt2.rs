@@ -186,17 +186,20 @@ impl Gpt2 {
 }
 
 impl Blocks for Gpt2 {
-    fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+    fn embed(&self, ids: &Tensor, pos0: usize) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let n_pos = self.wpe.dim(0)?;
-        if t > n_pos {
-            candle_core::bail!("{t} positions exceed GPT-2's {n_pos} learned positions");
+        if pos0 + t > n_pos {
+            candle_core::bail!(
+                "{} positions exceed GPT-2's {n_pos} learned positions",
+                pos0 + t
+            );
         }
         let tok = self
             .wte
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, ()))?;
-        tok.broadcast_add(&self.wpe.i(..t)?)
+        tok.broadcast_add(&self.wpe.i(pos0..pos0 + t)?)
     }
 
     fn seq_ctx(&self, seq_len: usize) -> candle_core::Result<SeqCtx> {
@@ -228,7 +231,7 @@ impl Blocks for Gpt2 {
                 .transpose(1, 2)
         };
         let q = ctx.queries_of(&split(0)?, 2)?;
-        let z = layers::attend(&q, &split(1)?, &split(2)?, &ctx.mask)?;
+        let z = layers::attention(layer, &q, split(1)?, split(2)?, ctx, hooks)?;
         let z = hooks.z(layer, z)?;
         let a = layers::dense(&l.proj, &z.reshape((b, ctx.queries, d))?)?;
         let x = (ctx.queries_of(x, 1)? + a)?;
@@ -253,5 +256,12 @@ impl Blocks for Gpt2 {
 
     fn out_proj(&self, layer: usize) -> &Tensor {
         self.layers[layer].proj.weight()
+    }
+
+    fn value(&self, layer: usize, kv_head: usize, x: &Tensor) -> candle_core::Result<Tensor> {
+        let l = &self.layers[layer];
+        let d = l.proj.weight().dim(0)?;
+        let dh = d / self.n_heads;
+        layers::dense_cols(&l.qkv, &l.ln1.forward(x)?, 2 * d + kv_head * dh, dh)
     }
 }

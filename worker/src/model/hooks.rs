@@ -6,7 +6,7 @@ use circuit_sweep_common::Component;
 use circuit_sweep_common::edge::{Edge, Receiver, Sender};
 
 use super::edges::{EdgeState, ReceiverInput};
-use super::{Blocks, Capture, Captured, ModelError, ModelInfo};
+use super::{Blocks, Capture, Captured, KvCache, ModelError, ModelInfo};
 
 /// Replacement activations for every component: what an ablated component's output becomes.
 ///
@@ -121,6 +121,11 @@ pub(crate) trait LayerHooks {
     fn attn_inputs(&mut self, layer: usize, x: &Tensor) -> Result<Vec<ReceiverInput>, ModelError>;
     /// The input of the MLP of `layer`, given the residual stream `x` it would read.
     fn mlp_input(&mut self, layer: usize, x: &Tensor) -> Result<Tensor, ModelError>;
+    /// Keys and values of the input's positions `[B, H_kv, T, d]`; returns those of every
+    /// position (joined with a KV cache).
+    fn kv(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor), ModelError>;
+    /// The attention pattern `[B, H, T_q, T]` of `layer`.
+    fn pattern(&mut self, layer: usize, probs: &Tensor) -> Result<(), ModelError>;
 }
 
 /// Per-layer masks built from the variants: `keep` is 1 where the model's own activation is
@@ -137,6 +142,7 @@ pub(crate) struct RunHooks<'a> {
     z_masks: Vec<Option<LayerMask>>,
     mlp_masks: Vec<Option<LayerMask>>,
     edges: Option<EdgeState<'a>>,
+    cache: Option<&'a KvCache>,
     capture: Capture,
     pub(crate) captured: Captured,
 }
@@ -250,6 +256,7 @@ impl<'a> RunHooks<'a> {
             z_masks,
             mlp_masks,
             edges,
+            cache: None,
             capture,
             captured: Captured {
                 resid: vec![None; n_layers],
@@ -257,6 +264,7 @@ impl<'a> RunHooks<'a> {
                 mlp: vec![None; n_layers],
                 mid: vec![None; n_layers],
                 last: None,
+                pattern: vec![None; n_layers],
             },
         })
     }
@@ -282,6 +290,11 @@ impl<'a> RunHooks<'a> {
             Some(e) => e.stream_input(n_layers, &x),
             None => Ok(x),
         }
+    }
+
+    /// Extends `cache` with this pass's keys and values.
+    pub(crate) fn set_cache(&mut self, cache: &'a KvCache) {
+        self.cache = Some(cache);
     }
 
     /// Number of variants (rows of the batch are `variants * prompts`).
@@ -388,5 +401,19 @@ impl LayerHooks for RunHooks<'_> {
             Some(e) => e.stream_input(layer, x),
             None => Ok(x.clone()),
         }
+    }
+
+    fn kv(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor), ModelError> {
+        match self.cache {
+            Some(c) => c.append(layer, k, v),
+            None => Ok((k, v)),
+        }
+    }
+
+    fn pattern(&mut self, layer: usize, probs: &Tensor) -> Result<(), ModelError> {
+        if self.capture.pattern {
+            self.captured.pattern[layer] = Some(probs.clone());
+        }
+        Ok(())
     }
 }

@@ -7,20 +7,25 @@ use crate::load::{LoadError, WeightSource};
 
 /// Per-sequence-length state shared by all blocks of one forward pass.
 ///
-/// Blocks compute keys and values at every position but queries (and everything after the
-/// attention) only at the last `queries` positions: all of them normally, only the last in the
-/// final block when nothing but last-position logits is needed.
+/// Blocks compute keys and values at every position of their input but queries (and everything
+/// after the attention) only at the last `queries` positions: all of them normally, only the
+/// last in the final block when nothing but last-position logits is needed. With a KV cache the
+/// input holds only the new positions; the keys and values of the `cached` earlier ones come
+/// from the cache.
 #[derive(Clone)]
 pub(crate) struct SeqCtx {
-    /// Positions in the sequence.
+    /// Positions in the sequence, cached ones included.
     pub seq_len: usize,
     /// Trailing positions whose queries, MLP and output are computed.
     pub queries: usize,
+    /// Leading positions whose keys and values come from a KV cache (not in the input).
+    pub cached: usize,
     /// Additive causal mask `[queries, T]` in f32 (0 where a query may attend, -inf after it).
     pub mask: Tensor,
-    /// Rotary `cos` and `sin` tables `[T, rotary_dim / 2]` in the model dtype (for keys).
+    /// Rotary `cos` and `sin` tables `[T - cached, rotary_dim / 2]` in the model dtype (for
+    /// the keys of the input's positions).
     pub rope: Option<(Tensor, Tensor)>,
-    /// The rows of `rope` for the query positions.
+    /// The rows of the tables for the query positions.
     pub rope_q: Option<(Tensor, Tensor)>,
 }
 
@@ -39,39 +44,59 @@ impl SeqCtx {
         Ok(SeqCtx {
             seq_len,
             queries: seq_len,
+            cached: 0,
             mask,
             rope_q: rope.clone(),
             rope,
         })
     }
 
-    /// The same context computing only the last position's queries and outputs.
-    pub fn last_query(&self) -> candle_core::Result<Self> {
+    /// The same context computing only the last `n` positions' queries and outputs.
+    pub fn tail(&self, n: usize) -> candle_core::Result<Self> {
         let t = self.seq_len;
         let last = |(c, s): &(Tensor, Tensor)| -> candle_core::Result<(Tensor, Tensor)> {
+            let rows = c.dim(0)?;
             Ok((
-                c.narrow(0, t - 1, 1)?.contiguous()?,
-                s.narrow(0, t - 1, 1)?.contiguous()?,
+                c.narrow(0, rows - n, n)?.contiguous()?,
+                s.narrow(0, rows - n, n)?.contiguous()?,
             ))
         };
         Ok(SeqCtx {
             seq_len: t,
-            queries: 1,
-            mask: self.mask.narrow(0, t - 1, 1)?.contiguous()?,
+            queries: n,
+            cached: self.cached,
+            mask: self
+                .mask
+                .narrow(0, self.mask.dim(0)? - n, n)?
+                .contiguous()?,
             rope: self.rope.clone(),
             rope_q: self.rope.as_ref().map(last).transpose()?,
         })
+    }
+
+    /// The same context computing only the last position's queries and outputs.
+    pub fn last_query(&self) -> candle_core::Result<Self> {
+        self.tail(1)
+    }
+
+    /// The context of a pass whose input holds only the last `new` positions, the earlier
+    /// ones being in a KV cache.
+    pub fn with_cache(&self, new: usize) -> candle_core::Result<Self> {
+        let mut c = self.tail(new)?;
+        c.cached = self.seq_len - new;
+        c.rope = c.rope_q.clone();
+        Ok(c)
     }
 
     /// The query positions of `x` (`[B, T, ..]` with positions in dim `dim`), contiguous:
     /// candle's norms take another (differently rounded) path on strided input, and whether a
     /// narrowed view is strided depends on the batch size.
     pub fn queries_of(&self, x: &Tensor, dim: usize) -> candle_core::Result<Tensor> {
-        if self.queries == self.seq_len {
+        let n = x.dim(dim)?;
+        if n == self.queries {
             Ok(x.clone())
         } else {
-            x.narrow(dim, self.seq_len - self.queries, self.queries)?
-                .contiguous()
+            x.narrow(dim, n - self.queries, self.queries)?.contiguous()
         }
     }
 }
@@ -136,22 +161,44 @@ pub(crate) fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_cor
 }
 
 /// Causal softmax attention. `q`, `k`, `v` are `[B, H, T, d_head]` (`k`, `v` already repeated
-/// for grouped-query attention); scores and softmax run in f32. Returns `z` as `[B, T, H, d_head]`.
+/// for grouped-query attention); scores and softmax run in f32. Returns `z` as `[B, T, H, d_head]`
+/// and the attention pattern `[B, H, T_q, T]` in f32.
 pub(crate) fn attend(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     mask: &Tensor,
-) -> candle_core::Result<Tensor> {
+) -> candle_core::Result<(Tensor, Tensor)> {
     let d_head = q.dim(D::Minus1)?;
     let scale = 1.0 / (d_head as f64).sqrt();
     let scores = (q.contiguous()?.matmul(&k.contiguous()?.t()?)? * scale)?;
     let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-    probs
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let z = probs
+        .to_dtype(v.dtype())?
         .matmul(&v.contiguous()?)?
         .transpose(1, 2)?
-        .contiguous()
+        .contiguous()?;
+    Ok((z, probs))
+}
+
+/// The attention of block `layer`: keys and values of the input's positions (`[B, H_kv, T, d]`,
+/// rotary applied) joined with the KV cache through `hooks`, repeated for grouped-query
+/// attention, and attended by the queries `q`; the pattern goes to `hooks`. Returns `z`.
+pub(crate) fn attention(
+    layer: usize,
+    q: &Tensor,
+    k: Tensor,
+    v: Tensor,
+    ctx: &SeqCtx,
+    hooks: &mut dyn super::hooks::LayerHooks,
+) -> Result<Tensor, super::ModelError> {
+    let n_rep = q.dim(1)? / k.dim(1)?;
+    let (k, v) = hooks.kv(layer, k, v)?;
+    let (k, v) = (repeat_kv(k, n_rep)?, repeat_kv(v, n_rep)?);
+    let (z, probs) = attend(q, &k, &v, &ctx.mask)?;
+    hooks.pattern(layer, &probs)?;
+    Ok(z)
 }
 
 /// Repeats key/value heads `[B, H_kv, T, d]` to `[B, H_kv * n_rep, T, d]` (grouped-query).

@@ -339,7 +339,7 @@ impl Llama {
 }
 
 impl Blocks for Llama {
-    fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+    fn embed(&self, ids: &Tensor, _pos0: usize) -> candle_core::Result<Tensor> {
         self.embed.forward(ids)
     }
 
@@ -375,9 +375,7 @@ impl Blocks for Llama {
         let (cos_q, sin_q) = ctx.rope_q.as_ref().expect("llama always has rotary tables");
         let q = layers::apply_rotary(&ctx.queries_of(&q, 2)?, cos_q, sin_q)?;
         let k = layers::apply_rotary(&k, cos, sin)?;
-        let k = layers::repeat_kv(k, h / kv)?;
-        let v = layers::repeat_kv(v, h / kv)?;
-        let z = layers::attend(&q, &k, &v, &ctx.mask)?;
+        let z = layers::attention(layer, &q, k, v, ctx, hooks)?;
         let z = hooks.z(layer, z)?;
         let tq = ctx.queries;
         let a = layers::dense(&l.o, &z.reshape((b, tq, h * dh))?)?;
@@ -401,5 +399,11 @@ impl Blocks for Llama {
 
     fn out_proj(&self, layer: usize) -> &Tensor {
         self.layers[layer].o.weight()
+    }
+
+    fn value(&self, layer: usize, kv_head: usize, x: &Tensor) -> candle_core::Result<Tensor> {
+        let l = &self.layers[layer];
+        let (h, kv, dh) = (self.n_heads, self.n_kv, self.d_head);
+        layers::dense_cols(&l.qkv, &l.ln1.forward(x)?, (h + kv + kv_head) * dh, dh)
     }
 }

@@ -6,9 +6,11 @@ mod driver;
 mod edges;
 mod gpt2;
 mod hooks;
+mod kv_cache;
 mod layers;
 mod llama;
 mod neox;
+mod readout;
 
 use std::fmt;
 
@@ -16,6 +18,7 @@ use candle_core::{DType, Device, Tensor};
 
 pub use gpt2::Gpt2Config;
 pub use hooks::{Ablation, Interventions};
+pub use kv_cache::KvCache;
 pub use llama::{LlamaConfig, RopeScaling};
 pub use neox::NeoxConfig;
 
@@ -147,16 +150,19 @@ pub struct Capture {
     /// The MLP's input residual stream per layer (after the layer's attention, except with a
     /// parallel residual) and the final block's output.
     pub mid: bool,
+    /// Attention patterns `[rows, n_heads, query positions, positions]` (f32) per layer.
+    pub pattern: bool,
 }
 
 impl Capture {
-    /// Capture everything.
+    /// Capture every activation (not the attention patterns).
     pub fn all() -> Self {
         Capture {
             resid: true,
             z: true,
             mlp: true,
             mid: true,
+            pattern: false,
         }
     }
 }
@@ -174,6 +180,8 @@ pub struct Captured {
     pub mid: Vec<Option<Tensor>>,
     /// The final block's output (what the final norm reads).
     pub last: Option<Tensor>,
+    /// Attention patterns per layer.
+    pub pattern: Vec<Option<Tensor>>,
 }
 
 /// One forward pass: where it starts, what it replaces, what it returns.
@@ -188,6 +196,10 @@ pub struct RunRequest<'a> {
     pub capture: Capture,
     /// Logits to compute.
     pub logits: LogitSelection,
+    /// A KV cache to extend (generation): the pass runs only the new tokens, attending to the
+    /// cached positions. Once the cache holds positions, the token rows are the cache's rows
+    /// (variant-major), not prompts to repeat per variant.
+    pub cache: Option<&'a KvCache>,
 }
 
 /// Output of a forward pass.
@@ -202,8 +214,9 @@ pub struct RunOutput {
 /// The per-architecture part of a model: embedding, blocks with hook points, final norm,
 /// unembedding. The shared driver (`driver.rs`) runs it.
 pub(crate) trait Blocks: Send + Sync {
-    /// Token ids `[B, T]` to the residual stream at block 0's input.
-    fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor>;
+    /// Token ids `[B, T]` at positions `pos0..pos0 + T` to the residual stream at block 0's
+    /// input.
+    fn embed(&self, ids: &Tensor, pos0: usize) -> candle_core::Result<Tensor>;
     /// Per-sequence-length state (causal mask, rotary tables).
     fn seq_ctx(&self, seq_len: usize) -> candle_core::Result<layers::SeqCtx>;
     /// Block `layer` on the residual stream `x`, calling the hooks at `z` and the MLP output.
@@ -220,6 +233,10 @@ pub(crate) trait Blocks: Send + Sync {
     fn unembed(&self) -> &Tensor;
     /// The output projection's weight `[d_model, n_heads * d_head]` of `layer` (bias excluded).
     fn out_proj(&self, layer: usize) -> &Tensor;
+    /// The value vectors `[.., d_head]` of key/value head `kv_head` of `layer` for the residual
+    /// stream `x` (`[.., d_model]`): the attention's input norm, then the head's value
+    /// projection with its bias.
+    fn value(&self, layer: usize, kv_head: usize, x: &Tensor) -> candle_core::Result<Tensor>;
 
     /// What head `head` of `layer` writes into the residual stream for head outputs `z`
     /// (`[rows, T, d_head]` to `[rows, T, d_model]`), bias excluded.

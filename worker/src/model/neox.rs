@@ -250,7 +250,7 @@ impl Neox {
 }
 
 impl Blocks for Neox {
-    fn embed(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+    fn embed(&self, ids: &Tensor, _pos0: usize) -> candle_core::Result<Tensor> {
         self.embed.forward(ids)
     }
 
@@ -293,7 +293,7 @@ impl Blocks for Neox {
             ),
             _ => (q, k),
         };
-        let z = layers::attend(&q, &k, &v, &ctx.mask)?;
+        let z = layers::attention(layer, &q, k, v, ctx, hooks)?;
         let z = hooks.z(layer, z)?;
         let a = layers::dense(&l.dense, &z.reshape((b, ctx.queries, d))?)?;
         let x = &ctx.queries_of(x, 1)?;
@@ -323,5 +323,11 @@ impl Blocks for Neox {
 
     fn out_proj(&self, layer: usize) -> &Tensor {
         self.layers[layer].dense.weight()
+    }
+
+    fn value(&self, layer: usize, kv_head: usize, x: &Tensor) -> candle_core::Result<Tensor> {
+        let l = &self.layers[layer];
+        let dh = l.dense.weight().dim(0)? / self.n_heads;
+        layers::dense_cols(&l.qkv, &l.ln1.forward(x)?, kv_head * 3 * dh + 2 * dh, dh)
     }
 }
