@@ -306,7 +306,7 @@ fn write_downstream(
     results::write_file(out, "downstream.csv", &csv)?;
     let mut spread = serde_json::Map::new();
     let mut p_values = serde_json::Map::new();
-    let circuit = sets.iter().position(|s| s.0 == "circuit");
+    let circuit = sets.iter().position(|s| s.0 == "circuit heads");
     for (t, task) in tasks.iter().enumerate() {
         let xs: Vec<f64> = random.iter().map(|&i| c.downstream[i][t]).collect();
         spread.insert(task.clone(), json!(downstream::Spread::of(&xs)));
@@ -333,8 +333,8 @@ fn write_downstream(
             &dots,
             &marks,
             &format!(
-                "{name}: downstream accuracy with heads {:?}-ablated",
-                spec.ablation.kind
+                "{name}: downstream accuracy with heads {}-ablated",
+                format!("{:?}", spec.ablation.kind).to_lowercase()
             ),
             &format!(
                 "exact match of greedy generation, {} prompts per task; dots: {} random sets of {size} heads",

@@ -214,6 +214,9 @@ fn cross_task_scores_every_circuit_on_every_tasks_data() {
     );
     let shared = d["overlap"]["shared"].as_array().unwrap().len();
     assert_eq!(shared, 23);
+    let listed: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(out.join("shared.json")).unwrap()).unwrap();
+    assert_eq!(listed.len(), 23);
     for f in ["cross-task.svg", "overlap.svg", "cross-task.csv"] {
         assert!(out.join(f).exists(), "{f}");
     }

@@ -196,7 +196,7 @@ pub fn random_head_sets(
 }
 
 /// The sets of a downstream study, in shard order: the full model (nothing ablated), the
-/// circuit when one is given, then `[sweep] random_sets` random head sets (default 20) of
+/// circuit's heads when a circuit is given, then `[sweep] random_sets` random head sets (default 20) of
 /// `set_size` heads (default: the circuit's heads, else 10) drawn from `[sweep] seed`.
 pub fn study_sets(
     sweep: &crate::spec::SweepKindSpec,
@@ -205,17 +205,19 @@ pub fn study_sets(
     n_heads: usize,
 ) -> Vec<(String, Vec<Component>)> {
     let mut sets = vec![("full model".to_string(), vec![])];
-    let circuit_heads = circuit.map(|c| {
+    // The study ablates heads: a circuit's MLPs are left in place, as random sets are heads.
+    let circuit_heads: Option<Vec<Component>> = circuit.map(|c| {
         c.iter()
             .filter(|x| matches!(x, Component::Head { .. }))
-            .count()
+            .copied()
+            .collect()
     });
-    if let Some(c) = circuit {
-        sets.push(("circuit".to_string(), c.to_vec()));
+    if let Some(c) = &circuit_heads {
+        sets.push(("circuit heads".to_string(), c.clone()));
     }
     let size = sweep
         .set_size
-        .or(circuit_heads.filter(|&n| n > 0))
+        .or(circuit_heads.map(|c| c.len()).filter(|&n| n > 0))
         .unwrap_or(10);
     let k = sweep.random_sets.unwrap_or(20);
     for (i, s) in random_head_sets(n_layers, n_heads, size, sweep.seed, 0..k)
@@ -339,7 +341,7 @@ mod tests {
         let sets = study_sets(&sweep, Some(&circuit), 4, 4);
         assert_eq!(sets.len(), 7);
         assert_eq!(sets[0], ("full model".to_string(), vec![]));
-        assert_eq!(sets[1].1, circuit);
+        assert_eq!(sets[1].1, circuit[..2].to_vec(), "the circuit's heads");
         assert!(sets[2..].iter().all(|(_, s)| s.len() == 2));
         assert_eq!(sets[2].1, random_head_sets(4, 4, 2, 9, 0..1)[0]);
         let plain = study_sets(&crate::spec::SweepKindSpec::default(), None, 12, 12);

@@ -21,6 +21,8 @@ pub enum BenchCommand {
     /// Edge-sweep throughput (edges/s) on a random-weight GPT-2-small-shaped model and on the
     /// default model, with the time a full sweep of each takes on this machine.
     Edges(super::bench_edges::EdgesArgs),
+    /// Greedy generation with the KV cache against rerunning the sequence at every step.
+    Generate(super::bench_generate::GenerateArgs),
     /// The coordinator's overhead per shard: lease, result stream, database commit and
     /// aggregation, for shards that compute nothing (a stand-in worker answers at once).
     Shards {
@@ -74,6 +76,7 @@ pub fn run(cmd: BenchCommand, models_dir: &Path) -> anyhow::Result<()> {
         BenchCommand::Sweep(a) => sweep(a, models_dir),
         BenchCommand::Shards { jobs } => shards(jobs),
         BenchCommand::Edges(a) => super::bench_edges::edges(a, models_dir),
+        BenchCommand::Generate(a) => super::bench_generate::generate_bench(a, models_dir),
     }
 }
 

@@ -3,6 +3,7 @@
 mod analyze;
 mod bench;
 mod bench_edges;
+mod bench_generate;
 mod model;
 mod predict;
 mod prompts;

@@ -116,7 +116,7 @@ pub fn run(a: CrossTaskArgs, models_dir: &Path) -> anyhow::Result<()> {
         }
     }
     let name = model_name(&loaded.source);
-    let cols: Vec<String> = names.iter().map(|n| format!("{n} data")).collect();
+    let cols = names.clone();
     write(
         &a.out,
         "cross-task.svg",
@@ -126,10 +126,10 @@ pub fn run(a: CrossTaskArgs, models_dir: &Path) -> anyhow::Result<()> {
             values: &matrix,
             lo: 0.0,
             hi: 100.0,
-            title: &format!("{name}: circuits scored on each task's data"),
+            title: &format!("{name}: circuits (rows) scored on each task's data (columns)"),
             sub: "% of the full model's metric kept with everything outside the circuit ablated",
             decimals: Some(1),
-            cell: 86.0,
+            cell: 76.0,
             vertical_cols: false,
         }),
     )?;
@@ -143,6 +143,10 @@ pub fn run(a: CrossTaskArgs, models_dir: &Path) -> anyhow::Result<()> {
             "bars: components in exactly the marked tasks' circuits",
         ),
     )?;
+    // The shared sub-circuit as a list, usable as `circuit_file` of an edge sweep or a
+    // downstream study.
+    let shared: Vec<String> = ov.shared.iter().map(|c| c.to_string()).collect();
+    write(&a.out, "shared.json", &serde_json::to_string(&shared)?)?;
     let mut csv = format!("circuit,{}\n", names.join(","));
     for (r, row) in rows.iter().zip(&matrix) {
         let cells: Vec<String> = row.iter().map(|v| v.to_string()).collect();

@@ -140,6 +140,48 @@ pub fn run(a: OvArgs, models_dir: &Path) -> anyhow::Result<()> {
             serde_json::json!({"scores": s, "skipped": probe.skipped, "members": probe.members}),
         );
     }
+    // One summary: the heads with the highest successor score on any set, by set.
+    let tables: Vec<(String, Vec<Vec<f64>>)> = doc
+        .iter()
+        .map(|(set, v)| {
+            let t: Vec<Vec<f64>> =
+                serde_json::from_value(v["scores"]["successor"].clone()).expect("tables we wrote");
+            (set.clone(), t)
+        })
+        .collect();
+    if let Some((_, first)) = tables.first() {
+        let mut heads: Vec<(usize, usize, f64)> = vec![];
+        for (l, row) in first.iter().enumerate() {
+            for h in 0..row.len() {
+                let best = tables.iter().map(|(_, t)| t[l][h]).fold(0.0, f64::max);
+                heads.push((l, h, best));
+            }
+        }
+        heads.sort_by(|a, b| b.2.total_cmp(&a.2).then((a.0, a.1).cmp(&(b.0, b.1))));
+        heads.truncate(16);
+        let rows: Vec<String> = heads.iter().map(|(l, h, _)| format!("h{l}.{h}")).collect();
+        let cols: Vec<String> = tables.iter().map(|(s, _)| s.clone()).collect();
+        let values: Vec<Vec<f64>> = heads
+            .iter()
+            .map(|&(l, h, _)| tables.iter().map(|(_, t)| t[l][h]).collect())
+            .collect();
+        write(
+            &a.out,
+            "successor.svg",
+            &grid_svg(&Grid {
+                rows: &rows,
+                cols: &cols,
+                values: &values,
+                lo: 0.0,
+                hi: 100.0,
+                title: &format!("{name}: successor heads (top-{})", a.k),
+                sub: "% of members whose successor the head's OV circuit puts in the top-k",
+                decimals: Some(0),
+                cell: 40.0,
+                vertical_cols: true,
+            }),
+        )?;
+    }
     let doc = serde_json::json!({
         "model": loaded.source.display().to_string(),
         "k": a.k, "from_layer": a.from_layer, "window": a.window,

@@ -1,0 +1,80 @@
+//! `circuit-sweep bench generate`: greedy generation with the KV cache against rerunning the
+//! whole sequence each step, on downstream prompts of the default model, with ablation
+//! variants batched as a downstream study runs them.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::DType;
+use circuit_sweep_common::analysis::downstream::{DownTask, random_head_sets};
+use circuit_sweep_worker::Ablation;
+use circuit_sweep_worker::analysis::generate::{generate, generate_uncached};
+use clap::Args;
+
+use super::resolve;
+
+/// Arguments of `bench generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// A Hugging Face folder or a .gguf file (default: the default model).
+    #[arg(long, env = "CIRCUIT_SWEEP_MODEL")]
+    model: Option<PathBuf>,
+    /// 1-digit addition prompts (3 solved examples each).
+    #[arg(long, env = "CIRCUIT_SWEEP_BENCH_PROMPTS", default_value_t = 8)]
+    prompts: usize,
+    /// Ablation variants (random sets of 10 heads) per batch.
+    #[arg(long, env = "CIRCUIT_SWEEP_BENCH_VARIANTS", default_value_t = 4)]
+    variants: usize,
+    /// Tokens to generate.
+    #[arg(
+        long,
+        env = "CIRCUIT_SWEEP_BENCH_NEW",
+        default_value = "3,16",
+        value_delimiter = ','
+    )]
+    new: Vec<usize>,
+}
+
+/// Runs `bench generate`.
+pub fn generate_bench(a: GenerateArgs, models_dir: &Path) -> anyhow::Result<()> {
+    let loaded = resolve::load(a.model.as_deref(), models_dir, DType::F32)?;
+    let model = &loaded.model;
+    let tok = loaded
+        .tokenizer
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("{} has no tokenizer", loaded.source.display()))?;
+    let info = model.info();
+    let prompts: Vec<Vec<u32>> = DownTask::Add1
+        .prompts(a.prompts, 3, 0)
+        .iter()
+        .map(|p| tok.encode(&p.text))
+        .collect::<Result<_, _>>()?;
+    // Equal lengths, as a batch needs: 1-digit additions are all the same length here.
+    let len = prompts[0].len();
+    let prompts: Vec<Vec<u32>> = prompts.into_iter().filter(|p| p.len() == len).collect();
+    let values = Ablation::zeros(info, 1, info.dtype, model.device())?;
+    let variants = random_head_sets(info.n_layers, info.n_heads, 10, 0, 0..a.variants);
+    println!(
+        "{} prompts of {len} tokens x {} variants (rows {}), {}",
+        prompts.len(),
+        variants.len(),
+        prompts.len() * variants.len(),
+        loaded.source.display()
+    );
+    println!("| new tokens | KV cache | rerun each step | speed-up | same tokens |");
+    println!("|---|---|---|---|---|");
+    for &n in &a.new {
+        let t0 = Instant::now();
+        let cached = generate(model, &prompts, &values, &variants, n)?;
+        let tc = t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        let plain = generate_uncached(model, &prompts, &values, &variants, n)?;
+        let tu = t0.elapsed().as_secs_f64();
+        println!(
+            "| {n} | {tc:.2} s | {tu:.2} s | {:.2}x | {} |",
+            tu / tc,
+            if cached == plain { "yes" } else { "NO" }
+        );
+    }
+    Ok(())
+}
