@@ -316,3 +316,32 @@ fn ablating_the_successor_head_turns_generation_into_copying() {
     let per_pos = Ablation::zeros(model.info(), 4, DType::F32, model.device()).unwrap();
     assert!(generate::generate(&model, &[vec![3u32; 4]], &per_pos, &variants, 1).is_err());
 }
+
+#[test]
+fn a_circuit_of_every_component_scores_100_and_others_match_the_evaluator() {
+    use circuit_sweep_common::spec::AblationSpec;
+    use circuit_sweep_worker::Evaluator;
+    use circuit_sweep_worker::analysis::cross_task::score_circuits;
+    for name in ["gpt2", "llama", "neox"] {
+        let m = load_fixture(name);
+        let info = m.model.info();
+        let prompts = fixture_prompts(name);
+        let all = Component::all(info.n_layers, info.n_heads);
+        let small = vec![all[0], all[all.len() - 1]];
+        let s = score_circuits(
+            &m.model,
+            &prompts,
+            AblationSpec::default(),
+            &[all.clone(), small.clone()],
+            4096,
+        )
+        .unwrap();
+        // Nothing ablated (up to the last bits of the mean over prompts).
+        assert!((s[0] - 100.0).abs() < 1e-9, "{name}: {}", s[0]);
+        // The circuit's score is the evaluator's score of ablating everything else.
+        let ev = Evaluator::new(&m.model, &prompts, AblationSpec::default(), 4096).unwrap();
+        let rest: Vec<Component> = all.iter().filter(|c| !small.contains(c)).copied().collect();
+        assert_eq!(s[1], ev.scores(&[rest]).unwrap()[0], "{name}");
+        assert_ne!(s[1], 100.0, "{name}");
+    }
+}
