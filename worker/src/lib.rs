@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod analysis;
 pub mod default_model;
+pub mod device;
 pub mod eval;
 pub mod job;
 pub mod load;

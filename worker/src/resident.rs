@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use candle_core::DType;
+use candle_core::{DType, Device};
 
 use crate::load::{LoadError, LoadOptions, LoadedModel, load_model};
 
@@ -16,18 +16,25 @@ struct Entry {
     last_used: u64,
 }
 
-/// A cache of loaded models shared by every shard a worker runs.
+/// A cache of loaded models shared by every shard a worker runs, all on one device.
 pub struct ModelCache {
     budget_bytes: u64,
+    device: Device,
     inner: Mutex<(Vec<Entry>, u64)>,
 }
 
 impl ModelCache {
     /// A cache holding models up to `budget_bytes` of weights in total (at least one model is
-    /// always kept, however large).
+    /// always kept, however large), on the CPU.
     pub fn new(budget_bytes: u64) -> Self {
+        Self::on(budget_bytes, Device::Cpu)
+    }
+
+    /// The same on `device`.
+    pub fn on(budget_bytes: u64, device: Device) -> Self {
         ModelCache {
             budget_bytes,
+            device,
             inner: Mutex::new((vec![], 0)),
         }
     }
@@ -49,7 +56,7 @@ impl ModelCache {
             path,
             &LoadOptions {
                 dtype,
-                ..LoadOptions::default()
+                device: self.device.clone(),
             },
         )?;
         let info = loaded.model.info();

@@ -213,9 +213,13 @@ async fn shutdown_signal() {
 pub struct WorkerArgs {
     #[command(flatten)]
     remote: Remote,
-    /// Device to compute on.
+    /// Device to compute on (`cpu`, `cuda:N` in CUDA builds).
     #[arg(long, env = "CIRCUIT_SWEEP_DEVICE", default_value = "cpu")]
     device: String,
+    /// One worker per GPU in this process: `all` (the GPUs `CUDA_VISIBLE_DEVICES` shows) or
+    /// ordinals `0,1` (CUDA builds; replaces --device).
+    #[arg(long, env = "CIRCUIT_SWEEP_GPUS")]
+    gpus: Option<String>,
     /// Compute threads (default: every core).
     #[arg(long, env = "CIRCUIT_SWEEP_THREADS")]
     threads: Option<usize>,
@@ -239,12 +243,19 @@ impl WorkerArgs {
 
 /// Runs a worker until SIGTERM (then drains: finishes its shard and says goodbye).
 pub fn worker(a: WorkerArgs, models_dir: &Path) -> anyhow::Result<()> {
-    if a.device != "cpu" && !cfg!(feature = "cuda") {
-        bail!(
-            "--device {}: this build runs on cpu only (build with --features cuda)",
-            a.device
-        );
-    }
+    // Open the devices before anything else: a CPU build or a machine without a driver says so.
+    let names: Vec<String> = match &a.gpus {
+        Some(g) => circuit_sweep_worker::device::gpu_list(g)
+            .map_err(|e| anyhow::anyhow!("--gpus {g}: {e}"))?
+            .into_iter()
+            .map(|n| format!("cuda:{n}"))
+            .collect(),
+        None => vec![a.device.clone()],
+    };
+    let devices = names
+        .iter()
+        .map(|n| circuit_sweep_worker::device::open(n).map_err(|e| anyhow::anyhow!("--{e}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let threads = a
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -259,31 +270,61 @@ pub fn worker(a: WorkerArgs, models_dir: &Path) -> anyhow::Result<()> {
             .unwrap_or_else(|_| "worker".into());
         format!("{host}-{}", std::process::id())
     });
-    let cfg = AgentConfig {
-        coordinator: a.remote.coordinator.clone(),
-        token: a.remote.token.resolve()?,
-        tls: a.remote.tls.resolve()?,
-        name,
-        device: a.device.clone(),
-        threads,
-        models_dir: models_dir.to_path_buf(),
-        work_dir,
-    };
-    let cache = Arc::new(ModelCache::new(a.model_memory_mb << 20));
-    let summary = runtime()?.block_on(async move {
+    let (token, tls) = (a.remote.token.resolve()?, a.remote.tls.resolve()?);
+    let several = devices.len() > 1;
+    let agents: Vec<(AgentConfig, Arc<ModelCache>)> = names
+        .iter()
+        .zip(devices)
+        .map(|(dev, device)| {
+            let cfg = AgentConfig {
+                coordinator: a.remote.coordinator.clone(),
+                token: token.clone(),
+                tls: tls.clone(),
+                // One worker per GPU: each registers on its own, named after its device.
+                name: if several {
+                    format!("{name}-{}", dev.replace(':', ""))
+                } else {
+                    name.clone()
+                },
+                device: dev.clone(),
+                threads,
+                models_dir: models_dir.to_path_buf(),
+                work_dir: if several {
+                    work_dir.join(dev.replace(':', ""))
+                } else {
+                    work_dir.clone()
+                },
+            };
+            (
+                cfg,
+                Arc::new(ModelCache::on(a.model_memory_mb << 20, device)),
+            )
+        })
+        .collect();
+    let summaries = runtime()?.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown_signal().await;
             tracing::info!("draining: finishing the current shard");
             let _ = tx.send(true);
         });
-        agent::run(cfg, cache, rx).await
+        let tasks: Vec<_> = agents
+            .into_iter()
+            .map(|(cfg, cache)| tokio::spawn(agent::run(cfg, cache, rx.clone())))
+            .collect();
+        let mut out = vec![];
+        for t in tasks {
+            out.push(t.await.map_err(|e| anyhow::anyhow!("worker task: {e}"))??);
+        }
+        anyhow::Ok(out)
     })?;
-    tracing::info!(
-        "worker stopped: {} shards done, {} failed",
-        summary.shards_done,
-        summary.shards_failed
-    );
+    for s in summaries {
+        tracing::info!(
+            "worker stopped: {} shards done, {} failed",
+            s.shards_done,
+            s.shards_failed
+        );
+    }
     Ok(())
 }
 

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs a CUDA 13.0 compiler toolchain (nvcc, cicc, headers, runtime, cuBLAS, cuRAND) from
+# PyPI wheels into DIR (default: .cuda in the repository), so the CUDA binary builds on a
+# machine without a GPU or a system toolkit, and prints the environment to build with:
+#
+#   eval "$(scripts/cuda-toolkit.sh)"
+#   cargo build --release --features cuda
+#
+# 13.0 stays within what the GPU machines' driver (580) runs. About 1.2 GB.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=$(realpath -m "${1:-.cuda}")
+root="$dir/py/nvidia/cu13"
+if [ ! -x "$root/bin/nvcc" ]; then
+  python3 -m pip install --quiet --disable-pip-version-check --target "$dir/py" \
+    "nvidia-cuda-nvcc==13.0.*" "nvidia-cuda-crt==13.0.*" "nvidia-nvvm==13.0.*" \
+    "nvidia-cuda-runtime==13.0.*" "nvidia-cuda-nvrtc==13.0.*" "nvidia-cuda-cccl==13.0.*" \
+    "nvidia-cublas==13.0.*" "nvidia-curand==10.4.0.*" >&2
+fi
+# The wheels ship only versioned libraries: the linker wants the plain names.
+for f in "$root"/lib/lib*.so.*; do
+  base="${f%%.so.*}.so"
+  [ -e "$base" ] || ln -s "$(basename "$f")" "$base"
+done
+# No libcuda link stub comes with them (the driver provides libcuda): make one for the linker,
+# named like the driver's library so the binary loads the real one on the GPU machine.
+if [ ! -e "$root/lib/stubs/libcuda.so" ]; then
+  mkdir -p "$root/lib/stubs"
+  echo 'void cuInit(void) {}' | cc -shared -x c - -Wl,-soname,libcuda.so.1 -o "$root/lib/stubs/libcuda.so"
+fi
+echo "export CUDA_ROOT=$root CUDA_PATH=$root CUDA_HOME=$root"
+echo "export PATH=$root/bin:\$PATH"
+echo "export LIBRARY_PATH=$root/lib:$root/lib/stubs\${LIBRARY_PATH:+:\$LIBRARY_PATH}"
+echo "export CUDA_COMPUTE_CAP=\${CUDA_COMPUTE_CAP:-90}"
