@@ -37,6 +37,8 @@ pub struct LocalConfig {
     pub token: Option<String>,
     /// Model memory budget of the shared cache, bytes.
     pub memory_budget: u64,
+    /// Device the workers compute on (`cpu`, `cuda:N`).
+    pub device: String,
 }
 
 impl LocalCluster {
@@ -52,7 +54,8 @@ impl LocalCluster {
         let server = tokio::spawn(service.serve(listener, async {
             let _ = stopped.await;
         }));
-        let cache = Arc::new(ModelCache::new(cfg.memory_budget));
+        let device = circuit_sweep_worker::device::open(&cfg.device)?;
+        let cache = Arc::new(ModelCache::on(cfg.memory_budget, device));
         let (stop_workers, rx) = watch::channel(false);
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = (0..cfg.workers)
@@ -62,7 +65,7 @@ impl LocalCluster {
                     token: cfg.token.clone(),
                     tls: Default::default(),
                     name: format!("local-{i}"),
-                    device: "cpu".into(),
+                    device: cfg.device.clone(),
                     threads,
                     models_dir: cfg.models_dir.clone(),
                     work_dir: cfg.state_dir.join("work").join(format!("worker-{i}")),
@@ -109,6 +112,10 @@ pub async fn run(
     progress: bool,
 ) -> anyhow::Result<serde_json::Value> {
     let submission = crate::client::Submission::from_file(spec_path)?;
+    // The spec's `[model] device` is the in-process workers' device.
+    let device = circuit_sweep_common::spec::SweepSpec::read(spec_path)?
+        .model
+        .device;
     let state = tempfile::tempdir()?;
     let cluster = LocalCluster::start(LocalConfig {
         state_dir: state.path().to_path_buf(),
@@ -116,6 +123,7 @@ pub async fn run(
         workers: workers.max(1),
         token: Some(format!("{:016x}", rand_token())),
         memory_budget: u64::MAX,
+        device,
     })
     .await?;
     let result = async {

@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{bin, fetched, ok, root};
+use support::{bin, fetched, ok, root, with_model};
 
 fn predict_json(prompt: &str) -> serde_json::Value {
     let out = bin()
@@ -136,4 +136,33 @@ fn flags_are_readable_from_the_environment() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_str(&ok(out)).unwrap();
     assert_eq!(v["top"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_cuda_device_in_a_cpu_build_or_without_a_gpu_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("gpu.toml");
+    std::fs::write(
+        &spec,
+        "[model]\ndevice = \"cuda:0\"\n[data]\ntask = \"digits\"\nn = 2\n",
+    )
+    .unwrap();
+    for args in [
+        vec!["predict", "--device", "cuda:0", "1 2 "],
+        vec!["worker", "--device", "cuda:0"],
+        vec!["worker", "--gpus", "all"],
+        vec!["run", spec.to_str().unwrap()],
+    ] {
+        let out = with_model().args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("cuda:0") || err.contains("--gpus all"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.contains("cpu only") || err.contains("device `cuda"),
+            "{args:?}: {err}"
+        );
+    }
 }

@@ -169,6 +169,7 @@ fn refused_workers_and_malformed_streams_leave_the_job_unaffected() {
             workers: 0,
             token: Some("right".into()),
             memory_budget: u64::MAX,
+            device: "cpu".into(),
         })
         .await
         .unwrap();

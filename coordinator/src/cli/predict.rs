@@ -22,6 +22,9 @@ pub struct PredictArgs {
     /// Dtype to load the weights in.
     #[arg(long, env = "CIRCUIT_SWEEP_DTYPE", default_value = "f32", value_parser = resolve::parse_dtype)]
     dtype: DType,
+    /// Device to run on (`cpu`, `cuda:N` in CUDA builds).
+    #[arg(long, env = "CIRCUIT_SWEEP_DEVICE", default_value = "cpu")]
+    device: String,
     /// Print JSON: `{"tokens": [...], "top": [{"token", "id", "prob", "logit"}, ...]}`.
     #[arg(long, env = "CIRCUIT_SWEEP_JSON")]
     json: bool,
@@ -50,7 +53,7 @@ pub fn run(args: PredictArgs, models_dir: &Path) -> anyhow::Result<()> {
     if args.top == 0 {
         bail!("--top must be at least 1");
     }
-    let loaded = resolve::load(args.model.as_deref(), models_dir, args.dtype)?;
+    let loaded = resolve::load_on(args.model.as_deref(), models_dir, args.dtype, &args.device)?;
     let tok = loaded.tokenizer.as_ref().with_context(|| {
         format!(
             "{} has no tokenizer to encode the prompt with",

@@ -25,14 +25,23 @@ pub fn model_path(given: Option<&Path>, models_dir: &Path) -> anyhow::Result<Pat
     }
 }
 
-/// Loads a model, saying which and how long it took.
+/// Loads a model on the CPU, saying which and how long it took.
 pub fn load(given: Option<&Path>, models_dir: &Path, dtype: DType) -> anyhow::Result<LoadedModel> {
+    load_on(given, models_dir, dtype, "cpu")
+}
+
+/// Loads a model on the device named `device` (`cpu`, `cuda:N`).
+pub fn load_on(
+    given: Option<&Path>,
+    models_dir: &Path,
+    dtype: DType,
+    device: &str,
+) -> anyhow::Result<LoadedModel> {
+    let device =
+        circuit_sweep_worker::device::open(device).map_err(|e| anyhow::anyhow!("--{e}"))?;
     let path = model_path(given, models_dir)?;
     let t0 = std::time::Instant::now();
-    let opts = LoadOptions {
-        dtype,
-        ..LoadOptions::default()
-    };
+    let opts = LoadOptions { dtype, device };
     let loaded =
         load_model(&path, &opts).with_context(|| format!("loading model {}", path.display()))?;
     tracing::info!(
