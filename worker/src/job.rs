@@ -220,22 +220,19 @@ pub fn prepare(
     let jsonl = dataset::to_jsonl(&pairs);
     let sha = sha256_hex(&jsonl);
     let meta = JobMeta {
-        model_path: loaded.source.display().to_string(),
-        info: serde_json::to_value(info).expect("model info serializes"),
-        n_layers: info.n_layers,
-        n_heads: info.n_heads,
-        n_kv_heads: info.n_kv_heads,
-        parallel_residual: info.parallel_residual,
         circuit_score,
-        dataset: serde_json::json!({
-            "sha256": sha,
-            "prompts": pairs.len(),
-            "tokens": prompts.clean[0].len(),
-            "bos": tok.bos_summary(),
-        }),
-        prompts_jsonl: jsonl,
         full: ev.full,
         corrupt: ev.corrupt,
+        ..base_meta(
+            &loaded,
+            jsonl,
+            serde_json::json!({
+                "sha256": sha,
+                "prompts": pairs.len(),
+                "tokens": prompts.clean[0].len(),
+                "bos": tok.bos_summary(),
+            }),
+        )
     };
     Ok(PreparedJob {
         spec: spec.clone(),
@@ -284,25 +281,13 @@ fn prepare_downstream(
         .map(|p| serde_json::to_string(p).expect("prompts serialize") + "\n")
         .collect();
     let sha = sha256_hex(&jsonl);
-    let info = loaded.model.info();
-    let meta = JobMeta {
-        model_path: loaded.source.display().to_string(),
-        info: serde_json::to_value(info).expect("model info serializes"),
-        n_layers: info.n_layers,
-        n_heads: info.n_heads,
-        n_kv_heads: info.n_kv_heads,
-        parallel_residual: info.parallel_residual,
-        circuit_score: None,
-        dataset: serde_json::json!({
-            "sha256": sha,
-            "prompts": ds.tasks.iter().map(|t| t.1.len()).sum::<usize>(),
-            "tasks": d.tasks,
-            "bos": tok.bos_summary(),
-        }),
-        prompts_jsonl: jsonl,
-        full: 0.0,
-        corrupt: 0.0,
-    };
+    let dataset = serde_json::json!({
+        "sha256": sha,
+        "prompts": ds.tasks.iter().map(|t| t.1.len()).sum::<usize>(),
+        "tasks": d.tasks,
+        "bos": tok.bos_summary(),
+    });
+    let meta = base_meta(&loaded, jsonl, dataset);
     Ok(PreparedJob {
         spec: spec.clone(),
         loaded,
@@ -315,6 +300,25 @@ fn prepare_downstream(
         edges: vec![],
         outside: vec![],
     })
+}
+
+/// What the prepare shard reports about the model and the prompts; the metrics are 0 until the
+/// caller sets them.
+fn base_meta(loaded: &LoadedModel, prompts_jsonl: String, dataset: serde_json::Value) -> JobMeta {
+    let info = loaded.model.info();
+    JobMeta {
+        model_path: loaded.source.display().to_string(),
+        info: serde_json::to_value(info).expect("model info serializes"),
+        n_layers: info.n_layers,
+        n_heads: info.n_heads,
+        n_kv_heads: info.n_kv_heads,
+        parallel_residual: info.parallel_residual,
+        circuit_score: None,
+        dataset,
+        prompts_jsonl,
+        full: 0.0,
+        corrupt: 0.0,
+    }
 }
 
 /// The hex sha256 of a text (the dataset hash in `result.json`).

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use circuit_sweep_common::analysis::token_sets::{OvProbe, TokenSet};
 use circuit_sweep_common::results::{Grid, grid_svg};
-use circuit_sweep_worker::analysis::ov::{OvScores, ov_scores};
+use circuit_sweep_worker::analysis::ov::ov_scores;
 use clap::Args;
 
 use super::{ModelArgs, load, model_name, write};
@@ -37,12 +37,11 @@ pub struct OvArgs {
     out: PathBuf,
 }
 
-fn heatmap(s: &OvScores, which: &[Vec<f64>], title: &str, sub: &str) -> String {
+fn heatmap(which: &[Vec<f64>], title: &str, sub: &str) -> String {
     let rows: Vec<String> = (0..which.len()).map(|l| format!("layer {l}")).collect();
     let cols: Vec<String> = (0..which.first().map_or(0, Vec::len))
         .map(|h| format!("h{h}"))
         .collect();
-    let _ = s;
     grid_svg(&Grid {
         rows: &rows,
         cols: &cols,
@@ -101,7 +100,6 @@ pub fn run(a: OvArgs, models_dir: &Path) -> anyhow::Result<()> {
             &a.out,
             &format!("successor-{set}.svg"),
             &heatmap(
-                &s,
                 &s.successor,
                 &format!("{name}: successor score, {set} (top-{})", a.k),
                 &sub,
@@ -111,7 +109,6 @@ pub fn run(a: OvArgs, models_dir: &Path) -> anyhow::Result<()> {
             &a.out,
             &format!("copy-{set}.svg"),
             &heatmap(
-                &s,
                 &s.copy,
                 &format!("{name}: copy score, {set} (top-{})", a.k),
                 &sub,
