@@ -4,6 +4,7 @@
 
 pub mod aggregate;
 pub mod client;
+pub mod dashboard;
 pub mod local;
 pub mod scheduler;
 pub mod server;

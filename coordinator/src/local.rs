@@ -69,6 +69,7 @@ impl LocalCluster {
                     threads,
                     models_dir: cfg.models_dir.clone(),
                     work_dir: cfg.state_dir.join("work").join(format!("worker-{i}")),
+                    health: None,
                 };
                 tokio::spawn(agent::run(a, cache.clone(), rx.clone()))
             })

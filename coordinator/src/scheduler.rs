@@ -90,6 +90,27 @@ struct Lease {
     active: bool,
 }
 
+/// A job's results so far (see [`Scheduler::partial`]).
+#[derive(Debug, Clone)]
+pub struct Partial {
+    /// The sweep kind.
+    pub kind: SweepKind,
+    /// The pruning threshold (% of the full model).
+    pub threshold: f64,
+    /// Shards done.
+    pub shards_done: usize,
+    /// Model shape (0 until the prepare shard is done).
+    pub n_layers: usize,
+    /// Heads per layer.
+    pub n_heads: usize,
+    /// Node shards done.
+    pub nodes: Vec<NodeShard>,
+    /// Pruning runs done (one per threshold of a pruning job, one per order of a study).
+    pub runs: Vec<PruneResult>,
+    /// Orders in an order study (0 for other kinds).
+    pub orders_total: usize,
+}
+
 /// Scheduler settings.
 #[derive(Debug, Clone)]
 pub struct SchedConfig {
@@ -573,6 +594,58 @@ impl Scheduler {
             })
             .collect();
         Ok((jobs, workers))
+    }
+
+    /// Shards of a job done so far (`None`: no such job).
+    pub fn shards_done(&self, job_id: u64) -> Option<usize> {
+        let job = self.jobs.get(&job_id)?;
+        Some(
+            job.shards
+                .iter()
+                .filter(|s| s.0 == ShardState::Done)
+                .count(),
+        )
+    }
+
+    /// What a job's finished shards hold so far (node scores, pruning runs), read back from the
+    /// store: the dashboard draws it while the job runs.
+    pub fn partial(&self, job_id: u64) -> Result<Partial, SchedError> {
+        let job = self
+            .jobs
+            .get(&job_id)
+            .ok_or(SchedError::UnknownJob(job_id))?;
+        let mut p = Partial {
+            kind: job.spec.sweep.kind,
+            threshold: job.spec.threshold(),
+            shards_done: 0,
+            n_layers: job.rec.meta.as_ref().map_or(0, |m| m.n_layers),
+            n_heads: job.rec.meta.as_ref().map_or(0, |m| m.n_heads),
+            nodes: vec![],
+            runs: vec![],
+            orders_total: job.rec.orders.as_ref().map_or(0, Vec::len),
+        };
+        for (i, task) in job.rec.shards.iter().enumerate() {
+            if job.shards.get(i).is_none_or(|s| s.0 != ShardState::Done) {
+                continue;
+            }
+            p.shards_done += 1;
+            let wanted = matches!(
+                task,
+                ShardTask::Nodes { .. } | ShardTask::Prune | ShardTask::Orders { .. }
+            );
+            let Some(ts) = wanted
+                .then(|| self.store.result(job_id, i as u32))
+                .transpose()?
+                .flatten()
+            else {
+                continue;
+            };
+            match task {
+                ShardTask::Nodes { .. } => p.nodes.push(decode_nodes(job, i, &ts)?),
+                _ => p.runs.extend(decode_runs(&ts)?),
+            }
+        }
+        Ok(p)
     }
 
     /// The results folder of a finished job.

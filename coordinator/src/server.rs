@@ -14,14 +14,15 @@ use circuit_sweep_proto::v1::coordinator_server::{Coordinator, CoordinatorServer
 use circuit_sweep_proto::v1::probe_server::{Probe, ProbeServer};
 use circuit_sweep_proto::v1::{
     Ack, CancelRequest, FailRequest, FileChunk, GoodbyeRequest, Health, HealthRequest,
-    HeartbeatReply, HeartbeatRequest, LeaseReply, LeaseRequest, RegisterReply, ResultChunk,
-    ResultsRequest, StatusReply, StatusRequest, SubmitReply, SubmitRequest, WorkerInfo,
+    HeartbeatReply, HeartbeatRequest, JobStatus, LeaseReply, LeaseRequest, RegisterReply,
+    ResultChunk, ResultsRequest, StatusReply, StatusRequest, SubmitReply, SubmitRequest,
+    WorkerInfo, WorkerStatus,
 };
 use circuit_sweep_proto::{PROTOCOL_VERSION, check_protocol_version};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::scheduler::{SchedConfig, SchedError, Scheduler};
+use crate::scheduler::{Partial, SchedConfig, SchedError, Scheduler};
 
 /// Coordinator settings.
 #[derive(Debug, Clone)]
@@ -93,6 +94,21 @@ impl Service {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Scheduler> {
         self.sched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Jobs and workers now (for the dashboard).
+    pub fn status_now(&self) -> Result<(Vec<JobStatus>, Vec<WorkerStatus>), SchedError> {
+        self.lock().status(None, Instant::now())
+    }
+
+    /// Shards of a job done so far; `None` for an unknown job.
+    pub fn shards_done(&self, job_id: u64) -> Option<usize> {
+        self.lock().shards_done(job_id)
+    }
+
+    /// A job's results so far (see [`Scheduler::partial`]).
+    pub fn partial(&self, job_id: u64) -> Result<Partial, SchedError> {
+        self.lock().partial(job_id)
     }
 
     fn worker_auth<T>(&self, r: &Request<T>) -> Result<(), Status> {

@@ -56,6 +56,23 @@ pub async fn connect_with(
     token: Option<&str>,
     tls: &ClientTls,
 ) -> Result<Client, ConnectError> {
+    let channel = channel(url, tls).await?;
+    let bearer = Bearer::new(token).map_err(|e| ConnectError(e.message().to_string()))?;
+    Ok(CoordinatorClient::with_interceptor(channel, bearer)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// Asks the coordinator at `url` for its health (no token needed): its protocol and version.
+pub async fn probe(url: &str, tls: &ClientTls) -> Result<crate::v1::Health, ConnectError> {
+    let mut c = crate::v1::probe_client::ProbeClient::new(channel(url, tls).await?);
+    c.check(crate::v1::HealthRequest {})
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| ConnectError(format!("{url}: health check: {}", s.message())))
+}
+
+async fn channel(url: &str, tls: &ClientTls) -> Result<Channel, ConnectError> {
     let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| ConnectError(format!("{url}: {e}")))?
         .connect_timeout(std::time::Duration::from_secs(10))
@@ -68,14 +85,10 @@ pub async fn connect_with(
             .tls_config(c)
             .map_err(|e| ConnectError(format!("{url}: TLS: {}", chain(&e))))?;
     }
-    let channel = endpoint
+    endpoint
         .connect()
         .await
-        .map_err(|e| ConnectError(format!("{url}: {}", chain(&e))))?;
-    let bearer = Bearer::new(token).map_err(|e| ConnectError(e.message().to_string()))?;
-    Ok(CoordinatorClient::with_interceptor(channel, bearer)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        .map_err(|e| ConnectError(format!("{url}: {}", chain(&e))))
 }
 
 /// An error and its sources, joined: tonic's transport errors say little at the top level

@@ -258,6 +258,7 @@ fn refused_workers_and_malformed_streams_leave_the_job_unaffected() {
                 threads: 1,
                 models_dir: models.clone(),
                 work_dir: dir.path().join("work"),
+                health: None,
             },
             cache,
             rx,

@@ -21,6 +21,7 @@ use circuit_sweep_proto::v1::{
 };
 use tokio::sync::watch;
 
+use crate::health::Health;
 use crate::job::{self, PreparedJob, ShardError};
 use crate::resident::ModelCache;
 use crate::shard;
@@ -44,6 +45,8 @@ pub struct AgentConfig {
     pub models_dir: PathBuf,
     /// Where jobs' input files are written.
     pub work_dir: PathBuf,
+    /// Where this agent reports its health (`worker --health-listen`), if anywhere.
+    pub health: Option<Arc<Health>>,
 }
 
 /// Why a worker stopped with an error.
@@ -89,12 +92,15 @@ pub async fn run(
         if *shutdown.borrow() {
             return Ok(summary);
         }
-        let Some((mut client, worker_id, heartbeat_ms)) =
+        let Some((mut client, worker_id, heartbeat_ms, lost_after)) =
             register(&cfg, &cache, &mut shutdown).await?
         else {
             return Ok(summary);
         };
         tracing::info!("{} registered as {worker_id}", cfg.name);
+        if let Some(h) = &cfg.health {
+            h.registered(&cfg.name, &worker_id, lost_after);
+        }
         let active: Active = Arc::default();
         let lost = Arc::new(AtomicBool::new(false));
         let hb = tokio::spawn(heartbeats(
@@ -104,10 +110,14 @@ pub async fn run(
             active.clone(),
             lost.clone(),
             cache.clone(),
+            cfg.health.clone().map(|h| (h, cfg.name.clone())),
         ));
         loop {
             if *shutdown.borrow() {
                 hb.abort();
+                if let Some(h) = &cfg.health {
+                    h.unregistered(&cfg.name);
+                }
                 let _ = client
                     .goodbye(GoodbyeRequest {
                         worker_id: worker_id.clone(),
@@ -199,7 +209,7 @@ async fn register(
     cfg: &AgentConfig,
     cache: &ModelCache,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<Option<(Client, String, u32)>, AgentError> {
+) -> Result<Option<(Client, String, u32, Duration)>, AgentError> {
     // Settings that can never work fail now instead of being retried forever.
     cfg.tls
         .config_for(&cfg.coordinator)
@@ -211,6 +221,9 @@ async fn register(
             return Ok(None);
         }
         attempts += 1;
+        if let Some(h) = &cfg.health {
+            h.tick(&cfg.name);
+        }
         match auth::connect_with(&cfg.coordinator, cfg.token.as_deref(), &cfg.tls).await {
             Ok(mut client) => {
                 let info = WorkerInfo {
@@ -224,7 +237,13 @@ async fn register(
                 match client.register(info).await {
                     Ok(r) => {
                         let r = r.into_inner();
-                        return Ok(Some((client, r.worker_id, r.heartbeat_ms.max(50))));
+                        let lost_after = Duration::from_millis(r.lost_after_ms as u64);
+                        return Ok(Some((
+                            client,
+                            r.worker_id,
+                            r.heartbeat_ms.max(50),
+                            lost_after,
+                        )));
                     }
                     Err(s)
                         if matches!(
@@ -259,10 +278,14 @@ async fn heartbeats(
     active: Active,
     lost: Arc<AtomicBool>,
     cache: Arc<ModelCache>,
+    health: Option<(Arc<Health>, String)>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(ms as u64));
     loop {
         tick.tick().await;
+        if let Some((h, name)) = &health {
+            h.tick(name);
+        }
         let leases: Vec<String> = active
             .lock()
             .expect("active lock")
@@ -277,6 +300,11 @@ async fn heartbeats(
         match client.heartbeat(req).await {
             Ok(r) => {
                 let r = r.into_inner();
+                if let Some((h, name)) = &health
+                    && r.known
+                {
+                    h.acked(name);
+                }
                 let a = active.lock().expect("active lock");
                 for id in &r.revoked {
                     if let Some(flag) = a.get(id) {
@@ -288,6 +316,9 @@ async fn heartbeats(
                         flag.store(true, Ordering::Relaxed);
                     }
                     lost.store(true, Ordering::Relaxed);
+                    if let Some((h, name)) = &health {
+                        h.unregistered(name);
+                    }
                     return;
                 }
             }

@@ -7,6 +7,7 @@ pub mod analysis;
 pub mod default_model;
 pub mod device;
 pub mod eval;
+pub mod health;
 pub mod job;
 pub mod load;
 pub mod model;

@@ -52,6 +52,9 @@ pub enum Command {
     Status(remote::StatusArgs),
     /// Cancel a job.
     Cancel(remote::CancelArgs),
+    /// Check that a coordinator is up (its health RPC; with a token, its scheduler too):
+    /// exit 0 or say why not. For readiness and liveness probes.
+    Health(remote::HealthArgs),
     /// Download a finished job's results folder.
     Results(remote::ResultsArgs),
     /// Print a prompt's tokens and the model's top next tokens.
@@ -89,6 +92,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Submit(args) => remote::submit(args),
         Command::Status(args) => remote::status(args),
         Command::Cancel(args) => remote::cancel(args),
+        Command::Health(args) => remote::health(args),
         Command::Results(args) => remote::results(args),
         Command::Predict(args) => predict::run(args, &cli.models_dir),
         Command::Prompts(cmd) => prompts::run(cmd, &cli.models_dir),

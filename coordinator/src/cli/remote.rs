@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use circuit_sweep_coordinator::client::{self, Submission};
+use circuit_sweep_coordinator::dashboard;
 use circuit_sweep_coordinator::server::{self, ServerConfig, Service};
 use circuit_sweep_proto::auth;
 use circuit_sweep_proto::tls::{ClientTls, ServerTls};
 use circuit_sweep_worker::agent::{self, AgentConfig};
+use circuit_sweep_worker::health::{self, Health};
 use circuit_sweep_worker::resident::ModelCache;
 use clap::Args;
 
@@ -141,6 +143,10 @@ pub struct CoordinatorArgs {
     /// Require client certificates signed by this CA (PEM) from workers and clients.
     #[arg(long, env = "CIRCUIT_SWEEP_TLS_CLIENT_CA", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// Serve the live dashboard (jobs, workers, progress, heatmaps) on this address; open it as
+    /// `http://ADDR/#token=TOKEN`. Its API takes the same token as the gRPC API.
+    #[arg(long, env = "CIRCUIT_SWEEP_DASHBOARD")]
+    dashboard: Option<SocketAddr>,
 }
 
 /// Runs the coordinator until SIGINT or SIGTERM.
@@ -172,6 +178,7 @@ pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
     };
     cfg.heartbeat = Duration::from_millis(a.heartbeat_ms.max(10));
     cfg.lost_after = Duration::from_millis(a.lost_after_ms.max(a.heartbeat_ms * 2));
+    let service_tokens = cfg.client_tokens.clone();
     runtime()?.block_on(async move {
         let service = Service::open(cfg)?;
         let listener = server::bind(a.listen)
@@ -187,7 +194,32 @@ pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
             listener.local_addr()?,
             a.state.display()
         );
+        let stop = tokio::sync::watch::channel(false);
+        if let Some(addr) = a.dashboard {
+            let l = server::bind(addr)
+                .await
+                .with_context(|| format!("--dashboard {addr}"))?;
+            tracing::info!("dashboard on http://{}/", l.local_addr()?);
+            if !addr.ip().is_loopback() && a.tls_cert.is_some() {
+                tracing::warn!(
+                    "the dashboard speaks plain HTTP: put it behind a TLS proxy or reach it \
+                     through a tunnel (kubectl port-forward, ssh -L)"
+                );
+            }
+            let mut rx = stop.1.clone();
+            let tokens = service_tokens.clone();
+            let svc = service.clone();
+            tokio::spawn(async move {
+                let done = async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                };
+                if let Err(e) = dashboard::serve(l, svc, tokens, done).await {
+                    tracing::error!("dashboard: {e}");
+                }
+            });
+        }
         service.serve(listener, shutdown_signal()).await?;
+        let _ = stop.0.send(true);
         tracing::info!("coordinator stopped");
         anyhow::Ok(())
     })
@@ -232,6 +264,9 @@ pub struct WorkerArgs {
     /// Memory for resident models, in MiB (least recently used models are evicted beyond it).
     #[arg(long, env = "CIRCUIT_SWEEP_MODEL_MEMORY_MB", default_value_t = 16384)]
     model_memory_mb: u64,
+    /// Serve `GET /livez` and `GET /readyz` on this address, for orchestrators' probes.
+    #[arg(long, env = "CIRCUIT_SWEEP_HEALTH_LISTEN")]
+    health_listen: Option<SocketAddr>,
 }
 
 impl WorkerArgs {
@@ -272,6 +307,7 @@ pub fn worker(a: WorkerArgs, models_dir: &Path) -> anyhow::Result<()> {
     });
     let (token, tls) = (a.remote.token.resolve()?, a.remote.tls.resolve()?);
     let several = devices.len() > 1;
+    let health = a.health_listen.map(|_| Arc::new(Health::default()));
     let agents: Vec<(AgentConfig, Arc<ModelCache>)> = names
         .iter()
         .zip(devices)
@@ -294,6 +330,7 @@ pub fn worker(a: WorkerArgs, models_dir: &Path) -> anyhow::Result<()> {
                 } else {
                     work_dir.clone()
                 },
+                health: health.clone(),
             };
             (
                 cfg,
@@ -303,6 +340,21 @@ pub fn worker(a: WorkerArgs, models_dir: &Path) -> anyhow::Result<()> {
         .collect();
     let summaries = runtime()?.block_on(async move {
         let (tx, rx) = tokio::sync::watch::channel(false);
+        if let (Some(addr), Some(h)) = (a.health_listen, health) {
+            let l = server::bind(addr)
+                .await
+                .with_context(|| format!("--health-listen {addr}"))?;
+            tracing::info!("health on http://{}/livez and /readyz", l.local_addr()?);
+            let mut stop = rx.clone();
+            tokio::spawn(async move {
+                let done = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(e) = health::serve(l, h, done).await {
+                    tracing::error!("health endpoint: {e}");
+                }
+            });
+        }
         tokio::spawn(async move {
             shutdown_signal().await;
             tracing::info!("draining: finishing the current shard");
@@ -363,6 +415,58 @@ pub fn submit(a: SubmitArgs) -> anyhow::Result<()> {
                 let n = client::download(&mut c, job, out).await?;
                 println!("wrote {} ({n} files)", out.display());
             }
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// Arguments of `health`.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    remote: Remote,
+    /// Give up after this many seconds.
+    #[arg(long, env = "CIRCUIT_SWEEP_HEALTH_TIMEOUT", default_value_t = 5.0)]
+    timeout: f64,
+}
+
+/// Checks a coordinator: it answers its health RPC with our protocol version, and, when a
+/// token is given, its scheduler answers a status call with it (so a readiness probe also
+/// catches a wrong token or a wedged scheduler). Exits non-zero with the reason otherwise.
+pub fn health(a: HealthArgs) -> anyhow::Result<()> {
+    let url = a.remote.coordinator.clone();
+    let limit = Duration::from_secs_f64(a.timeout.max(0.1));
+    runtime()?.block_on(async move {
+        let check = async {
+            let tls = a.remote.tls.resolve()?;
+            let h = auth::probe(&url, &tls).await?;
+            if h.protocol_version != circuit_sweep_proto::PROTOCOL_VERSION {
+                bail!(
+                    "{url} speaks protocol {} (coordinator {}), this binary {}",
+                    h.protocol_version,
+                    h.version,
+                    circuit_sweep_proto::PROTOCOL_VERSION
+                );
+            }
+            let mut jobs = None;
+            if a.remote.token.resolve()?.is_some() {
+                let mut c = a.remote.connect().await?;
+                jobs = Some(client::status(&mut c, None).await?.jobs.len());
+            }
+            anyhow::Ok((h, jobs))
+        };
+        let (h, jobs) = tokio::time::timeout(limit, check)
+            .await
+            .map_err(|_| anyhow::anyhow!("{url}: no answer within {limit:?}"))??;
+        match jobs {
+            Some(n) => println!(
+                "ok: coordinator {} (protocol {}) at {url}, {n} jobs",
+                h.version, h.protocol_version
+            ),
+            None => println!(
+                "ok: coordinator {} (protocol {}) at {url}",
+                h.version, h.protocol_version
+            ),
         }
         anyhow::Ok(())
     })

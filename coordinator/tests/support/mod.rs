@@ -89,10 +89,15 @@ pub fn spawn(mut c: Command, log: &Path) -> Proc {
 
 /// The URL a coordinator logged, waiting for it to listen.
 pub fn address(log: &Path) -> String {
+    logged(log, "coordinator listening on ")
+}
+
+/// The word after `prefix` in `log`, waiting for it to be written.
+pub fn logged(log: &Path, prefix: &str) -> String {
     let t0 = Instant::now();
     loop {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(rest) = text.split("coordinator listening on ").nth(1) {
+        if let Some(rest) = text.split(prefix).nth(1) {
             return rest.split_whitespace().next().unwrap().to_string();
         }
         assert!(
@@ -101,4 +106,26 @@ pub fn address(log: &Path) -> String {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A plain HTTP/1.1 GET on `127.0.0.1`-style `addr` (`host:port`): (status code, body).
+pub fn http_get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not HTTP: {text}"));
+    let body = text.split_once("\r\n\r\n").map_or("", |b| b.1).to_string();
+    (code, body)
 }

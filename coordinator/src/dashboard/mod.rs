@@ -1,0 +1,126 @@
+//! The live dashboard: a small web page served by the coordinator on its own port, with the
+//! same token as the gRPC API. The page is static (no data, no secrets); it reads the token from
+//! the URL fragment (`#token=...`, never sent to the server or written in its logs) and polls
+//! the JSON API with `Authorization: Bearer`, so the same page works behind any proxy.
+
+mod view;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use circuit_sweep_proto::auth;
+
+use crate::server::Service;
+
+pub use view::{live_view, status_view};
+
+const PAGE: &str = include_str!("page.html");
+
+/// What the handlers share.
+#[derive(Clone)]
+struct Dash {
+    service: Service,
+    tokens: Arc<Vec<String>>,
+    /// Live views by job, with the shard count they were made at: reading stored shard results
+    /// again only when a shard finished.
+    cache: Arc<Mutex<HashMap<u64, (usize, serde_json::Value)>>>,
+}
+
+impl Dash {
+    /// The refusal for a call without the right token, if it is one.
+    fn refused(&self, headers: &HeaderMap) -> Option<Response> {
+        let t: Vec<&str> = self.tokens.iter().map(String::as_str).collect();
+        let meta = tonic::metadata::MetadataMap::from_headers(headers.clone());
+        auth::check_token(&meta, &t).err().map(|s| {
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                s.message().to_string(),
+            )
+                .into_response()
+        })
+    }
+}
+
+/// The dashboard's routes: `/` (the page), `/healthz` (no token), `/api/status` and
+/// `/api/jobs/{id}` (token).
+pub fn router(service: Service, tokens: Vec<String>) -> Router {
+    let state = Dash {
+        service,
+        tokens: Arc::new(tokens),
+        cache: Arc::default(),
+    };
+    Router::new()
+        .route("/", get(page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/api/status", get(status))
+        .route("/api/jobs/{id}", get(job))
+        .with_state(state)
+}
+
+/// Serves the dashboard on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: Service,
+    tokens: Vec<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(service, tokens))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        PAGE,
+    )
+}
+
+fn json(v: serde_json::Value) -> Response {
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(v)).into_response()
+}
+
+async fn status(State(d): State<Dash>, headers: HeaderMap) -> Response {
+    if let Some(r) = d.refused(&headers) {
+        return r;
+    }
+    match d.service.status_now() {
+        Ok((jobs, workers)) => json(status_view(&jobs, &workers)),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn job(State(d): State<Dash>, Path(id): Path<u64>, headers: HeaderMap) -> Response {
+    if let Some(r) = d.refused(&headers) {
+        return r;
+    }
+    let unknown = || (StatusCode::NOT_FOUND, format!("no job {id}")).into_response();
+    let Some(done) = d.service.shards_done(id) else {
+        return unknown();
+    };
+    if let Some((n, v)) = d.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&id)
+        && *n == done
+    {
+        return json(v.clone());
+    }
+    let partial = match d.service.partial(id) {
+        Ok(p) => p,
+        Err(crate::scheduler::SchedError::UnknownJob(_)) => return unknown(),
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    let v = live_view(&partial);
+    d.cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id, (partial.shards_done, v.clone()));
+    json(v)
+}

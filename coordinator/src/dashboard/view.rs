@@ -1,0 +1,200 @@
+//! The dashboard's JSON: jobs and workers, and a job's results so far (the head heatmap with
+//! the cells not yet computed left empty, the order study's inclusion frequencies).
+
+use std::collections::BTreeSet;
+
+use circuit_sweep_common::Component;
+use circuit_sweep_common::orders::set_stats;
+use circuit_sweep_common::spec::SweepKind;
+use circuit_sweep_proto::v1::{JobStatus, WorkerStatus};
+use serde_json::{Value, json};
+
+use crate::scheduler::Partial;
+
+/// `/api/status`: every job (newest first) and every worker.
+pub fn status_view(jobs: &[JobStatus], workers: &[WorkerStatus]) -> Value {
+    let jobs: Vec<Value> = jobs
+        .iter()
+        .rev()
+        .map(|j| {
+            json!({
+                "id": j.job_id, "name": j.name, "kind": j.kind, "state": j.state,
+                "error": j.error,
+                "shards": {"total": j.shards_total, "done": j.shards_done,
+                    "leased": j.shards_leased, "queued": j.shards_queued,
+                    "requeued": j.requeued},
+                "elapsed_s": j.elapsed_s,
+                "eta_s": (j.eta_s >= 0.0).then_some(j.eta_s),
+            })
+        })
+        .collect();
+    let workers: Vec<Value> = workers
+        .iter()
+        .map(|w| {
+            json!({
+                "id": w.worker_id, "name": w.name, "device": w.device, "threads": w.threads,
+                "leases": w.leases.len(), "shards_done": w.shards_done,
+                "last_seen_ms": w.last_seen_ms, "models": w.models,
+            })
+        })
+        .collect();
+    json!({"version": env!("CARGO_PKG_VERSION"), "jobs": jobs, "workers": workers})
+}
+
+/// `/api/jobs/{id}`: the job's results so far.
+///
+/// `heads` is `[layer][head]` and `mlps` `[layer]`: a score in % of the full model, or null
+/// while the layer's shard is not done. `circuit` is the pruning run's circuit (at the spec's
+/// threshold) once it is done. `orders` has the inclusion frequency of every component over the
+/// orders done so far.
+pub fn live_view(p: &Partial) -> Value {
+    let mut heads: Vec<Vec<Option<f64>>> = vec![vec![None; p.n_heads]; p.n_layers];
+    let mut mlps: Vec<Option<f64>> = vec![None; p.n_layers];
+    for s in &p.nodes {
+        for (i, &l) in s.layers.iter().enumerate() {
+            if l < p.n_layers {
+                heads[l] = s.heads[i]
+                    .iter()
+                    .map(|v| v.is_finite().then_some(*v))
+                    .collect();
+                mlps[l] = s.mlps.get(i).copied().filter(|v| v.is_finite());
+            }
+        }
+    }
+    let mut v = json!({
+        "kind": format!("{:?}", p.kind).to_lowercase(),
+        "threshold": p.threshold,
+        "shards_done": p.shards_done,
+        "n_layers": p.n_layers,
+        "n_heads": p.n_heads,
+    });
+    if matches!(p.kind, SweepKind::Nodes | SweepKind::Prune) {
+        v["heads"] = json!(heads);
+        v["mlps"] = json!(mlps);
+    }
+    if p.kind == SweepKind::Prune
+        && let Some(r) = p
+            .runs
+            .iter()
+            .find(|r| r.threshold == p.threshold)
+            .or(p.runs.last())
+    {
+        v["circuit"] = json!(r.heads.iter().chain(&r.mlps).collect::<Vec<_>>());
+        v["circuit_score"] = json!(r.score);
+    }
+    if p.kind == SweepKind::Orders {
+        let sets: Vec<BTreeSet<Component>> = p
+            .runs
+            .iter()
+            .map(|r| {
+                r.heads
+                    .iter()
+                    .chain(&r.mlps)
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
+            .collect();
+        let stats = set_stats(&sets);
+        v["orders"] = json!({
+            "done": p.runs.len(),
+            "total": p.orders_total,
+            "frequency": stats.frequency,
+            "jaccard_mean": (!sets.is_empty()).then_some(stats.jaccard_mean),
+            "core": if sets.is_empty() { vec![] } else { stats.core },
+            "scores": p.runs.iter().map(|r| r.score).collect::<Vec<_>>(),
+        });
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use circuit_sweep_common::prune::PruneResult;
+    use circuit_sweep_common::shard::NodeShard;
+
+    use super::*;
+
+    fn partial(kind: SweepKind) -> Partial {
+        Partial {
+            kind,
+            threshold: 80.0,
+            shards_done: 2,
+            n_layers: 3,
+            n_heads: 2,
+            nodes: vec![],
+            runs: vec![],
+            orders_total: 0,
+        }
+    }
+
+    fn run(names: &[&str]) -> PruneResult {
+        let (h, m): (Vec<&str>, Vec<&str>) = names.iter().partition(|n| n.starts_with('h'));
+        PruneResult {
+            threshold: 80.0,
+            heads: h.iter().map(|s| s.to_string()).collect(),
+            mlps: m.iter().map(|s| s.to_string()).collect(),
+            score: 81.0,
+            evaluations: 9,
+            passes: 2,
+            decisions: vec![],
+        }
+    }
+
+    #[test]
+    fn layers_without_a_finished_shard_stay_empty() {
+        let mut p = partial(SweepKind::Nodes);
+        p.nodes.push(NodeShard {
+            layers: vec![1],
+            heads: vec![vec![97.5, f64::NAN]],
+            mlps: vec![12.0],
+        });
+        let v = live_view(&p);
+        assert_eq!(
+            v["heads"],
+            json!([[null, null], [97.5, null], [null, null]])
+        );
+        assert_eq!(v["mlps"], json!([null, 12.0, null]));
+        assert!(v.get("orders").is_none() && v.get("circuit").is_none());
+    }
+
+    #[test]
+    fn an_order_study_counts_only_the_orders_done() {
+        let mut p = partial(SweepKind::Orders);
+        p.orders_total = 8;
+        let v = live_view(&p);
+        assert_eq!(v["orders"]["done"], 0);
+        assert_eq!(v["orders"]["jaccard_mean"], Value::Null);
+        p.runs = vec![run(&["h0.1", "m2"]), run(&["h0.1"])];
+        let v = live_view(&p);
+        assert_eq!(v["orders"]["done"], 2);
+        assert_eq!(v["orders"]["total"], 8);
+        assert_eq!(v["orders"]["frequency"]["h0.1"], 1.0);
+        assert_eq!(v["orders"]["frequency"]["m2"], 0.5);
+        assert_eq!(v["orders"]["core"], json!(["h0.1"]));
+        assert_eq!(v["orders"]["jaccard_mean"], 0.5);
+        assert!(v.get("heads").is_none());
+    }
+
+    #[test]
+    fn a_pruning_job_shows_its_circuit_once_done() {
+        let mut p = partial(SweepKind::Prune);
+        assert!(live_view(&p).get("circuit").is_none());
+        p.runs = vec![run(&["h2.0", "m1"])];
+        let v = live_view(&p);
+        assert_eq!(v["circuit"], json!(["h2.0", "m1"]));
+        assert_eq!(v["heads"].as_array().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn jobs_are_listed_newest_first_with_unknown_eta_as_null() {
+        let j = |id, eta| JobStatus {
+            job_id: id,
+            eta_s: eta,
+            ..Default::default()
+        };
+        let v = status_view(&[j(1, 3.0), j(2, -1.0)], &[]);
+        assert_eq!(v["jobs"][0]["id"], 2);
+        assert_eq!(v["jobs"][0]["eta_s"], Value::Null);
+        assert_eq!(v["jobs"][1]["eta_s"], 3.0);
+    }
+}
