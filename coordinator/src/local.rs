@@ -70,6 +70,7 @@ impl LocalCluster {
                     models_dir: cfg.models_dir.clone(),
                     work_dir: cfg.state_dir.join("work").join(format!("worker-{i}")),
                     health: None,
+                    exit_when_idle: None,
                 };
                 tokio::spawn(agent::run(a, cache.clone(), rx.clone()))
             })

@@ -241,6 +241,7 @@ impl Scheduler {
             state: JobState::Queued,
             error: None,
             submitted_unix: now_unix(),
+            finished_unix: None,
             meta: None,
             shards: vec![ShardTask::Prepare],
             orders: None,
@@ -526,6 +527,7 @@ impl Scheduler {
             return Ok(());
         }
         job.rec.state = JobState::Cancelled;
+        job.rec.finished_unix = Some(now_unix());
         self.store.put_job(&job.rec, None)?;
         self.revoke_job(job_id);
         tracing::info!("job {job_id} cancelled");
@@ -554,7 +556,10 @@ impl Scheduler {
                 let done = count(&|s| *s == ShardState::Done);
                 let leased = count(&|s| matches!(s, ShardState::Leased { .. }));
                 let queued = count(&|s| *s == ShardState::Queued);
+                // For the ETA: time in this coordinator's lifetime (shards done here).
                 let elapsed = now.duration_since(j.started).as_secs_f64();
+                // Shown: since submission, across restarts, until the job ended.
+                let wall = j.rec.finished_unix.unwrap_or_else(now_unix) - j.rec.submitted_unix;
                 let total = j.shards.len() as u32;
                 let eta = if j.rec.state.is_final() {
                     0.0
@@ -573,7 +578,7 @@ impl Scheduler {
                     shards_leased: leased,
                     shards_queued: queued,
                     requeued: j.shards.iter().map(|s| s.1.requeued).sum(),
-                    elapsed_s: elapsed,
+                    elapsed_s: wall.max(0.0),
                     eta_s: eta,
                     kind: format!("{:?}", j.spec.sweep.kind).to_lowercase(),
                 }
@@ -720,6 +725,7 @@ impl Scheduler {
             };
             tracing::error!("job {job_id} failed: {why}");
             job.rec.state = JobState::Failed;
+            job.rec.finished_unix = Some(now_unix());
             job.rec.error = Some(why);
             let rec = s.1.clone();
             self.store
@@ -852,6 +858,7 @@ impl Scheduler {
             Ok(x) => x,
             Err(e) => {
                 job.rec.state = JobState::Failed;
+                job.rec.finished_unix = Some(now_unix());
                 job.rec.error = Some(e.clone());
                 job.rec.meta = Some(meta);
                 self.store.put_job(&job.rec, None)?;
@@ -952,10 +959,12 @@ impl Scheduler {
         match aggregate::write(&spec, &c, timing, &out) {
             Ok(_) => {
                 job.rec.state = JobState::Done;
+                job.rec.finished_unix = Some(now_unix());
                 tracing::info!("job {job_id} done: {}", out.display());
             }
             Err(e) => {
                 job.rec.state = JobState::Failed;
+                job.rec.finished_unix = Some(now_unix());
                 job.rec.error = Some(e.to_string());
                 tracing::error!("job {job_id} failed: {e}");
             }

@@ -70,6 +70,9 @@ pub struct JobRecord {
     pub error: Option<String>,
     /// Seconds since the Unix epoch at submission.
     pub submitted_unix: f64,
+    /// Seconds since the Unix epoch when the job ended (done, failed, cancelled).
+    #[serde(default)]
+    pub finished_unix: Option<f64>,
     /// The prepare shard's report.
     pub meta: Option<JobMeta>,
     /// The plan: shard 0 is `prepare`, the rest follow once it is done.
@@ -350,6 +353,7 @@ mod tests {
             state: JobState::Running,
             error: None,
             submitted_unix: 1.5,
+            finished_unix: None,
             meta: None,
             shards: vec![ShardTask::Prepare, ShardTask::Nodes { layers: vec![0, 1] }],
             orders: None,

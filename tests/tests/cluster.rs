@@ -259,6 +259,7 @@ fn refused_workers_and_malformed_streams_leave_the_job_unaffected() {
                 models_dir: models.clone(),
                 work_dir: dir.path().join("work"),
                 health: None,
+                exit_when_idle: None,
             },
             cache,
             rx,

@@ -146,6 +146,7 @@ fn a_job_runs_over_tls_with_client_certificates_and_plain_text_is_refused() {
                 models_dir: models.clone(),
                 work_dir: d.join("work"),
                 health: None,
+                exit_when_idle: None,
             },
             std::sync::Arc::new(circuit_sweep_worker::resident::ModelCache::new(u64::MAX)),
             rx,

@@ -47,6 +47,9 @@ pub struct AgentConfig {
     pub work_dir: PathBuf,
     /// Where this agent reports its health (`worker --health-listen`), if anywhere.
     pub health: Option<Arc<Health>>,
+    /// Stop (say goodbye, exit cleanly) after this long without a shard to compute: for a
+    /// batch job's workers, which must end when the sweep is done. `None`: serve forever.
+    pub exit_when_idle: Option<Duration>,
 }
 
 /// Why a worker stopped with an error.
@@ -88,6 +91,7 @@ pub async fn run(
 ) -> Result<AgentSummary, AgentError> {
     let mut summary = AgentSummary::default();
     let mut jobs = Prepared::default();
+    let mut busy_at = std::time::Instant::now();
     'session: loop {
         if *shutdown.borrow() {
             return Ok(summary);
@@ -154,6 +158,25 @@ pub async fn run(
                 }
             };
             let Some(l) = lease.lease else {
+                if let Some(idle) = cfg.exit_when_idle
+                    && busy_at.elapsed() >= idle
+                {
+                    hb.abort();
+                    if let Some(h) = &cfg.health {
+                        h.unregistered(&cfg.name);
+                    }
+                    let _ = client
+                        .goodbye(GoodbyeRequest {
+                            worker_id: worker_id.clone(),
+                        })
+                        .await;
+                    tracing::info!(
+                        "{}: no shard for {:.0?}, stopping (--exit-when-idle)",
+                        cfg.name,
+                        busy_at.elapsed()
+                    );
+                    return Ok(summary);
+                }
                 wait(&mut shutdown, lease.retry_ms.max(10) as u64).await;
                 continue;
             };
@@ -187,6 +210,7 @@ pub async fn run(
                 }
             };
             active.lock().expect("active lock").remove(&lease_id);
+            busy_at = std::time::Instant::now();
             match sent {
                 Ok(true) => summary.shards_done += 1,
                 Ok(false) => {}

@@ -267,6 +267,11 @@ pub struct WorkerArgs {
     /// Serve `GET /livez` and `GET /readyz` on this address, for orchestrators' probes.
     #[arg(long, env = "CIRCUIT_SWEEP_HEALTH_LISTEN")]
     health_listen: Option<SocketAddr>,
+    /// Exit 0 after this many seconds without a shard to compute (counted from the start and
+    /// from the last shard): workers of a batch job (Kubernetes Job, array job) end when the
+    /// sweep is done.
+    #[arg(long, env = "CIRCUIT_SWEEP_EXIT_WHEN_IDLE")]
+    exit_when_idle: Option<f64>,
 }
 
 impl WorkerArgs {
@@ -331,6 +336,9 @@ pub fn worker(a: WorkerArgs, models_dir: &Path) -> anyhow::Result<()> {
                     work_dir.clone()
                 },
                 health: health.clone(),
+                exit_when_idle: a
+                    .exit_when_idle
+                    .map(|s| Duration::from_secs_f64(s.max(0.0))),
             };
             (
                 cfg,
