@@ -45,7 +45,8 @@ seed = 0
 kind = "$5"
 $6
 TOML
-  local t0=$(date +%s.%N)
+  local t0
+  t0=$(date +%s.%N)
   "$BIN" run "$work/$1.toml" --out "$work/$1" --quiet >/dev/null
   python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')"
 }
