@@ -23,6 +23,9 @@ if ! command -v cargo >/dev/null; then
   . "$HOME/.cargo/env"
 fi
 
+# What the tests need beyond Rust (shellcheck, Chromium, kubernetes-validate).
+bash scripts/test-tools.sh
+
 cargo build --release --locked
 bin=target/release/circuit-sweep
 "$bin" model fetch
