@@ -56,14 +56,43 @@ fn find(kind: &str, name: &str) -> Value {
         .unwrap_or_else(|| panic!("no {kind} {name} in deploy/k8s"))
 }
 
-fn python() -> String {
-    std::env::var("CIRCUIT_SWEEP_PYTHON").unwrap_or_else(|_| "python3".into())
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+}
+
+fn tool(name: &str) -> Command {
+    assert!(
+        on_path(name),
+        "{name} is missing: run scripts/test-tools.sh"
+    );
+    Command::new(name)
+}
+
+/// The `kubernetes-validate` command, or its module when a user install (`~/.local/bin`) left
+/// the command off `PATH`.
+fn kubernetes_validate_command() -> Command {
+    if on_path("kubernetes-validate") {
+        return Command::new("kubernetes-validate");
+    }
+    let python = std::env::var("CIRCUIT_SWEEP_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has_module = Command::new(&python)
+        .args(["-c", "import kubernetes_validate"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        has_module,
+        "kubernetes-validate is missing: run scripts/test-tools.sh"
+    );
+    let mut c = Command::new(python);
+    c.args(["-m", "kubernetes_validate"]);
+    c
 }
 
 /// `kubernetes-validate --strict` on `paths`: (success, output).
 fn kubernetes_validate(paths: &[PathBuf]) -> (bool, String) {
-    let out = Command::new(python())
-        .args(["-m", "kubernetes_validate", "--strict", "-k", K8S_VERSION])
+    let out = kubernetes_validate_command()
+        .args(["--strict", "--kubernetes-version", K8S_VERSION])
         .args(paths)
         .output()
         .unwrap();
@@ -72,18 +101,21 @@ fn kubernetes_validate(paths: &[PathBuf]) -> (bool, String) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        !text.contains("No module named kubernetes_validate"),
-        "kubernetes-validate is missing: run scripts/test-tools.sh"
-    );
     (out.status.success(), text)
 }
 
-fn tool(name: &str) -> Command {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()));
-    assert!(found, "{name} is missing: run scripts/test-tools.sh");
-    Command::new(name)
+#[test]
+fn every_yaml_file_under_deploy_parses() {
+    let mut paths = files(&deploy(), "yaml");
+    paths.extend(files(&deploy(), "yml"));
+    assert!(paths.len() >= 7, "{paths:?}");
+    for p in &paths {
+        let docs = documents(p);
+        assert!(!docs.is_empty(), "{}: no document", p.display());
+        for d in &docs {
+            assert!(d.is_mapping(), "{}: a document is not a map", p.display());
+        }
+    }
 }
 
 #[test]
@@ -183,7 +215,24 @@ fn the_coordinator_has_real_health_probes_its_state_volume_and_the_token_secret(
             .map(|v| v.as_str().unwrap())
             .collect();
         assert_eq!(cmd[..2], ["circuit-sweep", "health"], "{probe}");
+        assert!(
+            cmd.windows(2)
+                .any(|w| w == ["--coordinator", "http://127.0.0.1:7070"]),
+            "{probe}: {cmd:?}"
+        );
     }
+    let ports: Vec<(&str, i64)> = c["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap(),
+                p["containerPort"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ports, [("grpc", 7070), ("dashboard", 8080)]);
     let state = volume_at(pod, c, "/state");
     let claim = state["persistentVolumeClaim"]["claimName"]
         .as_str()
@@ -227,7 +276,32 @@ fn check_worker_pod(pod: &Value) {
         .map(|v| v.as_str().unwrap())
         .collect();
     assert_eq!(args[0], "worker");
-    assert!(args.contains(&"--health-listen"), "{args:?}");
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--device", "cuda:0"] || w == ["--gpus", "all"]),
+        "{args:?}"
+    );
+    let listen = args
+        .windows(2)
+        .find(|w| w[0] == "--health-listen")
+        .map(|w| w[1])
+        .unwrap_or_else(|| panic!("no --health-listen in {args:?}"));
+    assert_eq!(listen, "0.0.0.0:8081");
+    // A named probe port must name the container port that --health-listen serves.
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let port = &c[probe]["httpGet"]["port"];
+        let number = match port.as_str() {
+            Some(name) => c["ports"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap_or_else(|| panic!("{probe}: no container port {name}"))["containerPort"]
+                .clone(),
+            None => port.clone(),
+        };
+        assert_eq!(number, 8081, "{probe}");
+    }
     let url = env(c, "CIRCUIT_SWEEP_COORDINATOR")["value"]
         .as_str()
         .unwrap()
@@ -253,7 +327,17 @@ fn the_sweep_job_is_indexed_and_ignores_preemption() {
     let spec = &j["spec"];
     assert_eq!(spec["completionMode"], "Indexed");
     assert!(spec["backoffLimitPerIndex"].as_i64().unwrap() >= 1);
+    assert!(spec["maxFailedIndexes"].as_i64().is_some());
+    assert_eq!(spec["completions"], spec["parallelism"]);
     let rules = spec["podFailurePolicy"]["rules"].as_sequence().unwrap();
+    assert!(
+        rules.iter().any(|r| {
+            (r["action"] == "FailJob" || r["action"] == "FailIndex")
+                && r["onExitCodes"]["operator"] == "In"
+                && r["onExitCodes"]["containerName"] == "worker"
+        }),
+        "no rule stops the retries of a non-retryable exit code"
+    );
     assert!(rules.iter().any(|r| {
         r["action"] == "Ignore"
             && r["onPodConditions"]
@@ -320,17 +404,40 @@ fn every_pod_runs_as_non_root_with_a_pinned_image() {
             );
             let image = c["image"].as_str().unwrap();
             assert!(!image.ends_with(":latest"), "{image}");
+            let tag = pinned_tag(p, image);
+            assert!(
+                !tag.is_empty() && tag != "latest",
+                "{}: image {image} has tag {tag:?}",
+                p.display()
+            );
         }
     }
-    // The images are named by the kustomizations, with a version tag.
-    for k in ["k8s/kustomization.yaml", "k8s/sweep-job/kustomization.yaml"] {
-        for i in documents(&deploy().join(k))[0]["images"]
-            .as_sequence()
-            .unwrap()
-        {
-            let tag = i["newTag"].as_str().unwrap();
-            assert!(!tag.is_empty() && tag != "latest", "{k}: {tag}");
-        }
+}
+
+/// The tag `image` runs with: its own, or the one the kustomization beside `file` sets (an
+/// image without either would be pulled as `latest`).
+fn pinned_tag(file: &Path, image: &str) -> String {
+    let k = file.parent().unwrap().join("kustomization.yaml");
+    let mapped = documents(&k)[0]["images"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|i| i["name"] == image)
+        .map(|i| {
+            i["newTag"]
+                .as_str()
+                .or(i["digest"].as_str())
+                .unwrap_or("")
+                .to_string()
+        });
+    if let Some(tag) = mapped {
+        return tag;
+    }
+    let name = image.rsplit('/').next().unwrap();
+    match (image.split_once('@'), name.split_once(':')) {
+        (Some((_, digest)), _) => digest.to_string(),
+        (None, Some((_, tag))) => tag.to_string(),
+        (None, None) => String::new(),
     }
 }
 
@@ -350,13 +457,80 @@ fn the_compose_file_has_a_coordinator_two_workers_and_no_secret_in_clear() {
             .unwrap_or_else(|| panic!("{name}: no token"));
         assert!(token.starts_with("${"), "{name}: a token written in clear");
     }
-    assert!(doc["services"]["coordinator"]["healthcheck"]["test"].is_sequence());
-    // Ports only on loopback: the dashboard and the API are not for the whole network.
-    for p in doc["services"]["coordinator"]["ports"]
+    let services = doc["services"].as_mapping().unwrap();
+    for (name, s) in services {
+        let name = name.as_str().unwrap();
+        for (k, v) in s["environment"].as_mapping().into_iter().flatten() {
+            let (k, v) = (k.as_str().unwrap(), v.as_str().unwrap_or(""));
+            let secret = ["TOKEN", "SECRET", "PASSWORD"]
+                .iter()
+                .any(|w| k.contains(w))
+                && !k.ends_with("_FILE");
+            assert!(
+                !secret || (v.starts_with("${") && v.ends_with('}')),
+                "{name}: {k} written in clear"
+            );
+        }
+        // Ports only on loopback: the dashboard and the API are not for the whole network.
+        for p in s["ports"].as_sequence().into_iter().flatten() {
+            assert!(
+                p.as_str().unwrap().starts_with("127.0.0.1:"),
+                "{name}: {p:?}"
+            );
+        }
+        let image = s["image"].as_str().unwrap();
+        assert!(
+            image.contains(':') && !image.ends_with(":latest"),
+            "{name}: {image}"
+        );
+    }
+    let var = |service: &str, k: &str| {
+        doc["services"][service]["environment"][k]
+            .as_str()
+            .unwrap_or_else(|| panic!("{service}: no {k}"))
+            .to_string()
+    };
+    let c = &doc["services"]["coordinator"];
+    assert_eq!(var("coordinator", "CIRCUIT_SWEEP_LISTEN"), "0.0.0.0:7070");
+    assert_eq!(var("coordinator", "CIRCUIT_SWEEP_STATE"), "/state");
+    assert_eq!(
+        var("coordinator", "CIRCUIT_SWEEP_DASHBOARD"),
+        "0.0.0.0:8080"
+    );
+    let test: Vec<&str> = c["healthcheck"]["test"]
         .as_sequence()
         .unwrap()
-    {
-        assert!(p.as_str().unwrap().starts_with("127.0.0.1:"), "{p:?}");
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        test.windows(2)
+            .any(|w| w[0].ends_with("circuit-sweep") && w[1] == "health"),
+        "{test:?}"
+    );
+    // The state is a named volume, so it outlives the container.
+    let state = c["volumes"][0].as_str().unwrap();
+    let (volume, path) = state.split_once(':').unwrap();
+    assert_eq!(path, "/state");
+    assert!(doc["volumes"].get(volume).is_some(), "{state}");
+    for w in ["worker-1", "worker-2"] {
+        assert_eq!(
+            var(w, "CIRCUIT_SWEEP_COORDINATOR"),
+            "http://coordinator:7070"
+        );
+        assert_eq!(var(w, "CIRCUIT_SWEEP_MODELS"), "/models");
+        assert_eq!(var(w, "CIRCUIT_SWEEP_WORKER_NAME"), w);
+        var(w, "CIRCUIT_SWEEP_THREADS");
+        let volumes: Vec<&str> = doc["services"][w]["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(
+            volumes.iter().any(|v| v.ends_with(":/models:ro")),
+            "{w}: the model folder must be mounted read-only: {volumes:?}"
+        );
     }
 }
 
@@ -390,8 +564,21 @@ fn the_images_are_multi_stage_non_root_and_carry_no_model() {
                 "{f}: a model baked in: {l}"
             );
         }
-        assert!(text.contains("ENTRYPOINT"), "{f}");
+        let entrypoint = last
+            .iter()
+            .find(|l| l.starts_with("ENTRYPOINT "))
+            .unwrap_or_else(|| panic!("{f}: no ENTRYPOINT in the last stage"));
+        assert!(entrypoint.contains("circuit-sweep\"]"), "{f}: {entrypoint}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("CIRCUIT_SWEEP_MODELS=/models")),
+            "{f}: the model folder is not /models"
+        );
     }
+    let cuda = std::fs::read_to_string(deploy().join("docker/Dockerfile.cuda")).unwrap();
+    assert!(cuda.contains("--features cuda"));
+    assert!(cuda.contains("ARG CUDA_COMPUTE_CAP"));
     // The build context leaves models out, whatever a COPY says.
     let ignore = std::fs::read_to_string(root().join(".dockerignore")).unwrap();
     assert!(ignore.lines().any(|l| l.trim() == "models/"), "{ignore}");
@@ -420,5 +607,23 @@ fn the_shell_scripts_pass_bash_n_and_shellcheck() {
     // Slurm reads its options from the #SBATCH lines; a worker lost must not end the step.
     let sbatch = std::fs::read_to_string(deploy().join("slurm/circuit-sweep.sbatch")).unwrap();
     assert!(sbatch.contains("#SBATCH --gpus-per-task=1"));
-    assert!(sbatch.contains("--kill-on-bad-exit=0"));
+    assert!(sbatch.contains("#SBATCH --ntasks-per-node="));
+    let srun = sbatch
+        .split("\nsrun ")
+        .nth(1)
+        .expect("no srun step")
+        .split("&\n")
+        .next()
+        .unwrap();
+    for flag in [
+        "--kill-on-bad-exit=0",
+        "--ntasks-per-node=",
+        "--gpus-per-task=1",
+        "worker --device cuda:0",
+    ] {
+        assert!(srun.contains(flag), "srun step lacks {flag}: {srun}");
+    }
+    assert!(sbatch.contains("submit \"$spec\" --wait"));
+    assert!(sbatch.contains("health"));
+    assert!(sbatch.contains("umask 077") || sbatch.contains("chmod 600"));
 }
