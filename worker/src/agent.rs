@@ -118,15 +118,7 @@ pub async fn run(
         ));
         loop {
             if *shutdown.borrow() {
-                hb.abort();
-                if let Some(h) = &cfg.health {
-                    h.unregistered(&cfg.name);
-                }
-                let _ = client
-                    .goodbye(GoodbyeRequest {
-                        worker_id: worker_id.clone(),
-                    })
-                    .await;
+                leave(&cfg, &mut client, &worker_id, hb).await;
                 tracing::info!("{} drained and said goodbye", cfg.name);
                 return Ok(summary);
             }
@@ -161,15 +153,7 @@ pub async fn run(
                 if let Some(idle) = cfg.exit_when_idle
                     && busy_at.elapsed() >= idle
                 {
-                    hb.abort();
-                    if let Some(h) = &cfg.health {
-                        h.unregistered(&cfg.name);
-                    }
-                    let _ = client
-                        .goodbye(GoodbyeRequest {
-                            worker_id: worker_id.clone(),
-                        })
-                        .await;
+                    leave(&cfg, &mut client, &worker_id, hb).await;
                     tracing::info!(
                         "{}: no shard for {:.0?}, stopping (--exit-when-idle)",
                         cfg.name,
@@ -218,6 +202,24 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Stops heartbeats and says goodbye, so the coordinator forgets this worker at once.
+async fn leave(
+    cfg: &AgentConfig,
+    client: &mut Client,
+    worker_id: &str,
+    hb: tokio::task::JoinHandle<()>,
+) {
+    hb.abort();
+    if let Some(h) = &cfg.health {
+        h.unregistered(&cfg.name);
+    }
+    let _ = client
+        .goodbye(GoodbyeRequest {
+            worker_id: worker_id.to_string(),
+        })
+        .await;
 }
 
 /// Sleeps `ms`, or less when shutdown is asked.
