@@ -169,6 +169,16 @@ fn every_kustomization_lists_exactly_the_resources_beside_it() {
     }
 }
 
+/// A container's arguments.
+fn args(c: &Value) -> Vec<&str> {
+    c["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect()
+}
+
 fn containers(pod_spec: &Value) -> Vec<Value> {
     pod_spec["containers"].as_sequence().unwrap().clone()
 }
@@ -269,12 +279,7 @@ fn check_worker_pod(pod: &Value) {
     assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], 1);
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/livez");
-    let args: Vec<&str> = c["args"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
+    let args = args(c);
     assert_eq!(args[0], "worker");
     assert!(
         args.windows(2)
@@ -348,12 +353,7 @@ fn the_sweep_job_is_indexed_and_ignores_preemption() {
     assert_eq!(pod["restartPolicy"], "Never");
     check_worker_pod(pod);
     let c = &containers(pod)[0];
-    let args: Vec<&str> = c["args"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
+    let args = args(c);
     // The workers end with the sweep, and the index is only a name.
     assert!(args.contains(&"--exit-when-idle"), "{args:?}");
     assert!(
