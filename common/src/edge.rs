@@ -1,11 +1,13 @@
-//! The edge graph of a model (spec section 5): senders (`embed`, heads, MLPs) write into the
-//! residual stream, receivers (each head's query, key and value input, each MLP's input, the
-//! logits) read from it. An edge `s -> r` exists when `r` reads what `s` wrote: `s` is computed
-//! before `r` in the forward pass.
+//! The edge graph of a model: senders (`embed`, heads, MLPs) write into the residual stream,
+//! receivers (each head's query, key and value input, each MLP's input, the logits) read from
+//! it. An edge `s -> r` exists when `r` reads what `s` wrote: `s` is computed before `r` in the
+//! forward pass.
 //!
 //! Names: `h4.4->h9.1.q`, `m0->m1`, `embed->h0.2.k`, `h9.1->logits`. With grouped-query
-//! attention the key and value receivers are the key/value heads: `h9.0.k` is the key input of
-//! key/value head 0, which query heads `0..n_heads/n_kv_heads` share.
+//! attention every query head has its own key and value input by default (`h9.1.k` is what query
+//! head 1 reads its keys from, as auto-circuit, EAP-IG and MIB count them); with
+//! `kv_per_query = false` the key and value receivers are the key/value heads instead (`h9.0.k`
+//! is the key input of key/value head 0, which query heads `0..n_heads/n_kv_heads` share).
 
 use std::fmt;
 use std::str::FromStr;
@@ -36,11 +38,12 @@ pub enum Qkv {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Receiver {
     /// The query, key or value input of a head of `layer`: `index` is the query head for `Q`,
-    /// the key/value head for `K` and `V`.
+    /// and for `K` and `V` the query head (the default) or the key/value head (a graph with
+    /// `kv_per_query = false`).
     Attn {
         /// Layer.
         layer: usize,
-        /// Query head (`Q`) or key/value head (`K`, `V`).
+        /// Query head, or key/value head (`K`, `V` in a graph without `kv_per_query`).
         index: usize,
         /// Which input.
         which: Qkv,
@@ -75,6 +78,10 @@ pub struct GraphShape {
     /// Attention and MLP read the same residual stream (GPT-NeoX's parallel residual): no edge
     /// from a layer's heads to its own MLP.
     pub parallel: bool,
+    /// Each query head has its own key and value receivers (else one per key/value head).
+    pub kv_per_query: bool,
+    /// The embedding is a sender (path patching has none: it patches heads and MLPs).
+    pub embed: bool,
 }
 
 /// An edge name that does not parse or does not exist in the model.
@@ -140,9 +147,20 @@ impl GraphShape {
         }
     }
 
+    /// Key and value receivers per layer.
+    pub fn kv_receivers(&self) -> usize {
+        if self.kv_per_query {
+            self.n_heads
+        } else {
+            self.n_kv_heads
+        }
+    }
+
     /// Every sender, in the order the model computes them.
     pub fn senders(&self) -> Vec<Sender> {
-        std::iter::once(Sender::Embed)
+        self.embed
+            .then_some(Sender::Embed)
+            .into_iter()
             .chain(
                 Component::all(self.n_layers, self.n_heads)
                     .into_iter()
@@ -158,8 +176,8 @@ impl GraphShape {
         for layer in 0..self.n_layers {
             for (which, n) in [
                 (Qkv::Q, self.n_heads),
-                (Qkv::K, self.n_kv_heads),
-                (Qkv::V, self.n_kv_heads),
+                (Qkv::K, self.kv_receivers()),
+                (Qkv::V, self.kv_receivers()),
             ] {
                 out.extend((0..n).map(|index| Receiver::Attn {
                     layer,
@@ -188,10 +206,14 @@ impl GraphShape {
     }
 
     /// The edges among the nodes of `circuit` (plus `embed` and the logits): the graph the paper
-    /// studies once a node circuit is known. Key/value receivers are kept when any query head
-    /// of the circuit reads them.
+    /// studies once a node circuit is known. Key/value receivers of key/value heads are kept
+    /// when any query head of the circuit reads them.
     pub fn edges_within(&self, circuit: &[Component]) -> Vec<Edge> {
-        let group = self.n_heads / self.n_kv_heads.max(1);
+        let group = if self.kv_per_query {
+            1
+        } else {
+            self.n_heads / self.n_kv_heads.max(1)
+        };
         let sender_in = |s: &Sender| match s {
             Sender::Embed => true,
             Sender::Node(c) => circuit.contains(c),
@@ -223,8 +245,15 @@ impl GraphShape {
                     source,
                 })
         };
-        if let Sender::Node(c) = e.sender {
-            comp(c)?;
+        match e.sender {
+            Sender::Node(c) => comp(c)?,
+            Sender::Embed if !self.embed => {
+                return Err(EdgeError::NoSuchEdge {
+                    edge: name,
+                    why: "path patching has no `embed` sender (it patches heads and MLPs)".into(),
+                });
+            }
+            Sender::Embed => {}
         }
         match e.receiver {
             Receiver::Mlp { layer } => comp(Component::Mlp { layer })?,
@@ -233,23 +262,16 @@ impl GraphShape {
                 index,
                 which,
             } => {
-                let n = if which == Qkv::Q {
-                    self.n_heads
-                } else {
-                    self.n_kv_heads
+                let (n, what) = match which {
+                    Qkv::Q => (self.n_heads, "query"),
+                    _ if self.kv_per_query => (self.n_heads, "query"),
+                    _ => (self.n_kv_heads, "key/value"),
                 };
                 comp(Component::Mlp { layer })?;
                 if index >= n {
                     return Err(EdgeError::NoSuchEdge {
                         edge: name,
-                        why: format!(
-                            "layer {layer} has {n} {} heads",
-                            if which == Qkv::Q {
-                                "query"
-                            } else {
-                                "key/value"
-                            }
-                        ),
+                        why: format!("layer {layer} has {n} {what} heads"),
                     });
                 }
             }
@@ -365,12 +387,15 @@ impl<'de> serde::Deserialize<'de> for Edge {
 mod tests {
     use super::*;
 
+    /// Grouped-query attention with the key/value receivers of key/value heads.
     fn shape(parallel: bool) -> GraphShape {
         GraphShape {
             n_layers: 2,
             n_heads: 4,
             n_kv_heads: 2,
             parallel,
+            kv_per_query: false,
+            embed: true,
         }
     }
 
@@ -455,5 +480,57 @@ mod tests {
                 "m1->logits",
             ]
         );
+    }
+
+    #[test]
+    fn every_query_head_has_its_own_key_and_value_inputs_by_default() {
+        // SmolLM2's shape: 9 query heads sharing 3 key/value heads.
+        let g = GraphShape {
+            n_layers: 30,
+            n_heads: 9,
+            n_kv_heads: 3,
+            parallel: false,
+            kv_per_query: true,
+            embed: true,
+        };
+        let layers01: Vec<Component> = Component::all(2, 9);
+        assert_eq!(layers01.len(), 20);
+        assert_eq!(g.edges_within(&layers01).len(), 375);
+        let grouped = GraphShape {
+            kv_per_query: false,
+            ..g
+        };
+        assert_eq!(grouped.edges_within(&layers01).len(), 231);
+        // h9.8.k is query head 8's key input; with grouping only key/value heads 0..2 exist.
+        g.check(&"h1.8->h9.8.k".parse().unwrap()).unwrap();
+        let e = grouped.check(&"h1.8->h9.8.k".parse().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("3 key/value heads"), "{e}");
+        // Circuit restriction: only the circuit's query heads' k/v receivers.
+        let names: Vec<String> = g
+            .edges_within(&["h1.4".parse().unwrap()])
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "embed->h1.4.q",
+                "embed->h1.4.k",
+                "embed->h1.4.v",
+                "embed->logits",
+                "h1.4->logits"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_path_graph_has_no_embed_sender() {
+        let g = GraphShape {
+            embed: false,
+            ..shape(false)
+        };
+        assert!(g.edges().iter().all(|e| e.sender != Sender::Embed));
+        let e = g.check(&"embed->m1".parse().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("no `embed` sender"), "{e}");
     }
 }

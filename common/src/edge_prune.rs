@@ -1,4 +1,4 @@
-//! Greedy pruning over edges (spec section 5): the same search as node pruning
+//! Greedy pruning over edges: the same search as node pruning
 //! ([`crate::greedy`]), over the edges of a graph. The default order visits receivers in reverse
 //! topological order (the logits first) and, within a receiver, senders in reverse order; every
 //! pass uses the same order. An order study gives each run its own seeded random order.
@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 
 use crate::edge::Edge;
-use crate::greedy::Greedy;
+use crate::greedy::{Greedy, Rule};
 use crate::orders::{SetStats, set_stats};
 use crate::rng::Rng;
 
@@ -75,8 +75,12 @@ pub struct EdgeDecision {
 /// The outcome of an edge pruning run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EdgePruneResult {
-    /// The threshold used.
-    pub threshold: f64,
+    /// The % threshold used (metrics scored in % of the full model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// The KL tolerance in nats used (`metric = "kl"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tau: Option<f64>,
     /// Edges kept, in graph order.
     pub edges: Vec<String>,
     /// Edges in the graph pruned from.
@@ -89,6 +93,46 @@ pub struct EdgePruneResult {
     pub passes: usize,
     /// Every decision in order.
     pub decisions: Vec<EdgeDecision>,
+}
+
+impl EdgePruneResult {
+    /// The rule the run pruned by.
+    pub fn rule(&self) -> Rule {
+        match (self.threshold, self.tau) {
+            (_, Some(t)) => Rule::Tau(t),
+            (t, None) => Rule::Threshold(t.unwrap_or(80.0)),
+        }
+    }
+
+    /// The paper's one-pass rule over single-edge scores (path patching): an edge is kept when
+    /// ablating it alone costs more than the rule allows (`scores[i]` of `edges[i]`, the graph
+    /// scoring `start`); `score` is the kept circuit's own score.
+    pub fn one_pass(edges: &[Edge], scores: &[f64], rule: Rule, start: f64, score: f64) -> Self {
+        let decisions: Vec<EdgeDecision> = edges
+            .iter()
+            .zip(scores)
+            .map(|(e, &s)| EdgeDecision {
+                edge: e.to_string(),
+                score: s,
+                removed: rule.removes(s, start),
+                pass: 0,
+            })
+            .collect();
+        EdgePruneResult {
+            threshold: rule.threshold(),
+            tau: rule.tau(),
+            edges: decisions
+                .iter()
+                .filter(|d| !d.removed)
+                .map(|d| d.edge.clone())
+                .collect(),
+            graph_edges: edges.len(),
+            score,
+            evaluations: edges.len(),
+            passes: 1,
+            decisions,
+        }
+    }
 }
 
 /// An edge pruning run in progress.
@@ -104,7 +148,7 @@ impl EdgePruner {
     pub fn new(
         edges: Vec<Edge>,
         order: Option<&[Edge]>,
-        threshold: f64,
+        rule: Rule,
         start_score: f64,
     ) -> Result<Self, String> {
         let index: std::collections::HashMap<Edge, usize> =
@@ -136,7 +180,7 @@ impl EdgePruner {
         let n = edges.len();
         Ok(EdgePruner {
             edges,
-            greedy: Greedy::new(vec![numbered], threshold, vec![true; n], start_score),
+            greedy: Greedy::new(vec![numbered], rule, vec![true; n], start_score),
         })
     }
 
@@ -193,7 +237,8 @@ impl EdgePruner {
     /// The final result (call when [`EdgePruner::is_done`]).
     pub fn result(&self) -> EdgePruneResult {
         EdgePruneResult {
-            threshold: self.greedy.threshold(),
+            threshold: self.greedy.rule().threshold(),
+            tau: self.greedy.rule().tau(),
             edges: self.kept().iter().map(Edge::to_string).collect(),
             graph_edges: self.edges.len(),
             score: self.greedy.score(),
@@ -225,6 +270,8 @@ mod tests {
             n_heads: 2,
             n_kv_heads: 2,
             parallel: false,
+            kv_per_query: true,
+            embed: true,
         }
         .edges()
     }
@@ -243,7 +290,7 @@ mod tests {
     }
 
     fn run(k: usize, order: Option<&[Edge]>) -> EdgePruneResult {
-        let mut p = EdgePruner::new(graph(), order, 80.0, 100.0).unwrap();
+        let mut p = EdgePruner::new(graph(), order, Rule::Threshold(80.0), 100.0).unwrap();
         while !p.is_done() {
             let prop = p.propose(k);
             if prop.is_empty() {
@@ -301,10 +348,35 @@ mod tests {
         o.reverse();
         assert_eq!(run(1, Some(&o)).edges.len(), run(1, None).edges.len());
         let short = &g[1..];
-        assert!(EdgePruner::new(g.clone(), Some(short), 80.0, 100.0).is_err());
+        assert!(EdgePruner::new(g.clone(), Some(short), Rule::Threshold(80.0), 100.0).is_err());
         let mut twice = g.clone();
         twice[0] = twice[1];
-        let e = EdgePruner::new(g, Some(&twice), 80.0, 100.0).unwrap_err();
+        let e = EdgePruner::new(g, Some(&twice), Rule::Threshold(80.0), 100.0).unwrap_err();
         assert!(e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn one_pass_keeps_the_edges_whose_ablation_costs_more_than_the_rule() {
+        let g = graph();
+        let scores: Vec<f64> = g.iter().map(|e| toy(std::slice::from_ref(e))).collect();
+        let r = EdgePruneResult::one_pass(&g, &scores, Rule::Threshold(80.0), 100.0, 70.0);
+        // Only h1.0->logits (70 alone) drops below 80.
+        assert_eq!(r.edges, ["h1.0->logits"]);
+        assert_eq!((r.passes, r.evaluations, r.score), (1, g.len(), 70.0));
+        assert_eq!(r.decisions.iter().filter(|d| !d.removed).count(), 1);
+        // KL: kept when the edge adds at least tau nats.
+        let kl: Vec<f64> = g
+            .iter()
+            .map(|e| {
+                if e.to_string() == "m0->m1" {
+                    0.5
+                } else {
+                    0.001
+                }
+            })
+            .collect();
+        let r = EdgePruneResult::one_pass(&g, &kl, Rule::Tau(0.01), 0.0, 0.2);
+        assert_eq!(r.edges, ["m0->m1"]);
+        assert_eq!((r.threshold, r.tau), (None, Some(0.01)));
     }
 }

@@ -1,12 +1,57 @@
 //! The greedy search behind node and edge pruning, over items numbered `0..n`.
 //!
 //! A pass visits the items still kept in its order; a candidate is scored with every item not
-//! kept, and itself, ablated, and removed at once when the score stays above the threshold.
+//! kept, and itself, ablated, and removed at once when its [`Rule`] says so: the score stays
+//! above a % threshold, or (KL) the divergence grows by less than `tau` nats.
 //! Passes repeat (cycling through the given orders) until one removes nothing. To batch, the
 //! search may propose the next `k` candidates of a pass at once, assuming none is removed: the
 //! decisions are then taken in order and the proposals after the first removal are discarded
 //! (they were scored against a circuit that no longer exists), so the result equals
 //! one-at-a-time pruning.
+
+/// When a candidate is removed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rule {
+    /// The score without it (% of the full model) stays above this threshold.
+    Threshold(f64),
+    /// ACDC's rule for KL divergence (lower is better): removing it raises the circuit's KL
+    /// from the full model by less than `tau` nats.
+    Tau(f64),
+}
+
+impl Rule {
+    /// Whether a candidate whose removal scores `without` goes, the circuit scoring `current`.
+    pub fn removes(self, without: f64, current: f64) -> bool {
+        match self {
+            Rule::Threshold(t) => without > t,
+            Rule::Tau(tau) => without - current < tau,
+        }
+    }
+
+    /// The % threshold, if that is the rule.
+    pub fn threshold(self) -> Option<f64> {
+        match self {
+            Rule::Threshold(t) => Some(t),
+            Rule::Tau(_) => None,
+        }
+    }
+
+    /// The KL tolerance in nats, if that is the rule.
+    pub fn tau(self) -> Option<f64> {
+        match self {
+            Rule::Tau(t) => Some(t),
+            Rule::Threshold(_) => None,
+        }
+    }
+
+    /// The rule in words, for titles and logs (`80%`, `tau 0.01 nats`).
+    pub fn describe(self) -> String {
+        match self {
+            Rule::Threshold(t) => format!("{t}%"),
+            Rule::Tau(t) => format!("tau {t} nats"),
+        }
+    }
+}
 
 /// One decision.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -26,7 +71,7 @@ pub struct Step {
 pub struct Greedy {
     /// Pass `p` visits `orders[p % orders.len()]`.
     orders: Vec<Vec<usize>>,
-    threshold: f64,
+    rule: Rule,
     kept: Vec<bool>,
     pass: usize,
     /// Position in the current pass's order.
@@ -40,11 +85,11 @@ pub struct Greedy {
 impl Greedy {
     /// A search over `kept.len()` items starting from the kept ones, whose score is
     /// `start_score`.
-    pub fn new(orders: Vec<Vec<usize>>, threshold: f64, kept: Vec<bool>, start_score: f64) -> Self {
+    pub fn new(orders: Vec<Vec<usize>>, rule: Rule, kept: Vec<bool>, start_score: f64) -> Self {
         assert!(!orders.is_empty(), "at least one pass order");
         Greedy {
             orders,
-            threshold,
+            rule,
             kept,
             pass: 0,
             pos: 0,
@@ -89,9 +134,9 @@ impl Greedy {
         &self.steps
     }
 
-    /// The threshold.
-    pub fn threshold(&self) -> f64 {
-        self.threshold
+    /// The removal rule.
+    pub fn rule(&self) -> Rule {
+        self.rule
     }
 
     /// Moves to the next candidate still kept, starting new passes as needed; ends the search
@@ -147,7 +192,7 @@ impl Greedy {
                 break;
             };
             assert_eq!(next, c, "scores must follow the proposal order");
-            let removed = s > self.threshold;
+            let removed = self.rule.removes(s, self.score);
             self.steps.push(Step {
                 item: c,
                 score: s,
@@ -164,5 +209,41 @@ impl Greedy {
             }
         }
         used
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kl_rule_compares_with_the_current_circuit() {
+        // Threshold: a score above 80 % goes.
+        assert!(Rule::Threshold(80.0).removes(80.5, 100.0));
+        assert!(!Rule::Threshold(80.0).removes(79.0, 100.0));
+        // Tau: KL rising by less than tau goes, whatever the absolute KL.
+        assert!(Rule::Tau(0.01).removes(0.305, 0.3));
+        assert!(!Rule::Tau(0.01).removes(0.32, 0.3));
+        assert!(!Rule::Tau(0.01).removes(5.0, 0.0));
+    }
+
+    #[test]
+    fn kl_pruning_removes_what_barely_moves_the_divergence() {
+        // Three items; KL of a circuit = sum of the ablated items' costs.
+        let cost = [0.5, 0.001, 0.002];
+        let mut g = Greedy::new(vec![vec![0, 1, 2]], Rule::Tau(0.01), vec![true; 3], 0.0);
+        while !g.is_done() {
+            let p = g.propose(1);
+            if p.is_empty() {
+                break;
+            }
+            let s: Vec<f64> = p
+                .iter()
+                .map(|&c| g.ablated_without(c).iter().map(|&i| cost[i]).sum())
+                .collect();
+            g.record(&p, &s);
+        }
+        assert_eq!(g.kept(), &[true, false, false]);
+        assert!((g.score() - 0.003).abs() < 1e-12);
     }
 }

@@ -201,7 +201,8 @@ mod tests {
             .map(|s| s.to_string())
             .partition(|n| n.starts_with('h'));
         PruneResult {
-            threshold: 80.0,
+            threshold: Some(80.0),
+            tau: None,
             heads: h,
             mlps: m,
             score: 81.0,

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::component::Component;
-use crate::greedy::Greedy;
+use crate::greedy::{Greedy, Rule};
 use crate::spec::Schedule;
 
 /// The order of one pass.
@@ -34,6 +34,16 @@ pub fn forward(n_layers: usize, n_heads: usize) -> Vec<Component> {
     Component::all(n_layers, n_heads)
 }
 
+impl PruneResult {
+    /// The rule the run pruned by.
+    pub fn rule(&self) -> Rule {
+        match (self.threshold, self.tau) {
+            (_, Some(t)) => Rule::Tau(t),
+            (t, None) => Rule::Threshold(t.unwrap_or(80.0)),
+        }
+    }
+}
+
 /// One decision of a pruning run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
@@ -50,8 +60,12 @@ pub struct Decision {
 /// The outcome of a pruning run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PruneResult {
-    /// The threshold used.
-    pub threshold: f64,
+    /// The % threshold used (metrics scored in % of the full model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// The KL tolerance in nats used (`metric = "kl"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tau: Option<f64>,
     /// Heads in the final circuit.
     pub heads: Vec<String>,
     /// MLPs in the final circuit.
@@ -82,7 +96,7 @@ impl Pruner {
         n_layers: usize,
         n_heads: usize,
         order: PassOrder,
-        threshold: f64,
+        rule: Rule,
         start: Option<&[Component]>,
         start_score: f64,
     ) -> Self {
@@ -107,7 +121,7 @@ impl Pruner {
         Pruner {
             n_layers,
             n_heads,
-            greedy: Greedy::new(orders, threshold, kept, start_score),
+            greedy: Greedy::new(orders, rule, kept, start_score),
         }
     }
 
@@ -182,7 +196,8 @@ impl Pruner {
                 .collect()
         };
         PruneResult {
-            threshold: self.greedy.threshold(),
+            threshold: self.greedy.rule().threshold(),
+            tau: self.greedy.rule().tau(),
             heads: names(true),
             mlps: names(false),
             score: self.greedy.score(),
@@ -257,7 +272,7 @@ mod tests {
     }
 
     fn run(k: usize, order: PassOrder) -> PruneResult {
-        let mut p = Pruner::new(2, 2, order, 80.0, None, 100.0);
+        let mut p = Pruner::new(2, 2, order, Rule::Threshold(80.0), None, 100.0);
         while !p.is_done() {
             let prop = p.propose(k);
             if prop.is_empty() {

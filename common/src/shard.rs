@@ -112,6 +112,9 @@ pub struct JobMeta {
     pub full: f64,
     /// Metric of the full model on the corrupt prompts.
     pub corrupt: f64,
+    /// Metric of the empty circuit (every node or edge ablated), where `normalize = "empty"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub empty: Option<f64>,
 }
 
 /// Layers per node shard: about 16 shards per sweep, at least one layer each.
@@ -131,9 +134,10 @@ pub fn edges_per_shard(n_edges: usize) -> usize {
 }
 
 impl JobMeta {
-    /// The shape of the model's edge graph.
-    pub fn graph_shape(&self) -> crate::edge::GraphShape {
-        crate::edge::GraphShape {
+    /// The shape of the model's edge graph as `spec` asks for it (key/value receivers, the
+    /// edge method's senders).
+    pub fn graph_shape(&self, spec: &crate::spec::SweepSpec) -> crate::edge::GraphShape {
+        spec.graph(crate::edge::GraphShape {
             n_layers: self.n_layers,
             n_heads: self.n_heads,
             n_kv_heads: if self.n_kv_heads == 0 {
@@ -142,7 +146,9 @@ impl JobMeta {
                 self.n_kv_heads
             },
             parallel: self.parallel_residual,
-        }
+            kv_per_query: true,
+            embed: true,
+        })
     }
 }
 

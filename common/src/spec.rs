@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::data_spec::DataSpec;
+use crate::edge::GraphShape;
+use crate::greedy::Rule;
 
 /// A whole sweep spec.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -119,7 +121,8 @@ pub enum Direction {
     /// Run the clean prompts, replace the ablated components.
     #[default]
     Noising,
-    /// Run the corrupt prompts, patch clean activations into the kept components.
+    /// Run the corrupt prompts, patch each kept component's paired clean activation into it;
+    /// the other components compute on the corrupt prompt.
     Denoising,
 }
 
@@ -144,8 +147,11 @@ pub enum Normalize {
     /// `100 * metric / full` (the paper's).
     #[default]
     Full,
-    /// `100 * (metric - corrupt) / (full - corrupt)`.
+    /// `100 * (metric - corrupt) / (full - corrupt)`: 0 is the corrupt run.
     CleanCorrupt,
+    /// `100 * (metric - empty) / (full - empty)`: 0 is the empty circuit, every node (node
+    /// sweeps) or every edge (edge sweeps) ablated with the same ablation (MIB's faithfulness).
+    Empty,
 }
 
 /// `[ablation]`.
@@ -161,9 +167,13 @@ pub struct AblationSpec {
     /// logit_diff | kl | accuracy.
     #[serde(default)]
     pub metric: Metric,
-    /// full | clean_corrupt.
+    /// full | clean_corrupt | empty.
     #[serde(default)]
     pub normalize: Normalize,
+    /// Zero ablation: replace a head's output by its value bias instead of zeros, as
+    /// TransformerLens does once it has folded `b_V` into `b_O` (`hook_z` then excludes `b_V`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fold_value_bias: bool,
 }
 
 /// The sweeps.
@@ -220,6 +230,9 @@ pub struct SweepKindSpec {
     pub kind: SweepKind,
     /// Pruning threshold in % of the full model (default 80).
     pub threshold: Option<f64>,
+    /// Pruning with `metric = "kl"`: remove a component (edge) when the circuit's KL from the
+    /// full model grows by less than this many nats (default 0.01).
+    pub tau: Option<f64>,
     /// Nested thresholds (`[97, 90, 80, 70]`), each continuing from the previous circuit.
     pub thresholds: Option<Vec<f64>>,
     /// Pass schedule of pruning.
@@ -241,10 +254,42 @@ pub struct SweepKindSpec {
     /// Edge sweeps: ablate edges at these positions only (negative counts from the end: -1 is
     /// the last position); every position when omitted.
     pub positions: Option<Vec<i64>>,
+    /// Edge sweeps: `direct` edges (default) or the paper's `path` patching.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub edge_method: EdgeMethod,
+    /// Edge sweeps with grouped-query attention: key/value receivers per `query_head`
+    /// (default) or per `kv_head`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub kv_edges: KvEdges,
     /// Downstream: random head sets, the control (default 20).
     pub random_sets: Option<usize>,
     /// Downstream: heads per random set (default: the circuit's heads, else 10).
     pub set_size: Option<usize>,
+}
+
+/// How an edge is ablated.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EdgeMethod {
+    /// The receiver alone reads the residual stream with the sender's write replaced by its
+    /// ablated write, in this very pass (ACDC, auto-circuit).
+    #[default]
+    Direct,
+    /// Path patching as in the paper: the sender takes its ablated value, every other head is
+    /// frozen at its unablated value and MLPs are recomputed; the receiver alone then reads
+    /// what that run gives it. Scored one edge at a time; pruning is one thresholded pass.
+    Path,
+}
+
+/// Which key and value inputs are edge receivers under grouped-query attention.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum KvEdges {
+    /// Each query head's own key and value input (auto-circuit, EAP-IG, MIB).
+    #[default]
+    QueryHead,
+    /// The key/value heads' inputs, shared by the query heads of a group.
+    KvHead,
 }
 
 /// `[run]`: how the work is executed (never changes the numbers).
@@ -256,6 +301,10 @@ pub struct RunSpec {
     pub batch_tokens: usize,
 }
 
+fn is_default<T: Default + PartialEq>(t: &T) -> bool {
+    *t == T::default()
+}
+
 fn default_batch_tokens() -> usize {
     16384
 }
@@ -265,6 +314,24 @@ impl Default for RunSpec {
         RunSpec {
             batch_tokens: default_batch_tokens(),
         }
+    }
+}
+
+/// An ablation kind's name as the spec spells it.
+pub fn kind_name(k: AblationKind) -> &'static str {
+    match k {
+        AblationKind::Mean => "mean",
+        AblationKind::Zero => "zero",
+        AblationKind::Resample => "resample",
+    }
+}
+
+/// A metric's name as the spec spells it.
+pub fn metric_name(m: Metric) -> &'static str {
+    match m {
+        Metric::LogitDiff => "logit_diff",
+        Metric::Kl => "kl",
+        Metric::Accuracy => "accuracy",
     }
 }
 
@@ -353,9 +420,31 @@ impl SweepSpec {
         Ok(Some(out))
     }
 
-    /// The threshold of a single pruning run (default 80).
-    pub fn threshold(&self) -> f64 {
-        self.sweep.threshold.unwrap_or(80.0)
+    /// The removal rule of a single pruning run: `tau` nats with KL (default 0.01), else a %
+    /// threshold (default 80).
+    pub fn rule(&self) -> Rule {
+        match self.ablation.metric {
+            Metric::Kl => Rule::Tau(self.sweep.tau.unwrap_or(0.01)),
+            _ => Rule::Threshold(self.sweep.threshold.unwrap_or(80.0)),
+        }
+    }
+
+    /// The edge graph of a model of `shape` as this spec asks for it: key/value receivers per
+    /// query head or per key/value head, and no `embed` sender with path patching.
+    pub fn graph(&self, shape: GraphShape) -> GraphShape {
+        GraphShape {
+            kv_per_query: self.sweep.kv_edges == KvEdges::QueryHead,
+            embed: self.sweep.edge_method == EdgeMethod::Direct,
+            ..shape
+        }
+    }
+
+    /// The rules of a pruning job: one per nested threshold, else the single run's.
+    pub fn rules(&self) -> Vec<Rule> {
+        match &self.sweep.thresholds {
+            Some(ts) => ts.iter().map(|&t| Rule::Threshold(t)).collect(),
+            None => vec![self.rule()],
+        }
     }
 
     /// Checks values that serde cannot.
@@ -418,6 +507,89 @@ impl SweepSpec {
                     "sweep",
                     "thresholds",
                     "give `threshold` or `thresholds`, not both".into(),
+                ));
+            }
+        }
+        let kl = self.ablation.metric == Metric::Kl;
+        let prunes = matches!(
+            self.sweep.kind,
+            SweepKind::Prune | SweepKind::Orders | SweepKind::EdgePrune
+        );
+        if kl && prunes {
+            let field = if self.sweep.thresholds.is_some() {
+                "thresholds"
+            } else {
+                "threshold"
+            };
+            if self.sweep.threshold.is_some() || self.sweep.thresholds.is_some() {
+                return Err(bad(
+                    "sweep",
+                    field,
+                    "a % threshold does not apply with [ablation] metric = \"kl\" (scores are KL divergences in nats, lower is better): give `tau`, the nats the KL may grow by when a component is removed (default 0.01)".into(),
+                ));
+            }
+        }
+        if let Some(tau) = self.sweep.tau {
+            if !kl {
+                return Err(bad(
+                    "sweep",
+                    "tau",
+                    format!(
+                        "applies to [ablation] metric = \"kl\" (here `{}`, scored in %): give `threshold`",
+                        metric_name(self.ablation.metric)
+                    ),
+                ));
+            }
+            if !prunes {
+                return Err(bad(
+                    "sweep",
+                    "tau",
+                    "applies to pruning (kind = \"prune\", \"orders\" or \"edge_prune\")".into(),
+                ));
+            }
+            if !(tau.is_finite() && tau >= 0.0) {
+                return Err(bad(
+                    "sweep",
+                    "tau",
+                    format!("{tau} is not a non-negative number of nats"),
+                ));
+            }
+        }
+        if kl && self.ablation.normalize != Normalize::Full {
+            return Err(bad(
+                "ablation",
+                "normalize",
+                "does not apply to metric = \"kl\": scores are the KL divergence from the full model in nats".into(),
+            ));
+        }
+        let edges = self.sweep.kind.is_edges();
+        if !edges && self.sweep.edge_method != EdgeMethod::Direct {
+            return Err(bad(
+                "sweep",
+                "edge_method",
+                "only applies to edge sweeps (kind = \"edges\" or \"edge_prune\")".into(),
+            ));
+        }
+        if !edges && self.sweep.kv_edges != KvEdges::QueryHead {
+            return Err(bad(
+                "sweep",
+                "kv_edges",
+                "only applies to edge sweeps (kind = \"edges\" or \"edge_prune\")".into(),
+            ));
+        }
+        if self.sweep.edge_method == EdgeMethod::Path {
+            if self.sweep.orders.is_some() {
+                return Err(bad(
+                    "sweep",
+                    "orders",
+                    "edge_method = \"path\" prunes in one pass over single-edge scores, which no visiting order changes: an order study has nothing to measure".into(),
+                ));
+            }
+            if self.ablation.normalize == Normalize::Empty {
+                return Err(bad(
+                    "ablation",
+                    "normalize",
+                    "\"empty\" does not apply to edge_method = \"path\": path patching scores one edge at a time and has no empty circuit".into(),
                 ));
             }
         }
@@ -548,12 +720,31 @@ impl SweepSpec {
             ));
         }
         if self.ablation.direction == Direction::Denoising
-            && self.ablation.kind == AblationKind::Zero
+            && self.ablation.kind != AblationKind::Resample
+            && !downstream
         {
             return Err(bad(
                 "ablation",
                 "kind",
-                "denoising patches clean activations (resample: paired, mean: averaged); zero does not apply".into(),
+                format!(
+                    "`{}` does not apply to direction = \"denoising\": denoising runs the corrupt prompts, gives every component of the circuit its paired clean activation and lets every other component compute on the corrupt prompt, so the ablated side's value is the paired corrupt run's (kind = \"resample\"); a {} there would freeze every component and leave only direct effects",
+                    kind_name(self.ablation.kind),
+                    if self.ablation.kind == AblationKind::Mean {
+                        "per-position mean"
+                    } else {
+                        "zero"
+                    }
+                ),
+            ));
+        }
+        if self.ablation.fold_value_bias && self.ablation.kind != AblationKind::Zero {
+            return Err(bad(
+                "ablation",
+                "fold_value_bias",
+                format!(
+                    "only changes zero ablation (here kind = `{}`): a mean or a resampled activation carries the value bias either way",
+                    kind_name(self.ablation.kind)
+                ),
             ));
         }
         if self.run.batch_tokens == 0 {
@@ -597,7 +788,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.sweep.kind, SweepKind::Prune);
-        assert_eq!(s.threshold(), 80.0);
+        assert_eq!(s.rule(), Rule::Threshold(80.0));
         assert_eq!(parse("").unwrap(), SweepSpec::default());
     }
 
@@ -619,6 +810,21 @@ mod tests {
         let e = s.edge_positions(20).unwrap_err();
         assert!(e.contains("22 is outside the 20 positions"), "{e}");
         assert_eq!(parse("").unwrap().edge_positions(5).unwrap(), None);
+    }
+
+    #[test]
+    fn kl_prunes_by_tau_and_percent_metrics_by_threshold() {
+        let kl = parse("[ablation]\nmetric = \"kl\"\n[sweep]\nkind = \"edge_prune\"").unwrap();
+        assert_eq!(kl.rule(), Rule::Tau(0.01));
+        let t =
+            parse("[ablation]\nmetric = \"kl\"\n[sweep]\nkind = \"orders\"\ntau = 0.05").unwrap();
+        assert_eq!(t.rules(), vec![Rule::Tau(0.05)]);
+        let p = parse("[sweep]\nkind = \"prune\"\nthresholds = [90, 70]").unwrap();
+        assert_eq!(
+            p.rules(),
+            vec![Rule::Threshold(90.0), Rule::Threshold(70.0)]
+        );
+        assert_eq!(parse("").unwrap().rule(), Rule::Threshold(80.0));
     }
 
     #[test]
@@ -656,7 +862,32 @@ mod tests {
             ("[model]\ndevice = \"gpu\"", "[model] device"),
             (
                 "[ablation]\nkind = \"zero\"\ndirection = \"denoising\"",
-                "[ablation] kind",
+                "[ablation] kind: `zero` does not apply to direction = \"denoising\"",
+            ),
+            (
+                "[ablation]\ndirection = \"denoising\"",
+                "[ablation] kind: `mean` does not apply to direction = \"denoising\"",
+            ),
+            (
+                "[sweep]\nedge_method = \"path\"",
+                "[sweep] edge_method: only applies to edge sweeps",
+            ),
+            (
+                "[sweep]\nkv_edges = \"kv_head\"",
+                "[sweep] kv_edges: only applies to edge sweeps",
+            ),
+            (
+                "[sweep]\nkind = \"edge_prune\"\nedge_method = \"path\"\norders = 4",
+                "[sweep] orders: edge_method = \"path\" prunes in one pass",
+            ),
+            (
+                "[ablation]\nnormalize = \"empty\"\n[sweep]\nkind = \"edges\"\nedge_method = \"path\"",
+                "[ablation] normalize: \"empty\" does not apply to edge_method = \"path\"",
+            ),
+            ("[sweep]\nkind = \"edges\"\nedge_method = \"acdc\"", "acdc"),
+            (
+                "[ablation]\nfold_value_bias = true",
+                "[ablation] fold_value_bias: only changes zero ablation (here kind = `mean`)",
             ),
             ("[sweep]\norders = 5", "[sweep] orders: only applies"),
             ("[ablation]\nmetric = \"loss\"", "metric"),
@@ -684,6 +915,30 @@ mod tests {
             (
                 "[sweep]\nkind = \"downstream\"\nthreshold = 80",
                 "[sweep] threshold",
+            ),
+            (
+                "[ablation]\nmetric = \"kl\"\n[sweep]\nkind = \"prune\"\nthreshold = 80",
+                "[sweep] threshold: a % threshold does not apply with [ablation] metric = \"kl\"",
+            ),
+            (
+                "[ablation]\nmetric = \"kl\"\n[sweep]\nkind = \"prune\"\nthresholds = [90, 80]",
+                "[sweep] thresholds: a % threshold",
+            ),
+            (
+                "[sweep]\nkind = \"prune\"\ntau = 0.01",
+                "[sweep] tau: applies to [ablation] metric = \"kl\" (here `logit_diff`",
+            ),
+            (
+                "[ablation]\nmetric = \"kl\"\n[sweep]\nkind = \"nodes\"\ntau = 0.01",
+                "[sweep] tau: applies to pruning",
+            ),
+            (
+                "[ablation]\nmetric = \"kl\"\n[sweep]\nkind = \"orders\"\ntau = -1",
+                "[sweep] tau: -1 is not",
+            ),
+            (
+                "[ablation]\nmetric = \"kl\"\nnormalize = \"clean_corrupt\"",
+                "[ablation] normalize: does not apply to metric = \"kl\"",
             ),
         ];
         for (text, needle) in cases {

@@ -1,12 +1,13 @@
-//! Aggregation: the shards' results of a finished job become the results folder (spec section
-//! 6): `result.json`, the prompts, score tables and plots.
+//! Aggregation: the shards' results of a finished job become the results folder:
+//! `result.json`, the prompts, score tables and plots.
 
 use std::path::Path;
 
 use circuit_sweep_common::Component;
 use circuit_sweep_common::analysis::downstream;
-use circuit_sweep_common::edge::Edge;
+use circuit_sweep_common::edge::{Edge, GraphShape};
 use circuit_sweep_common::edge_prune::{self, EdgePruneResult};
+use circuit_sweep_common::metric::Unit;
 use circuit_sweep_common::orders;
 use circuit_sweep_common::prune::PruneResult;
 use circuit_sweep_common::results::{self, NodeScores, WriteError};
@@ -85,8 +86,8 @@ fn circuit_of(r: &PruneResult) -> Vec<Component> {
 }
 
 /// The job's edge graph.
-fn graph(c: &Collected, meta: &JobMeta) -> Vec<Edge> {
-    let shape = meta.graph_shape();
+fn graph(spec: &SweepSpec, c: &Collected, meta: &JobMeta) -> Vec<Edge> {
+    let shape = meta.graph_shape(spec);
     match &c.circuit {
         Some(circuit) => shape.edges_within(circuit),
         None => shape.edges(),
@@ -102,7 +103,7 @@ fn write_edges(
     name: &str,
     out: &Path,
 ) -> Result<serde_json::Value, AggregateError> {
-    let edges = graph(c, meta);
+    let edges = graph(spec, c, meta);
     if edges.len() != c.edges.len() {
         return Err(AggregateError::Incomplete(format!(
             "{} edge scores for a graph of {} edges",
@@ -111,16 +112,18 @@ fn write_edges(
         )));
     }
     results::write_file(out, "edges.csv", &results::edges_csv(&edges, &c.edges))?;
+    let unit = Unit::of(spec.ablation.metric);
+    let cost = edge_cost(spec, meta);
     // The drawing of a whole graph is unreadable: the 60 edges whose ablation costs most.
     let mut order: Vec<usize> = (0..edges.len()).collect();
     order.sort_by(|&a, &b| {
-        let (x, y) = ((100.0 - c.edges[a]).abs(), (100.0 - c.edges[b]).abs());
+        let (x, y) = (cost(c.edges[a]), cost(c.edges[b]));
         y.total_cmp(&x).then(a.cmp(&b))
     });
     order.truncate(60);
     order.sort_unstable();
     let top: Vec<Edge> = order.iter().map(|&i| edges[i]).collect();
-    let importance: Vec<f64> = order.iter().map(|&i| (100.0 - c.edges[i]).abs()).collect();
+    let importance: Vec<f64> = order.iter().map(|&i| cost(c.edges[i])).collect();
     let title = format!(
         "{name}: the {} most important of {} edges ({:?} ablation)",
         top.len(),
@@ -129,12 +132,22 @@ fn write_edges(
     );
     let sub = match (&c.circuit, meta.circuit_score) {
         (Some(circuit), Some(s)) => format!(
-            "graph restricted to a {}-node circuit scoring {s:.1}%; width: 100 - score of the edge ablated alone",
-            circuit.len()
+            "graph restricted to a {}-node circuit scoring {}; width: {}",
+            circuit.len(),
+            unit.show(s),
+            width_legend(unit)
         ),
-        _ => "width: 100 - score of the edge ablated alone".into(),
+        _ => format!("width: {}", width_legend(unit)),
     };
-    write_edge_drawing(out, "edges", meta, &top, &importance, &title, &sub)?;
+    write_edge_drawing(
+        out,
+        "edges",
+        &meta.graph_shape(spec),
+        &top,
+        &importance,
+        &title,
+        &sub,
+    )?;
     Ok(json!({
         "names": edges.iter().map(Edge::to_string).collect::<Vec<_>>(),
         "scores": c.edges,
@@ -143,41 +156,73 @@ fn write_edges(
     }))
 }
 
+/// What an edge's single-edge score costs: `|100 - score|` in %, or the KL it adds (nats) to
+/// the graph it was ablated from (the node circuit's, when the graph is restricted to one).
+fn edge_cost(spec: &SweepSpec, meta: &JobMeta) -> impl Fn(f64) -> f64 {
+    let unit = Unit::of(spec.ablation.metric);
+    let base = match unit {
+        Unit::Percent => 100.0,
+        Unit::Nats => meta.circuit_score.unwrap_or(0.0),
+    };
+    move |s| unit.cost(s, base)
+}
+
+/// What line widths of edge drawings say.
+fn width_legend(unit: Unit) -> &'static str {
+    match unit {
+        Unit::Percent => "100 - score of the edge ablated alone",
+        Unit::Nats => "KL (nats) the edge adds when ablated alone",
+    }
+}
+
 /// Writes `edge-circuit.svg` and `.dot`: the kept edges, widths by their single-edge scores.
 fn write_edge_circuit(
+    spec: &SweepSpec,
     c: &Collected,
     meta: &JobMeta,
     name: &str,
     r: &EdgePruneResult,
     out: &Path,
 ) -> Result<(), AggregateError> {
-    let edges = graph(c, meta);
+    let edges = graph(spec, c, meta);
     let kept: Vec<Edge> = r
         .edges
         .iter()
         .map(|e| e.parse().expect("names the coordinator checked"))
         .collect();
+    let unit = Unit::of(spec.ablation.metric);
+    let cost = edge_cost(spec, meta);
     let importance: Vec<f64> = kept
         .iter()
         .map(|k| {
             edges
                 .iter()
                 .position(|e| e == k)
-                .map_or(0.0, |i| (100.0 - c.edges[i]).abs())
+                .map_or(0.0, |i| cost(c.edges[i]))
         })
         .collect();
     let title = format!(
-        "{name}: edge circuit at {}% ({} of {} edges, score {:.1}%)",
-        r.threshold,
+        "{name}: edge circuit at {} ({} of {} edges, score {})",
+        r.rule().describe(),
         kept.len(),
         r.graph_edges,
-        r.score
+        unit.show(r.score)
     );
     let sub = format!(
-        "{} evaluations, {} passes; width: 100 - score of the edge ablated alone",
-        r.evaluations, r.passes
+        "{} evaluations, {} passes; width: {}",
+        r.evaluations,
+        r.passes,
+        width_legend(unit)
     );
-    write_edge_drawing(out, "edge-circuit", meta, &kept, &importance, &title, &sub)
+    write_edge_drawing(
+        out,
+        "edge-circuit",
+        &meta.graph_shape(spec),
+        &kept,
+        &importance,
+        &title,
+        &sub,
+    )
 }
 
 /// The edge order study: `edge-frequency.svg` / `.dot` (every edge kept by any order, widths
@@ -212,9 +257,9 @@ fn write_edge_study(
         .map(|e| study.stats.frequency[e])
         .collect();
     let title = format!(
-        "{name}: edge order study, {} orders at {}%",
+        "{name}: edge order study, {} orders at {}",
         c.edge_prune.len(),
-        spec.threshold()
+        spec.rule().describe()
     );
     let sub = format!(
         "{} edges in any circuit, {} in every one; mean Jaccard {:.3}; width: share of orders keeping the edge",
@@ -222,7 +267,15 @@ fn write_edge_study(
         study.stats.core.len(),
         study.stats.jaccard_mean
     );
-    write_edge_drawing(out, "edge-frequency", meta, &union, &share, &title, &sub)?;
+    write_edge_drawing(
+        out,
+        "edge-frequency",
+        &meta.graph_shape(spec),
+        &union,
+        &share,
+        &title,
+        &sub,
+    )?;
     Ok(json!(study))
 }
 
@@ -230,14 +283,18 @@ fn write_edge_study(
 fn write_edge_drawing(
     out: &Path,
     name: &str,
-    meta: &JobMeta,
+    shape: &GraphShape,
     edges: &[Edge],
     importance: &[f64],
     title: &str,
     sub: &str,
 ) -> Result<(), AggregateError> {
-    let shape = meta.graph_shape();
-    let group = shape.n_heads / shape.n_kv_heads.max(1);
+    // Key/value receivers of key/value heads are drawn at their group's first query head.
+    let group = if shape.kv_per_query {
+        1
+    } else {
+        shape.n_heads / shape.n_kv_heads.max(1)
+    };
     let svg = results::edge_svg(
         shape.n_layers,
         shape.n_heads,
@@ -372,6 +429,9 @@ pub fn write(
         "full": meta.full,
         "corrupt": meta.corrupt,
     });
+    if let Some(e) = meta.empty {
+        doc["empty"] = json!(e);
+    }
     std::fs::create_dir_all(out).map_err(|e| WriteError {
         path: out.to_path_buf(),
         source: e,
@@ -404,7 +464,7 @@ pub fn write(
             "{name} — node sweep ({:?} ablation, {} prompts)",
             spec.ablation.kind, meta.dataset["prompts"]
         );
-        results::write_node_scores(out, &scores, &title)?;
+        results::write_node_scores(out, &scores, &title, Unit::of(spec.ablation.metric))?;
         doc["nodes"] = json!(scores);
     }
     match spec.sweep.kind {
@@ -416,20 +476,24 @@ pub fn write(
             if c.prune.is_empty() {
                 return Err(AggregateError::Incomplete("no pruning result".into()));
             }
+            let unit = Unit::of(spec.ablation.metric);
             for r in &c.prune {
-                let t = r.threshold;
                 let circuit = circuit_of(r);
                 let title = format!(
-                    "{name}: circuit at {t}% ({} heads, {} MLPs, score {:.1}%)",
+                    "{name}: circuit at {} ({} heads, {} MLPs, score {})",
+                    r.rule().describe(),
                     r.heads.len(),
                     r.mlps.len(),
-                    r.score
+                    unit.show(r.score)
                 );
                 let sub = format!(
                     "{:?} schedule, {} evaluations, {} passes",
                     spec.sweep.schedule, r.evaluations, r.passes
                 );
-                write_circuit(out, &format!("circuit-{t}"), &circuit, meta, &title, &sub)?;
+                // Nested thresholds each get their own drawing; KL runs have one rule.
+                if let Some(t) = r.threshold {
+                    write_circuit(out, &format!("circuit-{t}"), &circuit, meta, &title, &sub)?;
+                }
                 write_circuit(out, "circuit", &circuit, meta, &title, &sub)?;
             }
             doc["prune"] = if c.prune.len() == 1 {
@@ -445,7 +509,7 @@ pub fn write(
                     let r = c.edge_prune.first().ok_or_else(|| {
                         AggregateError::Incomplete("no edge pruning result".into())
                     })?;
-                    write_edge_circuit(c, meta, &name, r, out)?;
+                    write_edge_circuit(spec, c, meta, &name, r, out)?;
                     doc["edge_prune"] = json!(r);
                 }
                 (SweepKind::EdgePrune, Some(k)) => {
@@ -461,7 +525,7 @@ pub fn write(
             }
         }
         SweepKind::Orders => {
-            let t = spec.threshold();
+            let rule = spec.rule().describe();
             let (ords, runs): (Vec<_>, Vec<_>) = c.orders.iter().cloned().unzip();
             let study = orders::summarize(&ords, &runs);
             tracing::info!(
@@ -473,7 +537,7 @@ pub fn write(
                 study.stats.core.len(),
                 study.stats.union.len()
             );
-            let title = format!("{name}: order study, {} orders at {t}%", ords.len());
+            let title = format!("{name}: order study, {} orders at {rule}", ords.len());
             results::write_file(
                 out,
                 "frequency.svg",

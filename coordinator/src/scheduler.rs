@@ -95,8 +95,10 @@ struct Lease {
 pub struct Partial {
     /// The sweep kind.
     pub kind: SweepKind,
-    /// The pruning threshold (% of the full model).
-    pub threshold: f64,
+    /// The pruning rule (a % threshold, or KL's tau).
+    pub rule: circuit_sweep_common::greedy::Rule,
+    /// What scores are measured in.
+    pub unit: circuit_sweep_common::metric::Unit,
     /// Shards done.
     pub shards_done: usize,
     /// Model shape (0 until the prepare shard is done).
@@ -621,7 +623,8 @@ impl Scheduler {
             .ok_or(SchedError::UnknownJob(job_id))?;
         let mut p = Partial {
             kind: job.spec.sweep.kind,
-            threshold: job.spec.threshold(),
+            rule: job.spec.rule(),
+            unit: circuit_sweep_common::metric::Unit::of(job.spec.ablation.metric),
             shards_done: 0,
             n_layers: job.rec.meta.as_ref().map_or(0, |m| m.n_layers),
             n_heads: job.rec.meta.as_ref().map_or(0, |m| m.n_heads),
@@ -838,7 +841,7 @@ impl Scheduler {
             (None, None) => None,
         };
         let n_edges = if spec.sweep.kind.is_edges() {
-            let shape = meta.graph_shape();
+            let shape = meta.graph_shape(&spec);
             match &circuit {
                 Some(c) => shape.edges_within(c).len(),
                 None => shape.edges().len(),
@@ -1070,7 +1073,7 @@ fn check_result(job: &Job, i: usize, ts: &[WireTensor]) -> Result<(), String> {
                 return Err(format!("{} edge pruning runs, expected {want}", runs.len()));
             }
             let meta = job.rec.meta.as_ref().ok_or("no prepare result yet")?;
-            let shape = meta.graph_shape();
+            let shape = meta.graph_shape(&job.spec);
             for (r, s) in runs.iter().zip(&scores) {
                 if r.score.to_bits() != s.to_bits() {
                     return Err(format!(

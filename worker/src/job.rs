@@ -8,13 +8,14 @@ use candle_core::DType;
 use circuit_sweep_common::Component;
 use circuit_sweep_common::dataset::{self, PromptPair};
 use circuit_sweep_common::edge::Edge;
+use circuit_sweep_common::metric;
 use circuit_sweep_common::shard::JobMeta;
-use circuit_sweep_common::spec::SweepSpec;
+use circuit_sweep_common::spec::{Direction, KvEdges, Normalize, SweepSpec};
 use sha2::{Digest, Sha256};
 
 use crate::analysis::downstream::{Downstream, DownstreamError};
 use crate::default_model;
-use crate::eval::{Evaluator, PromptSet};
+use crate::eval::{EdgeCandidate, Evaluator, PromptSet};
 use crate::load::{LoadError, LoadedModel};
 use crate::model::ModelError;
 use crate::resident::ModelCache;
@@ -178,7 +179,7 @@ pub fn prepare(
         (None, None) => None,
     };
     let (edges, outside) = if spec.sweep.kind.is_edges() {
-        let shape = info.graph_shape();
+        let shape = spec.graph(info.graph_shape());
         match &circuit {
             Some(c) => (
                 shape.edges_within(c),
@@ -196,16 +197,46 @@ pub fn prepare(
         return prepare_downstream(spec, loaded, circuit);
     }
     let prompts = PromptSet::from_pairs(&pairs, tok).map_err(ShardError::BadInput)?;
+    if spec.ablation.direction == Direction::Denoising
+        && let Some(i) = prompts.last_token_mismatch()
+    {
+        return Err(ShardError::BadInput(format!(
+            "[ablation] direction = \"denoising\": line {} ends its clean and corrupt prompts with different tokens; denoising restores the heads' and MLPs' clean activations, not the embedding, and the last token's embedding reaches the logits directly, so even the whole circuit would not reproduce the clean run (use noising, or a corruption that keeps the last token)",
+            pairs[i].line
+        )));
+    }
     let mut ev = Evaluator::new(
         &loaded.model,
         &prompts,
         spec.ablation,
         spec.run.batch_tokens,
     )?;
+    ev.set_kv_per_query(spec.sweep.kv_edges == KvEdges::QueryHead);
     let positions = spec
         .edge_positions(prompts.clean[0].len())
         .map_err(ShardError::BadInput)?;
     ev.set_edge_positions(positions)?;
+    if spec.ablation.normalize == Normalize::Empty {
+        // The empty circuit through the same path as every candidate: every node ablated, or
+        // every edge of the graph.
+        let empty = if spec.sweep.kind.is_edges() {
+            ev.edge_metrics(&[EdgeCandidate {
+                nodes: outside.clone(),
+                edges: edges.clone(),
+            }])?[0]
+        } else {
+            ev.metrics(&[Component::all(info.n_layers, info.n_heads)])?[0]
+        };
+        ev.set_empty(empty);
+    }
+    metric::check_baselines(
+        spec.ablation.metric,
+        spec.ablation.normalize,
+        ev.full,
+        ev.corrupt,
+        ev.empty,
+    )
+    .map_err(ShardError::BadInput)?;
     let circuit_score = match &circuit {
         Some(_) => Some(ev.scores(std::slice::from_ref(&outside))?[0]),
         None => None,
@@ -223,6 +254,7 @@ pub fn prepare(
         circuit_score,
         full: ev.full,
         corrupt: ev.corrupt,
+        empty: ev.empty,
         ..base_meta(
             &loaded,
             jsonl,
@@ -268,6 +300,7 @@ fn prepare_downstream(
         tok,
         tasks,
         spec.ablation.kind,
+        spec.ablation.fold_value_bias,
         spec.run.batch_tokens,
     )
     .map_err(|e| match e {
@@ -318,6 +351,7 @@ fn base_meta(loaded: &LoadedModel, prompts_jsonl: String, dataset: serde_json::V
         prompts_jsonl,
         full: 0.0,
         corrupt: 0.0,
+        empty: None,
     }
 }
 

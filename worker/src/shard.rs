@@ -3,11 +3,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use circuit_sweep_common::Component;
-use circuit_sweep_common::edge_prune::{EdgePruner, random_edge_order};
+use circuit_sweep_common::edge_prune::{EdgePruneResult, EdgePruner, random_edge_order};
 use circuit_sweep_common::prune::{PassOrder, PruneResult, Pruner};
 use circuit_sweep_common::shard::ShardTask;
+use circuit_sweep_common::spec::EdgeMethod;
 use circuit_sweep_proto::tensor::WireTensor;
 
+use crate::eval::EdgeCandidate;
 use crate::job::{PreparedJob, ShardError};
 use crate::model::ModelError;
 use crate::sweep;
@@ -66,20 +68,15 @@ pub fn execute(
         }
         ShardTask::Prune => {
             let spec = &job.spec;
-            let thresholds = spec
-                .sweep
-                .thresholds
-                .clone()
-                .unwrap_or_else(|| vec![spec.threshold()]);
             let mut runs: Vec<PruneResult> = vec![];
             let mut start: Option<Vec<Component>> = None;
             let mut start_score = job.ev()?.scores(&[vec![]])?[0];
-            for &t in &thresholds {
+            for rule in spec.rules() {
                 let mut pruner = Pruner::new(
                     n_layers,
                     n_heads,
                     PassOrder::Schedule(spec.sweep.schedule),
-                    t,
+                    rule,
                     start.as_deref(),
                     start_score,
                 );
@@ -90,7 +87,8 @@ pub fn execute(
                 .map_err(cancelled)?;
                 let r = pruner.result();
                 tracing::info!(
-                    "threshold {t}: {} heads, {} MLPs, score {:.2} after {} evaluations in {} passes",
+                    "{}: {} heads, {} MLPs, score {:.4} after {} evaluations in {} passes",
+                    rule.describe(),
                     r.heads.len(),
                     r.mlps.len(),
                     r.score,
@@ -105,7 +103,7 @@ pub fn execute(
         }
         ShardTask::Orders { orders, .. } => {
             let full_score = job.ev()?.scores(&[vec![]])?[0];
-            let t = job.spec.threshold();
+            let rule = job.spec.rule();
             let mut pruners: Vec<Pruner> = orders
                 .iter()
                 .map(|o| {
@@ -113,7 +111,7 @@ pub fn execute(
                         n_layers,
                         n_heads,
                         PassOrder::Fixed(o.clone()),
-                        t,
+                        rule,
                         None,
                         full_score,
                     )
@@ -140,7 +138,9 @@ pub fn execute(
             let edges = &job.edges[first..first + count];
             // Chunks that fill a few passes each: progress and cancellation in between.
             let chunk = 64;
-            let scores = sweep::edge_sweep(job.ev()?, edges, &job.outside, chunk, &mut |done| {
+            let method = job.spec.sweep.edge_method;
+            let ev = job.ev()?;
+            let scores = sweep::edge_sweep(ev, method, edges, &job.outside, chunk, &mut |done| {
                 progress(done as u64, count as u64);
                 check()
             })
@@ -185,12 +185,62 @@ pub fn execute(
                 &flat,
             )])
         }
-        ShardTask::EdgePrune | ShardTask::EdgeOrders { .. } => {
-            let start = job.ev()?.edge_scores(&[crate::eval::EdgeCandidate {
+        ShardTask::EdgePrune if job.spec.sweep.edge_method == EdgeMethod::Path => {
+            // The paper's one pass: every edge path-patched alone, kept when that costs more
+            // than the rule allows; the kept circuit is then scored with every other edge
+            // ablated.
+            let ev = job.ev()?;
+            let n = job.edges.len() as u64;
+            let start = ev.edge_scores(&[EdgeCandidate {
                 nodes: job.outside.clone(),
                 edges: vec![],
             }])?[0];
-            let t = job.spec.threshold();
+            let rule = job.spec.rule();
+            let scores = sweep::edge_sweep(
+                ev,
+                EdgeMethod::Path,
+                &job.edges,
+                &job.outside,
+                64,
+                &mut |d| {
+                    progress(d as u64, n);
+                    check()
+                },
+            )
+            .map_err(cancelled)?;
+            let removed: Vec<_> = job
+                .edges
+                .iter()
+                .zip(&scores)
+                .filter(|(_, s)| rule.removes(**s, start))
+                .map(|(e, _)| *e)
+                .collect();
+            let score = ev.edge_scores(&[EdgeCandidate {
+                nodes: job.outside.clone(),
+                edges: removed,
+            }])?[0];
+            let r = EdgePruneResult::one_pass(&job.edges, &scores, rule, start, score);
+            tracing::info!(
+                "path patching at {}: {} of {} edges kept, their circuit scores {:.4}",
+                rule.describe(),
+                r.edges.len(),
+                r.graph_edges,
+                r.score
+            );
+            Ok(vec![
+                WireTensor::f64("scores", &[1], &[r.score]),
+                WireTensor::json(
+                    "edge_runs",
+                    serde_json::to_string(&[r]).expect("serializes"),
+                ),
+            ])
+        }
+        ShardTask::EdgePrune | ShardTask::EdgeOrders { .. } => {
+            let start = job.ev()?.edge_scores(&[EdgeCandidate {
+                nodes: job.outside.clone(),
+                edges: vec![],
+            }])?[0];
+            let rule = job.spec.rule();
             let orders: Vec<Option<Vec<_>>> = match task {
                 ShardTask::EdgeOrders { first, count } => (*first..first + count)
                     .map(|i| Some(random_edge_order(&job.edges, job.spec.sweep.seed, i)))
@@ -199,7 +249,7 @@ pub fn execute(
             };
             let mut pruners = orders
                 .iter()
-                .map(|o| EdgePruner::new(job.edges.clone(), o.as_deref(), t, start))
+                .map(|o| EdgePruner::new(job.edges.clone(), o.as_deref(), rule, start))
                 .collect::<Result<Vec<_>, String>>()
                 .map_err(ShardError::BadInput)?;
             let total = pruners.len() as u64;
@@ -215,7 +265,8 @@ pub fn execute(
             let runs: Vec<_> = pruners.iter().map(EdgePruner::result).collect();
             for r in &runs {
                 tracing::info!(
-                    "edge pruning at {t}: {} of {} edges kept, score {:.2} after {} evaluations in {} passes",
+                    "edge pruning at {}: {} of {} edges kept, score {:.4} after {} evaluations in {} passes",
+                    rule.describe(),
                     r.edges.len(),
                     r.graph_edges,
                     r.score,

@@ -7,6 +7,7 @@ use circuit_sweep_common::edge::Edge;
 use circuit_sweep_common::edge_prune::EdgePruner;
 use circuit_sweep_common::prune::Pruner;
 use circuit_sweep_common::results::NodeScores;
+use circuit_sweep_common::spec::EdgeMethod;
 
 use crate::eval::{EdgeCandidate, Evaluator};
 use crate::model::ModelError;
@@ -177,10 +178,12 @@ pub fn lockstep<S: Search>(
     }
 }
 
-/// Every edge of `edges` ablated alone, with `nodes` ablated in every candidate, in chunks of
-/// `chunk` edges; `on_chunk` gets the edges done so far and may stop the sweep.
+/// Every edge of `edges` ablated alone (directly, or by path patching), with `nodes` ablated in
+/// every candidate, in chunks of `chunk` edges; `on_chunk` gets the edges done so far and may
+/// stop the sweep.
 pub fn edge_sweep(
     ev: &Evaluator,
+    method: EdgeMethod,
     edges: &[Edge],
     nodes: &[Component],
     chunk: usize,
@@ -188,14 +191,19 @@ pub fn edge_sweep(
 ) -> Result<Vec<f64>, ModelError> {
     let mut out = Vec::with_capacity(edges.len());
     for part in edges.chunks(chunk.max(1)) {
-        let c: Vec<EdgeCandidate> = part
-            .iter()
-            .map(|e| EdgeCandidate {
-                nodes: nodes.to_vec(),
-                edges: vec![*e],
-            })
-            .collect();
-        out.extend(ev.edge_scores(&c)?);
+        match method {
+            EdgeMethod::Direct => {
+                let c: Vec<EdgeCandidate> = part
+                    .iter()
+                    .map(|e| EdgeCandidate {
+                        nodes: nodes.to_vec(),
+                        edges: vec![*e],
+                    })
+                    .collect();
+                out.extend(ev.edge_scores(&c)?);
+            }
+            EdgeMethod::Path => out.extend(ev.edge_path_scores(part, nodes)?),
+        }
         on_chunk(out.len())?;
     }
     Ok(out)

@@ -1,4 +1,4 @@
-//! Edge interventions on small random-weight models of every architecture: the spec's
+//! Edge interventions on small random-weight models of every architecture: the
 //! invariants (every edge out of a sender = the sender's node ablated; every edge into a
 //! receiver = its whole input replaced by the ablated one), exactness where an edge cannot
 //! matter, and many edges per pass equal to one edge per pass.
@@ -78,70 +78,81 @@ fn every_edge_out_of_a_sender_equals_ablating_the_sender() {
         let m = load_fixture(name);
         let model = &m.model;
         let s = setup(model, name);
-        let shape = model.info().graph_shape();
-        let n = s.ids.dim(0).unwrap();
-        let l = model.info().n_layers;
-        let senders = [
-            Sender::Node(Component::Head { layer: 0, head: 1 }),
-            Sender::Node(Component::Mlp { layer: 0 }),
-            Sender::Node(Component::Head { layer: 1, head: 0 }),
-            Sender::Node(Component::Mlp { layer: l - 2 }),
-            Sender::Node(Component::Head {
-                layer: l - 1,
-                head: 2,
-            }),
-            Sender::Node(Component::Mlp { layer: l - 1 }),
-            Sender::Embed,
-        ];
-        // All senders' edge sets in one pass, as separate variants.
-        let sets: Vec<Vec<Edge>> = senders
-            .iter()
-            .map(|&x| {
-                shape
-                    .edges()
-                    .into_iter()
-                    .filter(|e| e.sender == x)
-                    .collect()
-            })
-            .collect();
-        let batched = logits(
-            model,
-            Start::Tokens(s.ids.clone()),
-            edges_iv(&s.means, sets),
-        );
-        let plain = logits(
-            model,
-            Start::Tokens(s.ids.clone()),
-            Interventions::nodes(&s.means, vec![vec![]]),
-        );
-        for (v, sender) in senders.iter().enumerate() {
-            let want = match sender {
-                Sender::Node(c) => logits(
-                    model,
-                    Start::Tokens(s.ids.clone()),
-                    Interventions::nodes(&s.means, vec![vec![*c]]),
-                ),
-                // The embedding ablated: start from its ablated value.
-                Sender::Embed => {
-                    let (_, t, d) = s.means.embed.dims3().unwrap();
-                    let resid = s.means.embed.broadcast_as((n, t, d)).unwrap().contiguous();
-                    logits(
-                        model,
-                        Start::Resid {
-                            layer: 0,
-                            resid: resid.unwrap(),
-                        },
-                        Interventions::nodes(&s.means, vec![vec![]]),
-                    )
-                }
+        for per_query in [true, false] {
+            let shape = circuit_sweep_common::edge::GraphShape {
+                kv_per_query: per_query,
+                ..model.info().graph_shape()
             };
-            let got = rows(&batched, v, n);
-            let d = max_abs_diff(&got, &want);
-            assert!(d <= 1e-4, "{name}: edges out of {sender}: {d}");
-            assert!(
-                max_abs_diff(&want, &plain) > 1e-4,
-                "{name}: ablating {sender} changes nothing, the comparison is empty"
+            let n = s.ids.dim(0).unwrap();
+            let l = model.info().n_layers;
+            let senders = [
+                Sender::Node(Component::Head { layer: 0, head: 1 }),
+                Sender::Node(Component::Mlp { layer: 0 }),
+                Sender::Node(Component::Head { layer: 1, head: 0 }),
+                Sender::Node(Component::Mlp { layer: l - 2 }),
+                Sender::Node(Component::Head {
+                    layer: l - 1,
+                    head: 2,
+                }),
+                Sender::Node(Component::Mlp { layer: l - 1 }),
+                Sender::Embed,
+            ];
+            // All senders' edge sets in one pass, as separate variants.
+            let sets: Vec<Vec<Edge>> = senders
+                .iter()
+                .map(|&x| {
+                    shape
+                        .edges()
+                        .into_iter()
+                        .filter(|e| e.sender == x)
+                        .collect()
+                })
+                .collect();
+            let batched = logits(
+                model,
+                Start::Tokens(s.ids.clone()),
+                Interventions {
+                    kv_per_query: per_query,
+                    ..edges_iv(&s.means, sets)
+                },
             );
+            let plain = logits(
+                model,
+                Start::Tokens(s.ids.clone()),
+                Interventions::nodes(&s.means, vec![vec![]]),
+            );
+            for (v, sender) in senders.iter().enumerate() {
+                let want = match sender {
+                    Sender::Node(c) => logits(
+                        model,
+                        Start::Tokens(s.ids.clone()),
+                        Interventions::nodes(&s.means, vec![vec![*c]]),
+                    ),
+                    // The embedding ablated: start from its ablated value.
+                    Sender::Embed => {
+                        let (_, t, d) = s.means.embed.dims3().unwrap();
+                        let resid = s.means.embed.broadcast_as((n, t, d)).unwrap().contiguous();
+                        logits(
+                            model,
+                            Start::Resid {
+                                layer: 0,
+                                resid: resid.unwrap(),
+                            },
+                            Interventions::nodes(&s.means, vec![vec![]]),
+                        )
+                    }
+                };
+                let got = rows(&batched, v, n);
+                let d = max_abs_diff(&got, &want);
+                assert!(
+                    d <= 1e-4,
+                    "{name} (kv per query: {per_query}): edges out of {sender}: {d}"
+                );
+                assert!(
+                    max_abs_diff(&want, &plain) > 1e-4,
+                    "{name}: ablating {sender} changes nothing, the comparison is empty"
+                );
+            }
         }
     }
 }
@@ -197,7 +208,11 @@ fn every_edge_into_a_receiver_equals_replacing_its_input() {
             Receiver::Mlp { layer: l - 1 },
             Receiver::Logits,
         ];
-        for r in receivers {
+        for (r, per_query) in receivers.into_iter().flat_map(|r| [(r, true), (r, false)]) {
+            let shape = circuit_sweep_common::edge::GraphShape {
+                kv_per_query: per_query,
+                ..shape
+            };
             let input = match r {
                 Receiver::Attn { layer, .. } => ablated.resid[layer].clone().unwrap(),
                 Receiver::Mlp { layer } => ablated.mid[layer].clone().unwrap(),
@@ -211,18 +226,25 @@ fn every_edge_into_a_receiver_equals_replacing_its_input() {
             let got = logits(
                 model,
                 Start::Tokens(s.ids.clone()),
-                edges_iv(&s.means, vec![into]),
+                Interventions {
+                    kv_per_query: per_query,
+                    ..edges_iv(&s.means, vec![into])
+                },
             );
             let want = logits(
                 model,
                 Start::Tokens(s.ids.clone()),
                 Interventions {
                     inputs: vec![(r, input)],
+                    kv_per_query: per_query,
                     ..Interventions::nodes(&s.means, vec![vec![]])
                 },
             );
             let diff = max_abs_diff(&got, &want);
-            assert!(diff <= 1e-4, "{name}: edges into {r}: {diff}");
+            assert!(
+                diff <= 1e-4,
+                "{name} (kv per query: {per_query}): edges into {r}: {diff}"
+            );
         }
     }
 }
@@ -411,5 +433,78 @@ fn positions_restrict_where_edges_are_ablated() {
         );
         assert_eq!(max_abs_diff(&plain, &run(out.clone(), Some(vec![0]))), 0.0);
         assert!(max_abs_diff(&plain, &run(out, None)) > 1e-6, "{name}");
+    }
+}
+
+/// Grouped-query attention: a query head's own key (value) receiver changes that head alone,
+/// exactly as the shared key/value head's receiver changes every head of its group.
+#[test]
+fn per_query_key_value_receivers_change_only_their_query_head() {
+    let m = load_fixture("llama");
+    let model = &m.model;
+    let info = model.info().clone();
+    let group = info.n_heads / info.n_kv_heads;
+    assert!(group > 1, "the llama fixture groups query heads");
+    let s = setup(model, "llama");
+    let layer = 1;
+    let z_of = |edges: Vec<Edge>, per_query: bool| {
+        model
+            .run(&RunRequest {
+                start: Some(Start::Tokens(s.ids.clone())),
+                interventions: Some(Interventions {
+                    kv_per_query: per_query,
+                    ..edges_iv(&s.means, vec![edges])
+                }),
+                capture: Capture::all(),
+                ..Default::default()
+            })
+            .unwrap()
+            .captured
+            .z[layer]
+            .clone()
+            .unwrap()
+    };
+    let head = |z: &Tensor, h: usize| z.narrow(2, h, 1).unwrap().contiguous().unwrap();
+    let plain = z_of(vec![], true);
+    for which in [Qkv::K, Qkv::V] {
+        let into = |index: usize, per_query: bool| -> Vec<Edge> {
+            let shape = circuit_sweep_common::edge::GraphShape {
+                kv_per_query: per_query,
+                ..info.graph_shape()
+            };
+            shape
+                .edges()
+                .into_iter()
+                .filter(|e| {
+                    e.receiver
+                        == Receiver::Attn {
+                            layer,
+                            index,
+                            which,
+                        }
+                })
+                .collect()
+        };
+        // Every edge into the key/value head 0's input: all of its group changes.
+        let shared = z_of(into(0, false), false);
+        for q in 0..group {
+            let own = z_of(into(q, true), true);
+            for h in 0..info.n_heads {
+                let d = max_abs_diff(&head(&own, h), &head(&plain, h));
+                if h == q {
+                    assert!(d > 1e-4, "{which:?}: query head {q} is not changed");
+                    let same = max_abs_diff(&head(&own, h), &head(&shared, h));
+                    assert!(
+                        same <= 1e-5,
+                        "{which:?}: head {q} differs from the shared: {same}"
+                    );
+                } else {
+                    assert_eq!(
+                        d, 0.0,
+                        "{which:?}: ablating head {q}'s input changed head {h}"
+                    );
+                }
+            }
+        }
     }
 }

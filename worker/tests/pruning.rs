@@ -4,9 +4,10 @@
 mod common;
 
 use circuit_sweep_common::Component;
+use circuit_sweep_common::greedy::Rule;
 use circuit_sweep_common::orders;
 use circuit_sweep_common::prune::{self, PassOrder, Pruner};
-use circuit_sweep_common::spec::{AblationSpec, Schedule};
+use circuit_sweep_common::spec::{AblationSpec, Metric, Schedule};
 use circuit_sweep_worker::{Evaluator, HookedModel, PromptSet, sweep};
 use common::*;
 
@@ -44,7 +45,26 @@ fn brute_force(
     threshold: f64,
     order_of_pass: &dyn Fn(usize) -> Vec<Component>,
 ) -> (Vec<Component>, Vec<(String, bool)>) {
+    brute_force_by(
+        ev,
+        n_layers,
+        n_heads,
+        &|score, _| score > threshold,
+        order_of_pass,
+    )
+}
+
+/// The reference with any removal rule: `remove(score without the candidate, score of the
+/// current circuit)`.
+fn brute_force_by(
+    ev: &Evaluator,
+    n_layers: usize,
+    n_heads: usize,
+    remove: &dyn Fn(f64, f64) -> bool,
+    order_of_pass: &dyn Fn(usize) -> Vec<Component>,
+) -> (Vec<Component>, Vec<(String, bool)>) {
     let mut circuit: Vec<Component> = Component::all(n_layers, n_heads);
+    let mut current = ev.score_of(ev.metrics_naive(&[vec![]], true).unwrap()[0]);
     let mut decisions = vec![];
     for pass in 0.. {
         let mut removed_any = false;
@@ -57,10 +77,11 @@ fn brute_force(
                 .filter(|x| *x == c || !circuit.contains(x))
                 .collect();
             let score = ev.score_of(ev.metrics_naive(&[ablated], true).unwrap()[0]);
-            let remove = score > threshold;
-            decisions.push((c.to_string(), remove));
-            if remove {
+            let removed = remove(score, current);
+            decisions.push((c.to_string(), removed));
+            if removed {
                 circuit.retain(|x| *x != c);
+                current = score;
                 removed_any = true;
             }
         }
@@ -96,8 +117,12 @@ fn forward(n_layers: usize, n_heads: usize) -> Vec<Component> {
 }
 
 fn run_pruner(ev: &Evaluator, n_layers: usize, n_heads: usize, order: PassOrder, t: f64) -> Pruner {
+    run_by(ev, n_layers, n_heads, order, Rule::Threshold(t))
+}
+
+fn run_by(ev: &Evaluator, n_layers: usize, n_heads: usize, order: PassOrder, rule: Rule) -> Pruner {
     let start = ev.scores(&[vec![]]).unwrap()[0];
-    let mut p = Pruner::new(n_layers, n_heads, order, t, None, start);
+    let mut p = Pruner::new(n_layers, n_heads, order, rule, None, start);
     sweep::prune_lockstep(ev, std::slice::from_mut(&mut p), &mut |_, _| Ok(())).unwrap();
     p
 }
@@ -163,7 +188,7 @@ fn nested_thresholds_give_nested_circuits() {
             l,
             h,
             PassOrder::Schedule(Schedule::Paper),
-            t,
+            Rule::Threshold(t),
             start.as_deref(),
             score,
         );
@@ -200,7 +225,16 @@ fn the_order_study_in_lockstep_equals_one_prune_per_order() {
     let start = ev.scores(&[vec![]]).unwrap()[0];
     let mut pruners: Vec<Pruner> = read
         .iter()
-        .map(|o| Pruner::new(l, h, PassOrder::Fixed(o.clone()), 80.0, None, start))
+        .map(|o| {
+            Pruner::new(
+                l,
+                h,
+                PassOrder::Fixed(o.clone()),
+                Rule::Threshold(80.0),
+                None,
+                start,
+            )
+        })
         .collect();
     sweep::prune_lockstep(&ev, &mut pruners, &mut |_, _| Ok(())).unwrap();
     let together: Vec<_> = pruners.iter().map(Pruner::result).collect();
@@ -226,5 +260,59 @@ fn the_order_study_in_lockstep_equals_one_prune_per_order() {
             .core
             .iter()
             .all(|c| study.stats.frequency[c] == 1.0)
+    );
+}
+
+#[test]
+fn kl_pruning_follows_acdcs_rule_and_keeps_what_matters() {
+    let m = load_fixture("gpt2").model;
+    let (l, h) = (m.info().n_layers, m.info().n_heads);
+    let spec = AblationSpec {
+        metric: Metric::Kl,
+        ..AblationSpec::default()
+    };
+    let ev = Evaluator::new(&m, &prompts(&m), spec, 4096).unwrap();
+    let paper = |pass: usize| {
+        if pass.is_multiple_of(2) {
+            backward(l, h)
+        } else {
+            forward(l, h)
+        }
+    };
+    let all = l * (h + 1);
+    let mut sizes = vec![];
+    for tau in [0.001, 0.01, 0.05, 0.1] {
+        let p = run_by(
+            &ev,
+            l,
+            h,
+            PassOrder::Schedule(Schedule::Paper),
+            Rule::Tau(tau),
+        );
+        let r = p.result();
+        // ACDC: remove when KL(circuit without it) - KL(circuit) < tau.
+        let (want, decisions) =
+            brute_force_by(&ev, l, h, &|kl, current| kl - current < tau, &paper);
+        let got: Vec<(String, bool)> = r
+            .decisions
+            .iter()
+            .map(|d| (d.component.clone(), d.removed))
+            .collect();
+        assert_eq!(got, decisions, "tau {tau}");
+        let mut circuit = p.circuit();
+        circuit.sort();
+        assert_eq!(circuit, want, "tau {tau}");
+        assert_eq!((r.threshold, r.tau), (None, Some(tau)));
+        // Every removal cost less than tau: the circuit's KL stays within removals * tau.
+        let removals = r.decisions.iter().filter(|d| d.removed).count() as f64;
+        assert!(r.score < removals * tau + 1e-9, "tau {tau}: KL {}", r.score);
+        sizes.push(circuit.len());
+    }
+    // A larger tolerance prunes at least as much; the largest removes something and keeps what
+    // matters (the old rule, "KL above a % threshold", never removed anything).
+    assert!(sizes.windows(2).all(|w| w[1] <= w[0]), "{sizes:?}");
+    assert!(
+        sizes[sizes.len() - 1] < all && sizes[sizes.len() - 1] > 0,
+        "{sizes:?}"
     );
 }

@@ -1,7 +1,24 @@
 //! The head heatmap: layers as rows, heads as columns (and the MLP as a last column), a
-//! diverging scale around 100 % (blue: ablating hurts; red: ablating helps).
+//! diverging scale around 100 % (blue: ablating hurts; red: ablating helps), or for KL scores a
+//! sequential scale from 0 nats (white) to the largest divergence (blue).
 
 use super::NodeScores;
+use crate::metric::Unit;
+
+/// RGB of a KL score on a sequential scale: white at 0, full blue at `max` and above.
+fn colour_nats(score: f64, max: f64) -> String {
+    let k = if max > 0.0 {
+        (score / max).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    format!(
+        "rgb({},{},{})",
+        (255.0 * (1.0 - k) + 33.0 * k).round() as u8,
+        (255.0 * (1.0 - k) + 102.0 * k).round() as u8,
+        (255.0 * (1.0 - k) + 172.0 * k).round() as u8
+    )
+}
 
 /// RGB of a score on a diverging scale: white at 100, full blue at 0 or below, full red at 200.
 fn colour(score: f64) -> String {
@@ -34,8 +51,8 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// An SVG heatmap of node-sweep scores.
-pub fn head_heatmap_svg(s: &NodeScores, title: &str) -> String {
+/// An SVG heatmap of node-sweep scores in `unit`.
+pub fn head_heatmap_svg(s: &NodeScores, title: &str, unit: Unit) -> String {
     let layers = s.heads.len();
     let heads = s.heads.first().map_or(0, Vec::len);
     let (cell, left, top) = (34.0, 60.0, 56.0);
@@ -47,9 +64,27 @@ pub fn head_heatmap_svg(s: &NodeScores, title: &str) -> String {
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"10\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
          <text x=\"{left}\" y=\"18\" font-size=\"13\">{}</text>\n\
-         <text x=\"{left}\" y=\"34\" fill=\"#555\">score with the component ablated alone (% of the full model; blue: it matters)</text>\n",
-        esc(title)
+         <text x=\"{left}\" y=\"34\" fill=\"#555\">{}</text>\n",
+        esc(title),
+        match unit {
+            Unit::Percent =>
+                "score with the component ablated alone (% of the full model; blue: it matters)",
+            Unit::Nats =>
+                "KL divergence from the full model with the component ablated alone (nats; blue: it matters)",
+        }
     );
+    let max = s
+        .heads
+        .iter()
+        .flatten()
+        .chain(&s.mlps)
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(0.0, f64::max);
+    let fill = |v: f64| match unit {
+        Unit::Percent => colour(v),
+        Unit::Nats => colour_nats(v, max),
+    };
     for h in 0..heads {
         let x = left + (h as f64 + 0.5) * cell;
         out.push_str(&format!(
@@ -78,20 +113,32 @@ pub fn head_heatmap_svg(s: &NodeScores, title: &str) -> String {
             let x = left + col * cell;
             out.push_str(&format!(
                 "<g><title>{name}: {v:.2}</title><rect x=\"{x}\" y=\"{y}\" width=\"{cell}\" height=\"{cell}\" fill=\"{}\" stroke=\"#ddd\"/>\
-                 <text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"9\">{v:.0}</text></g>\n",
-                colour(v),
+                 <text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"9\">{}</text></g>\n",
+                fill(v),
                 x + cell / 2.0,
-                y + cell / 2.0 + 3.0
+                y + cell / 2.0 + 3.0,
+                match unit {
+                    Unit::Percent => format!("{v:.0}"),
+                    Unit::Nats => format!("{v:.2}"),
+                }
             ));
         }
     }
     // Legend.
     let ly = top + layers as f64 * cell + 20.0;
-    for (i, v) in [0.0, 50.0, 100.0, 150.0, 200.0].iter().enumerate() {
+    let stops: Vec<f64> = match unit {
+        Unit::Percent => vec![0.0, 50.0, 100.0, 150.0, 200.0],
+        Unit::Nats => (0..5).map(|i| max * i as f64 / 4.0).collect(),
+    };
+    for (i, v) in stops.iter().enumerate() {
         let x = left + i as f64 * 50.0;
+        let label = match unit {
+            Unit::Percent => format!("{v}"),
+            Unit::Nats => format!("{v:.3}"),
+        };
         out.push_str(&format!(
-            "<rect x=\"{x}\" y=\"{ly}\" width=\"50\" height=\"12\" fill=\"{}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{v}</text>\n",
-            colour(*v),
+            "<rect x=\"{x}\" y=\"{ly}\" width=\"50\" height=\"12\" fill=\"{}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{label}</text>\n",
+            fill(*v),
             x + 25.0,
             ly + 24.0
         ));
@@ -118,11 +165,32 @@ mod tests {
             heads: vec![vec![100.0, 20.0], vec![90.0, 110.0]],
             mlps: vec![5.0, 95.0],
         };
-        let svg = head_heatmap_svg(&s, "t <1>");
+        let svg = head_heatmap_svg(&s, "t <1>", Unit::Percent);
         assert_eq!(svg.matches("<title>").count(), 6);
         assert!(
             svg.contains("<title>h0.1: 20.00</title>") && svg.contains("<title>m1: 95.00</title>")
         );
         assert!(svg.contains("t &lt;1&gt;"));
+    }
+
+    #[test]
+    fn kl_scores_shade_from_white_at_zero_to_blue_at_the_largest() {
+        let s = NodeScores {
+            heads: vec![vec![0.0, 0.4], vec![0.1, 0.0]],
+            mlps: vec![0.8, 0.0],
+        };
+        let svg = head_heatmap_svg(&s, "kl", Unit::Nats);
+        // The largest divergence is the darkest cell; no divergence is white.
+        let fill_of = |name: &str| {
+            let at = svg.find(&format!("<title>{name}</title>")).unwrap();
+            let rest = &svg[at..];
+            let f = rest.find("fill=\"").unwrap() + 6;
+            rest[f..f + rest[f..].find('"').unwrap()].to_string()
+        };
+        assert_eq!(fill_of("m0: 0.80"), "rgb(33,102,172)");
+        assert_eq!(fill_of("h0.0: 0.00"), "rgb(255,255,255)");
+        assert!(svg.contains("(nats; blue: it matters)"));
+        // A diverging % scale would have drawn every cell of these small values deep blue.
+        assert_eq!(svg.matches("fill=\"rgb(33,102,172)\"").count(), 2);
     }
 }

@@ -1,4 +1,4 @@
-//! The results folder of a run (spec section 6): `result.json` (schema-versioned), the score
+//! The results folder of a run: `result.json` (schema-versioned), the score
 //! matrices as CSV and safetensors, and SVG plots.
 
 mod charts;
@@ -48,7 +48,7 @@ pub(crate) fn svg_header(
 /// Version of `result.json`'s layout.
 pub const SCHEMA: u32 = 1;
 
-/// Scores of every head and every MLP ablated alone (% of the full model).
+/// Scores of every head and every MLP ablated alone (% of the full model, or KL in nats).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct NodeScores {
     /// `[n_layers][n_heads]`.
@@ -92,7 +92,12 @@ pub fn write_result_json(dir: &Path, doc: &serde_json::Value) -> Result<(), Writ
 
 /// Writes the node-sweep tables and plots: `nodes_heads.csv`, `nodes_mlps.csv`,
 /// `nodes.safetensors` (`heads` `[L, H]`, `mlps` `[L]`, f32) and `heads.svg`.
-pub fn write_node_scores(dir: &Path, scores: &NodeScores, title: &str) -> Result<(), WriteError> {
+pub fn write_node_scores(
+    dir: &Path,
+    scores: &NodeScores,
+    title: &str,
+    unit: crate::metric::Unit,
+) -> Result<(), WriteError> {
     write(
         &dir.join("nodes_heads.csv"),
         tables::heads_csv(scores).as_bytes(),
@@ -107,6 +112,6 @@ pub fn write_node_scores(dir: &Path, scores: &NodeScores, title: &str) -> Result
     )?;
     write(
         &dir.join("heads.svg"),
-        head_heatmap_svg(scores, title).as_bytes(),
+        head_heatmap_svg(scores, title, unit).as_bytes(),
     )
 }

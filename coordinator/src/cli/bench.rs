@@ -358,6 +358,7 @@ fn shards(jobs: usize) -> anyhow::Result<()> {
         prompts_jsonl: String::new(),
         full: 1.0,
         corrupt: 0.0,
+        empty: None,
     };
     let state = tempfile::tempdir()?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::{DType, Device, Tensor};
-use circuit_sweep_common::spec::AblationSpec;
+use circuit_sweep_common::spec::{AblationSpec, EdgeMethod};
 use circuit_sweep_worker::{Evaluator, PromptSet};
 use circuit_sweep_worker::{HookedModel, LoadOptions, load_model, sweep};
 use clap::Args;
@@ -129,7 +129,7 @@ fn measure(
     let edges: Vec<_> = all.iter().step_by(every.max(1)).copied().collect();
     let before = ev.forward_passes();
     let t0 = Instant::now();
-    let scores = sweep::edge_sweep(&ev, &edges, &[], 256, &mut |_| Ok(()))?;
+    let scores = sweep::edge_sweep(&ev, EdgeMethod::Direct, &edges, &[], 256, &mut |_| Ok(()))?;
     let secs = t0.elapsed().as_secs_f64();
     let rate = edges.len() as f64 / secs;
     let full = all.len() as f64 / rate;

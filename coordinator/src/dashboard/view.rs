@@ -43,9 +43,9 @@ pub fn status_view(jobs: &[JobStatus], workers: &[WorkerStatus]) -> Value {
 
 /// `/api/jobs/{id}`: the job's results so far.
 ///
-/// `heads` is `[layer][head]` and `mlps` `[layer]`: a score in % of the full model, or null
-/// while the layer's shard is not done. `circuit` is the pruning run's circuit (at the spec's
-/// threshold) once it is done. `orders` has the inclusion frequency of every component over the
+/// `heads` is `[layer][head]` and `mlps` `[layer]`: a score in `unit` (% of the full model, or
+/// KL in nats), or null while the layer's shard is not done. `circuit` is the pruning run's
+/// circuit (by the spec's rule: `rule`) once it is done. `orders` has the inclusion frequency of every component over the
 /// orders done so far.
 pub fn live_view(p: &Partial) -> Value {
     let mut heads: Vec<Vec<Option<f64>>> = vec![vec![None; p.n_heads]; p.n_layers];
@@ -63,7 +63,8 @@ pub fn live_view(p: &Partial) -> Value {
     }
     let mut v = json!({
         "kind": format!("{:?}", p.kind).to_lowercase(),
-        "threshold": p.threshold,
+        "rule": p.rule.describe(),
+        "unit": p.unit.name(),
         "shards_done": p.shards_done,
         "n_layers": p.n_layers,
         "n_heads": p.n_heads,
@@ -73,11 +74,7 @@ pub fn live_view(p: &Partial) -> Value {
         v["mlps"] = json!(mlps);
     }
     if p.kind == SweepKind::Prune
-        && let Some(r) = p
-            .runs
-            .iter()
-            .find(|r| r.threshold == p.threshold)
-            .or(p.runs.last())
+        && let Some(r) = p.runs.iter().find(|r| r.rule() == p.rule).or(p.runs.last())
     {
         v["circuit"] = json!(r.heads.iter().chain(&r.mlps).collect::<Vec<_>>());
         v["circuit_score"] = json!(r.score);
@@ -117,7 +114,8 @@ mod tests {
     fn partial(kind: SweepKind) -> Partial {
         Partial {
             kind,
-            threshold: 80.0,
+            rule: circuit_sweep_common::greedy::Rule::Threshold(80.0),
+            unit: circuit_sweep_common::metric::Unit::Percent,
             shards_done: 2,
             n_layers: 3,
             n_heads: 2,
@@ -130,7 +128,8 @@ mod tests {
     fn run(names: &[&str]) -> PruneResult {
         let (h, m): (Vec<&str>, Vec<&str>) = names.iter().partition(|n| n.starts_with('h'));
         PruneResult {
-            threshold: 80.0,
+            threshold: Some(80.0),
+            tau: None,
             heads: h.iter().map(|s| s.to_string()).collect(),
             mlps: m.iter().map(|s| s.to_string()).collect(),
             score: 81.0,

@@ -44,9 +44,9 @@ impl Downstream {
         tok: &PromptTokenizer,
         tasks: Vec<(DownTask, Vec<DownPrompt>)>,
         kind: AblationKind,
+        fold_value_bias: bool,
         batch_tokens: usize,
     ) -> Result<Self, DownstreamError> {
-        let info = model.info();
         let mut out = vec![];
         for (task, prompts) in tasks {
             let ids = prompts
@@ -59,9 +59,7 @@ impl Downstream {
             out.push((task, prompts, ids));
         }
         let values = match kind {
-            AblationKind::Zero => {
-                Ablation::zeros(info, 1, info.dtype, model.device()).map_err(ModelError::from)?
-            }
+            AblationKind::Zero => Ablation::zero_for(model, 1, fold_value_bias)?,
             AblationKind::Mean => {
                 let all: Vec<Vec<u32>> = out.iter().flat_map(|t| t.2.clone()).collect();
                 position_mean(model, &all)?

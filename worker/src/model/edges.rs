@@ -1,4 +1,4 @@
-//! Edge interventions (spec section 5): in variant `v`, receiver `r` reads the residual stream
+//! Edge interventions: in variant `v`, receiver `r` reads the residual stream
 //! minus `sum_s (out_s - abl_s)` over the senders `s` whose edge into `r` is ablated, where
 //! `out_s` is what `s` wrote in this very pass and `abl_s` its ablated value (both as written
 //! into the residual stream: a head through its slice of the output projection, bias excluded).
@@ -13,17 +13,21 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
 use circuit_sweep_common::Component;
-use circuit_sweep_common::edge::{Edge, Qkv, Receiver, Sender};
+use circuit_sweep_common::edge::{Edge, GraphShape, Qkv, Receiver, Sender};
 
-use super::hooks::Ablation;
+use super::hooks::{Ablation, Interventions};
 use super::{Blocks, ModelError, ModelInfo};
 
 /// A receiver input that differs from the residual stream in some variants.
 pub(crate) struct ReceiverInput {
-    /// Which input of which head (`Q`: query head, `K`/`V`: key/value head).
+    /// Which input of which head.
     pub which: Qkv,
-    /// Head index.
+    /// Head index: the query head for `Q`, and for `K` and `V` the query head when
+    /// `per_query`, else the key/value head.
     pub index: usize,
+    /// A key or value input of one query head where query heads share key/value heads: the
+    /// attention gives that head alone keys (values) computed from this input.
+    pub per_query: bool,
     /// The input for every row of the batch (`[rows, T, d]`).
     pub input: Tensor,
     /// Per variant, 1 where the usual value is kept (`[V, 1, 1, 1]`).
@@ -45,6 +49,8 @@ struct Touched {
 pub(crate) struct EdgeState<'a> {
     values: &'a Ablation,
     blocks: &'a dyn Blocks,
+    /// Key and value receivers are per query head, and the model groups query heads.
+    kv_per_query: bool,
     n_variants: usize,
     prompts: usize,
     seq_len: usize,
@@ -66,29 +72,37 @@ pub(crate) struct EdgeState<'a> {
 }
 
 impl<'a> EdgeState<'a> {
-    /// Plans the edges of `variants` (`edges[v]`: ablated in variant `v`) and input overrides,
-    /// and writes the rows of senders below `start_layer` from `cached` activations.
-    #[allow(clippy::too_many_arguments)]
+    /// Plans the edges of the variants (`edges[v]`: ablated in variant `v`), the given receiver
+    /// deltas and input overrides of `iv`, and writes the rows of senders below `start_layer`
+    /// from `iv.cached` activations.
     pub fn new(
         info: &ModelInfo,
         blocks: &'a dyn Blocks,
-        values: &'a Ablation,
+        iv: &Interventions<'a>,
         edges: &[Vec<Edge>],
-        inputs: &[(Receiver, Tensor)],
-        cached: Option<&Ablation>,
-        positions: Option<&[usize]>,
         start_layer: usize,
-        prompts: usize,
-        seq_len: usize,
+        (prompts, seq_len): (usize, usize),
         device: &Device,
     ) -> Result<Self, ModelError> {
+        let (values, inputs, cached) = (iv.values, &iv.inputs, iv.cached);
         let n_layers = info.n_layers;
         let v = edges.len();
-        let shape = info.graph_shape();
+        if !iv.deltas.is_empty() && iv.deltas.len() != v {
+            return Err(ModelError::InvalidRequest(format!(
+                "{} receiver delta sets for {v} variants",
+                iv.deltas.len()
+            )));
+        }
+        let shape = GraphShape {
+            kv_per_query: iv.kv_per_query,
+            ..info.graph_shape()
+        };
         let mut senders: BTreeMap<Sender, Vec<(usize, usize)>> = BTreeMap::new();
         let mut blocks_of = Vec::with_capacity(v);
         // Per variant: sender -> row within the variant's block; receiver -> senders.
         let mut per_variant: Vec<BTreeMap<Receiver, Vec<usize>>> = vec![BTreeMap::new(); v];
+        // Rows given as they are (path patching): (row, delta).
+        let mut given: Vec<(usize, &Tensor)> = vec![];
         let mut next = 0;
         for (vi, es) in edges.iter().enumerate() {
             let mut own: BTreeMap<Sender, usize> = BTreeMap::new();
@@ -110,8 +124,19 @@ impl<'a> EdgeState<'a> {
             for (s, row) in &own {
                 senders.entry(*s).or_default().push((vi, next + row));
             }
-            blocks_of.push((next, own.len()));
-            next += own.len();
+            let mut n_rows = own.len();
+            for (r, delta) in iv.deltas.get(vi).map_or(&[][..], Vec::as_slice) {
+                if r.layer(n_layers) < start_layer {
+                    return Err(ModelError::InvalidRequest(format!(
+                        "variant {vi} gives {r} a delta below the start layer {start_layer}"
+                    )));
+                }
+                per_variant[vi].entry(*r).or_default().push(n_rows);
+                given.push((next + n_rows, delta));
+                n_rows += 1;
+            }
+            blocks_of.push((next, n_rows));
+            next += n_rows;
         }
         let mut touched: Vec<Vec<Touched>> = (0..=n_layers).map(|_| vec![]).collect();
         let mut index: BTreeMap<Receiver, usize> = BTreeMap::new();
@@ -170,7 +195,7 @@ impl<'a> EdgeState<'a> {
         }
         let width = prompts * seq_len * info.d_model;
         let rows = Tensor::zeros((next.max(1), width), dtype, device)?;
-        let positions = match positions {
+        let positions = match iv.positions.as_deref() {
             None => None,
             Some(ps) => {
                 let mut m = vec![0f32; seq_len];
@@ -187,6 +212,7 @@ impl<'a> EdgeState<'a> {
         let mut st = EdgeState {
             values,
             blocks,
+            kv_per_query: iv.kv_per_query && info.n_kv_heads < info.n_heads,
             n_variants: v,
             prompts,
             seq_len,
@@ -199,6 +225,10 @@ impl<'a> EdgeState<'a> {
             rows,
             positions,
         };
+        for (row, delta) in given {
+            let r = st.as_row(&delta.to_dtype(dtype)?)?;
+            st.rows.slice_set(&r, 0, row)?;
+        }
         // Senders below the start are not computed in this pass: their writes are the
         // unpatched run's (nothing below the start differs from it).
         let below: Vec<Sender> = st
@@ -430,6 +460,7 @@ impl<'a> EdgeState<'a> {
             out.push(ReceiverInput {
                 which,
                 index,
+                per_query: which != Qkv::Q && self.kv_per_query,
                 input,
                 keep,
                 put,

@@ -231,19 +231,23 @@ impl Blocks for Gpt2 {
                 .transpose(1, 2)
         };
         let q = ctx.queries_of(&split(0)?, 2)?;
-        let z = layers::attention(layer, &q, split(1)?, split(2)?, ctx, hooks)?;
+        let z = layers::attention(layer, &q, split(1)?, split(2)?, &[], ctx, hooks)?;
         let z = hooks.z(layer, z)?;
         let a = layers::dense(&l.proj, &z.reshape((b, ctx.queries, d))?)?;
         let x = (ctx.queries_of(x, 1)? + a)?;
-        let m = layers::dense(
-            &l.fc_proj,
-            &self.act.forward(&layers::dense(
-                &l.fc,
-                &l.ln2.forward(&hooks.mlp_input(layer, &x)?)?,
-            )?)?,
-        )?;
+        let m = self.mlp_out(layer, &hooks.mlp_input(layer, &x)?)?;
         let m = hooks.mlp(layer, m)?;
         Ok((x + m)?)
+    }
+
+    fn mlp_out(&self, layer: usize, x: &Tensor) -> candle_core::Result<Tensor> {
+        let l = &self.layers[layer];
+        layers::dense(
+            &l.fc_proj,
+            &self
+                .act
+                .forward(&layers::dense(&l.fc, &l.ln2.forward(x)?)?)?,
+        )
     }
 
     fn final_norm(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -256,6 +260,16 @@ impl Blocks for Gpt2 {
 
     fn out_proj(&self, layer: usize) -> &Tensor {
         self.layers[layer].proj.weight()
+    }
+
+    fn value_bias(&self, layer: usize) -> candle_core::Result<Option<Tensor>> {
+        let l = &self.layers[layer];
+        let d = l.proj.weight().dim(0)?;
+        let dh = d / self.n_heads;
+        l.qkv
+            .bias()
+            .map(|b| b.narrow(0, 2 * d, d)?.reshape((self.n_heads, dh)))
+            .transpose()
     }
 
     fn value(&self, layer: usize, kv_head: usize, x: &Tensor) -> candle_core::Result<Tensor> {

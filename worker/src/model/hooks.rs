@@ -63,17 +63,54 @@ impl Ablation {
         })
     }
 
-    /// Per-position mean over prompts (the spec's mean ablation), keeping a leading dim of 1.
+    /// Per-position mean over prompts (mean ablation), keeping a leading dim of 1; accumulated
+    /// in f32 whatever the model's dtype (see [`mean_f32`]).
     pub fn mean_over_prompts(&self) -> candle_core::Result<Self> {
         let mean = |ts: &[Tensor]| -> candle_core::Result<Vec<Tensor>> {
-            ts.iter().map(|t| t.mean_keepdim(0)).collect()
+            ts.iter().map(|t| mean_f32(t, 0)).collect()
         };
         Ok(Ablation {
             z: mean(&self.z)?,
             mlp: mean(&self.mlp)?,
-            embed: self.embed.mean_keepdim(0)?,
+            embed: mean_f32(&self.embed, 0)?,
         })
     }
+
+    /// Zero ablation for sequences of `seq_len` positions in `model`'s dtype. With
+    /// `fold_value_bias`, a head's output becomes its value bias instead (the attention
+    /// pattern sums to 1, so `b_V` is the part of `z` that does not depend on the input:
+    /// TransformerLens folds it into `b_O` and zeroes the rest).
+    pub fn zero_for(
+        model: &super::HookedModel,
+        seq_len: usize,
+        fold_value_bias: bool,
+    ) -> Result<Self, ModelError> {
+        let info = model.info();
+        let mut a = Ablation::zeros(info, seq_len, info.dtype, model.device())?;
+        if fold_value_bias {
+            for (l, z) in a.z.iter_mut().enumerate() {
+                if let Some(b) = model.value_bias(l)? {
+                    // [n_heads, d_head] to [1, seq_len, n_heads, d_head].
+                    *z = b
+                        .unsqueeze(0)?
+                        .unsqueeze(0)?
+                        .broadcast_as((1, seq_len, info.n_heads, info.d_head))?
+                        .contiguous()?;
+                }
+            }
+        }
+        Ok(a)
+    }
+}
+
+/// The mean of `t` over dimension `dim` (kept, as size 1), accumulated in f32 and returned in
+/// `t`'s dtype: a bf16 or f16 sum of many rows loses most of its bits or overflows.
+pub fn mean_f32(t: &Tensor, dim: usize) -> candle_core::Result<Tensor> {
+    let dtype = t.dtype();
+    if dtype == DType::F32 || dtype == DType::F64 {
+        return t.mean_keepdim(dim);
+    }
+    t.to_dtype(DType::F32)?.mean_keepdim(dim)?.to_dtype(dtype)
 }
 
 /// Variants of a forward pass: in variant `v` the components `variants[v]` are replaced by
@@ -95,6 +132,12 @@ pub struct Interventions<'a> {
     pub cached: Option<&'a Ablation>,
     /// Edges are ablated at these positions only (every position when `None`).
     pub positions: Option<Vec<usize>>,
+    /// Per variant (empty, or one list per variant): receivers whose input is the residual
+    /// stream minus the given delta (`[prompts, positions, d_model]`): path patching, where a
+    /// receiver's input comes from another run.
+    pub deltas: Vec<Vec<(Receiver, Tensor)>>,
+    /// Key and value receivers of edges are per query head (else per key/value head).
+    pub kv_per_query: bool,
 }
 
 impl<'a> Interventions<'a> {
@@ -107,6 +150,8 @@ impl<'a> Interventions<'a> {
             inputs: vec![],
             cached: None,
             positions: None,
+            deltas: vec![],
+            kv_per_query: true,
         }
     }
 }
@@ -221,7 +266,7 @@ impl<'a> RunHooks<'a> {
             }
         };
         let edges = match interventions {
-            Some(iv) if !iv.edges.is_empty() || !iv.inputs.is_empty() => {
+            Some(iv) if !iv.edges.is_empty() || !iv.inputs.is_empty() || !iv.deltas.is_empty() => {
                 if !iv.edges.is_empty() && iv.edges.len() != n_variants {
                     return Err(ModelError::InvalidRequest(format!(
                         "{} edge sets for {n_variants} variants",
@@ -237,14 +282,10 @@ impl<'a> RunHooks<'a> {
                 Some(EdgeState::new(
                     info,
                     blocks,
-                    iv.values,
+                    iv,
                     sets,
-                    &iv.inputs,
-                    iv.cached,
-                    iv.positions.as_deref(),
                     start_layer,
-                    prompts,
-                    seq_len,
+                    (prompts, seq_len),
                     device,
                 )?)
             }
@@ -415,5 +456,43 @@ impl LayerHooks for RunHooks<'_> {
             self.captured.pattern[layer] = Some(probs.clone());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_precision_means_are_accumulated_in_f32() {
+        let dev = Device::Cpu;
+        for dtype in [DType::BF16, DType::F16] {
+            let ones = Tensor::ones((1536, 3, 2), dtype, &dev).unwrap();
+            let m = mean_f32(&ones, 0).unwrap();
+            assert_eq!(m.dtype(), dtype);
+            assert_eq!(m.dims(), &[1, 3, 2]);
+            let v: Vec<f32> = m
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert!(v.iter().all(|&x| x == 1.0), "{dtype:?}: {v:?}");
+        }
+        // A value whose half-precision sum overflows (f16 max is 65504).
+        let big = Tensor::full(300f32, (1536, 1), &dev)
+            .unwrap()
+            .to_dtype(DType::F16)
+            .unwrap();
+        let m: Vec<f32> = mean_f32(&big, 0)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(m, [300.0]);
     }
 }

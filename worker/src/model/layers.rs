@@ -182,20 +182,60 @@ pub(crate) fn attend(
     Ok((z, probs))
 }
 
+/// Keys or values of one query head computed from its own input (a key or value edge receiver
+/// of that query head where query heads share key/value heads).
+pub(crate) struct HeadKv {
+    /// `K` or `V`.
+    pub which: circuit_sweep_common::edge::Qkv,
+    /// The query head.
+    pub head: usize,
+    /// Its keys (rotary applied) or values, `[B, 1, T, d_head]`.
+    pub new: Tensor,
+    /// Per variant, 1 where the shared key/value head's are kept (`[V, 1, 1, 1]`).
+    pub keep: Tensor,
+    /// Per variant, 1 where `new` is used.
+    pub put: Tensor,
+}
+
+/// `x` (`[B, H, T, d]`) with query head `o.head` mixed per variant with `o.new`.
+fn mix_head(x: Tensor, o: &HeadKv) -> candle_core::Result<Tensor> {
+    let (b, _, t, d) = x.dims4()?;
+    let v = o.keep.dim(0)?;
+    let split = (v, b / v, 1, t, d);
+    let keep = o.keep.unsqueeze(4)?;
+    let put = o.put.unsqueeze(4)?;
+    let old = x.narrow(1, o.head, 1)?;
+    let mixed = old
+        .reshape(split)?
+        .broadcast_mul(&keep)?
+        .broadcast_add(&o.new.reshape(split)?.broadcast_mul(&put)?)?
+        .reshape((b, 1, t, d))?;
+    x.contiguous()?
+        .slice_assign(&[0..b, o.head..o.head + 1, 0..t, 0..d], &mixed)
+}
+
 /// The attention of block `layer`: keys and values of the input's positions (`[B, H_kv, T, d]`,
 /// rotary applied) joined with the KV cache through `hooks`, repeated for grouped-query
-/// attention, and attended by the queries `q`; the pattern goes to `hooks`. Returns `z`.
+/// attention, given per query head where `per_head` says so, and attended by the queries `q`;
+/// the pattern goes to `hooks`. Returns `z`.
 pub(crate) fn attention(
     layer: usize,
     q: &Tensor,
     k: Tensor,
     v: Tensor,
+    per_head: &[HeadKv],
     ctx: &SeqCtx,
     hooks: &mut dyn super::hooks::LayerHooks,
 ) -> Result<Tensor, super::ModelError> {
     let n_rep = q.dim(1)? / k.dim(1)?;
     let (k, v) = hooks.kv(layer, k, v)?;
-    let (k, v) = (repeat_kv(k, n_rep)?, repeat_kv(v, n_rep)?);
+    let (mut k, mut v) = (repeat_kv(k, n_rep)?, repeat_kv(v, n_rep)?);
+    for o in per_head {
+        match o.which {
+            circuit_sweep_common::edge::Qkv::K => k = mix_head(k, o)?,
+            _ => v = mix_head(v, o)?,
+        }
+    }
     let (z, probs) = attend(q, &k, &v, &ctx.mask)?;
     hooks.pattern(layer, &probs)?;
     Ok(z)

@@ -363,7 +363,10 @@ impl Blocks for Llama {
             Qkv::K => (h + i) * dh,
             Qkv::V => (h + kv + i) * dh,
         };
-        let rx = hooks.attn_inputs(layer, x)?;
+        let (per_query, rx): (Vec<_>, Vec<_>) = hooks
+            .attn_inputs(layer, x)?
+            .into_iter()
+            .partition(|r| r.per_query);
         let qkv = edges::patch_qkv(qkv, &rx, dh, col, &l.qkv, |t| l.ln1.forward(t))?;
         let heads = |start: usize, n: usize| -> candle_core::Result<Tensor> {
             qkv.narrow(2, start * dh, n * dh)?
@@ -375,18 +378,48 @@ impl Blocks for Llama {
         let (cos_q, sin_q) = ctx.rope_q.as_ref().expect("llama always has rotary tables");
         let q = layers::apply_rotary(&ctx.queries_of(&q, 2)?, cos_q, sin_q)?;
         let k = layers::apply_rotary(&k, cos, sin)?;
-        let z = layers::attention(layer, &q, k, v, ctx, hooks)?;
+        // A query head's own key or value input: its key/value head's projection of that input.
+        let group = h / kv;
+        let per_head = per_query
+            .into_iter()
+            .map(|r| {
+                let new = layers::dense_cols(
+                    &l.qkv,
+                    &l.ln1.forward(&r.input)?,
+                    col(r.which, r.index / group),
+                    dh,
+                )?
+                .reshape((b, t, 1, dh))?
+                .transpose(1, 2)?;
+                let new = match r.which {
+                    Qkv::K => layers::apply_rotary(&new, cos, sin)?,
+                    _ => new.contiguous()?,
+                };
+                Ok(layers::HeadKv {
+                    which: r.which,
+                    head: r.index,
+                    new,
+                    keep: r.keep,
+                    put: r.put,
+                })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        let z = layers::attention(layer, &q, k, v, &per_head, ctx, hooks)?;
         let z = hooks.z(layer, z)?;
         let tq = ctx.queries;
         let a = layers::dense(&l.o, &z.reshape((b, tq, h * dh))?)?;
         let x = (ctx.queries_of(x, 1)? + a)?;
-        let hx = l.ln2.forward(&hooks.mlp_input(layer, &x)?)?;
-        let gate_up = layers::dense(&l.gate_up, &hx)?;
-        let f = gate_up.dim(2)? / 2;
-        let gated = (self.act.forward(&gate_up.narrow(2, 0, f)?)? * gate_up.narrow(2, f, f)?)?;
-        let m = layers::dense(&l.down, &gated)?;
+        let m = self.mlp_out(layer, &hooks.mlp_input(layer, &x)?)?;
         let m = hooks.mlp(layer, m)?;
         Ok((x + m)?)
+    }
+
+    fn mlp_out(&self, layer: usize, x: &Tensor) -> candle_core::Result<Tensor> {
+        let l = &self.layers[layer];
+        let gate_up = layers::dense(&l.gate_up, &l.ln2.forward(x)?)?;
+        let f = gate_up.dim(2)? / 2;
+        let gated = (self.act.forward(&gate_up.narrow(2, 0, f)?)? * gate_up.narrow(2, f, f)?)?;
+        layers::dense(&l.down, &gated)
     }
 
     fn final_norm(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -399,6 +432,15 @@ impl Blocks for Llama {
 
     fn out_proj(&self, layer: usize) -> &Tensor {
         self.layers[layer].o.weight()
+    }
+
+    fn value_bias(&self, layer: usize) -> candle_core::Result<Option<Tensor>> {
+        let (h, kv, dh) = (self.n_heads, self.n_kv, self.d_head);
+        self.layers[layer]
+            .qkv
+            .bias()
+            .map(|b| b.narrow(0, (h + kv) * dh, kv * dh)?.reshape((kv, dh)))
+            .transpose()
     }
 
     fn value(&self, layer: usize, kv_head: usize, x: &Tensor) -> candle_core::Result<Tensor> {

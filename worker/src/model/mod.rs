@@ -94,13 +94,18 @@ pub struct ModelInfo {
 }
 
 impl ModelInfo {
-    /// The shape of the model's edge graph.
+    /// The shape of the model's edge graph (every query head with its own key and value
+    /// receivers, `embed` a sender; [`SweepSpec::graph`] adapts it to a spec).
+    ///
+    /// [`SweepSpec::graph`]: circuit_sweep_common::spec::SweepSpec::graph
     pub fn graph_shape(&self) -> circuit_sweep_common::edge::GraphShape {
         circuit_sweep_common::edge::GraphShape {
             n_layers: self.n_layers,
             n_heads: self.n_heads,
             n_kv_heads: self.n_kv_heads,
             parallel: self.parallel_residual,
+            kv_per_query: true,
+            embed: true,
         }
     }
 }
@@ -227,6 +232,9 @@ pub(crate) trait Blocks: Send + Sync {
         ctx: &layers::SeqCtx,
         hooks: &mut dyn hooks::LayerHooks,
     ) -> Result<Tensor, ModelError>;
+    /// The MLP of `layer` (its norm included) on the residual stream `x` it reads,
+    /// `[rows, T, d_model]`: what the block adds to the stream before any hook.
+    fn mlp_out(&self, layer: usize, x: &Tensor) -> candle_core::Result<Tensor>;
     /// Final normalisation of the residual stream.
     fn final_norm(&self, x: &Tensor) -> candle_core::Result<Tensor>;
     /// Unembedding matrix `[vocab, d_model]`.
@@ -237,6 +245,10 @@ pub(crate) trait Blocks: Send + Sync {
     /// stream `x` (`[.., d_model]`): the attention's input norm, then the head's value
     /// projection with its bias.
     fn value(&self, layer: usize, kv_head: usize, x: &Tensor) -> candle_core::Result<Tensor>;
+
+    /// The value projection's bias of every key/value head of `layer`, `[n_kv_heads, d_head]`,
+    /// or `None` when the model has none.
+    fn value_bias(&self, layer: usize) -> candle_core::Result<Option<Tensor>>;
 
     /// What head `head` of `layer` writes into the residual stream for head outputs `z`
     /// (`[rows, T, d_head]` to `[rows, T, d_model]`), bias excluded.
@@ -301,6 +313,27 @@ impl HookedModel {
             )));
         }
         Ok(self.blocks.head_out(layer, head, &z.to_dtype(i.dtype)?)?)
+    }
+
+    /// The MLP of `layer` (its norm included) on the residual stream `x` it reads (`[rows, T,
+    /// d_model]`), as the forward pass computes it.
+    pub fn mlp_out(&self, layer: usize, x: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(self.blocks.mlp_out(layer, &x.to_dtype(self.info.dtype)?)?)
+    }
+
+    /// The value bias of every query head of `layer` (a key/value head's repeated for the query
+    /// heads sharing it), `[n_heads, d_head]`, or `None` when the model has none.
+    pub fn value_bias(&self, layer: usize) -> Result<Option<Tensor>, ModelError> {
+        let i = &self.info;
+        let Some(b) = self.blocks.value_bias(layer)? else {
+            return Ok(None);
+        };
+        let group = i.n_heads / i.n_kv_heads.max(1);
+        Ok(Some(
+            b.unsqueeze(1)?
+                .broadcast_as((i.n_kv_heads, group, i.d_head))?
+                .reshape((i.n_heads, i.d_head))?,
+        ))
     }
 
     /// Token ids (one row per prompt, all the same length) as a `[prompts, positions]` tensor.

@@ -293,24 +293,28 @@ impl Blocks for Neox {
             ),
             _ => (q, k),
         };
-        let z = layers::attention(layer, &q, k, v, ctx, hooks)?;
+        let z = layers::attention(layer, &q, k, v, &[], ctx, hooks)?;
         let z = hooks.z(layer, z)?;
         let a = layers::dense(&l.dense, &z.reshape((b, ctx.queries, d))?)?;
         let x = &ctx.queries_of(x, 1)?;
         let mlp_in = if self.parallel { x.clone() } else { (x + &a)? };
-        let m = layers::dense(
-            &l.down,
-            &self.act.forward(&layers::dense(
-                &l.up,
-                &l.ln2.forward(&hooks.mlp_input(layer, &mlp_in)?)?,
-            )?)?,
-        )?;
+        let m = self.mlp_out(layer, &hooks.mlp_input(layer, &mlp_in)?)?;
         let m = hooks.mlp(layer, m)?;
         Ok(if self.parallel {
             ((m + a)? + x)?
         } else {
             (mlp_in + m)?
         })
+    }
+
+    fn mlp_out(&self, layer: usize, x: &Tensor) -> candle_core::Result<Tensor> {
+        let l = &self.layers[layer];
+        layers::dense(
+            &l.down,
+            &self
+                .act
+                .forward(&layers::dense(&l.up, &l.ln2.forward(x)?)?)?,
+        )
     }
 
     fn final_norm(&self, x: &Tensor) -> candle_core::Result<Tensor> {
@@ -323,6 +327,20 @@ impl Blocks for Neox {
 
     fn out_proj(&self, layer: usize) -> &Tensor {
         self.layers[layer].dense.weight()
+    }
+
+    fn value_bias(&self, layer: usize) -> candle_core::Result<Option<Tensor>> {
+        let l = &self.layers[layer];
+        let dh = l.dense.weight().dim(0)? / self.n_heads;
+        // Fused per head: [q, k, v] of head 0, then of head 1, ...
+        l.qkv
+            .bias()
+            .map(|b| {
+                b.reshape((self.n_heads, 3 * dh))?
+                    .narrow(1, 2 * dh, dh)?
+                    .contiguous()
+            })
+            .transpose()
     }
 
     fn value(&self, layer: usize, kv_head: usize, x: &Tensor) -> candle_core::Result<Tensor> {

@@ -87,3 +87,13 @@ pub fn fixture_prompts(name: &str) -> circuit_sweep_worker::PromptSet {
         corrupt,
     }
 }
+
+/// [`fixture_prompts`] with each corrupt prompt ending in its clean prompt's last token (what
+/// denoising needs: the last token's embedding reaches the logits directly).
+pub fn fixture_prompts_keep_last(name: &str) -> circuit_sweep_worker::PromptSet {
+    let mut p = fixture_prompts(name);
+    for (c, k) in p.clean.iter().zip(p.corrupt.iter_mut()) {
+        *k.last_mut().unwrap() = *c.last().unwrap();
+    }
+    p
+}

@@ -19,6 +19,8 @@ use crate::model::{
     Ablation, Capture, HookedModel, Interventions, LogitSelection, ModelError, RunRequest, Start,
 };
 
+mod path;
+
 /// A prompt set ready for evaluation: token ids and the answer / wrong ids per prompt.
 #[derive(Debug, Clone)]
 pub struct PromptSet {
@@ -33,6 +35,16 @@ pub struct PromptSet {
 }
 
 impl PromptSet {
+    /// The first prompt pair whose clean and corrupt prompts end with different tokens: the last
+    /// token's embedding reaches the logits directly, so denoising (which restores the heads' and
+    /// MLPs' clean activations, not the embedding) could not reproduce the clean run there.
+    pub fn last_token_mismatch(&self) -> Option<usize> {
+        self.clean
+            .iter()
+            .zip(&self.corrupt)
+            .position(|(c, k)| c.last() != k.last())
+    }
+
     /// Token ids of checked prompt pairs, with answer and wrong ids encoded in context.
     pub fn from_pairs(
         pairs: &[circuit_sweep_common::PromptPair],
@@ -76,6 +88,8 @@ struct Base {
     resid: Vec<Tensor>,
     /// What each sender wrote.
     acts: Ablation,
+    /// The residual stream each MLP reads.
+    mid: Vec<Tensor>,
 }
 
 /// A candidate for edge ablation: nodes ablated as a whole, and edges ablated.
@@ -122,12 +136,16 @@ pub struct Evaluator {
     pub full: f64,
     /// Metric of the unablated model on the corrupt prompts.
     pub corrupt: f64,
+    /// Metric of the empty circuit (everything ablated), where scores are normalised by it.
+    pub empty: Option<f64>,
     batch_tokens: usize,
     forward_passes: std::sync::atomic::AtomicUsize,
     /// Base runs of edge candidates with nodes ablated (see [`Evaluator::edge_metrics`]).
     bases: Mutex<Vec<(Vec<Component>, Arc<Base>)>>,
     /// Positions where edges are ablated (all when `None`).
     edge_positions: Option<Vec<usize>>,
+    /// Key and value receivers are per query head (else per key/value head).
+    kv_per_query: bool,
 }
 
 impl Evaluator {
@@ -192,7 +210,7 @@ impl Evaluator {
                     AblationKind::Mean => corrupt_act.mean_over_prompts()?,
                     AblationKind::Resample => corrupt_act,
                     AblationKind::Zero => {
-                        Ablation::zeros(model.info(), seq_len, model.info().dtype, model.device())?
+                        Ablation::zero_for(model, seq_len, ablation.fold_value_bias)?
                     }
                 };
                 let resid = clean_run
@@ -204,11 +222,19 @@ impl Evaluator {
                 (clean.clone(), values, resid, Some(clean_act))
             }
             Direction::Denoising => {
-                let values = match ablation.kind {
-                    AblationKind::Mean => clean_act.mean_over_prompts()?,
-                    _ => clean_act,
-                };
-                (corrupt.clone(), values, vec![], None)
+                // The circuit takes its paired clean activations and everything else computes on
+                // the corrupt prompt: a mean or zero there has no sound meaning.
+                if ablation.kind != AblationKind::Resample {
+                    return Err(ModelError::InvalidRequest(
+                        "denoising patches each kept component's paired clean activation into the corrupt run; the ablated side is the corrupt run itself (kind = \"resample\")".into(),
+                    ));
+                }
+                if let Some(i) = prompts.last_token_mismatch() {
+                    return Err(ModelError::InvalidRequest(format!(
+                        "denoising: prompt pair {i}'s clean and corrupt prompts end with different tokens; the last token's embedding reaches the logits directly, so even the whole circuit could not reproduce the clean run"
+                    )));
+                }
+                (corrupt.clone(), clean_act, vec![], None)
             }
         };
         let (mid, last) = if clean_acts.is_some() {
@@ -264,20 +290,36 @@ impl Evaluator {
             full_logprobs,
             full: 0.0,
             corrupt: 0.0,
+            empty: None,
             batch_tokens: batch_tokens.max(1),
             forward_passes: std::sync::atomic::AtomicUsize::new(3),
             bases: Mutex::new(vec![]),
             edge_positions: None,
+            kv_per_query: true,
         };
         ev.full = ev.metric_of_full_logits(&clean_logits);
         ev.corrupt = ev.metric_of_full_logits(&corrupt_logits);
-        if ev.ablation.direction == Direction::Noising {
-            // The unpatched model through the variants' own path (the metric's logit columns
-            // only), so that a variant that changes nothing scores exactly 100.
-            let n_layers = model.info().n_layers;
-            ev.full = ev.run_variants(n_layers, vec![vec![]])?[0];
+        match ev.ablation.direction {
+            Direction::Noising => {
+                // The unpatched model through the variants' own path (the metric's logit
+                // columns only), so that a variant that changes nothing scores exactly 100.
+                let n_layers = model.info().n_layers;
+                ev.full = ev.run_variants(n_layers, vec![vec![]])?[0];
+            }
+            Direction::Denoising => {
+                // The whole circuit restored (every head and MLP patched clean) and the empty
+                // one (nothing patched: the corrupt run), through the variants' own path.
+                let all = Component::all(model.info().n_layers, model.info().n_heads);
+                let m = ev.metrics(&[vec![], all])?;
+                (ev.full, ev.corrupt) = (m[0], m[1]);
+            }
         }
         Ok(ev)
+    }
+
+    /// Sets the empty circuit's metric, the zero of `normalize = "empty"` scores.
+    pub fn set_empty(&mut self, m: f64) {
+        self.empty = Some(m);
     }
 
     /// Forward passes run so far (the setup passes included).
@@ -309,7 +351,8 @@ impl Evaluator {
         }
     }
 
-    /// The score (spec section 4) of a metric value.
+    /// The score of a metric value (% of the full model, normalised as the spec says; KL as
+    /// is).
     pub fn score_of(&self, m: f64) -> f64 {
         metric::score(
             self.ablation.metric,
@@ -317,6 +360,7 @@ impl Evaluator {
             m,
             self.full,
             self.corrupt,
+            self.empty,
         )
     }
 
@@ -461,6 +505,19 @@ impl Evaluator {
         Ok(())
     }
 
+    /// Edges name key and value receivers per query head (the default) or per key/value head.
+    pub fn set_kv_per_query(&mut self, per_query: bool) {
+        self.kv_per_query = per_query;
+    }
+
+    /// The edge graph's shape as this evaluator reads edge names.
+    pub fn graph_shape(&self) -> circuit_sweep_common::edge::GraphShape {
+        circuit_sweep_common::edge::GraphShape {
+            kv_per_query: self.kv_per_query,
+            ..self.model.info().graph_shape()
+        }
+    }
+
     /// Scores of edge candidates (see [`Evaluator::edge_metrics`]).
     pub fn edge_scores(&self, candidates: &[EdgeCandidate]) -> Result<Vec<f64>, ModelError> {
         Ok(self
@@ -527,6 +584,8 @@ impl Evaluator {
                         cached: Some(&base.acts),
                         values: &self.values,
                         positions: self.edge_positions.clone(),
+                        deltas: vec![],
+                        kv_per_query: self.kv_per_query,
                     };
                     let start = if layer == 0 {
                         Start::Tokens(self.input.clone())
@@ -569,6 +628,7 @@ impl Evaluator {
             return Ok(Arc::new(Base {
                 resid: self.resid.clone(),
                 acts,
+                mid: self.mid.clone(),
             }));
         }
         let mut cache = self.bases.lock().unwrap_or_else(|p| p.into_inner());
@@ -582,6 +642,7 @@ impl Evaluator {
                 resid: true,
                 z: true,
                 mlp: true,
+                mid: true,
                 ..Default::default()
             },
             ..Default::default()
@@ -589,13 +650,15 @@ impl Evaluator {
         self.forward_passes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let acts = Ablation::from_captured(&run.captured)?;
-        let resid = run
-            .captured
-            .resid
-            .into_iter()
-            .map(|r| r.expect("captured"))
-            .collect();
-        let b = Arc::new(Base { resid, acts });
+        let c = run.captured;
+        let all = |v: Vec<Option<Tensor>>| -> Vec<Tensor> {
+            v.into_iter().map(|r| r.expect("captured")).collect()
+        };
+        let b = Arc::new(Base {
+            resid: all(c.resid),
+            acts,
+            mid: all(c.mid),
+        });
         if cache.len() >= 2 {
             cache.remove(0);
         }
@@ -610,8 +673,7 @@ impl Evaluator {
         let clean = self.clean.as_ref().ok_or_else(|| {
             ModelError::InvalidRequest("edge ablation is implemented for noising".into())
         })?;
-        let info = self.model.info();
-        info.graph_shape()
+        self.graph_shape()
             .check(&edge)
             .map_err(|e| ModelError::InvalidRequest(e.to_string()))?;
         let stream = match edge.receiver {
@@ -645,6 +707,7 @@ impl Evaluator {
             Start::Tokens(self.input.clone()),
             Interventions {
                 inputs: vec![(edge.receiver, input)],
+                kv_per_query: self.kv_per_query,
                 ..Interventions::nodes(&self.values, vec![vec![]])
             },
         )?;
