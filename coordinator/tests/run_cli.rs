@@ -87,6 +87,21 @@ fn refused(spec_text: &str, needle: &str) {
     std::fs::write(&spec, spec_text).unwrap();
     std::fs::write(dir.path().join("empty.jsonl"), "\n").unwrap();
     std::fs::write(dir.path().join("orders.json"), r#"[["m0", "h40.2"]]"#).unwrap();
+    let pair = |clean: &str, corrupt: &str, answer: &str, wrong: &str| {
+        format!(
+            "{{\"clean\": \"{clean}\", \"corrupt\": \"{corrupt}\", \"answer\": \"{answer}\", \"wrong\": \"{wrong}\"}}\n"
+        )
+    };
+    // The model continues these with 5 and 6: answer and wrong swapped.
+    let swapped = pair("1 2 3 4 ", "7 3 9 1 ", "4", "5") + &pair("2 3 4 5 ", "8 1 9 2 ", "5", "6");
+    std::fs::write(dir.path().join("swapped.jsonl"), swapped).unwrap();
+    // A corruption of the first member only: the corrupt run keeps the whole logit difference.
+    let weak = pair("1 2 3 4 5 6 7 8 ", "3 2 3 4 5 6 7 8 ", "9", "0")
+        + &pair("0 1 2 3 4 5 6 7 ", "5 1 2 3 4 5 6 7 ", "8", "0");
+    std::fs::write(dir.path().join("weak.jsonl"), weak).unwrap();
+    // Line 2's corrupt prompt ends with another token than its clean prompt.
+    let ends = pair("1 2 3 4 ", "7 3 9 1 ", "5", "4") + &pair("2 3 4 5 ", "8 1 9 27", "6", "5");
+    std::fs::write(dir.path().join("ends.jsonl"), ends).unwrap();
     let t0 = std::time::Instant::now();
     let out = run(&spec, &dir.path().join("out"));
     assert!(!out.status.success(), "{spec_text:?} was accepted");
@@ -138,4 +153,138 @@ fn a_component_that_does_not_exist_is_refused() {
         "[data]\ntask = \"digits\"\nn = 2\n\n[sweep]\nkind = \"orders\"\norders_file = \"orders.json\"\n",
         "orders.json: order 0: component `h40.2` does not exist",
     );
+}
+
+#[test]
+fn a_full_model_that_prefers_the_wrong_token_is_refused() {
+    refused(
+        "[data]\nfile = \"swapped.jsonl\"\n",
+        "the full model's mean logit difference on the clean prompts is -",
+    );
+    refused(
+        "[data]\nfile = \"swapped.jsonl\"\n",
+        "prompts check FILE --filter",
+    );
+}
+
+#[test]
+fn a_corruption_that_removes_nothing_is_refused_with_clean_corrupt() {
+    refused(
+        "[data]\nfile = \"weak.jsonl\"\n[ablation]\nnormalize = \"clean_corrupt\"\n",
+        "[ablation] normalize = \"clean_corrupt\": the full model's metric",
+    );
+}
+
+#[test]
+fn kl_pruning_takes_tau_not_a_percent_threshold() {
+    refused(
+        "[ablation]\nmetric = \"kl\"\n[sweep]\nkind = \"prune\"\nthreshold = 80\n",
+        "[sweep] threshold: a % threshold does not apply with [ablation] metric = \"kl\"",
+    );
+    refused(
+        "[sweep]\nkind = \"orders\"\ntau = 0.01\n",
+        "[sweep] tau: applies to [ablation] metric = \"kl\"",
+    );
+    refused(
+        "[ablation]\nmetric = \"kl\"\nnormalize = \"empty\"\n",
+        "[ablation] normalize: does not apply to metric = \"kl\"",
+    );
+}
+
+#[test]
+fn denoising_without_a_sound_meaning_is_refused() {
+    refused(
+        "[ablation]\ndirection = \"denoising\"\n",
+        "[ablation] kind: `mean` does not apply to direction = \"denoising\"",
+    );
+    refused(
+        "[data]\nfile = \"ends.jsonl\"\n[ablation]\nkind = \"resample\"\ndirection = \"denoising\"\n",
+        "line 2 ends its clean and corrupt prompts with different tokens",
+    );
+}
+
+#[test]
+fn path_patching_has_no_order_study() {
+    refused(
+        "[sweep]\nkind = \"edge_prune\"\nedge_method = \"path\"\norders = 4\ncircuit = [\"m0\"]\n",
+        "[sweep] orders: edge_method = \"path\" prunes in one pass",
+    );
+}
+
+/// Edge pruning of a small circuit of the default model with KL (ACDC's rule) and with the
+/// paper's path patching: the rules reach the results folder, drawings are in the metric's unit.
+#[test]
+fn kl_and_path_edge_pruning_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let common = "[data]\ntask = \"digits\"\nn = 4\nseed = 2\n";
+    let sweep = "kind = \"edge_prune\"\ncircuit = [\"h28.3\", \"m28\", \"h29.0\", \"m29\"]\npositions = [-1]\n";
+    let kl = dir.path().join("kl.toml");
+    std::fs::write(
+        &kl,
+        format!("{common}[ablation]\nmetric = \"kl\"\n[sweep]\n{sweep}tau = 0.005\n"),
+    )
+    .unwrap();
+    let out = dir.path().join("kl");
+    ok(run(&kl, &out));
+    let r = without_timing(&out.join("result.json"));
+    let p = &r["edge_prune"];
+    assert_eq!(p["tau"], 0.005);
+    assert!(p.get("threshold").is_none());
+    // ACDC's rule: each removal raised the circuit's KL by less than tau.
+    let graph = r["edges"]["names"].as_array().unwrap().len();
+    // The search starts from the node circuit's own KL.
+    let mut current = r["edges"]["circuit_score"].as_f64().unwrap();
+    for d in p["decisions"].as_array().unwrap() {
+        let s = d["score"].as_f64().unwrap();
+        assert_eq!(d["removed"].as_bool().unwrap(), s - current < 0.005, "{d}");
+        if d["removed"].as_bool().unwrap() {
+            current = s;
+        }
+    }
+    let kept = p["edges"].as_array().unwrap().len();
+    assert!(kept > 0 && kept < graph, "{kept} of {graph}");
+    let svg = std::fs::read_to_string(out.join("edges.svg")).unwrap();
+    assert!(svg.contains("KL (nats)"), "edges.svg is drawn in nats");
+    let title = std::fs::read_to_string(out.join("edge-circuit.svg")).unwrap();
+    assert!(
+        title.contains("tau 0.005 nats"),
+        "edge-circuit.svg names the rule"
+    );
+    // Every query head has its own key and value inputs: h29.0's key receiver is its own.
+    let names: Vec<&str> = r["edges"]["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"h28.3->h29.0.k"), "{names:?}");
+
+    let path = dir.path().join("path.toml");
+    std::fs::write(
+        &path,
+        format!("{common}[sweep]\n{sweep}edge_method = \"path\"\nthreshold = 99.5\n"),
+    )
+    .unwrap();
+    let out = dir.path().join("path");
+    ok(run(&path, &out));
+    let r = without_timing(&out.join("result.json"));
+    let p = &r["edge_prune"];
+    let names = r["edges"]["names"].as_array().unwrap();
+    assert!(
+        names
+            .iter()
+            .all(|n| !n.as_str().unwrap().starts_with("embed"))
+    );
+    // One pass: every edge decided once, kept when its path-patched score is at most 99.5 %.
+    assert_eq!(p["passes"], 1);
+    let decisions = p["decisions"].as_array().unwrap();
+    assert_eq!(decisions.len(), names.len());
+    let scores = r["edges"]["scores"].as_array().unwrap();
+    for (d, s) in decisions.iter().zip(scores) {
+        assert_eq!(
+            d["score"], *s,
+            "the prune shard's scores equal the edge shards'"
+        );
+        assert_eq!(d["removed"].as_bool().unwrap(), s.as_f64().unwrap() > 99.5);
+    }
 }
