@@ -1,4 +1,5 @@
-//! The prompt checker: every tokenization pitfall of the spec (tokenization.md) as a finding
+//! The prompt checker: every known tokenization pitfall (answers that are not one token in
+//! context, unequal lengths, leaking corruptions, ...) as a finding
 //! with the prompt's line. Tokenizer rules are checked here; what the model predicts is added by
 //! the caller (the worker runs the forward passes) through [`PromptCheck::add_model_view`].
 
@@ -21,22 +22,22 @@ pub enum Severity {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Pitfall {
-    /// The answer is not exactly one token in context (pitfall 1).
+    /// The answer is not exactly one token in context.
     MultiTokenAnswer,
     /// The wrong token is not exactly one token in context.
     MultiTokenWrong,
-    /// The answer merges with the end of the prompt (pitfall 5: encode the answer in context).
+    /// The answer merges with the end of the prompt (encode the answer in context).
     AnswerMergesWithPrompt,
-    /// Clean and corrupt, or different prompts, have different token lengths (pitfall 3).
+    /// Clean and corrupt, or different prompts, have different token lengths.
     UnequalLengths,
     /// The corrupt prompt keeps the clean prompt's last member, so it still points at the
-    /// answer (pitfall 6).
+    /// answer.
     LeakingCorruption,
     /// The corrupt prompt is the clean prompt.
     IdenticalPrompts,
     /// Answer and wrong are the same token.
     AnswerIsWrong,
-    /// The model's top-1 on the clean prompt is whitespace (pitfall 2).
+    /// The model's top-1 on the clean prompt is whitespace.
     WhitespaceTop1,
     /// The model's top-1 on the clean prompt is not the answer.
     ModelWrong,

@@ -1,4 +1,4 @@
-//! Datasets of prompt pairs (spec section 2): JSONL with `clean`, `corrupt`, `answer`, `wrong`
+//! Datasets of prompt pairs: JSONL with `clean`, `corrupt`, `answer`, `wrong`
 //! on every line, extra fields kept. Errors name the file, the line and the field.
 
 use std::collections::BTreeMap;

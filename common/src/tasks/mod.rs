@@ -34,7 +34,7 @@ pub struct InContext {
     pub merged: bool,
 }
 
-/// Tokenizes `answer` as it appears right after `prompt` (tokenization.md pitfall 5).
+/// Tokenizes `answer` as it appears right after `prompt`.
 pub fn answer_in_context(
     tok: &dyn Tokenize,
     prompt: &str,

@@ -15,7 +15,7 @@ enum Form {
 
 /// Where the space before the answer goes. GPT-2 style tokenizers make `" 5"` one token, so
 /// the space belongs to the answer; digit-splitting tokenizers make `" "` a token of its own,
-/// so the prompt must end with it and the answer is `"5"` (tokenization.md pitfall 2).
+/// so the prompt must end with it and the answer is `"5"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Placement {
     Leading,

@@ -1,4 +1,4 @@
-//! Mechanism analyses on a resident model (issue 7): successor and copy scores of every head's
+//! Mechanism analyses on a resident model: successor and copy scores of every head's
 //! OV circuit, attention patterns, the logit lens, greedy generation with a KV cache under
 //! ablation (downstream tasks), and circuits scored on other tasks' data.
 
