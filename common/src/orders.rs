@@ -110,6 +110,13 @@ pub struct SetStats {
     pub jaccard_mean: f64,
     /// Smallest and largest pairwise Jaccard similarity.
     pub jaccard_range: [f64; 2],
+    /// Node order studies: the mean pairwise Jaccard similarity of the heads alone (MLPs, kept
+    /// in nearly every circuit, inflate `jaccard_mean`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jaccard_heads_mean: Option<f64>,
+    /// Node order studies: smallest and largest pairwise Jaccard similarity of the heads alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jaccard_heads_range: Option<[f64; 2]>,
     /// Items in every circuit, in item order.
     pub core: Vec<String>,
     /// Items in any circuit, in item order.
@@ -118,15 +125,9 @@ pub struct SetStats {
     pub sizes: Vec<usize>,
 }
 
-/// Inclusion frequency, pairwise Jaccard similarity, core and union of `sets`.
-pub fn set_stats<T: Ord + Clone + std::fmt::Display>(sets: &[BTreeSet<T>]) -> SetStats {
-    let k = sets.len().max(1) as f64;
-    let mut counts: BTreeMap<T, usize> = BTreeMap::new();
-    for s in sets {
-        for c in s {
-            *counts.entry(c.clone()).or_default() += 1;
-        }
-    }
+/// Mean, smallest and largest pairwise Jaccard similarity of `sets` (two empty sets are alike:
+/// 1; a single set: 1).
+fn jaccard<T: Ord>(sets: &[BTreeSet<T>]) -> (f64, [f64; 2]) {
     let mut pairs = vec![];
     for i in 0..sets.len() {
         for j in i + 1..sets.len() {
@@ -145,13 +146,28 @@ pub fn set_stats<T: Ord + Clone + std::fmt::Display>(sets: &[BTreeSet<T>]) -> Se
         .iter()
         .copied()
         .fold(if pairs.is_empty() { 1.0 } else { 0.0 }, f64::max);
+    (jaccard_mean, [lo, hi])
+}
+
+/// Inclusion frequency, pairwise Jaccard similarity, core and union of `sets`.
+pub fn set_stats<T: Ord + Clone + std::fmt::Display>(sets: &[BTreeSet<T>]) -> SetStats {
+    let k = sets.len().max(1) as f64;
+    let mut counts: BTreeMap<T, usize> = BTreeMap::new();
+    for s in sets {
+        for c in s {
+            *counts.entry(c.clone()).or_default() += 1;
+        }
+    }
+    let (jaccard_mean, jaccard_range) = jaccard(sets);
     SetStats {
         frequency: counts
             .iter()
             .map(|(c, n)| (c.to_string(), *n as f64 / k))
             .collect(),
         jaccard_mean,
-        jaccard_range: [lo, hi],
+        jaccard_range,
+        jaccard_heads_mean: None,
+        jaccard_heads_range: None,
         core: counts
             .iter()
             .filter(|(_, n)| **n == sets.len())
@@ -159,6 +175,25 @@ pub fn set_stats<T: Ord + Clone + std::fmt::Display>(sets: &[BTreeSet<T>]) -> Se
             .collect(),
         union: counts.keys().map(T::to_string).collect(),
         sizes: sets.iter().map(BTreeSet::len).collect(),
+    }
+}
+
+/// [`set_stats`] of node circuits, with the Jaccard similarity of their heads alone.
+pub fn component_stats(sets: &[BTreeSet<Component>]) -> SetStats {
+    let heads: Vec<BTreeSet<Component>> = sets
+        .iter()
+        .map(|s| {
+            s.iter()
+                .filter(|c| matches!(c, Component::Head { .. }))
+                .copied()
+                .collect()
+        })
+        .collect();
+    let (mean, range) = jaccard(&heads);
+    SetStats {
+        jaccard_heads_mean: Some(mean),
+        jaccard_heads_range: Some(range),
+        ..set_stats(sets)
     }
 }
 
@@ -186,7 +221,7 @@ pub fn summarize(orders: &[Vec<Component>], results: &[PruneResult]) -> OrderStu
                 evaluations: r.evaluations,
             })
             .collect(),
-        stats: set_stats(&sets),
+        stats: component_stats(&sets),
         scores: results.iter().map(|r| r.score).collect(),
     }
 }
@@ -229,6 +264,40 @@ mod tests {
         assert!((s.stats.jaccard_mean - (0.5 + 1.0 / 3.0 + 0.5) / 3.0).abs() < 1e-12);
         assert_eq!(s.stats.jaccard_range, [1.0 / 3.0, 0.5]);
         assert_eq!(s.stats.sizes, [2, 1, 2]);
+        // Heads alone: {h0.0}-{h0.0} = 1, {h0.0}-{h0.0,h0.1} = 1/2 (twice).
+        assert!((s.stats.jaccard_heads_mean.unwrap() - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(s.stats.jaccard_heads_range, Some([0.5, 1.0]));
+    }
+
+    #[test]
+    fn heads_only_jaccard_ignores_the_mlps_and_counts_two_headless_circuits_alike() {
+        let orders = random_orders(2, 2, 3, 0);
+        // Identical MLPs, disjoint heads, and one circuit without heads.
+        let res = [
+            result(&["h0.0", "m0", "m1"]),
+            result(&["h1.1", "m0", "m1"]),
+            result(&["m0", "m1"]),
+        ];
+        let s = summarize(&orders, &res);
+        // All: {h0.0,m0,m1}-{h1.1,m0,m1} = 2/4, each with {m0,m1} = 2/3.
+        assert!((s.stats.jaccard_mean - (0.5 + 2.0 / 3.0 + 2.0 / 3.0) / 3.0).abs() < 1e-12);
+        // Heads: {h0.0}-{h1.1} = 0, each with {} = 0.
+        assert_eq!(s.stats.jaccard_heads_mean, Some(0.0));
+        assert_eq!(s.stats.jaccard_heads_range, Some([0.0, 0.0]));
+        // Two circuits of MLPs only: empty head sets are alike, as `jaccard_mean` counts them.
+        let s = summarize(&orders[..2], &[result(&["m0"]), result(&["m1"])]);
+        assert_eq!(s.stats.jaccard_heads_mean, Some(1.0));
+        assert_eq!(s.stats.jaccard_heads_range, Some([1.0, 1.0]));
+        // One order: 1, as for `jaccard_mean`.
+        let s = summarize(&orders[..1], &res[..1]);
+        assert_eq!(s.stats.jaccard_heads_mean, Some(1.0));
+        assert_eq!(s.stats.jaccard_heads_range, Some([1.0, 1.0]));
+        // Generic sets (edges) have none, and their JSON has no such field.
+        let e = set_stats(&[BTreeSet::from(["a->b"]), BTreeSet::from(["a->b", "c->d"])]);
+        assert_eq!(e.jaccard_heads_mean, None);
+        let j = serde_json::to_value(&e).unwrap();
+        assert!(j.get("jaccard_heads_mean").is_none() && j.get("jaccard_heads_range").is_none());
+        assert!(j.get("jaccard_mean").is_some());
     }
 
     #[test]

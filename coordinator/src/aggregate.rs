@@ -310,10 +310,11 @@ fn write_edge_drawing(
     Ok(())
 }
 
-/// Writes `downstream.csv` and `downstream.svg`; returns `result.json`'s `downstream`: every
-/// set with its components and accuracy per task, the random sets' spread per task, and per
-/// task the share of random sets that do no better than the circuit (a one-sided empirical
-/// p-value: small when the circuit hurts more than chance).
+/// Writes `downstream.csv` and `downstream.svg`; returns `result.json`'s `downstream`: the
+/// ablation (and for mean ablation what the mean is over), every set with its components and
+/// accuracy per task, the random sets' spread per task, and per task the share of random sets
+/// that do no better than the circuit (a one-sided empirical p-value: small when the circuit
+/// hurts more than chance).
 fn write_downstream(
     spec: &SweepSpec,
     c: &Collected,
@@ -343,13 +344,18 @@ fn write_downstream(
     let random: Vec<usize> = (0..sets.len())
         .filter(|&i| sets[i].0.starts_with("random"))
         .collect();
-    let mut csv = format!("set,components,{}\n", tasks.join(","));
+    let ablation = downstream::ablation_record(spec.ablation.kind);
+    let kind = ablation["ablation"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut csv = format!("set,components,{},ablation\n", tasks.join(","));
     let mut rows = vec![];
     for ((set_name, comps), acc) in sets.iter().zip(&c.downstream) {
         let names: Vec<String> = comps.iter().map(|x| x.to_string()).collect();
         let cells: Vec<String> = acc.iter().map(|v| v.to_string()).collect();
         csv.push_str(&format!(
-            "{set_name},{},{}\n",
+            "{set_name},{},{},{kind}\n",
             names.join(" "),
             cells.join(",")
         ));
@@ -389,10 +395,7 @@ fn write_downstream(
             &tasks,
             &dots,
             &marks,
-            &format!(
-                "{name}: downstream accuracy with heads {}-ablated",
-                format!("{:?}", spec.ablation.kind).to_lowercase()
-            ),
+            &format!("{name}: downstream accuracy with heads {kind}-ablated"),
             &format!(
                 "exact match of greedy generation, {} prompts per task; dots: {} random sets of {size} heads",
                 spec.downstream.n,
@@ -400,12 +403,16 @@ fn write_downstream(
             ),
         ),
     )?;
-    Ok(json!({
+    let mut doc = json!({
         "tasks": tasks,
         "sets": rows,
         "random": spread,
         "circuit_p_value": p_values,
-    }))
+    });
+    doc.as_object_mut()
+        .expect("an object")
+        .extend(ablation.as_object().expect("an object").clone());
+    Ok(doc)
 }
 
 /// Writes the results folder of a job into `out` and returns `result.json` (whose `timing`
@@ -528,12 +535,14 @@ pub fn write(
             let rule = spec.rule().describe();
             let (ords, runs): (Vec<_>, Vec<_>) = c.orders.iter().cloned().unzip();
             let study = orders::summarize(&ords, &runs);
+            let heads_jaccard = study.stats.jaccard_heads_mean.unwrap_or(f64::NAN);
             tracing::info!(
-                "{} orders: circuit sizes {}..{}, mean Jaccard {:.3}, core {} components, union {}",
+                "{} orders: circuit sizes {}..{}, mean Jaccard {:.3} (heads only {:.3}), core {} components, union {}",
                 ords.len(),
                 study.stats.sizes.iter().min().unwrap_or(&0),
                 study.stats.sizes.iter().max().unwrap_or(&0),
                 study.stats.jaccard_mean,
+                heads_jaccard,
                 study.stats.core.len(),
                 study.stats.union.len()
             );
@@ -546,8 +555,8 @@ pub fn write(
             let freq = study.stats.frequency.clone();
             let shade = move |c: &Component| freq.get(&c.to_string()).copied().unwrap_or(0.0);
             let sub = format!(
-                "shade: share of orders keeping the component; mean Jaccard {:.3}",
-                study.stats.jaccard_mean
+                "shade: share of orders keeping the component; mean Jaccard {:.3} (heads only {:.3})",
+                study.stats.jaccard_mean, heads_jaccard
             );
             results::write_file(
                 out,

@@ -148,8 +148,29 @@ fn ov_scores_of_every_head_on_days() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown token set `planets`"));
 }
 
-/// A results folder as a pruning run writes it: the spec, the circuit, the prompts.
-fn fake_run(dir: &Path, task: &str, heads: &[String], mlps: &[String]) -> std::path::PathBuf {
+/// The recorded scores of `cross-task.json`.
+fn d_own(out: &Path) -> Vec<f64> {
+    let d = json(&out.join("cross-task.json"));
+    d["own_recorded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            assert_eq!(o["kind"], "circuit");
+            o["score"].as_f64().unwrap()
+        })
+        .collect()
+}
+
+/// A results folder as a pruning run writes it: the spec, the circuit and its score, the
+/// prompts.
+fn fake_run(
+    dir: &Path,
+    task: &str,
+    heads: &[String],
+    mlps: &[String],
+    score: f64,
+) -> std::path::PathBuf {
     let d = dir.join(task);
     std::fs::create_dir_all(&d).unwrap();
     ok(with_model()
@@ -159,7 +180,7 @@ fn fake_run(dir: &Path, task: &str, heads: &[String], mlps: &[String]) -> std::p
         .unwrap());
     let doc = serde_json::json!({
         "spec": {"data": {"task": task, "n": 4, "seed": 2}, "sweep": {"kind": "prune"}},
-        "prune": {"heads": heads, "mlps": mlps},
+        "prune": {"heads": heads, "mlps": mlps, "score": score},
     });
     std::fs::write(d.join("result.json"), doc.to_string()).unwrap();
     d
@@ -179,18 +200,27 @@ fn cross_task_scores_every_circuit_on_every_tasks_data() {
         .map(|s| s.to_string())
         .collect();
     let b_mlps: Vec<String> = all_mlps[..20].to_vec();
-    let a = fake_run(dir.path(), "digits", &all_heads, &all_mlps);
-    let b = fake_run(dir.path(), "months", &b_heads, &b_mlps);
+    // Task B's recorded score is not what its circuit scores: the data must have changed.
+    let a = fake_run(dir.path(), "digits", &all_heads, &all_mlps, 100.0);
+    let b = fake_run(dir.path(), "months", &b_heads, &b_mlps, 123.0);
     let out = dir.path().join("x");
-    let printed = ok(with_model()
+    let run = with_model()
         .args(["analyze", "cross-task"])
         .arg(&a)
         .arg(&b)
         .arg("--out")
         .arg(&out)
         .output()
-        .unwrap());
+        .unwrap();
+    let warned = String::from_utf8_lossy(&run.stderr).into_owned();
+    let printed = ok(run);
     assert!(printed.contains("shared by all"), "{printed}");
+    assert!(printed.contains("own (recorded)"), "{printed}");
+    assert!(
+        warned.contains(&b.display().to_string()) && !warned.contains(&a.display().to_string()),
+        "{warned}"
+    );
+    assert_eq!(d_own(&out), [100.0, 123.0]);
     let d = json(&out.join("cross-task.json"));
     let m: Vec<Vec<f64>> = d["matrix"]
         .as_array()
@@ -221,6 +251,13 @@ fn cross_task_scores_every_circuit_on_every_tasks_data() {
     for f in ["cross-task.svg", "overlap.svg", "cross-task.csv"] {
         assert!(out.join(f).exists(), "{f}");
     }
+    let csv = std::fs::read_to_string(out.join("cross-task.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "circuit,digits,months,own (recorded),recorded");
+    assert!(
+        lines[1].ends_with(",100,circuit") && lines[3].ends_with(",,"),
+        "{csv}"
+    );
     // A folder without result.json is named.
     let bad = with_model()
         .args(["analyze", "cross-task"])

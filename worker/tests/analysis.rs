@@ -111,6 +111,67 @@ fn a_successor_head_scores_100_and_a_copy_head_copies() {
     assert!(all.successor.iter().flatten().all(|&x| x == 100.0));
 }
 
+/// A word-level tokenizer of `<s>`, the letters `A` .. `Z` (ids 1 ..) and `[UNK]` in `dir`, whose post-processor
+/// prepends `<s>` when `bos` (as Llama-2's does) and adds nothing otherwise.
+fn letters_tokenizer(dir: &Path, bos: bool) -> circuit_sweep_worker::PromptTokenizer {
+    let vocab: serde_json::Map<String, serde_json::Value> = std::iter::once("<s>".to_string())
+        .chain(('A'..='Z').map(String::from))
+        .chain(std::iter::once("[UNK]".to_string()))
+        .enumerate()
+        .map(|(i, t)| (t, serde_json::json!(i)))
+        .collect();
+    let seq = serde_json::json!({"Sequence": {"id": "A", "type_id": 0}});
+    let special = serde_json::json!({"SpecialToken": {"id": "<s>", "type_id": 0}});
+    let post = if bos {
+        serde_json::json!({"type": "TemplateProcessing", "single": [special, seq],
+            "pair": [special, seq, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<s>": {"id": "<s>", "ids": [0], "tokens": ["<s>"]}}})
+    } else {
+        serde_json::Value::Null
+    };
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [{"id": 0, "content": "<s>", "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true}],
+        "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": post,
+        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+    std::fs::write(dir.join("tokenizer_config.json"), r#"{"bos_token": "<s>"}"#).unwrap();
+    circuit_sweep_worker::PromptTokenizer::from_folder(dir).unwrap()
+}
+
+#[test]
+fn ov_probes_start_with_bos_exactly_when_the_tokenizer_adds_one() {
+    use circuit_sweep_common::analysis::token_sets::TokenSet;
+    let dir = tempfile::tempdir().unwrap();
+    let with = letters_tokenizer(dir.path(), true);
+    assert!(with.adds_bos());
+    let probe = OvProbe::new(TokenSet::Letters, 4, &with).unwrap();
+    assert_eq!(probe.prompts.len(), 23);
+    assert!(probe.skipped.is_empty());
+    // Window s is `<s>` then letters s .. s+3 (ids s+1 ..); member s+j is read at j + 1.
+    for (s, ids) in probe.prompts.iter().enumerate() {
+        let s = s as u32;
+        assert_eq!(ids, &[0, s + 1, s + 2, s + 3, s + 4]);
+    }
+    assert_eq!(probe.occurrences.len(), 23 * 4);
+    for o in &probe.occurrences {
+        assert_eq!(o.position, o.member - o.prompt + 1);
+        assert_eq!(probe.prompts[o.prompt][o.position], o.member as u32 + 1);
+    }
+    // Without a BOS the prompts are the plain ids, members from position 0.
+    let without = letters_tokenizer(dir.path(), false);
+    assert!(!without.adds_bos());
+    let plain = OvProbe::new(TokenSet::Letters, 4, &without).unwrap();
+    for (p, b) in plain.prompts.iter().zip(&probe.prompts) {
+        assert_eq!(p.as_slice(), &b[1..]);
+    }
+    for o in &plain.occurrences {
+        assert_eq!(o.position, o.member - o.prompt);
+    }
+}
+
 #[test]
 fn zero_query_and_key_weights_attend_uniformly() {
     let (_d, model) = tiny();

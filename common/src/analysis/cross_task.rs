@@ -1,6 +1,6 @@
 //! Cross-task circuits: which components the circuits of several tasks share, which belong to
 //! one task only, and the circuits to score on every task's data (each task's own, the shared
-//! sub-circuit and the union).
+//! sub-circuit and the union), and the score each circuit's own run recorded.
 
 use std::collections::BTreeSet;
 
@@ -24,6 +24,70 @@ pub struct Overlap {
     pub exclusive: Vec<(u32, Vec<Component>)>,
     /// Pairwise Jaccard similarity `[tasks][tasks]`.
     pub jaccard: Vec<Vec<f64>>,
+}
+
+/// What a results folder records of its circuit's score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordedKind {
+    /// A pruning run's last circuit: the very circuit scored here.
+    Circuit,
+    /// An order study records no score of its core: the mean score of its orders' circuits
+    /// (each holds the core and more, so the core's own score is usually lower).
+    OrdersMean,
+}
+
+impl RecordedKind {
+    /// The name, as in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordedKind::Circuit => "circuit",
+            RecordedKind::OrdersMean => "orders_mean",
+        }
+    }
+}
+
+/// A circuit's score as its own run recorded it, in %.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RecordedScore {
+    /// The score.
+    pub score: f64,
+    /// What it is the score of.
+    pub kind: RecordedKind,
+}
+
+impl RecordedScore {
+    /// Re-scoring the same circuit on the same data may differ by this much (pp) before the
+    /// difference means the data, spec or model changed.
+    pub const TOLERANCE: f64 = 0.01;
+
+    /// The score a `result.json` records for the circuit that `circuit_file` takes from it: a
+    /// pruning run's last circuit score, else an order study's mean circuit score.
+    pub fn from_result(doc: &serde_json::Value) -> Option<Self> {
+        if let Some(run) = doc.get("prune") {
+            let run = run.as_array().and_then(|a| a.last()).unwrap_or(run);
+            return run["score"].as_f64().map(|score| RecordedScore {
+                score,
+                kind: RecordedKind::Circuit,
+            });
+        }
+        let scores: Vec<f64> = doc
+            .pointer("/orders/scores")?
+            .as_array()?
+            .iter()
+            .filter_map(serde_json::Value::as_f64)
+            .collect();
+        (!scores.is_empty()).then(|| RecordedScore {
+            score: scores.iter().sum::<f64>() / scores.len() as f64,
+            kind: RecordedKind::OrdersMean,
+        })
+    }
+
+    /// Whether `rescored`, the circuit scored again on its own data, contradicts the record
+    /// (only a record of the very circuit can).
+    pub fn contradicted_by(&self, rescored: f64) -> bool {
+        self.kind == RecordedKind::Circuit && (self.score - rescored).abs() > Self::TOLERANCE
+    }
 }
 
 /// The overlap of `circuits` (one per task; at most 16 tasks).
@@ -84,6 +148,41 @@ mod tests {
 
     fn c(names: &[&str]) -> Vec<Component> {
         names.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn recorded_scores_of_pruning_runs_and_order_studies() {
+        let r = |j: serde_json::Value| RecordedScore::from_result(&j);
+        let circuit = |score| {
+            Some(RecordedScore {
+                score,
+                kind: RecordedKind::Circuit,
+            })
+        };
+        assert_eq!(
+            r(serde_json::json!({"prune": {"heads": [], "score": 80.5}})),
+            circuit(80.5)
+        );
+        // Nested thresholds: the last circuit, the one `circuit_file` takes.
+        assert_eq!(
+            r(serde_json::json!({"prune": [{"score": 97.1}, {"score": 80.2}]})),
+            circuit(80.2)
+        );
+        let o = r(serde_json::json!({"orders": {"core": ["h0.1"], "scores": [80.0, 82.0, 84.5]}}))
+            .unwrap();
+        assert_eq!(o.kind, RecordedKind::OrdersMean);
+        assert!((o.score - 82.166_666_666_666_67).abs() < 1e-9);
+        assert_eq!(r(serde_json::json!({"prune": {"heads": []}})), None);
+        assert_eq!(r(serde_json::json!({"orders": {"scores": []}})), None);
+        assert_eq!(r(serde_json::json!({})), None);
+        // Only a record of the very circuit is contradicted, beyond 0.01 pp.
+        let c = circuit(80.0).unwrap();
+        assert!(!c.contradicted_by(80.009) && !c.contradicted_by(79.991));
+        assert!(c.contradicted_by(80.02) && c.contradicted_by(79.9));
+        assert!(!o.contradicted_by(40.0));
+        for k in [RecordedKind::Circuit, RecordedKind::OrdersMean] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.name());
+        }
     }
 
     #[test]

@@ -229,6 +229,21 @@ pub fn study_sets(
     sets
 }
 
+/// What a downstream study's mean ablation averages: generated positions have no per-position
+/// counterpart, so one mean per component serves every position.
+pub const MEAN_OVER: &str =
+    "every position of every prompt of every task, unablated: the same value at every position";
+
+/// The ablation a downstream study's results record: `{"ablation": "zero"}`, or
+/// `{"ablation": "mean", "mean_over": MEAN_OVER}`.
+pub fn ablation_record(kind: crate::spec::AblationKind) -> serde_json::Value {
+    let mut v = serde_json::json!({ "ablation": kind });
+    if kind == crate::spec::AblationKind::Mean {
+        v["mean_over"] = serde_json::json!(MEAN_OVER);
+    }
+    v
+}
+
 /// Mean, minimum, maximum and standard deviation of accuracies (in %).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Spread {
@@ -263,6 +278,23 @@ impl Spread {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ablation_record_names_the_kind_and_what_a_mean_is_over() {
+        use crate::spec::AblationKind;
+        assert_eq!(
+            ablation_record(AblationKind::Zero),
+            serde_json::json!({"ablation": "zero"})
+        );
+        let m = ablation_record(AblationKind::Mean);
+        assert_eq!(m["ablation"], "mean");
+        assert!(
+            m["mean_over"]
+                .as_str()
+                .unwrap()
+                .contains("every position of every prompt")
+        );
+    }
 
     #[test]
     fn task_names_round_trip_and_bad_names_say_what_exists() {

@@ -85,7 +85,7 @@ pub struct Occurrence {
 pub struct OvProbe {
     /// The set's members.
     pub members: Vec<String>,
-    /// Token ids of each window prompt.
+    /// Token ids of each window prompt, with the BOS the tokenizer adds to a prompt.
     pub prompts: Vec<Vec<u32>>,
     /// The members read: those that are one token in their window.
     pub occurrences: Vec<Occurrence>,
@@ -131,9 +131,16 @@ impl OvProbe {
                 }
                 prev = ids.len();
             }
-            let ids = tok.encode_plain(&text)?;
+            // The prompt as the model sees it (with the BOS its tokenizer adds: Llama-2's
+            // does, SmolLM2's and GPT-2's do not); member positions shift past that prefix.
+            let plain = tok.encode_plain(&text)?;
+            let ids = tok.encode(&text)?;
+            let shift = prefix_len(&ids, &plain).ok_or_else(|| {
+                format!("{text:?}: the prompt's ids {ids:?} do not contain its plain ids {plain:?}")
+            })?;
             let p = prompts.len();
             for (position, member) in found {
+                let position = position + shift;
                 if accept[member].contains(&ids[position]) {
                     occurrences.push(Occurrence {
                         prompt: p,
@@ -193,6 +200,14 @@ impl OvProbe {
     }
 }
 
+/// How many special tokens (a BOS) come before the plain ids of a prompt.
+fn prefix_len(ids: &[u32], plain: &[u32]) -> Option<usize> {
+    if ids.starts_with(plain) {
+        return Some(0);
+    }
+    ids.windows(plain.len()).position(|w| w == plain)
+}
+
 /// Whether the tokenizer splits a space off as its own token before a word (SmolLM2 does
 /// before digits: `"1 2"` is `"1" " " "2"`).
 fn text_space(tok: &dyn Tokenize) -> Result<bool, String> {
@@ -247,6 +262,42 @@ mod tests {
         // "1" alone and " 1" after a space are both accepted spellings.
         assert_eq!(p.accept[0], vec![u32::from(b'1'), 1000 + u32::from(b'1')]);
         assert_eq!(p.successor_ids(11), &[] as &[u32]);
+    }
+
+    /// `Words` with a BOS (id 7) before every prompt, as Llama-2's tokenizer adds one.
+    struct WordsWithBos;
+    impl Tokenize for WordsWithBos {
+        fn encode_plain(&self, text: &str) -> Result<Vec<u32>, String> {
+            Words.encode_plain(text)
+        }
+        fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
+            Ok(std::iter::once(7)
+                .chain(Words.encode_plain(text)?)
+                .collect())
+        }
+        fn token_text(&self, id: u32) -> String {
+            id.to_string()
+        }
+    }
+
+    #[test]
+    fn prompts_start_with_the_bos_the_tokenizer_adds() {
+        let plain = OvProbe::new(TokenSet::Numerals, 4, &Words).unwrap();
+        let bos = OvProbe::new(TokenSet::Numerals, 4, &WordsWithBos).unwrap();
+        assert_eq!(bos.prompts.len(), plain.prompts.len());
+        for (b, p) in bos.prompts.iter().zip(&plain.prompts) {
+            assert_eq!(b[0], 7);
+            assert_eq!(&b[1..], p.as_slice());
+        }
+        // The same members are read, one position later, and each position holds its member.
+        assert_eq!(bos.occurrences.len(), plain.occurrences.len());
+        for (b, p) in bos.occurrences.iter().zip(&plain.occurrences) {
+            assert_eq!((b.prompt, b.member), (p.prompt, p.member));
+            assert_eq!(b.position, p.position + 1);
+            assert!(bos.accept[b.member].contains(&bos.prompts[b.prompt][b.position]));
+        }
+        assert_eq!(bos.skipped, plain.skipped);
+        assert_eq!(bos.accept, plain.accept);
     }
 
     #[test]

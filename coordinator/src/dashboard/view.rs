@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use circuit_sweep_common::Component;
-use circuit_sweep_common::orders::set_stats;
+use circuit_sweep_common::orders::component_stats;
 use circuit_sweep_common::spec::SweepKind;
 use circuit_sweep_proto::v1::{JobStatus, WorkerStatus};
 use serde_json::{Value, json};
@@ -45,8 +45,9 @@ pub fn status_view(jobs: &[JobStatus], workers: &[WorkerStatus]) -> Value {
 ///
 /// `heads` is `[layer][head]` and `mlps` `[layer]`: a score in `unit` (% of the full model, or
 /// KL in nats), or null while the layer's shard is not done. `circuit` is the pruning run's
-/// circuit (by the spec's rule: `rule`) once it is done. `orders` has the inclusion frequency of every component over the
-/// orders done so far.
+/// circuit (by the spec's rule: `rule`) once it is done. `orders` has the inclusion frequency of
+/// every component over the orders done so far, and the mean Jaccard similarity of their
+/// circuits (and of their heads).
 pub fn live_view(p: &Partial) -> Value {
     let mut heads: Vec<Vec<Option<f64>>> = vec![vec![None; p.n_heads]; p.n_layers];
     let mut mlps: Vec<Option<f64>> = vec![None; p.n_layers];
@@ -91,12 +92,13 @@ pub fn live_view(p: &Partial) -> Value {
                     .collect()
             })
             .collect();
-        let stats = set_stats(&sets);
+        let stats = component_stats(&sets);
         v["orders"] = json!({
             "done": p.runs.len(),
             "total": p.orders_total,
             "frequency": stats.frequency,
             "jaccard_mean": (!sets.is_empty()).then_some(stats.jaccard_mean),
+            "jaccard_heads_mean": stats.jaccard_heads_mean.filter(|_| !sets.is_empty()),
             "core": if sets.is_empty() { vec![] } else { stats.core },
             "scores": p.runs.iter().map(|r| r.score).collect::<Vec<_>>(),
         });
@@ -163,6 +165,7 @@ mod tests {
         let v = live_view(&p);
         assert_eq!(v["orders"]["done"], 0);
         assert_eq!(v["orders"]["jaccard_mean"], Value::Null);
+        assert_eq!(v["orders"]["jaccard_heads_mean"], Value::Null);
         p.runs = vec![run(&["h0.1", "m2"]), run(&["h0.1"])];
         let v = live_view(&p);
         assert_eq!(v["orders"]["done"], 2);
@@ -171,6 +174,8 @@ mod tests {
         assert_eq!(v["orders"]["frequency"]["m2"], 0.5);
         assert_eq!(v["orders"]["core"], json!(["h0.1"]));
         assert_eq!(v["orders"]["jaccard_mean"], 0.5);
+        // The MLP kept by one order only does not lower the heads' agreement.
+        assert_eq!(v["orders"]["jaccard_heads_mean"], 1.0);
         assert!(v.get("heads").is_none());
     }
 

@@ -1,8 +1,8 @@
 //! Successor and copy scores of every head's OV circuit (the paper's "next" and copy scores):
-//! each member of a token set, read where it sits in a window prompt after the first block
-//! (the embedding and the early MLP), goes through the head's OV circuit and the unembedding;
-//! the successor score is the share of members whose successor is in the top-k tokens, the
-//! copy score the share whose own token is.
+//! each member of a token set, read where it sits in a window prompt (which starts with BOS
+//! where the tokenizer adds one) after the first block (the embedding and the early MLP), goes
+//! through the head's OV circuit and the unembedding; the successor score is the share of
+//! members whose successor is in the top-k tokens, the copy score the share whose own token is.
 
 use candle_core::{IndexOp, Tensor};
 use circuit_sweep_common::analysis::token_sets::OvProbe;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use circuit_sweep_common::Component;
-use circuit_sweep_common::analysis::cross_task::overlap;
+use circuit_sweep_common::analysis::cross_task::{RecordedKind, RecordedScore, overlap};
 use circuit_sweep_common::circuit::parse_circuit;
 use circuit_sweep_common::dataset::read_jsonl;
 use circuit_sweep_common::results::{Grid, grid_svg, upset_svg};
@@ -35,11 +35,12 @@ pub struct CrossTaskArgs {
 /// One task's results folder.
 struct TaskResult {
     name: String,
+    dir: PathBuf,
     spec: SweepSpec,
     circuit: Vec<Component>,
     prompts: PathBuf,
-    /// The circuit's score on its own data, as the run reported it.
-    own_score: Option<f64>,
+    /// The circuit's score on its own data, as the run recorded it.
+    own_score: Option<RecordedScore>,
 }
 
 fn read_task(dir: &Path, n_layers: usize, n_heads: usize) -> anyhow::Result<TaskResult> {
@@ -57,17 +58,56 @@ fn read_task(dir: &Path, n_layers: usize, n_heads: usize) -> anyhow::Result<Task
             .to_string_lossy()
             .into_owned()
     });
-    let own_score = match &doc["prune"] {
-        serde_json::Value::Array(a) => a.last().and_then(|r| r["score"].as_f64()),
-        p => p["score"].as_f64(),
-    };
     Ok(TaskResult {
         name,
+        dir: dir.to_path_buf(),
         spec,
         circuit,
         prompts: dir.join("prompts.jsonl"),
-        own_score,
+        own_score: RecordedScore::from_result(&doc),
     })
+}
+
+/// The recorded score as a table cell; an order study's mean is marked `*`.
+fn own_cell(own: Option<&RecordedScore>) -> String {
+    match own {
+        Some(o) if o.kind == RecordedKind::OrdersMean => format!(" {:>13.2}%*", o.score),
+        Some(o) => format!(" {:>13.2}%", o.score),
+        None => format!(" {:>14}", "-"),
+    }
+}
+
+/// The printed table: circuits (rows) on each task's data, then each task circuit's recorded
+/// score (`own` per task; the shared and union rows have none).
+fn table(
+    rows: &[String],
+    names: &[String],
+    matrix: &[Vec<f64>],
+    own: &[Option<RecordedScore>],
+) -> String {
+    let mut out = format!("{:<24}", "circuit \\ data");
+    for n in names {
+        out.push_str(&format!(" {n:>14}"));
+    }
+    out.push_str(&format!(" {:>14}\n", "own (recorded)"));
+    for (i, (r, row)) in rows.iter().zip(matrix).enumerate() {
+        out.push_str(&format!("{r:<24}"));
+        for v in row {
+            out.push_str(&format!(" {:>13.2}%", v));
+        }
+        if i < own.len() {
+            out.push_str(&own_cell(own[i].as_ref()));
+        }
+        out.push('\n');
+    }
+    if own
+        .iter()
+        .flatten()
+        .any(|o| o.kind == RecordedKind::OrdersMean)
+    {
+        out.push_str("* an order study's mean circuit score: it records no score of its core\n");
+    }
+    out
 }
 
 /// Runs `analyze cross-task`.
@@ -106,22 +146,36 @@ pub fn run(a: CrossTaskArgs, models_dir: &Path) -> anyhow::Result<()> {
             matrix[i][j] = v;
         }
         if let Some(own) = t.own_score
-            && (own - matrix[j][j]).abs() > 0.01
+            && own.contradicted_by(matrix[j][j])
         {
             tracing::warn!(
-                "{}: the circuit scores {:.3} here but {own:.3} in its run (another model or dtype?)",
-                t.name,
-                matrix[j][j]
+                "{}: the circuit scores {:.3}% on its own data here but {:.3}% in its run \
+                 (have its data, spec or model changed?)",
+                t.dir.display(),
+                matrix[j][j],
+                own.score
             );
         }
     }
     let name = model_name(&loaded.source);
     let cols = names.clone();
+    let own: Vec<Option<RecordedScore>> = tasks.iter().map(|t| t.own_score).collect();
+    let svg_rows: Vec<String> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| match own.get(i).copied().flatten() {
+            Some(o) if o.kind == RecordedKind::OrdersMean => {
+                format!("{r} (orders' mean {:.1}%)", o.score)
+            }
+            Some(o) => format!("{r} (own {:.1}%)", o.score),
+            None => r.clone(),
+        })
+        .collect();
     write(
         &a.out,
         "cross-task.svg",
         &grid_svg(&Grid {
-            rows: &rows,
+            rows: &svg_rows,
             cols: &cols,
             values: &matrix,
             lo: 0.0,
@@ -147,10 +201,17 @@ pub fn run(a: CrossTaskArgs, models_dir: &Path) -> anyhow::Result<()> {
     // downstream study.
     let shared: Vec<String> = ov.shared.iter().map(|c| c.to_string()).collect();
     write(&a.out, "shared.json", &serde_json::to_string(&shared)?)?;
-    let mut csv = format!("circuit,{}\n", names.join(","));
-    for (r, row) in rows.iter().zip(&matrix) {
+    let mut csv = format!("circuit,{},own (recorded),recorded\n", names.join(","));
+    for (i, (r, row)) in rows.iter().zip(&matrix).enumerate() {
         let cells: Vec<String> = row.iter().map(|v| v.to_string()).collect();
-        csv.push_str(&format!("{r},{}\n", cells.join(",")));
+        let (score, kind) = own
+            .get(i)
+            .copied()
+            .flatten()
+            .map_or((String::new(), ""), |o| {
+                (o.score.to_string(), o.kind.name())
+            });
+        csv.push_str(&format!("{r},{},{score},{kind}\n", cells.join(",")));
     }
     write(&a.out, "cross-task.csv", &csv)?;
     let doc = serde_json::json!({
@@ -159,6 +220,9 @@ pub fn run(a: CrossTaskArgs, models_dir: &Path) -> anyhow::Result<()> {
         "folders": a.results,
         "rows": rows,
         "matrix": matrix,
+        // Per task: the score its own run recorded (`kind`: of the circuit itself, or an
+        // order study's mean circuit score).
+        "own_recorded": own,
         "overlap": ov,
     });
     write(
@@ -166,18 +230,7 @@ pub fn run(a: CrossTaskArgs, models_dir: &Path) -> anyhow::Result<()> {
         "cross-task.json",
         &serde_json::to_string_pretty(&doc)?,
     )?;
-    print!("{:<24}", "circuit \\ data");
-    for n in &names {
-        print!(" {n:>14}");
-    }
-    println!();
-    for (r, row) in rows.iter().zip(&matrix) {
-        print!("{r:<24}");
-        for v in row {
-            print!(" {:>13.2}%", v);
-        }
-        println!();
-    }
+    print!("{}", table(&rows, &names, &matrix, &own));
     let list = |cs: &[Component]| {
         cs.iter()
             .map(|c| c.to_string())
@@ -190,4 +243,52 @@ pub fn run(a: CrossTaskArgs, models_dir: &Path) -> anyhow::Result<()> {
     }
     println!("wrote {}", a.out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_ends_each_task_circuit_with_its_recorded_score() {
+        let names = vec!["digits".to_string(), "months".to_string()];
+        let rows: Vec<String> = [
+            "digits circuit",
+            "months circuit",
+            "shared (3)",
+            "union (9)",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let matrix = vec![vec![80.0, 50.0]; 4];
+        let own = vec![
+            Some(RecordedScore {
+                score: 80.004,
+                kind: RecordedKind::Circuit,
+            }),
+            Some(RecordedScore {
+                score: 84.5,
+                kind: RecordedKind::OrdersMean,
+            }),
+        ];
+        let t = table(&rows, &names, &matrix, &own);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].ends_with(" own (recorded)"), "{t}");
+        fn cells(l: &str) -> Vec<&str> {
+            l.split_whitespace().rev().take(3).collect()
+        }
+        assert_eq!(cells(lines[1]), ["80.00%", "50.00%", "80.00%"], "{t}");
+        assert_eq!(cells(lines[2]), ["84.50%*", "50.00%", "80.00%"], "{t}");
+        // The shared sub-circuit and the union have no run of their own.
+        assert_eq!(cells(lines[3]), ["50.00%", "80.00%", "(3)"], "{t}");
+        assert!(lines[5].starts_with("* an order study's mean"), "{t}");
+        // Each column lines up with its header.
+        let end = |l: &str, pat: &str| l.find(pat).unwrap() + pat.len();
+        assert_eq!(end(lines[0], "months"), end(lines[1], "50.00%"));
+        assert_eq!(end(lines[0], "own (recorded)"), end(lines[2], "84.50%"));
+        // Without an order study there is no footnote.
+        let t = table(&rows, &names, &matrix, &own[..1]);
+        assert!(!t.contains('*') && t.lines().count() == 5, "{t}");
+    }
 }
