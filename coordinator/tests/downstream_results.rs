@@ -27,6 +27,7 @@ fn aggregate(kind: &str) -> (tempfile::TempDir, serde_json::Value) {
         prompts_jsonl: String::new(),
         full: 0.0,
         corrupt: 0.0,
+        empty: None,
     };
     let c = Collected {
         meta: Some(meta),

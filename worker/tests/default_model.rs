@@ -151,3 +151,60 @@ fn digits_prompt_predicts_five_and_without_space_predicts_space() {
     assert!((p - 0.919).abs() < 0.01, "p(5) = {p}");
     assert_eq!(top1("1 2 3 4").0, " ", "the space-token pitfall");
 }
+
+/// Tolerances of the default model's half-precision node scores against f32, in percentage
+/// points (the worst seen with margin; `scripts/bench-half-precision.sh` measures every
+/// component: bf16 3.7 pp, f16 0.47 pp at most on 16 digits prompts).
+const HALF_TOL: [(candle_core::DType, f64); 2] = [
+    (candle_core::DType::BF16, 6.0),
+    (candle_core::DType::F16, 1.0),
+];
+
+#[test]
+fn half_precision_node_scores_agree_with_f32() {
+    use circuit_sweep_common::spec::AblationSpec;
+    use circuit_sweep_common::tasks::{self, GenSpec};
+    use circuit_sweep_worker::{Evaluator, LoadOptions, PromptSet, load_model, sweep};
+    let f32m = default_model();
+    let tok = f32m.tokenizer.as_ref().unwrap();
+    let pairs = tasks::generate(&GenSpec::new("digits".parse().unwrap(), 8, 0), tok).unwrap();
+    let prompts = PromptSet::from_pairs(&pairs, tok).unwrap();
+    let layers = [0, 7, 15, 22, 29];
+    let scores = |m: &circuit_sweep_worker::HookedModel| {
+        let ev = Evaluator::new(m, &prompts, AblationSpec::default(), 16384).unwrap();
+        let i = m.info();
+        let s =
+            sweep::node_sweep_layers(&ev, &layers, i.n_layers, i.n_heads, &mut |_| Ok(())).unwrap();
+        s.heads
+            .into_iter()
+            .flatten()
+            .chain(s.mlps)
+            .collect::<Vec<f64>>()
+    };
+    let want = scores(&f32m.model);
+    for (dtype, tol) in HALF_TOL {
+        let m = load_model(
+            &f32m.source,
+            &LoadOptions {
+                dtype,
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap()
+        .model;
+        let got = scores(&m);
+        let worst = want
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        eprintln!(
+            "{dtype:?}: worst node score difference {worst:.3} pp over {} components",
+            got.len()
+        );
+        assert!(worst <= tol, "{dtype:?}: {worst} pp > {tol}");
+        // The component that matters most is the same.
+        let argmin = |v: &[f64]| (0..v.len()).min_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
+        assert_eq!(argmin(&got), argmin(&want), "{dtype:?}");
+    }
+}

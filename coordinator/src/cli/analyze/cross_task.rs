@@ -50,6 +50,12 @@ fn read_task(dir: &Path, n_layers: usize, n_heads: usize) -> anyhow::Result<Task
         serde_json::from_str(&text).with_context(|| format!("{}: not JSON", rj.display()))?;
     let spec: SweepSpec = serde_json::from_value(doc["spec"].clone())
         .with_context(|| format!("{}: field `spec`", rj.display()))?;
+    if spec.ablation.metric == circuit_sweep_common::spec::Metric::Kl {
+        anyhow::bail!(
+            "{}: [ablation] metric = \"kl\": the cross-task table is in % of each task's full model, and a KL divergence has no such share; prune with logit_diff or accuracy to compare tasks",
+            rj.display()
+        );
+    }
     let circuit = parse_circuit(&text, &rj.display().to_string(), n_layers, n_heads)
         .map_err(anyhow::Error::msg)?;
     let name = spec.data.task.clone().unwrap_or_else(|| {
