@@ -11,7 +11,7 @@ for d in f32 bf16 f16; do
   printf '[model]\ndtype = "%s"\n[data]\ntask = "digits"\nn = %s\nseed = 0\n[sweep]\nkind = "nodes"\n' "$d" "$n" >"$out/$d.toml"
   start=$(date +%s.%N)
   "$bin" run "$out/$d.toml" --out "$out/$d" --quiet
-  echo "$d $(echo "$(date +%s.%N) - $start" | bc)" >>"$out/times"
+  echo "$d $(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$start" "$(date +%s.%N)")" >>"$out/times"
 done
 python3 - "$out" <<'PY'
 import json, sys

@@ -98,10 +98,7 @@ pub struct EdgePruneResult {
 impl EdgePruneResult {
     /// The rule the run pruned by.
     pub fn rule(&self) -> Rule {
-        match (self.threshold, self.tau) {
-            (_, Some(t)) => Rule::Tau(t),
-            (t, None) => Rule::Threshold(t.unwrap_or(80.0)),
-        }
+        Rule::recorded(self.threshold, self.tau)
     }
 
     /// The paper's one-pass rule over single-edge scores (path patching): an edge is kept when

@@ -28,6 +28,15 @@ impl Rule {
         }
     }
 
+    /// The rule recorded as a result's `threshold` and `tau` fields (a result without either
+    /// was pruned at the default 80 %).
+    pub fn recorded(threshold: Option<f64>, tau: Option<f64>) -> Self {
+        match (threshold, tau) {
+            (_, Some(t)) => Rule::Tau(t),
+            (t, None) => Rule::Threshold(t.unwrap_or(80.0)),
+        }
+    }
+
     /// The % threshold, if that is the rule.
     pub fn threshold(self) -> Option<f64> {
         match self {

@@ -37,10 +37,7 @@ pub fn forward(n_layers: usize, n_heads: usize) -> Vec<Component> {
 impl PruneResult {
     /// The rule the run pruned by.
     pub fn rule(&self) -> Rule {
-        match (self.threshold, self.tau) {
-            (_, Some(t)) => Rule::Tau(t),
-            (t, None) => Rule::Threshold(t.unwrap_or(80.0)),
-        }
+        Rule::recorded(self.threshold, self.tau)
     }
 }
 

@@ -463,6 +463,15 @@ impl LayerHooks for RunHooks<'_> {
 mod tests {
     use super::*;
 
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
     #[test]
     fn half_precision_means_are_accumulated_in_f32() {
         let dev = Device::Cpu;
@@ -471,13 +480,7 @@ mod tests {
             let m = mean_f32(&ones, 0).unwrap();
             assert_eq!(m.dtype(), dtype);
             assert_eq!(m.dims(), &[1, 3, 2]);
-            let v: Vec<f32> = m
-                .to_dtype(DType::F32)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let v = values(&m);
             assert!(v.iter().all(|&x| x == 1.0), "{dtype:?}: {v:?}");
         }
         // A value whose half-precision sum overflows (f16 max is 65504).
@@ -485,14 +488,6 @@ mod tests {
             .unwrap()
             .to_dtype(DType::F16)
             .unwrap();
-        let m: Vec<f32> = mean_f32(&big, 0)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        assert_eq!(m, [300.0]);
+        assert_eq!(values(&mean_f32(&big, 0).unwrap()), [300.0]);
     }
 }
