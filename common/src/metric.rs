@@ -30,14 +30,6 @@ impl Unit {
         }
     }
 
-    /// The score of the unablated model.
-    pub fn full(self) -> f64 {
-        match self {
-            Unit::Percent => 100.0,
-            Unit::Nats => 0.0,
-        }
-    }
-
     /// A score with its unit (`81.3%`, `0.0123 nats`).
     pub fn show(self, v: f64) -> String {
         match self {

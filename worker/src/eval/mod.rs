@@ -587,15 +587,7 @@ impl Evaluator {
                         deltas: vec![],
                         kv_per_query: self.kv_per_query,
                     };
-                    let start = if layer == 0 {
-                        Start::Tokens(self.input.clone())
-                    } else {
-                        Start::Resid {
-                            layer,
-                            resid: base.resid[layer].clone(),
-                        }
-                    };
-                    let values = self.run_pass(start, iv)?;
+                    let values = self.run_pass(self.base_start(&base, layer), iv)?;
                     for (&i, v) in part.iter().zip(values) {
                         out[i] = v;
                     }
@@ -617,6 +609,33 @@ impl Evaluator {
             }
         }
         Ok(out)
+    }
+
+    /// Where a pass from `base` that first patches block `layer` starts: its residual stream
+    /// there, or the tokens.
+    fn base_start(&self, base: &Base, layer: usize) -> Start {
+        if layer == 0 {
+            Start::Tokens(self.input.clone())
+        } else {
+            Start::Resid {
+                layer,
+                resid: base.resid[layer].clone(),
+            }
+        }
+    }
+
+    /// `delta` (`[.., positions, d]`) zeroed outside the positions edges are ablated at.
+    fn at_edge_positions(&self, delta: &Tensor) -> Result<Tensor, ModelError> {
+        let Some(ps) = &self.edge_positions else {
+            return Ok(delta.clone());
+        };
+        let mut m = vec![0f32; self.seq_len];
+        for &p in ps {
+            m[p] = 1.0;
+        }
+        let m =
+            Tensor::from_vec(m, (1, self.seq_len, 1), delta.device())?.to_dtype(delta.dtype())?;
+        Ok(delta.broadcast_mul(&m)?)
     }
 
     /// The unpatched run with `nodes` ablated (residual stream at each block's input and the
@@ -692,16 +711,7 @@ impl Evaluator {
                 }
             })
         };
-        let mut delta = (write(clean)? - write(&self.values)?)?;
-        if let Some(ps) = &self.edge_positions {
-            let mut m = vec![0f32; self.seq_len];
-            for &p in ps {
-                m[p] = 1.0;
-            }
-            let m = Tensor::from_vec(m, (1, self.seq_len, 1), stream.device())?
-                .to_dtype(stream.dtype())?;
-            delta = delta.broadcast_mul(&m)?;
-        }
+        let delta = self.at_edge_positions(&(write(clean)? - write(&self.values)?)?)?;
         let input = (stream.clone() - delta)?;
         let out = self.run_pass(
             Start::Tokens(self.input.clone()),

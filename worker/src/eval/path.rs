@@ -16,7 +16,7 @@ use circuit_sweep_common::Component;
 use circuit_sweep_common::edge::{Edge, Receiver, Sender};
 
 use super::{Base, Evaluator};
-use crate::model::{Interventions, ModelError, Start};
+use crate::model::{Interventions, ModelError};
 
 /// Where a receiver reads the residual stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -66,28 +66,17 @@ impl Evaluator {
         let n_layers = self.model.info().n_layers;
         // By the layer the pass starts at (the receiver's; the logits' from the last block),
         // then by sender, so that a chunk's deltas share their senders.
+        let start_of = |i: usize| edges[i].receiver.layer(n_layers).min(n_layers - 1);
         let mut order: Vec<usize> = (0..edges.len()).collect();
-        order.sort_by_key(|&i| {
-            (
-                edges[i].receiver.layer(n_layers).min(n_layers - 1),
-                edges[i].sender,
-                i,
-            )
-        });
+        order.sort_by_key(|&i| (start_of(i), edges[i].sender, i));
         let per_variant = (self.prompts * self.seq_len).max(1);
         let chunk = (self.batch_tokens / per_variant).max(1);
         let mut out = vec![0.0; edges.len()];
         let mut start = 0;
         while start < order.len() {
-            let layer = edges[order[start]]
-                .receiver
-                .layer(n_layers)
-                .min(n_layers - 1);
+            let layer = start_of(order[start]);
             let mut end = start;
-            while end < order.len()
-                && end - start < chunk
-                && edges[order[end]].receiver.layer(n_layers).min(n_layers - 1) == layer
-            {
+            while end < order.len() && end - start < chunk && start_of(order[end]) == layer {
                 end += 1;
             }
             let part = &order[start..end];
@@ -116,15 +105,10 @@ impl Evaluator {
                 kv_per_query: self.kv_per_query,
                 ..Interventions::nodes(&self.values, vec![])
             };
-            let from = if layer == 0 {
-                Start::Tokens(self.input.clone())
-            } else {
-                Start::Resid {
-                    layer,
-                    resid: base.resid[layer].clone(),
-                }
-            };
-            for (&i, v) in part.iter().zip(self.run_pass(from, iv)?) {
+            for (&i, v) in part
+                .iter()
+                .zip(self.run_pass(self.base_start(&base, layer), iv)?)
+            {
                 out[i] = v;
             }
             start = end;
@@ -177,14 +161,7 @@ impl Evaluator {
                 (layer, (broadcast(&self.values.mlp[layer], own)? - own)?)
             }
         };
-        if let Some(ps) = &self.edge_positions {
-            let mut m = vec![0f32; self.seq_len];
-            for &p in ps {
-                m[p] = 1.0;
-            }
-            let m = Tensor::from_vec(m, (1, self.seq_len, 1), d.device())?.to_dtype(d.dtype())?;
-            d = d.broadcast_mul(&m)?;
-        }
+        d = self.at_edge_positions(&d)?;
         // The first MLP that reads the sender's write: a head's own layer's, unless attention and
         // MLP read the same stream.
         let first_mlp = match sender {
@@ -192,10 +169,8 @@ impl Evaluator {
             _ => layer + 1,
         };
         for l in first_mlp..info.n_layers {
-            if at == Point::Block(l) {
-                return Ok(d);
-            }
-            if at == Point::Mlp(l) {
+            // Heads are frozen: a block's input and its MLP's input differ by `d` alike.
+            if at == Point::Block(l) || at == Point::Mlp(l) {
                 return Ok(d);
             }
             // Heads are frozen, so the stream the MLP reads differs by `d` alone.
