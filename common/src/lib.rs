@@ -11,6 +11,7 @@ pub mod dataset;
 pub mod edge;
 pub mod edge_prune;
 pub mod greedy;
+pub mod inputs;
 pub mod metric;
 pub mod orders;
 pub mod prune;

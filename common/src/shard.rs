@@ -134,10 +134,28 @@ pub fn edges_per_shard(n_edges: usize) -> usize {
 }
 
 impl JobMeta {
-    /// The shape of the model's edge graph as `spec` asks for it (key/value receivers, the
-    /// edge method's senders).
-    pub fn graph_shape(&self, spec: &crate::spec::SweepSpec) -> crate::edge::GraphShape {
-        spec.graph(crate::edge::GraphShape {
+    /// The report of a model of this shape with no prompts and metrics full 1, corrupt 0: what
+    /// fake workers send (benchmarks of the coordinator, tests).
+    pub fn synthetic(model_path: &str, n_layers: usize, n_heads: usize) -> Self {
+        JobMeta {
+            model_path: model_path.into(),
+            info: serde_json::json!({}),
+            n_layers,
+            n_heads,
+            n_kv_heads: n_heads,
+            parallel_residual: false,
+            circuit_score: None,
+            dataset: serde_json::json!({"prompts": 1}),
+            prompts_jsonl: String::new(),
+            full: 1.0,
+            corrupt: 0.0,
+            empty: None,
+        }
+    }
+
+    /// The model's full edge graph shape (key/value receivers per query head, with `embed`).
+    pub fn model_shape(&self) -> crate::edge::GraphShape {
+        crate::edge::GraphShape {
             n_layers: self.n_layers,
             n_heads: self.n_heads,
             n_kv_heads: if self.n_kv_heads == 0 {
@@ -148,7 +166,13 @@ impl JobMeta {
             parallel: self.parallel_residual,
             kv_per_query: true,
             embed: true,
-        })
+        }
+    }
+
+    /// The shape of the model's edge graph as `spec` asks for it (key/value receivers, the
+    /// edge method's senders).
+    pub fn graph_shape(&self, spec: &crate::spec::SweepSpec) -> crate::edge::GraphShape {
+        spec.graph(self.model_shape())
     }
 }
 

@@ -7,12 +7,14 @@ use circuit_sweep_common::Component;
 use circuit_sweep_common::analysis::downstream;
 use circuit_sweep_common::edge::{Edge, GraphShape};
 use circuit_sweep_common::edge_prune::{self, EdgePruneResult};
+use circuit_sweep_common::inputs::JobInputs;
 use circuit_sweep_common::metric::Unit;
 use circuit_sweep_common::orders;
 use circuit_sweep_common::prune::PruneResult;
 use circuit_sweep_common::results::{self, NodeScores, WriteError};
-use circuit_sweep_common::shard::{JobMeta, NodeShard};
+use circuit_sweep_common::shard::{JobMeta, NodeShard, ShardTask};
 use circuit_sweep_common::spec::{SweepKind, SweepSpec};
+use circuit_sweep_proto::shard_output::ShardOutput;
 use serde_json::json;
 
 /// Everything the shards returned, in plan order.
@@ -26,14 +28,29 @@ pub struct Collected {
     pub prune: Vec<PruneResult>,
     /// The order study's orders and runs.
     pub orders: Vec<(Vec<Component>, PruneResult)>,
-    /// Edge sweeps: the node circuit the graph is restricted to.
-    pub circuit: Option<Vec<Component>>,
     /// Edge scores in graph order.
     pub edges: Vec<f64>,
     /// The edge pruning run.
     pub edge_prune: Vec<EdgePruneResult>,
     /// Downstream accuracy `[set][task]` in % (sets in study order).
     pub downstream: Vec<Vec<f64>>,
+}
+
+impl Collected {
+    /// Adds the output of a shard of `task` (shards in plan order).
+    pub fn push(&mut self, task: &ShardTask, out: ShardOutput) {
+        match (task, out) {
+            (_, ShardOutput::Prepared(meta)) => self.meta = Some(*meta),
+            (_, ShardOutput::Nodes(n)) => self.nodes.push(n),
+            (ShardTask::Orders { orders, .. }, ShardOutput::Runs(runs)) => {
+                self.orders.extend(orders.iter().cloned().zip(runs));
+            }
+            (_, ShardOutput::Runs(runs)) => self.prune = runs,
+            (_, ShardOutput::Edges(scores)) => self.edges.extend(scores),
+            (_, ShardOutput::EdgeRuns(runs)) => self.edge_prune.extend(runs),
+            (_, ShardOutput::Accuracy(acc)) => self.downstream.extend(acc),
+        }
+    }
 }
 
 /// Why a results folder could not be written.
@@ -85,25 +102,17 @@ fn circuit_of(r: &PruneResult) -> Vec<Component> {
         .collect()
 }
 
-/// The job's edge graph.
-fn graph(spec: &SweepSpec, c: &Collected, meta: &JobMeta) -> Vec<Edge> {
-    let shape = meta.graph_shape(spec);
-    match &c.circuit {
-        Some(circuit) => shape.edges_within(circuit),
-        None => shape.edges(),
-    }
-}
-
 /// Writes `edges.csv` and a drawing of the most important edges; returns `result.json`'s
 /// `edges`.
 fn write_edges(
     spec: &SweepSpec,
+    inputs: &JobInputs,
     c: &Collected,
     meta: &JobMeta,
     name: &str,
     out: &Path,
 ) -> Result<serde_json::Value, AggregateError> {
-    let edges = graph(spec, c, meta);
+    let edges = &inputs.edges;
     if edges.len() != c.edges.len() {
         return Err(AggregateError::Incomplete(format!(
             "{} edge scores for a graph of {} edges",
@@ -111,7 +120,7 @@ fn write_edges(
             edges.len()
         )));
     }
-    results::write_file(out, "edges.csv", &results::edges_csv(&edges, &c.edges))?;
+    results::write_file(out, "edges.csv", &results::edges_csv(edges, &c.edges))?;
     let unit = Unit::of(spec.ablation.metric);
     let cost = edge_cost(spec, meta);
     // The drawing of a whole graph is unreadable: the 60 edges whose ablation costs most.
@@ -130,7 +139,7 @@ fn write_edges(
         edges.len(),
         spec.ablation.kind
     );
-    let sub = match (&c.circuit, meta.circuit_score) {
+    let sub = match (&inputs.circuit, meta.circuit_score) {
         (Some(circuit), Some(s)) => format!(
             "graph restricted to a {}-node circuit scoring {}; width: {}",
             circuit.len(),
@@ -139,19 +148,11 @@ fn write_edges(
         ),
         _ => format!("width: {}", width_legend(unit)),
     };
-    write_edge_drawing(
-        out,
-        "edges",
-        &meta.graph_shape(spec),
-        &top,
-        &importance,
-        &title,
-        &sub,
-    )?;
+    write_edge_drawing(out, "edges", &inputs.graph, &top, &importance, &title, &sub)?;
     Ok(json!({
         "names": edges.iter().map(Edge::to_string).collect::<Vec<_>>(),
         "scores": c.edges,
-        "circuit": c.circuit,
+        "circuit": inputs.circuit,
         "circuit_score": meta.circuit_score,
     }))
 }
@@ -178,13 +179,14 @@ fn width_legend(unit: Unit) -> &'static str {
 /// Writes `edge-circuit.svg` and `.dot`: the kept edges, widths by their single-edge scores.
 fn write_edge_circuit(
     spec: &SweepSpec,
+    inputs: &JobInputs,
     c: &Collected,
     meta: &JobMeta,
     name: &str,
     r: &EdgePruneResult,
     out: &Path,
 ) -> Result<(), AggregateError> {
-    let edges = graph(spec, c, meta);
+    let edges = &inputs.edges;
     let kept: Vec<Edge> = r
         .edges
         .iter()
@@ -217,7 +219,7 @@ fn write_edge_circuit(
     write_edge_drawing(
         out,
         "edge-circuit",
-        &meta.graph_shape(spec),
+        &inputs.graph,
         &kept,
         &importance,
         &title,
@@ -229,8 +231,8 @@ fn write_edge_circuit(
 /// by the share of orders keeping it); returns `result.json`'s `edge_orders`.
 fn write_edge_study(
     spec: &SweepSpec,
+    inputs: &JobInputs,
     c: &Collected,
-    meta: &JobMeta,
     name: &str,
     out: &Path,
 ) -> Result<serde_json::Value, AggregateError> {
@@ -270,7 +272,7 @@ fn write_edge_study(
     write_edge_drawing(
         out,
         "edge-frequency",
-        &meta.graph_shape(spec),
+        &inputs.graph,
         &union,
         &share,
         &title,
@@ -317,17 +319,12 @@ fn write_edge_drawing(
 /// hurts more than chance).
 fn write_downstream(
     spec: &SweepSpec,
+    inputs: &JobInputs,
     c: &Collected,
-    meta: &JobMeta,
     name: &str,
     out: &Path,
 ) -> Result<serde_json::Value, AggregateError> {
-    let sets = downstream::study_sets(
-        &spec.sweep,
-        c.circuit.as_deref(),
-        meta.n_layers,
-        meta.n_heads,
-    );
+    let sets = &inputs.sets;
     if sets.len() != c.downstream.len() {
         return Err(AggregateError::Incomplete(format!(
             "{} downstream results for {} sets",
@@ -419,6 +416,7 @@ fn write_downstream(
 /// is `timing`, the only field that differs between two runs of the same spec).
 pub fn write(
     spec: &SweepSpec,
+    inputs: &JobInputs,
     c: &Collected,
     timing: serde_json::Value,
     out: &Path,
@@ -477,7 +475,7 @@ pub fn write(
     match spec.sweep.kind {
         SweepKind::Nodes => {}
         SweepKind::Downstream => {
-            doc["downstream"] = write_downstream(spec, c, meta, &name, out)?;
+            doc["downstream"] = write_downstream(spec, inputs, c, &name, out)?;
         }
         SweepKind::Prune => {
             if c.prune.is_empty() {
@@ -510,13 +508,13 @@ pub fn write(
             };
         }
         SweepKind::Edges | SweepKind::EdgePrune => {
-            doc["edges"] = write_edges(spec, c, meta, &name, out)?;
+            doc["edges"] = write_edges(spec, inputs, c, meta, &name, out)?;
             match (spec.sweep.kind, spec.sweep.orders) {
                 (SweepKind::EdgePrune, None) => {
                     let r = c.edge_prune.first().ok_or_else(|| {
                         AggregateError::Incomplete("no edge pruning result".into())
                     })?;
-                    write_edge_circuit(spec, c, meta, &name, r, out)?;
+                    write_edge_circuit(spec, inputs, c, meta, &name, r, out)?;
                     doc["edge_prune"] = json!(r);
                 }
                 (SweepKind::EdgePrune, Some(k)) => {
@@ -526,7 +524,7 @@ pub fn write(
                             c.edge_prune.len()
                         )));
                     }
-                    doc["edge_orders"] = write_edge_study(spec, c, meta, &name, out)?;
+                    doc["edge_orders"] = write_edge_study(spec, inputs, c, &name, out)?;
                 }
                 _ => {}
             }

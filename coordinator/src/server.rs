@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use circuit_sweep_proto::auth::{self, MAX_MESSAGE_BYTES};
 use circuit_sweep_proto::tensor::{Assembler, MAX_CHUNK_BYTES};
@@ -22,7 +22,9 @@ use circuit_sweep_proto::{PROTOCOL_VERSION, check_protocol_version};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::scheduler::{Partial, SchedConfig, SchedError, Scheduler};
+use crate::scheduler::{
+    Completion, Finishing, LostReason, Partial, SchedConfig, SchedError, Scheduler, SystemClock,
+};
 
 /// Coordinator settings.
 #[derive(Debug, Clone)]
@@ -63,6 +65,7 @@ impl From<SchedError> for Status {
             SchedError::NotYourLease(_) => Status::permission_denied(m),
             SchedError::Malformed { .. } | SchedError::BadSpec(_) => Status::invalid_argument(m),
             SchedError::NotReady(_) => Status::failed_precondition(m),
+            SchedError::CorruptResult { .. } => Status::data_loss(m),
             SchedError::Store(_) => Status::internal(m),
         }
     }
@@ -78,18 +81,31 @@ pub struct Service {
 impl Service {
     /// Opens the state and resumes its jobs.
     pub fn open(cfg: ServerConfig) -> Result<Self, SchedError> {
-        let sched = Scheduler::open(
+        let (sched, finishing) = Scheduler::open(
             &cfg.state_dir,
             SchedConfig {
                 heartbeat: cfg.heartbeat,
                 lost_after: cfg.lost_after,
                 results_dir: cfg.state_dir.join("results"),
             },
+            Arc::new(SystemClock),
         )?;
-        Ok(Service {
+        let service = Service {
             sched: Arc::new(Mutex::new(sched)),
             cfg: Arc::new(cfg),
-        })
+        };
+        // Jobs stored complete before a restart: aggregated before anything is served.
+        for f in finishing {
+            service.finish(f)?;
+        }
+        Ok(service)
+    }
+
+    /// Aggregates a job outside the lock, then records the outcome.
+    fn finish(&self, f: Finishing) -> Result<(), SchedError> {
+        let job = f.job;
+        let outcome = f.run();
+        self.lock().finished(job, outcome)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Scheduler> {
@@ -98,7 +114,7 @@ impl Service {
 
     /// Jobs and workers now (for the dashboard).
     pub fn status_now(&self) -> Result<(Vec<JobStatus>, Vec<WorkerStatus>), SchedError> {
-        self.lock().status(None, Instant::now())
+        self.lock().status(None)
     }
 
     /// Shards of a job done so far; `None` for an unknown job.
@@ -106,9 +122,10 @@ impl Service {
         self.lock().shards_done(job_id)
     }
 
-    /// A job's results so far (see [`Scheduler::partial`]).
+    /// A job's results so far (see [`Scheduler::partial`]), read outside the lock.
     pub fn partial(&self, job_id: u64) -> Result<Partial, SchedError> {
-        self.lock().partial(job_id)
+        let source = self.lock().partial(job_id)?;
+        source.read()
     }
 
     fn worker_auth<T>(&self, r: &Request<T>) -> Result<(), Status> {
@@ -128,7 +145,7 @@ impl Service {
             let mut t = tokio::time::interval(s.cfg.heartbeat);
             loop {
                 t.tick().await;
-                if let Err(e) = s.lock().tick(Instant::now()) {
+                if let Err(e) = s.lock().tick() {
                     tracing::error!("{e}");
                 }
             }
@@ -187,7 +204,7 @@ impl Coordinator for Service {
         let info = r.into_inner();
         check_protocol_version(info.protocol_version)?;
         let mut s = self.lock();
-        let id = s.register(info, Instant::now());
+        let id = s.register(info);
         let (hb, lost) = s.heartbeat_settings();
         Ok(Response::new(RegisterReply {
             worker_id: id,
@@ -202,10 +219,7 @@ impl Coordinator for Service {
     ) -> Result<Response<HeartbeatReply>, Status> {
         self.worker_auth(&r)?;
         let h = r.into_inner();
-        let reply = match self
-            .lock()
-            .heartbeat(&h.worker_id, &h.leases, h.models, Instant::now())
-        {
+        let reply = match self.lock().heartbeat(&h.worker_id, &h.leases, h.models) {
             Ok(revoked) => HeartbeatReply {
                 known: true,
                 revoked,
@@ -222,7 +236,7 @@ impl Coordinator for Service {
     async fn lease(&self, r: Request<LeaseRequest>) -> Result<Response<LeaseReply>, Status> {
         self.worker_auth(&r)?;
         let w = r.into_inner().worker_id;
-        let lease = self.lock().lease(&w, Instant::now())?;
+        let lease = self.lock().lease(&w)?;
         Ok(Response::new(LeaseReply {
             lease,
             retry_ms: 200,
@@ -245,8 +259,8 @@ impl Coordinator for Service {
                 Some(Err(e)) => {
                     // A broken stream: the worker is gone (the one lost-worker path).
                     if let Some((w, _)) = &who {
-                        self.lock()
-                            .worker_lost(w, &format!("result stream broke: {}", e.message()))?;
+                        let why = LostReason::StreamBroke(e.message().to_string());
+                        self.lock().worker_lost(w, why)?;
                     }
                     return Err(Status::aborted(format!(
                         "result stream broke: {}",
@@ -313,15 +327,20 @@ impl Coordinator for Service {
                 )));
             }
         };
-        // Aggregation may write files: do it off the async threads.
-        let s = self.sched.clone();
-        tokio::task::spawn_blocking(move || {
-            s.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .complete(&w, &l, tensors)
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))??;
+        // Storing writes the database: off the async threads.
+        let s = self.clone();
+        let completion = tokio::task::spawn_blocking(move || s.lock().complete(&w, &l, tensors))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        if let Completion::Finishing(f) = completion {
+            // The results folder is written outside the lock, after the worker's ack.
+            let s = self.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = s.finish(*f) {
+                    tracing::error!("{e}");
+                }
+            });
+        }
         Ok(Response::new(Ack {}))
     }
 
@@ -336,7 +355,7 @@ impl Coordinator for Service {
     async fn goodbye(&self, r: Request<GoodbyeRequest>) -> Result<Response<Ack>, Status> {
         self.worker_auth(&r)?;
         let w = r.into_inner().worker_id;
-        self.lock().worker_lost(&w, "drained")?;
+        self.lock().worker_lost(&w, LostReason::Drained)?;
         Ok(Response::new(Ack {}))
     }
 
@@ -356,9 +375,7 @@ impl Coordinator for Service {
     async fn status(&self, r: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         self.client_auth(&r)?;
         let id = r.into_inner().job_id;
-        let (jobs, workers) = self
-            .lock()
-            .status((id != 0).then_some(id), Instant::now())?;
+        let (jobs, workers) = self.lock().status((id != 0).then_some(id))?;
         Ok(Response::new(StatusReply { jobs, workers }))
     }
 

@@ -131,6 +131,12 @@ pub struct Store {
     path: PathBuf,
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
 impl Store {
     /// Opens (or creates) `state.redb` in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {

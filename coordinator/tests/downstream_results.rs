@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use circuit_sweep_common::inputs::JobInputs;
 use circuit_sweep_common::shard::JobMeta;
 use circuit_sweep_common::spec::SweepSpec;
 use circuit_sweep_coordinator::aggregate::{Collected, write};
@@ -15,29 +16,19 @@ fn aggregate(kind: &str) -> (tempfile::TempDir, serde_json::Value) {
          random_sets = 2\n[downstream]\ntasks = [\"add1\"]\nn = 4"
     );
     let spec = SweepSpec::parse(&text, Path::new("spec.toml")).unwrap();
-    let meta = JobMeta {
-        model_path: "models/tiny".into(),
-        info: serde_json::json!({}),
-        n_layers: 2,
-        n_heads: 2,
-        n_kv_heads: 2,
-        parallel_residual: false,
-        circuit_score: None,
-        dataset: serde_json::json!({}),
-        prompts_jsonl: String::new(),
-        full: 0.0,
-        corrupt: 0.0,
-        empty: None,
-    };
+    let meta = JobMeta::synthetic("models/tiny", 2, 2);
+    let inputs = JobInputs::resolve(&spec, meta.model_shape(), &mut |p| {
+        Err(format!("{}: no files", p.display()))
+    })
+    .unwrap();
     let c = Collected {
         meta: Some(meta),
-        circuit: Some(vec!["h1.0".parse().unwrap(), "m0".parse().unwrap()]),
         // Full model, circuit heads, two random sets.
         downstream: vec![vec![100.0], vec![25.0], vec![75.0], vec![50.0]],
         ..Default::default()
     };
     let dir = tempfile::tempdir().unwrap();
-    let doc = write(&spec, &c, serde_json::json!({}), dir.path()).unwrap();
+    let doc = write(&spec, &inputs, &c, serde_json::json!({}), dir.path()).unwrap();
     let on_disk: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("result.json")).unwrap())
             .unwrap();

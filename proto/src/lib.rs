@@ -12,6 +12,7 @@ pub mod v1 {
 }
 
 pub mod auth;
+pub mod shard_output;
 pub mod tensor;
 pub mod tls;
 

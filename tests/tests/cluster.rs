@@ -336,3 +336,102 @@ fn a_worker_token_cannot_submit_or_read_results() {
         server.await.unwrap().unwrap();
     });
 }
+
+/// A large edge sweep (a 24-layer, 32-head graph of about 886,000 edges) from a fake worker:
+/// while its results folder is written, `status` keeps answering.
+#[test]
+fn status_answers_while_a_large_job_aggregates() {
+    use circuit_sweep_common::shard::{JobMeta, ShardTask};
+    use circuit_sweep_proto::shard_output::ShardOutput;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        let cluster = LocalCluster::start(LocalConfig {
+            state_dir: dir.path().join("state"),
+            models_dir: dir.path().join("models"),
+            workers: 0,
+            token: None,
+            memory_budget: u64::MAX,
+            device: "cpu".into(),
+        })
+        .await
+        .unwrap();
+        let mut c = cluster.client().await.unwrap();
+        let job = c
+            .submit(circuit_sweep_proto::v1::SubmitRequest {
+                protocol_version: PROTOCOL_VERSION,
+                name: "big".into(),
+                spec_toml: "[sweep]\nkind = \"edges\"\n".into(),
+                attachments: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .job_id;
+        let w = c
+            .register(info(PROTOCOL_VERSION))
+            .await
+            .unwrap()
+            .into_inner()
+            .worker_id;
+        let meta = JobMeta::synthetic("big", 24, 32);
+        // Every shard but the last, then the last while status is polled.
+        let mut last = None;
+        while let Some(l) = c
+            .lease(LeaseRequest {
+                worker_id: w.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .lease
+        {
+            let out = match serde_json::from_str::<ShardTask>(&l.task_json).unwrap() {
+                ShardTask::Prepare => ShardOutput::Prepared(Box::new(meta.clone())),
+                ShardTask::Edges { first, count } => {
+                    ShardOutput::Edges((first..first + count).map(|i| (i % 97) as f64).collect())
+                }
+                t => panic!("{t:?}"),
+            };
+            let chunks = out.encode().iter().flat_map(|t| t.chunks(1 << 20)).collect();
+            if matches!(out, ShardOutput::Prepared(_)) {
+                put(&mut c, &w, &l.lease_id, chunks).await.unwrap();
+            } else if let Some((lease, chunks)) = last.replace((l.lease_id.clone(), chunks)) {
+                put(&mut c, &w, &lease, chunks).await.unwrap();
+            }
+        }
+        let (lease, chunks) = last.unwrap();
+        put(&mut c, &w, &lease, chunks).await.unwrap();
+        let t0 = Instant::now();
+        let (mut during, mut waits) = (0, vec![]);
+        loop {
+            let t = Instant::now();
+            let st = circuit_sweep_coordinator::client::status(&mut c, Some(job))
+                .await
+                .unwrap();
+            waits.push(t.elapsed());
+            let j = &st.jobs[0];
+            if j.state == "done" {
+                break;
+            }
+            assert_eq!(j.state, "running", "{}", j.error);
+            assert_eq!(j.shards_done, j.shards_total);
+            during += 1;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let aggregation = t0.elapsed();
+        waits.sort();
+        let p90 = waits[waits.len() * 9 / 10];
+        eprintln!(
+            "aggregation {aggregation:.2?}: {} status calls, {during} during it; median {:.2?}, 90th percentile {p90:.2?}, max {:.2?}",
+            waits.len(),
+            waits[waits.len() / 2],
+            waits[waits.len() - 1]
+        );
+        assert!(during >= 5, "status answered {during} times while the job aggregated");
+        assert!(p90 < Duration::from_millis(50), "{p90:?}");
+        cluster.stop().await.unwrap();
+    });
+}

@@ -400,7 +400,7 @@ async fn compute(
             let job =
                 tokio::task::spawn_blocking(move || job::prepare(&spec, &dir, &models_dir, &cache))
                     .await
-                    .map_err(|e| ShardError::BadInput(format!("prepare panicked: {e}")))?
+                    .map_err(|e| ShardError::Internal(format!("prepare panicked: {e}")))?
                     .map_err(|e| match e {
                         // Name the user's files, not this worker's copies of them.
                         ShardError::BadInput(m) => {
@@ -419,9 +419,11 @@ async fn compute(
             job
         }
     };
-    tokio::task::spawn_blocking(move || shard::execute(&job, &task, &cancel, &mut |_, _| {}))
-        .await
-        .map_err(|e| ShardError::BadInput(format!("shard panicked: {e}")))?
+    let out =
+        tokio::task::spawn_blocking(move || shard::execute(&job, &task, &cancel, &mut |_, _| {}))
+            .await
+            .map_err(|e| ShardError::Internal(format!("shard panicked: {e}")))??;
+    Ok(out.encode())
 }
 
 /// Writes a lease's attachments into `dir` and points the spec at them; returns the spec and

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle_core::DType;
 use circuit_sweep_common::Component;
 use circuit_sweep_common::dataset::{self, PromptPair};
-use circuit_sweep_common::edge::Edge;
+use circuit_sweep_common::inputs::JobInputs;
 use circuit_sweep_common::metric;
 use circuit_sweep_common::shard::JobMeta;
 use circuit_sweep_common::spec::{Direction, KvEdges, Normalize, SweepSpec};
@@ -35,6 +35,10 @@ pub enum ShardError {
     /// The lease was revoked (job cancelled or shard re-queued).
     #[error("cancelled")]
     Cancelled,
+    /// A bug on this worker (a panic): another attempt may succeed, and the input is not
+    /// to blame.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ShardError {
@@ -42,9 +46,9 @@ impl ShardError {
     pub fn retryable(&self) -> bool {
         match self {
             ShardError::BadInput(_) | ShardError::Load(_) => false,
-            // Out of memory even at the smallest batch is not worth retrying.
-            ShardError::Model(e) => !e.to_string().to_lowercase().contains("out of memory"),
-            ShardError::Cancelled => true,
+            // The same shard on the same model needs the same memory: not worth retrying.
+            ShardError::Model(ModelError::OutOfMemory(_)) => false,
+            ShardError::Model(_) | ShardError::Cancelled | ShardError::Internal(_) => true,
         }
     }
 }
@@ -98,14 +102,11 @@ pub struct PreparedJob {
     pub ev: Option<Evaluator>,
     /// Downstream ablation: the tokenized task prompts and replacement values.
     pub downstream: Option<Downstream>,
-    /// The node circuit the spec names (`circuit` or `circuit_file`), checked against the model.
-    pub circuit: Option<Vec<Component>>,
+    /// The orders, node circuit, edge graph and head sets the spec names, resolved against
+    /// the model.
+    pub inputs: JobInputs,
     /// What the prepare shard reports.
     pub meta: JobMeta,
-    /// Edge sweeps: the edge graph (restricted to the node circuit, if one is given).
-    pub edges: Vec<Edge>,
-    /// Edge sweeps: the nodes outside the node circuit, ablated in every candidate.
-    pub outside: Vec<Component>,
 }
 
 /// Loads (or reuses) the model, checks the data, and runs the clean and corrupt prompts.
@@ -137,64 +138,20 @@ pub fn prepare(
     } else {
         vec![]
     };
-    // Explicit orders name components: check them against the model before any forward pass.
-    if let Some(f) = &spec.sweep.orders_file {
+    // The orders, circuit and edge graph the spec names, checked against the model before
+    // any forward pass.
+    let info = loaded.model.info();
+    let inputs = JobInputs::resolve(spec, info.graph_shape(), &mut |f| {
         let path = if f.is_absolute() {
-            f.clone()
+            f.to_path_buf()
         } else {
             spec_dir.join(f)
         };
-        let info = loaded.model.info();
-        circuit_sweep_common::orders::read_orders(&path, info.n_layers, info.n_heads)
-            .map_err(ShardError::BadInput)?;
-    }
-    let info = loaded.model.info();
-    // A node circuit for an edge sweep, checked against the model.
-    let circuit = match (&spec.sweep.circuit, &spec.sweep.circuit_file) {
-        (Some(c), _) => {
-            for x in c {
-                x.check(info.n_layers, info.n_heads)
-                    .map_err(|e| ShardError::BadInput(format!("[sweep] circuit: {e}")))?;
-            }
-            Some(c.clone())
-        }
-        (None, Some(f)) => {
-            let path = if f.is_absolute() {
-                f.clone()
-            } else {
-                spec_dir.join(f)
-            };
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| ShardError::BadInput(format!("{}: {e}", f.display())))?;
-            Some(
-                circuit_sweep_common::circuit::parse_circuit(
-                    &text,
-                    &f.display().to_string(),
-                    info.n_layers,
-                    info.n_heads,
-                )
-                .map_err(ShardError::BadInput)?,
-            )
-        }
-        (None, None) => None,
-    };
-    let (edges, outside) = if spec.sweep.kind.is_edges() {
-        let shape = spec.graph(info.graph_shape());
-        match &circuit {
-            Some(c) => (
-                shape.edges_within(c),
-                Component::all(info.n_layers, info.n_heads)
-                    .into_iter()
-                    .filter(|x| !c.contains(x))
-                    .collect(),
-            ),
-            None => (shape.edges(), vec![]),
-        }
-    } else {
-        (vec![], vec![])
-    };
+        std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+    })
+    .map_err(ShardError::BadInput)?;
     if !spec.sweep.kind.uses_data() {
-        return prepare_downstream(spec, loaded, circuit);
+        return prepare_downstream(spec, loaded, inputs);
     }
     let prompts = PromptSet::from_pairs(&pairs, tok).map_err(ShardError::BadInput)?;
     if spec.ablation.direction == Direction::Denoising
@@ -221,8 +178,8 @@ pub fn prepare(
         // every edge of the graph.
         let empty = if spec.sweep.kind.is_edges() {
             ev.edge_metrics(&[EdgeCandidate {
-                nodes: outside.clone(),
-                edges: edges.clone(),
+                nodes: inputs.outside.clone(),
+                edges: inputs.edges.clone(),
             }])?[0]
         } else {
             ev.metrics(&[Component::all(info.n_layers, info.n_heads)])?[0]
@@ -237,8 +194,8 @@ pub fn prepare(
         ev.empty,
     )
     .map_err(ShardError::BadInput)?;
-    let circuit_score = match &circuit {
-        Some(_) => Some(ev.scores(std::slice::from_ref(&outside))?[0]),
+    let circuit_score = match &inputs.circuit {
+        Some(_) => Some(ev.scores(std::slice::from_ref(&inputs.outside))?[0]),
         None => None,
     };
     tracing::info!(
@@ -273,10 +230,8 @@ pub fn prepare(
         prompts: Some(prompts),
         ev: Some(ev),
         downstream: None,
-        circuit,
+        inputs,
         meta,
-        edges,
-        outside,
     })
 }
 
@@ -286,7 +241,7 @@ pub fn prepare(
 fn prepare_downstream(
     spec: &SweepSpec,
     loaded: Arc<LoadedModel>,
-    circuit: Option<Vec<Component>>,
+    inputs: JobInputs,
 ) -> Result<PreparedJob, ShardError> {
     let tok = loaded.tokenizer.as_ref().expect("checked by prepare");
     let d = &spec.downstream;
@@ -328,10 +283,8 @@ fn prepare_downstream(
         prompts: None,
         ev: None,
         downstream: Some(ds),
-        circuit,
+        inputs,
         meta,
-        edges: vec![],
-        outside: vec![],
     })
 }
 

@@ -1,18 +1,20 @@
-//! Computing one shard on a prepared job, returning its score tensors.
+//! Computing one shard on a prepared job: each task's arm calls the sweep code and returns its
+//! typed [`ShardOutput`] (the wire codec lives with the type).
 
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use circuit_sweep_common::Component;
 use circuit_sweep_common::edge_prune::{EdgePruneResult, EdgePruner, random_edge_order};
 use circuit_sweep_common::prune::{PassOrder, PruneResult, Pruner};
+use circuit_sweep_common::shard::NodeShard;
 use circuit_sweep_common::shard::ShardTask;
 use circuit_sweep_common::spec::EdgeMethod;
-use circuit_sweep_proto::tensor::WireTensor;
+use circuit_sweep_proto::shard_output::ShardOutput;
 
 use crate::eval::EdgeCandidate;
 use crate::job::{PreparedJob, ShardError};
-use crate::model::ModelError;
-use crate::sweep;
+use crate::sweep::{self, SweepError};
 
 /// Progress of a shard: units done and units in all (layers, runs or decisions).
 pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
@@ -23,28 +25,18 @@ pub fn execute(
     task: &ShardTask,
     cancel: &AtomicBool,
     progress: Progress<'_>,
-) -> Result<Vec<WireTensor>, ShardError> {
+) -> Result<ShardOutput, ShardError> {
     let info = job.loaded.model.info();
     let (n_layers, n_heads) = (info.n_layers, info.n_heads);
     let check = || {
         if cancel.load(Ordering::Relaxed) {
-            Err(ModelError::InvalidRequest("cancelled".into()))
+            ControlFlow::Break(())
         } else {
-            Ok(())
-        }
-    };
-    let cancelled = |e: ModelError| -> ShardError {
-        if cancel.load(Ordering::Relaxed) {
-            ShardError::Cancelled
-        } else {
-            ShardError::Model(e)
+            ControlFlow::Continue(())
         }
     };
     match task {
-        ShardTask::Prepare => Ok(vec![WireTensor::json(
-            "meta",
-            serde_json::to_string(&job.meta).expect("meta serializes"),
-        )]),
+        ShardTask::Prepare => Ok(ShardOutput::Prepared(Box::new(job.meta.clone()))),
         ShardTask::Nodes { layers } => {
             if let Some(l) = layers.iter().find(|&&l| l >= n_layers) {
                 return Err(ShardError::BadInput(format!(
@@ -58,13 +50,12 @@ pub fn execute(
                     done += 1;
                     progress(done, total);
                     check()
-                })
-                .map_err(cancelled)?;
-            let heads: Vec<f64> = scores.heads.iter().flatten().copied().collect();
-            Ok(vec![
-                WireTensor::f64("heads", &[layers.len(), n_heads], &heads),
-                WireTensor::f64("mlps", &[layers.len()], &scores.mlps),
-            ])
+                })?;
+            Ok(ShardOutput::Nodes(NodeShard {
+                layers: layers.clone(),
+                heads: scores.heads,
+                mlps: scores.mlps,
+            }))
         }
         ShardTask::Prune => {
             let spec = &job.spec;
@@ -80,11 +71,14 @@ pub fn execute(
                     start.as_deref(),
                     start_score,
                 );
-                sweep::prune_lockstep(job.ev()?, std::slice::from_mut(&mut pruner), &mut |_, d| {
-                    progress(d, 0);
-                    check()
-                })
-                .map_err(cancelled)?;
+                sweep::prune_lockstep(
+                    job.ev()?,
+                    std::slice::from_mut(&mut pruner),
+                    &mut |_, d| {
+                        progress(d, 0);
+                        check()
+                    },
+                )?;
                 let r = pruner.result();
                 tracing::info!(
                     "{}: {} heads, {} MLPs, score {:.4} after {} evaluations in {} passes",
@@ -99,7 +93,7 @@ pub fn execute(
                 start = Some(pruner.circuit());
                 runs.push(r);
             }
-            Ok(runs_tensors(&runs))
+            Ok(ShardOutput::Runs(runs))
         }
         ShardTask::Orders { orders, .. } => {
             let full_score = job.ev()?.scores(&[vec![]])?[0];
@@ -121,42 +115,36 @@ pub fn execute(
             sweep::prune_lockstep(job.ev()?, &mut pruners, &mut |ps, _| {
                 progress(ps.iter().filter(|p| p.is_done()).count() as u64, total);
                 check()
-            })
-            .map_err(cancelled)?;
+            })?;
             let runs: Vec<PruneResult> = pruners.iter().map(Pruner::result).collect();
-            Ok(runs_tensors(&runs))
+            Ok(ShardOutput::Runs(runs))
         }
         ShardTask::Edges { first, count } => {
             let (first, count) = (*first, *count);
-            if first + count > job.edges.len() {
+            if first + count > job.inputs.edges.len() {
                 return Err(ShardError::BadInput(format!(
                     "shard asks for edges {first}..{} of a graph of {}",
                     first + count,
-                    job.edges.len()
+                    job.inputs.edges.len()
                 )));
             }
-            let edges = &job.edges[first..first + count];
+            let edges = &job.inputs.edges[first..first + count];
             // Chunks that fill a few passes each: progress and cancellation in between.
             let chunk = 64;
             let method = job.spec.sweep.edge_method;
             let ev = job.ev()?;
-            let scores = sweep::edge_sweep(ev, method, edges, &job.outside, chunk, &mut |done| {
-                progress(done as u64, count as u64);
-                check()
-            })
-            .map_err(cancelled)?;
-            Ok(vec![WireTensor::f64("edges", &[count], &scores)])
+            let scores =
+                sweep::edge_sweep(ev, method, edges, &job.inputs.outside, chunk, &mut |done| {
+                    progress(done as u64, count as u64);
+                    check()
+                })?;
+            Ok(ShardOutput::Edges(scores))
         }
         ShardTask::Downstream { first, count } => {
             let ds = job.downstream.as_ref().ok_or_else(|| {
                 ShardError::BadInput("a downstream shard of a job with no downstream tasks".into())
             })?;
-            let sets = circuit_sweep_common::analysis::downstream::study_sets(
-                &job.spec.sweep,
-                job.circuit.as_deref(),
-                n_layers,
-                n_heads,
-            );
+            let sets = &job.inputs.sets;
             if first + count > sets.len() {
                 return Err(ShardError::BadInput(format!(
                     "shard asks for sets {first}..{} of a study of {}",
@@ -172,43 +160,36 @@ pub fn execute(
                 ShardError::BadInput(format!("{} has no tokenizer", job.loaded.source.display()))
             })?;
             let tasks = ds.tasks.len() as u64;
-            let acc = ds
-                .accuracy(&job.loaded.model, tok, &chosen, &mut |done| {
-                    progress(done as u64, tasks);
-                    check()
-                })
-                .map_err(cancelled)?;
-            let flat: Vec<f64> = acc.iter().flatten().copied().collect();
-            Ok(vec![WireTensor::f64(
-                "accuracy",
-                &[*count, ds.tasks.len()],
-                &flat,
-            )])
+            let acc = ds.accuracy(&job.loaded.model, tok, &chosen, &mut |done| {
+                progress(done as u64, tasks);
+                check()
+            })?;
+            Ok(ShardOutput::Accuracy(acc))
         }
         ShardTask::EdgePrune if job.spec.sweep.edge_method == EdgeMethod::Path => {
             // The paper's one pass: every edge path-patched alone, kept when that costs more
             // than the rule allows; the kept circuit is then scored with every other edge
             // ablated.
             let ev = job.ev()?;
-            let n = job.edges.len() as u64;
+            let n = job.inputs.edges.len() as u64;
             let start = ev.edge_scores(&[EdgeCandidate {
-                nodes: job.outside.clone(),
+                nodes: job.inputs.outside.clone(),
                 edges: vec![],
             }])?[0];
             let rule = job.spec.rule();
             let scores = sweep::edge_sweep(
                 ev,
                 EdgeMethod::Path,
-                &job.edges,
-                &job.outside,
+                &job.inputs.edges,
+                &job.inputs.outside,
                 64,
                 &mut |d| {
                     progress(d as u64, n);
                     check()
                 },
-            )
-            .map_err(cancelled)?;
+            )?;
             let removed: Vec<_> = job
+                .inputs
                 .edges
                 .iter()
                 .zip(&scores)
@@ -216,10 +197,10 @@ pub fn execute(
                 .map(|(e, _)| *e)
                 .collect();
             let score = ev.edge_scores(&[EdgeCandidate {
-                nodes: job.outside.clone(),
+                nodes: job.inputs.outside.clone(),
                 edges: removed,
             }])?[0];
-            let r = EdgePruneResult::one_pass(&job.edges, &scores, rule, start, score);
+            let r = EdgePruneResult::one_pass(&job.inputs.edges, &scores, rule, start, score);
             tracing::info!(
                 "path patching at {}: {} of {} edges kept, their circuit scores {:.4}",
                 rule.describe(),
@@ -227,41 +208,39 @@ pub fn execute(
                 r.graph_edges,
                 r.score
             );
-            Ok(vec![
-                WireTensor::f64("scores", &[1], &[r.score]),
-                WireTensor::json(
-                    "edge_runs",
-                    serde_json::to_string(&[r]).expect("serializes"),
-                ),
-            ])
+            Ok(ShardOutput::EdgeRuns(vec![r]))
         }
         ShardTask::EdgePrune | ShardTask::EdgeOrders { .. } => {
             let start = job.ev()?.edge_scores(&[EdgeCandidate {
-                nodes: job.outside.clone(),
+                nodes: job.inputs.outside.clone(),
                 edges: vec![],
             }])?[0];
             let rule = job.spec.rule();
             let orders: Vec<Option<Vec<_>>> = match task {
                 ShardTask::EdgeOrders { first, count } => (*first..first + count)
-                    .map(|i| Some(random_edge_order(&job.edges, job.spec.sweep.seed, i)))
+                    .map(|i| Some(random_edge_order(&job.inputs.edges, job.spec.sweep.seed, i)))
                     .collect(),
                 _ => vec![None],
             };
             let mut pruners = orders
                 .iter()
-                .map(|o| EdgePruner::new(job.edges.clone(), o.as_deref(), rule, start))
+                .map(|o| EdgePruner::new(job.inputs.edges.clone(), o.as_deref(), rule, start))
                 .collect::<Result<Vec<_>, String>>()
                 .map_err(ShardError::BadInput)?;
             let total = pruners.len() as u64;
-            sweep::edge_prune_lockstep(job.ev()?, &job.outside, &mut pruners, &mut |ps, d| {
-                if total > 1 {
-                    progress(ps.iter().filter(|p| p.is_done()).count() as u64, total);
-                } else {
-                    progress(d, 0);
-                }
-                check()
-            })
-            .map_err(cancelled)?;
+            sweep::edge_prune_lockstep(
+                job.ev()?,
+                &job.inputs.outside,
+                &mut pruners,
+                &mut |ps, d| {
+                    if total > 1 {
+                        progress(ps.iter().filter(|p| p.is_done()).count() as u64, total);
+                    } else {
+                        progress(d, 0);
+                    }
+                    check()
+                },
+            )?;
             let runs: Vec<_> = pruners.iter().map(EdgePruner::result).collect();
             for r in &runs {
                 tracing::info!(
@@ -274,23 +253,16 @@ pub fn execute(
                     r.passes
                 );
             }
-            let scores: Vec<f64> = runs.iter().map(|r| r.score).collect();
-            Ok(vec![
-                WireTensor::f64("scores", &[runs.len()], &scores),
-                WireTensor::json(
-                    "edge_runs",
-                    serde_json::to_string(&runs).expect("serializes"),
-                ),
-            ])
+            Ok(ShardOutput::EdgeRuns(runs))
         }
     }
 }
 
-/// Pruning runs as a score tensor and their decisions as JSON.
-fn runs_tensors(runs: &[PruneResult]) -> Vec<WireTensor> {
-    let scores: Vec<f64> = runs.iter().map(|r| r.score).collect();
-    vec![
-        WireTensor::f64("scores", &[runs.len()], &scores),
-        WireTensor::json("runs", serde_json::to_string(runs).expect("runs serialize")),
-    ]
+impl From<SweepError> for ShardError {
+    fn from(e: SweepError) -> Self {
+        match e {
+            SweepError::Cancelled => ShardError::Cancelled,
+            SweepError::Model(m) => ShardError::Model(m),
+        }
+    }
 }

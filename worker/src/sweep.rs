@@ -9,8 +9,32 @@ use circuit_sweep_common::prune::Pruner;
 use circuit_sweep_common::results::NodeScores;
 use circuit_sweep_common::spec::EdgeMethod;
 
+use std::ops::ControlFlow;
+
 use crate::eval::{EdgeCandidate, Evaluator};
 use crate::model::ModelError;
+
+/// Why a sweep ended before its last step.
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    /// A progress callback asked it to stop (the shard's lease was revoked).
+    #[error("cancelled")]
+    Cancelled,
+    /// A forward pass failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+/// Called with progress; `Break` stops the sweep with [`SweepError::Cancelled`].
+pub type OnProgress<'a> = &'a mut dyn FnMut(usize) -> ControlFlow<()>;
+
+/// Stops with [`SweepError::Cancelled`] when `flow` says so.
+pub fn go_on(flow: ControlFlow<()>) -> Result<(), SweepError> {
+    match flow {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(()) => Err(SweepError::Cancelled),
+    }
+}
 
 /// Every head and every MLP ablated alone, batched layer by layer (a layer's components share
 /// their start layer). `on_layer` is called after each layer and may stop the sweep.
@@ -18,8 +42,8 @@ pub fn node_sweep(
     ev: &Evaluator,
     n_layers: usize,
     n_heads: usize,
-    on_layer: &mut dyn FnMut(usize) -> Result<(), ModelError>,
-) -> Result<NodeScores, ModelError> {
+    on_layer: OnProgress<'_>,
+) -> Result<NodeScores, SweepError> {
     let layers: Vec<usize> = (0..n_layers).collect();
     node_sweep_layers(ev, &layers, n_layers, n_heads, on_layer)
 }
@@ -30,8 +54,8 @@ pub fn node_sweep_layers(
     layers: &[usize],
     n_layers: usize,
     n_heads: usize,
-    on_layer: &mut dyn FnMut(usize) -> Result<(), ModelError>,
-) -> Result<NodeScores, ModelError> {
+    on_layer: OnProgress<'_>,
+) -> Result<NodeScores, SweepError> {
     let mut heads = Vec::with_capacity(layers.len());
     let mut mlps = Vec::with_capacity(layers.len());
     for &layer in layers {
@@ -43,7 +67,7 @@ pub fn node_sweep_layers(
         let s = ev.scores(&comps)?;
         heads.push(s[..n_heads].to_vec());
         mlps.push(s[n_heads]);
-        on_layer(layer)?;
+        go_on(on_layer(layer))?;
     }
     Ok(NodeScores { heads, mlps })
 }
@@ -98,8 +122,8 @@ impl Search for EdgePruner {
 /// Scores candidates, each given as its ablated items.
 pub type ScoreFn<'a, T> = &'a dyn Fn(&[Vec<T>]) -> Result<Vec<f64>, ModelError>;
 
-/// Called after each lockstep step with the runs and the decisions so far; an error stops.
-pub type OnStep<'a, S> = &'a mut dyn FnMut(&[S], u64) -> Result<(), ModelError>;
+/// Called after each lockstep step with the runs and the decisions so far; `Break` stops.
+pub type OnStep<'a, S> = &'a mut dyn FnMut(&[S], u64) -> ControlFlow<()>;
 
 /// Largest speculative batch of one run (candidates proposed past an undecided one).
 const MAX_SPECULATION: usize = 32;
@@ -109,7 +133,7 @@ pub fn prune_lockstep(
     ev: &Evaluator,
     pruners: &mut [Pruner],
     on_step: OnStep<'_, Pruner>,
-) -> Result<(), ModelError> {
+) -> Result<(), SweepError> {
     lockstep(pruners, &|c| ev.scores(c), on_step)
 }
 
@@ -120,7 +144,7 @@ pub fn edge_prune_lockstep(
     nodes: &[Component],
     pruners: &mut [EdgePruner],
     on_step: OnStep<'_, EdgePruner>,
-) -> Result<(), ModelError> {
+) -> Result<(), SweepError> {
     let score = |cands: &[Vec<Edge>]| {
         let c: Vec<EdgeCandidate> = cands
             .iter()
@@ -142,7 +166,7 @@ pub fn lockstep<S: Search>(
     pruners: &mut [S],
     score: ScoreFn<'_, S::Item>,
     on_step: OnStep<'_, S>,
-) -> Result<(), ModelError> {
+) -> Result<(), SweepError> {
     let mut ks = vec![1usize; pruners.len()];
     let mut decisions = 0u64;
     loop {
@@ -174,7 +198,7 @@ pub fn lockstep<S: Search>(
                 (ks[*i] * 2).min(MAX_SPECULATION)
             };
         }
-        on_step(pruners, decisions)?;
+        go_on(on_step(pruners, decisions))?;
     }
 }
 
@@ -187,8 +211,8 @@ pub fn edge_sweep(
     edges: &[Edge],
     nodes: &[Component],
     chunk: usize,
-    on_chunk: &mut dyn FnMut(usize) -> Result<(), ModelError>,
-) -> Result<Vec<f64>, ModelError> {
+    on_chunk: OnProgress<'_>,
+) -> Result<Vec<f64>, SweepError> {
     let mut out = Vec::with_capacity(edges.len());
     for part in edges.chunks(chunk.max(1)) {
         match method {
@@ -204,7 +228,7 @@ pub fn edge_sweep(
             }
             EdgeMethod::Path => out.extend(ev.edge_path_scores(part, nodes)?),
         }
-        on_chunk(out.len())?;
+        go_on(on_chunk(out.len()))?;
     }
     Ok(out)
 }

@@ -173,8 +173,10 @@ fn half_precision_node_scores_agree_with_f32() {
     let scores = |m: &circuit_sweep_worker::HookedModel| {
         let ev = Evaluator::new(m, &prompts, AblationSpec::default(), 16384).unwrap();
         let i = m.info();
-        let s =
-            sweep::node_sweep_layers(&ev, &layers, i.n_layers, i.n_heads, &mut |_| Ok(())).unwrap();
+        let s = sweep::node_sweep_layers(&ev, &layers, i.n_layers, i.n_heads, &mut |_| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
         s.heads
             .into_iter()
             .flatten()

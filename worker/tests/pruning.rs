@@ -123,7 +123,10 @@ fn run_pruner(ev: &Evaluator, n_layers: usize, n_heads: usize, order: PassOrder,
 fn run_by(ev: &Evaluator, n_layers: usize, n_heads: usize, order: PassOrder, rule: Rule) -> Pruner {
     let start = ev.scores(&[vec![]]).unwrap()[0];
     let mut p = Pruner::new(n_layers, n_heads, order, rule, None, start);
-    sweep::prune_lockstep(ev, std::slice::from_mut(&mut p), &mut |_, _| Ok(())).unwrap();
+    sweep::prune_lockstep(ev, std::slice::from_mut(&mut p), &mut |_, _| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
     p
 }
 
@@ -192,7 +195,10 @@ fn nested_thresholds_give_nested_circuits() {
             start.as_deref(),
             score,
         );
-        sweep::prune_lockstep(&ev, std::slice::from_mut(&mut p), &mut |_, _| Ok(())).unwrap();
+        sweep::prune_lockstep(&ev, std::slice::from_mut(&mut p), &mut |_, _| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
         let c = p.circuit();
         if let Some(prev) = &start {
             assert!(
@@ -236,7 +242,10 @@ fn the_order_study_in_lockstep_equals_one_prune_per_order() {
             )
         })
         .collect();
-    sweep::prune_lockstep(&ev, &mut pruners, &mut |_, _| Ok(())).unwrap();
+    sweep::prune_lockstep(&ev, &mut pruners, &mut |_, _| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
     let together: Vec<_> = pruners.iter().map(Pruner::result).collect();
     for (o, r) in read.iter().zip(&together) {
         let alone = run_pruner(&ev, l, h, PassOrder::Fixed(o.clone()), 80.0).result();

@@ -182,7 +182,10 @@ fn node_sweep(name: &str, dtype: DType) -> Vec<f64> {
     .model;
     let ev = Evaluator::new(&m, &fixture_prompts(name), AblationSpec::default(), 4096).unwrap();
     let i = m.info();
-    let s = sweep::node_sweep(&ev, i.n_layers, i.n_heads, &mut |_| Ok(())).unwrap();
+    let s = sweep::node_sweep(&ev, i.n_layers, i.n_heads, &mut |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
     s.heads.into_iter().flatten().chain(s.mlps).collect()
 }
 

@@ -337,29 +337,16 @@ fn sweep(a: SweepArgs, models_dir: &Path) -> anyhow::Result<()> {
 
 /// Empty-shard round trips through a real coordinator on loopback (with its database).
 fn shards(jobs: usize) -> anyhow::Result<()> {
-    use circuit_sweep_common::shard::{JobMeta, ShardTask};
+    use circuit_sweep_common::shard::{JobMeta, NodeShard, ShardTask};
     use circuit_sweep_coordinator::server::{ServerConfig, Service};
     use circuit_sweep_proto::PROTOCOL_VERSION;
-    use circuit_sweep_proto::tensor::WireTensor;
+    use circuit_sweep_proto::shard_output::ShardOutput;
     use circuit_sweep_proto::v1::{
         LeaseRequest, ResultChunk, StatusRequest, SubmitRequest, WorkerInfo,
     };
 
     let (n_layers, n_heads) = (32usize, 8usize);
-    let meta = JobMeta {
-        model_path: "none".into(),
-        info: serde_json::json!({}),
-        n_layers,
-        n_heads,
-        n_kv_heads: n_heads,
-        parallel_residual: false,
-        circuit_score: None,
-        dataset: serde_json::json!({"prompts": 1}),
-        prompts_jsonl: String::new(),
-        full: 1.0,
-        corrupt: 0.0,
-        empty: None,
-    };
+    let meta = JobMeta::synthetic("none", n_layers, n_heads);
     let state = tempfile::tempdir()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -400,17 +387,15 @@ fn shards(jobs: usize) -> anyhow::Result<()> {
                 .into_inner()
                 .lease
             {
-                let tensors = match serde_json::from_str::<ShardTask>(&l.task_json)? {
-                    ShardTask::Nodes { layers } => vec![
-                        WireTensor::f64(
-                            "heads",
-                            &[layers.len(), n_heads],
-                            &vec![100.0; layers.len() * n_heads],
-                        ),
-                        WireTensor::f64("mlps", &[layers.len()], &vec![100.0; layers.len()]),
-                    ],
-                    _ => vec![WireTensor::json("meta", serde_json::to_string(&meta)?)],
+                let output = match serde_json::from_str::<ShardTask>(&l.task_json)? {
+                    ShardTask::Nodes { layers } => ShardOutput::Nodes(NodeShard {
+                        heads: vec![vec![100.0; n_heads]; layers.len()],
+                        mlps: vec![100.0; layers.len()],
+                        layers,
+                    }),
+                    _ => ShardOutput::Prepared(Box::new(meta.clone())),
                 };
+                let tensors = output.encode();
                 let chunks: Vec<_> = tensors.iter().flat_map(|t| t.chunks(1 << 20)).collect();
                 let n = chunks.len();
                 let msgs: Vec<ResultChunk> = chunks

@@ -129,7 +129,9 @@ fn measure(
     let edges: Vec<_> = all.iter().step_by(every.max(1)).copied().collect();
     let before = ev.forward_passes();
     let t0 = Instant::now();
-    let scores = sweep::edge_sweep(&ev, EdgeMethod::Direct, &edges, &[], 256, &mut |_| Ok(()))?;
+    let scores = sweep::edge_sweep(&ev, EdgeMethod::Direct, &edges, &[], 256, &mut |_| {
+        std::ops::ControlFlow::Continue(())
+    })?;
     let secs = t0.elapsed().as_secs_f64();
     let rate = edges.len() as f64 / secs;
     let full = all.len() as f64 / rate;

@@ -84,8 +84,8 @@ impl Downstream {
         model: &HookedModel,
         tok: &PromptTokenizer,
         sets: &[Vec<Component>],
-        progress: &mut dyn FnMut(usize) -> Result<(), ModelError>,
-    ) -> Result<Vec<Vec<f64>>, ModelError> {
+        progress: crate::sweep::OnProgress<'_>,
+    ) -> Result<Vec<Vec<f64>>, crate::sweep::SweepError> {
         let mut acc = vec![vec![0.0; self.tasks.len()]; sets.len()];
         for (ti, (task, prompts, ids)) in self.tasks.iter().enumerate() {
             let max_new = task.max_new_tokens(prompts);
@@ -113,7 +113,7 @@ impl Downstream {
             for (s, n) in correct.iter().enumerate() {
                 acc[s][ti] = 100.0 * *n as f64 / prompts.len() as f64;
             }
-            progress(ti + 1)?;
+            crate::sweep::go_on(progress(ti + 1))?;
         }
         Ok(acc)
     }

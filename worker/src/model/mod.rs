@@ -31,10 +31,27 @@ pub(crate) use neox::Neox;
 pub enum ModelError {
     /// A tensor operation failed (shape, dtype or device problem inside candle).
     #[error("tensor operation failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
+    /// The device ran out of memory.
+    #[error("out of memory: {0}")]
+    OutOfMemory(candle_core::Error),
     /// The request itself is inconsistent with the model (named field says what).
     #[error("invalid run request: {0}")]
     InvalidRequest(String),
+}
+
+impl From<candle_core::Error> for ModelError {
+    fn from(e: candle_core::Error) -> Self {
+        // candle reports a device allocation failure only as text (CUDA's
+        // `CUDA_ERROR_OUT_OF_MEMORY`, "out of memory" from other backends): the one place that
+        // reads it, so that callers match a variant.
+        let text = e.to_string().to_lowercase();
+        if text.contains("out_of_memory") || text.contains("out of memory") {
+            ModelError::OutOfMemory(e)
+        } else {
+            ModelError::Candle(e)
+        }
+    }
 }
 
 /// The model families this engine implements.

@@ -1,0 +1,196 @@
+//! A job's inputs resolved once from its spec, its files and the model's shape: the order
+//! study's orders, the node circuit an edge sweep or downstream study names, the edge graph
+//! and the nodes outside the circuit, and the downstream study's head sets. The coordinator's
+//! planner, the worker's job preparation and aggregation all take them from here.
+
+use std::path::Path;
+
+use crate::Component;
+use crate::analysis::downstream;
+use crate::edge::{Edge, GraphShape};
+use crate::shard::{self, ShardTask};
+use crate::spec::{SweepKind, SweepSpec};
+use crate::{circuit, orders};
+
+/// The resolved inputs of a job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobInputs {
+    /// The model's edge graph as the spec asks for it (key/value receivers, edge method).
+    pub graph: GraphShape,
+    /// The order study's orders, in study order (`orders` sweeps only).
+    pub orders: Option<Vec<Vec<Component>>>,
+    /// The node circuit the spec names (`circuit` or `circuit_file`), checked against the model.
+    pub circuit: Option<Vec<Component>>,
+    /// Edge sweeps: the edge graph, restricted to the node circuit when one is given.
+    pub edges: Vec<Edge>,
+    /// Edge sweeps: the nodes outside the node circuit (ablated in every candidate).
+    pub outside: Vec<Component>,
+    /// Downstream studies: the head sets, named, in shard order.
+    pub sets: Vec<(String, Vec<Component>)>,
+}
+
+impl JobInputs {
+    /// Resolves the inputs of `spec` for a model of `model` (its base graph shape, as
+    /// `JobMeta::graph_shape` or the model's info gives it), reading files the spec names
+    /// through `read` (its argument as the spec wrote it). The error names the file or field.
+    pub fn resolve(
+        spec: &SweepSpec,
+        model: GraphShape,
+        read: &mut dyn FnMut(&Path) -> Result<String, String>,
+    ) -> Result<Self, String> {
+        let (n_layers, n_heads) = (model.n_layers, model.n_heads);
+        let orders = match (spec.sweep.kind, &spec.sweep.orders_file) {
+            (SweepKind::Orders, Some(f)) => Some(orders::parse_orders(
+                &read(f)?,
+                &f.display().to_string(),
+                n_layers,
+                n_heads,
+            )?),
+            (SweepKind::Orders, None) => Some(orders::random_orders(
+                n_layers,
+                n_heads,
+                spec.sweep.orders.unwrap_or(100),
+                spec.sweep.seed,
+            )),
+            _ => None,
+        };
+        let circuit = match (&spec.sweep.circuit, &spec.sweep.circuit_file) {
+            (Some(c), _) => {
+                for x in c {
+                    x.check(n_layers, n_heads)
+                        .map_err(|e| format!("[sweep] circuit: {e}"))?;
+                }
+                Some(c.clone())
+            }
+            (None, Some(f)) => Some(circuit::parse_circuit(
+                &read(f)?,
+                &f.display().to_string(),
+                n_layers,
+                n_heads,
+            )?),
+            (None, None) => None,
+        };
+        Ok(Self::from_resolved(spec, model, circuit, orders))
+    }
+
+    /// The inputs from an already resolved circuit and orders (as the coordinator stores them
+    /// with the job).
+    pub fn from_resolved(
+        spec: &SweepSpec,
+        model: GraphShape,
+        circuit: Option<Vec<Component>>,
+        orders: Option<Vec<Vec<Component>>>,
+    ) -> Self {
+        let graph = spec.graph(model);
+        let (n_layers, n_heads) = (graph.n_layers, graph.n_heads);
+        let (edges, outside) = match (spec.sweep.kind.is_edges(), &circuit) {
+            (false, _) => (vec![], vec![]),
+            (true, Some(c)) => (
+                graph.edges_within(c),
+                Component::all(n_layers, n_heads)
+                    .into_iter()
+                    .filter(|x| !c.contains(x))
+                    .collect(),
+            ),
+            (true, None) => (graph.edges(), vec![]),
+        };
+        let sets = match spec.sweep.kind {
+            SweepKind::Downstream => {
+                downstream::study_sets(&spec.sweep, circuit.as_deref(), n_layers, n_heads)
+            }
+            _ => vec![],
+        };
+        JobInputs {
+            graph,
+            orders,
+            circuit,
+            edges,
+            outside,
+            sets,
+        }
+    }
+
+    /// The sweep's shards after `prepare` (see [`shard::plan`]).
+    pub fn plan(&self, spec: &SweepSpec) -> Vec<ShardTask> {
+        let edge_orders = match spec.sweep.kind {
+            SweepKind::EdgePrune => spec.sweep.orders,
+            _ => None,
+        };
+        shard::plan(
+            spec.sweep.kind,
+            self.graph.n_layers,
+            self.orders.as_deref(),
+            self.edges.len(),
+            edge_orders,
+            self.sets.len(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model() -> GraphShape {
+        GraphShape {
+            n_layers: 2,
+            n_heads: 4,
+            n_kv_heads: 2,
+            parallel: false,
+            kv_per_query: true,
+            embed: true,
+        }
+    }
+
+    fn spec(text: &str) -> SweepSpec {
+        SweepSpec::parse(text, Path::new("t.toml")).unwrap()
+    }
+
+    fn no_files(p: &Path) -> Result<String, String> {
+        Err(format!("{}: no such file", p.display()))
+    }
+
+    #[test]
+    fn an_edge_sweep_restricted_to_a_circuit() {
+        let s = spec("[sweep]\nkind = \"edges\"\ncircuit = [\"h0.1\", \"m1\"]\n");
+        let i = JobInputs::resolve(&s, model(), &mut no_files).unwrap();
+        assert_eq!(i.circuit.as_ref().unwrap().len(), 2);
+        assert_eq!(i.edges, i.graph.edges_within(i.circuit.as_ref().unwrap()));
+        assert_eq!(i.outside.len(), 2 * 4 + 2 - 2);
+        assert!(
+            i.plan(&s)
+                .iter()
+                .all(|t| matches!(t, ShardTask::Edges { .. }))
+        );
+        // The same from the stored circuit.
+        let again = JobInputs::from_resolved(&s, model(), i.circuit.clone(), None);
+        assert_eq!(again, i);
+    }
+
+    #[test]
+    fn files_and_components_are_checked_against_the_model() {
+        let s = spec("[sweep]\nkind = \"edges\"\ncircuit = [\"h5.0\"]\n");
+        let e = JobInputs::resolve(&s, model(), &mut no_files).unwrap_err();
+        assert!(e.starts_with("[sweep] circuit:"), "{e}");
+        let s = spec("[sweep]\nkind = \"orders\"\norders_file = \"o.json\"\n");
+        let e = JobInputs::resolve(&s, model(), &mut no_files).unwrap_err();
+        assert!(e.contains("o.json"), "{e}");
+        let i = JobInputs::resolve(&s, model(), &mut |_| {
+            Ok("[[\"h0.0\", \"h0.1\", \"h0.2\", \"h0.3\", \"m0\", \"h1.0\", \"h1.1\", \"h1.2\", \"h1.3\", \"m1\"]]\n".into())
+        })
+        .unwrap();
+        assert_eq!(i.orders.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn random_orders_and_downstream_sets_follow_the_seed() {
+        let s = spec("[sweep]\nkind = \"orders\"\norders = 5\nseed = 9\n");
+        let a = JobInputs::resolve(&s, model(), &mut no_files).unwrap();
+        assert_eq!(a.orders.as_ref().unwrap().len(), 5);
+        assert_eq!(a, JobInputs::resolve(&s, model(), &mut no_files).unwrap());
+        let s = spec("[sweep]\nkind = \"downstream\"\nrandom_sets = 3\nset_size = 2\n");
+        let d = JobInputs::resolve(&s, model(), &mut no_files).unwrap();
+        assert_eq!(d.sets.len(), 4);
+        assert_eq!(d.plan(&s).len(), 1);
+    }
+}

@@ -1,0 +1,102 @@
+//! Aggregation outside the scheduler's lock: a job whose shards are all done is handed out as
+//! a [`Finishing`] (what it needs, copied, and the shared store); whoever runs it reads the
+//! stored results, writes the results folder and reports back with
+//! [`Scheduler::finished`](super::Scheduler::finished). Heartbeats and leases go on meanwhile.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use circuit_sweep_common::shard::{JobMeta, ShardTask};
+use circuit_sweep_common::spec::SweepSpec;
+use circuit_sweep_proto::shard_output::ShardOutput;
+
+use super::SchedError;
+use super::job::Job;
+use crate::aggregate::{self, Collected};
+use crate::store::{JobRecord, Store};
+
+/// A job to aggregate.
+#[derive(Debug)]
+pub struct Finishing {
+    /// The job.
+    pub job: u64,
+    rec: JobRecord,
+    spec: SweepSpec,
+    store: Arc<Store>,
+    out: PathBuf,
+    timing: serde_json::Value,
+}
+
+impl Finishing {
+    pub(super) fn new(job: &Job, store: Arc<Store>, out: PathBuf, unix: f64) -> Self {
+        let attempts: u32 = job.shards.iter().map(|s| s.rec.attempts).sum();
+        Finishing {
+            job: job.rec.id,
+            rec: job.rec.clone(),
+            spec: job.spec.clone(),
+            store,
+            out,
+            timing: serde_json::json!({
+                "seconds": unix - job.rec.submitted_unix,
+                "shards": job.shards.len(),
+                "shard_attempts": attempts,
+            }),
+        }
+    }
+
+    /// Writes the results folder; returns where, or why it could not (the job's failure).
+    pub fn run(self) -> Result<PathBuf, String> {
+        let _span = tracing::info_span!("aggregate", job = self.job).entered();
+        let mut c = Collected::default();
+        for (i, task) in self.rec.shards.iter().enumerate() {
+            let shard = Shard {
+                job: self.job,
+                index: i,
+                task,
+            };
+            let out = stored_output(&self.store, shard, &self.spec, self.rec.meta.as_ref())
+                .map_err(|e| e.to_string())?;
+            c.push(task, out);
+        }
+        let meta = c
+            .meta
+            .clone()
+            .ok_or_else(|| "incomplete results: no prepare result".to_string())?;
+        let inputs = circuit_sweep_common::inputs::JobInputs::from_resolved(
+            &self.spec,
+            meta.model_shape(),
+            self.rec.circuit.clone(),
+            self.rec.orders.clone(),
+        );
+        aggregate::write(&self.spec, &inputs, &c, self.timing, &self.out)
+            .map(|_| self.out)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The stored output of shard `i` of a job, decoded again: it was checked when it arrived, so
+/// a failure here is a damaged database.
+pub(super) fn stored_output(
+    store: &Store,
+    job: Shard<'_>,
+    spec: &SweepSpec,
+    meta: Option<&JobMeta>,
+) -> Result<ShardOutput, SchedError> {
+    let corrupt = |why: String| SchedError::CorruptResult {
+        job: job.job,
+        shard: job.index as u32,
+        why,
+    };
+    let ts = store
+        .result(job.job, job.index as u32)?
+        .ok_or_else(|| corrupt("no stored result".into()))?;
+    ShardOutput::decode(job.task, spec, meta, &ts).map_err(|e| corrupt(e.0))
+}
+
+/// A shard of a job, by number.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Shard<'a> {
+    pub job: u64,
+    pub index: usize,
+    pub task: &'a ShardTask,
+}

@@ -1,0 +1,539 @@
+//! The scheduler: jobs, shards, workers and leases. One owner (a mutex the server holds
+//! briefly) changes this state; heavy work leaves the lock: a job whose shards are all done is
+//! handed out as a [`Finishing`] to aggregate, and a job's partial results are read from a
+//! [`PartialSource`]. Every way a worker can be lost (heartbeat timeout, broken result stream,
+//! drain) goes through [`Scheduler::worker_lost`], which re-queues its shards.
+//!
+//! The parts: [`workers`] (registrations and leases), [`job`] (one job's state machine),
+//! [`plan`] (the shards after `prepare`), [`finish`] (aggregation outside the lock) and
+//! [`status`] (what clients and the dashboard see).
+
+mod clock;
+mod finish;
+mod job;
+mod plan;
+mod status;
+mod workers;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use circuit_sweep_common::shard::{JobMeta, ShardTask};
+use circuit_sweep_common::spec::SweepSpec;
+use circuit_sweep_proto::shard_output::ShardOutput;
+use circuit_sweep_proto::tensor::WireTensor;
+use circuit_sweep_proto::v1::{ShardLease, WorkerInfo};
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use finish::Finishing;
+pub use job::{MAX_ATTEMPTS, MAX_REFUSALS};
+pub use status::{Partial, PartialSource};
+pub use workers::LostReason;
+
+use crate::store::{JobRecord, JobState, ShardRecord, Store, StoreError};
+use job::{Job, Retry, ShardState};
+use workers::Workers;
+
+/// Why a scheduler call was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedError {
+    /// Unknown worker (never registered, lost, or the coordinator restarted).
+    #[error("unknown worker {0}")]
+    UnknownWorker(String),
+    /// Unknown job.
+    #[error("no job {0}")]
+    UnknownJob(u64),
+    /// Unknown lease, or a lease of another worker.
+    #[error("lease {0} is not held by this worker")]
+    NotYourLease(String),
+    /// A result that does not fit its shard.
+    #[error("malformed result for job {job} shard {shard}: {why}")]
+    Malformed {
+        /// Job.
+        job: u64,
+        /// Shard.
+        shard: u32,
+        /// What was wrong.
+        why: String,
+    },
+    /// A spec that cannot be used.
+    #[error("{0}")]
+    BadSpec(String),
+    /// The job's results are not ready.
+    #[error("{0}")]
+    NotReady(String),
+    /// A stored shard result no longer decodes.
+    #[error("stored result of job {job} shard {shard} is corrupt: {why}")]
+    CorruptResult {
+        /// Job.
+        job: u64,
+        /// Shard.
+        shard: u32,
+        /// What was wrong.
+        why: String,
+    },
+    /// The state database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Scheduler settings.
+#[derive(Debug, Clone)]
+pub struct SchedConfig {
+    /// Heartbeat interval asked of workers.
+    pub heartbeat: Duration,
+    /// A worker silent this long is lost.
+    pub lost_after: Duration,
+    /// Where results folders go.
+    pub results_dir: PathBuf,
+}
+
+/// What became of a complete result stream.
+#[derive(Debug)]
+pub enum Completion {
+    /// The shard was done already (or its job ended): the result was dropped.
+    Duplicate,
+    /// Stored; the job goes on.
+    Stored,
+    /// Stored, and it was the job's last shard: aggregate it (outside the lock).
+    Finishing(Box<Finishing>),
+}
+
+/// The scheduler state.
+pub struct Scheduler {
+    cfg: SchedConfig,
+    clock: Arc<dyn Clock>,
+    store: Arc<Store>,
+    jobs: BTreeMap<u64, Job>,
+    workers: Workers,
+}
+
+impl Scheduler {
+    /// Opens the state under `state_dir`, resuming every unfinished job: shards whose results
+    /// are stored stay done, the rest are queued again. Returns the jobs whose shards were all
+    /// done but whose results folder was not written (to run before serving).
+    pub fn open(
+        state_dir: &Path,
+        cfg: SchedConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Self, Vec<Finishing>), SchedError> {
+        let store = Arc::new(Store::open(state_dir)?);
+        let mut jobs = BTreeMap::new();
+        for (rec, shard_recs) in store.load()? {
+            let spec = SweepSpec::parse(&rec.spec_toml, Path::new("spec.toml"))
+                .map_err(|e| SchedError::BadSpec(format!("stored job {}: {e}", rec.id)))?;
+            let job = Job::new(rec, spec, shard_recs, clock.now());
+            if !job.rec.state.is_final() {
+                tracing::info!(
+                    "resuming job {} ({}): {} of {} shards done",
+                    job.rec.id,
+                    job.rec.name,
+                    job.done(),
+                    job.shards.len()
+                );
+            }
+            jobs.insert(job.rec.id, job);
+        }
+        let mut s = Scheduler {
+            cfg,
+            clock,
+            store,
+            jobs,
+            workers: Workers::new(),
+        };
+        let ids: Vec<u64> = s.jobs.keys().copied().collect();
+        let mut finishing = vec![];
+        for id in ids {
+            // A prepare shard stored before a crash but never planned.
+            let job = &s.jobs[&id];
+            if job.rec.state == JobState::Queued
+                && job.shards[0].state == ShardState::Done
+                && let ShardOutput::Prepared(meta) = s.stored_output(job, 0)?
+            {
+                s.plan(id, *meta)?;
+            }
+            // A job whose last shard was stored before a crash but not aggregated.
+            finishing.extend(s.finishing(id));
+        }
+        Ok((s, finishing))
+    }
+
+    /// Heartbeat settings for workers.
+    pub fn heartbeat_settings(&self) -> (Duration, Duration) {
+        (self.cfg.heartbeat, self.cfg.lost_after)
+    }
+
+    /// Accepts a job: the spec must parse and validate; its inputs are stored with it.
+    pub fn submit(
+        &mut self,
+        name: &str,
+        spec_toml: &str,
+        attachments: Vec<(String, Vec<u8>)>,
+    ) -> Result<u64, SchedError> {
+        let spec = SweepSpec::parse(spec_toml, Path::new(name))
+            .map_err(|e| SchedError::BadSpec(e.to_string()))?;
+        for wanted in spec.input_files() {
+            let w = wanted.display().to_string();
+            if !attachments.iter().any(|(n, _)| *n == w) {
+                return Err(SchedError::BadSpec(format!(
+                    "{name}: the spec names {w} but the submission does not include it"
+                )));
+            }
+        }
+        let id = self.jobs.keys().next_back().map_or(1, |k| k + 1);
+        let rec = JobRecord {
+            id,
+            name: name.to_string(),
+            spec_toml: spec_toml.to_string(),
+            attachments: attachments.iter().map(|(n, _)| n.clone()).collect(),
+            state: JobState::Queued,
+            error: None,
+            submitted_unix: self.clock.unix(),
+            finished_unix: None,
+            meta: None,
+            shards: vec![ShardTask::Prepare],
+            orders: None,
+            circuit: None,
+        };
+        let data: Vec<Vec<u8>> = attachments.into_iter().map(|(_, d)| d).collect();
+        self.store.put_job(&rec, Some(&data))?;
+        let shard_rec = ShardRecord::default();
+        self.store.put_shards(None, &[(id, 0, &shard_rec)])?;
+        tracing::info!("job {id} ({name}) submitted: {:?} sweep", spec.sweep.kind);
+        let job = Job::new(rec, spec, vec![shard_rec], self.clock.now());
+        self.jobs.insert(id, job);
+        Ok(id)
+    }
+
+    /// Registers a worker and returns its id.
+    pub fn register(&mut self, info: WorkerInfo) -> String {
+        self.workers.register(info, self.clock.now())
+    }
+
+    /// A heartbeat: returns the leases the worker should abandon.
+    pub fn heartbeat(
+        &mut self,
+        worker: &str,
+        holding: &[String],
+        models: Vec<String>,
+    ) -> Result<Vec<String>, SchedError> {
+        let w = self.workers.touch(worker, self.clock.now())?;
+        w.info.models = models;
+        Ok(holding
+            .iter()
+            .filter(|l| !w.leases.contains(*l))
+            .cloned()
+            .collect())
+    }
+
+    /// The next queued shard for `worker`, if any: oldest job first, shards in plan order.
+    pub fn lease(&mut self, worker: &str) -> Result<Option<ShardLease>, SchedError> {
+        self.workers.touch(worker, self.clock.now())?;
+        let Some((job_id, i)) = self
+            .jobs
+            .iter()
+            .find_map(|(&id, j)| j.next_queued().map(|i| (id, i)))
+        else {
+            return Ok(None);
+        };
+        let lease_id = self.workers.grant(worker, job_id, i as u32);
+        let job = self.jobs.get_mut(&job_id).expect("found above");
+        let attempt = job.lease(i, lease_id.clone());
+        let task = job.rec.shards[i].clone();
+        self.store
+            .put_shards(None, &[(job_id, i as u32, &job.shards[i].rec)])?;
+        let attachments = self
+            .store
+            .attachments(job_id, job.rec.attachments.len())?
+            .into_iter()
+            .zip(&job.rec.attachments)
+            .map(|(data, name)| circuit_sweep_proto::v1::Attachment {
+                name: name.clone(),
+                data,
+            })
+            .collect();
+        tracing::debug!(
+            "job {job_id} shard {i} ({}) leased to {worker}, attempt {attempt}",
+            task.label()
+        );
+        Ok(Some(ShardLease {
+            lease_id,
+            job_id,
+            shard: i as u32,
+            attempt,
+            spec_toml: job.rec.spec_toml.clone(),
+            attachments,
+            task_json: serde_json::to_string(&task).expect("tasks serialize"),
+        }))
+    }
+
+    /// Where a lease points: `(job, shard)`, if the lease belongs to `worker`.
+    pub fn lease_target(&self, worker: &str, lease: &str) -> Result<(u64, u32), SchedError> {
+        let l = self.workers.lease(worker, lease)?;
+        Ok((l.job, l.shard))
+    }
+
+    /// Ends a lease of `worker`; returns its target and whether it was still active.
+    fn end_lease(&mut self, worker: &str, lease: &str) -> Result<(u64, u32, bool), SchedError> {
+        let l = self.workers.lease(worker, lease)?;
+        let target = (l.job, l.shard, l.active);
+        self.workers.end(lease);
+        if !self.jobs.contains_key(&target.0) {
+            return Err(SchedError::UnknownJob(target.0));
+        }
+        Ok(target)
+    }
+
+    /// A complete result stream. The first complete result of a shard wins; a late duplicate
+    /// is dropped. A result that does not fit its shard is refused and queued again.
+    pub fn complete(
+        &mut self,
+        worker: &str,
+        lease: &str,
+        tensors: Vec<WireTensor>,
+    ) -> Result<Completion, SchedError> {
+        let (job_id, shard, active) = self.end_lease(worker, lease)?;
+        let s = shard as usize;
+        let job = self.jobs.get_mut(&job_id).expect("checked by end_lease");
+        if !job.is_open(s) {
+            tracing::info!(
+                "dropped a late duplicate result of job {job_id} shard {shard} from {worker}"
+            );
+            return Ok(Completion::Duplicate);
+        }
+        let task = &job.rec.shards[s];
+        let output = match ShardOutput::decode(task, &job.spec, job.rec.meta.as_ref(), &tensors) {
+            Ok(o) => o,
+            Err(why) => {
+                let e = SchedError::Malformed {
+                    job: job_id,
+                    shard,
+                    why: why.0,
+                };
+                if active {
+                    self.retry(job_id, shard, |j, unix| j.refused(s, &e.to_string(), unix))?;
+                }
+                return Err(e);
+            }
+        };
+        job.accept(s);
+        self.store
+            .put_result(job_id, shard, &job.shards[s].rec, &tensors)?;
+        self.workers.credit(worker);
+        tracing::debug!("job {job_id} shard {shard} done by {worker}");
+        if let ShardOutput::Prepared(meta) = output {
+            self.plan(job_id, *meta)?;
+        }
+        Ok(match self.finishing(job_id) {
+            Some(f) => Completion::Finishing(Box::new(f)),
+            None => Completion::Stored,
+        })
+    }
+
+    /// A failed attempt reported by the worker.
+    pub fn fail(
+        &mut self,
+        worker: &str,
+        lease: &str,
+        retryable: bool,
+        reason: &str,
+    ) -> Result<(), SchedError> {
+        let (job_id, shard, active) = self.end_lease(worker, lease)?;
+        tracing::warn!("job {job_id} shard {shard} failed on {worker}: {reason}");
+        if !active {
+            // Revoked already: the shard was re-queued or its job ended.
+            return Ok(());
+        }
+        self.retry(job_id, shard, |j, unix| {
+            j.failed(shard as usize, reason, retryable, unix)
+        })
+    }
+
+    /// A refused (malformed) result stream: the lease ends and its shard is queued again.
+    pub fn refuse(&mut self, worker: &str, lease: &str, why: &str) -> Result<(), SchedError> {
+        let (job_id, shard, active) = self.end_lease(worker, lease)?;
+        tracing::warn!("refused a result of job {job_id} shard {shard} from {worker}: {why}");
+        if active {
+            self.retry(job_id, shard, |j, unix| {
+                j.refused(shard as usize, why, unix)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Applies a failed or refused attempt to a shard and persists what it changed.
+    fn retry(
+        &mut self,
+        job_id: u64,
+        shard: u32,
+        f: impl FnOnce(&mut Job, f64) -> Retry,
+    ) -> Result<(), SchedError> {
+        let unix = self.clock.unix();
+        let job = job_in(&mut self.jobs, job_id)?;
+        let rec = |j: &Job| j.shards[shard as usize].rec.clone();
+        match f(job, unix) {
+            Retry::Closed => {}
+            Retry::Requeued => {
+                let label = job.rec.shards[shard as usize].label();
+                let why = job.shards[shard as usize].rec.last_error.clone();
+                tracing::warn!(
+                    "re-queued job {job_id} shard {shard} ({label}): {}",
+                    why.unwrap_or_default()
+                );
+                self.store.put_shards(None, &[(job_id, shard, &rec(job))])?;
+            }
+            Retry::JobFailed(why) => {
+                tracing::error!("job {job_id} failed: {why}");
+                self.store
+                    .put_shards(Some(&job.rec), &[(job_id, shard, &rec(job))])?;
+                self.workers.revoke_job(job_id);
+            }
+        }
+        Ok(())
+    }
+
+    /// The one path for a lost worker (heartbeat timeout, broken stream, drain): its leased
+    /// shards go back to the queue.
+    pub fn worker_lost(&mut self, worker: &str, why: LostReason) -> Result<(), SchedError> {
+        let Some((name, held)) = self.workers.remove(worker) else {
+            return Ok(());
+        };
+        match &why {
+            LostReason::Drained => tracing::info!("worker {worker} ({name}) drained"),
+            _ => tracing::warn!("worker {worker} ({name}) lost: {why}"),
+        }
+        for (lease, l) in held {
+            let Some(job) = self.jobs.get_mut(&l.job) else {
+                continue;
+            };
+            if job.lost(l.shard as usize, &lease) {
+                tracing::warn!(
+                    "re-queued job {} shard {} ({}): worker {worker} {why}",
+                    l.job,
+                    l.shard,
+                    job.rec.shards[l.shard as usize].label()
+                );
+                self.store
+                    .put_shards(None, &[(l.job, l.shard, &job.shards[l.shard as usize].rec)])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Declares lost every worker silent for longer than `lost_after`.
+    pub fn tick(&mut self) -> Result<(), SchedError> {
+        for id in self.workers.late(self.clock.now(), self.cfg.lost_after) {
+            self.worker_lost(&id, LostReason::HeartbeatTimeout)?;
+        }
+        Ok(())
+    }
+
+    /// Cancels a job: nothing more is leased, leases in flight are revoked.
+    pub fn cancel(&mut self, job_id: u64) -> Result<(), SchedError> {
+        let unix = self.clock.unix();
+        let job = job_in(&mut self.jobs, job_id)?;
+        if job.rec.state.is_final() {
+            return Ok(());
+        }
+        job.end(JobState::Cancelled, None, unix);
+        self.store.put_job(&job.rec, None)?;
+        self.workers.revoke_job(job_id);
+        tracing::info!("job {job_id} cancelled");
+        Ok(())
+    }
+
+    /// After `prepare`: plan the sweep from the model's shape.
+    fn plan(&mut self, job_id: u64, meta: JobMeta) -> Result<(), SchedError> {
+        let job = &self.jobs[&job_id];
+        let files: BTreeMap<String, Vec<u8>> = job
+            .rec
+            .attachments
+            .iter()
+            .cloned()
+            .zip(self.store.attachments(job_id, job.rec.attachments.len())?)
+            .collect();
+        let planned = plan::plan(&job.spec, &meta, &files);
+        let unix = self.clock.unix();
+        let job = self.jobs.get_mut(&job_id).expect("checked above");
+        match planned {
+            Ok(p) => {
+                let new = job.planned(meta, p.shards, p.orders, p.circuit);
+                let rows: Vec<(u64, u32, &ShardRecord)> = new
+                    .clone()
+                    .map(|i| (job_id, i, &job.shards[i as usize].rec))
+                    .collect();
+                self.store.put_shards(Some(&job.rec), &rows)?;
+                tracing::info!("job {job_id} planned: {} shards", new.len());
+            }
+            Err(e) => {
+                job.rec.meta = Some(meta);
+                job.end(JobState::Failed, Some(e.clone()), unix);
+                self.store.put_job(&job.rec, None)?;
+                tracing::error!("job {job_id} failed: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// A job whose shards are all done, handed out to aggregate (once).
+    fn finishing(&mut self, job_id: u64) -> Option<Finishing> {
+        let unix = self.clock.unix();
+        let job = self.jobs.get_mut(&job_id)?;
+        if !job.ready_to_aggregate() {
+            return None;
+        }
+        job.aggregating = true;
+        Some(Finishing::new(
+            job,
+            self.store.clone(),
+            self.cfg.results_dir.join(job_id.to_string()),
+            unix,
+        ))
+    }
+
+    /// The outcome of a [`Finishing`]: the job is done, or failed with the reason.
+    pub fn finished(
+        &mut self,
+        job_id: u64,
+        outcome: Result<PathBuf, String>,
+    ) -> Result<(), SchedError> {
+        let unix = self.clock.unix();
+        let job = job_in(&mut self.jobs, job_id)?;
+        if !job.aggregating {
+            // Cancelled while it aggregated: the cancellation stands.
+            return Ok(());
+        }
+        match outcome {
+            Ok(out) => {
+                job.end(JobState::Done, None, unix);
+                tracing::info!("job {job_id} done: {}", out.display());
+            }
+            Err(e) => {
+                tracing::error!("job {job_id} failed: {e}");
+                job.end(JobState::Failed, Some(e), unix);
+            }
+        }
+        self.store.put_job(&job.rec, None)?;
+        Ok(())
+    }
+
+    /// The stored output of shard `i` of `job`, which must be done.
+    fn stored_output(&self, job: &Job, i: usize) -> Result<ShardOutput, SchedError> {
+        let shard = finish::Shard {
+            job: job.rec.id,
+            index: i,
+            task: &job.rec.shards[i],
+        };
+        finish::stored_output(&self.store, shard, &job.spec, job.rec.meta.as_ref())
+    }
+}
+
+/// A job by id (a free function, so that the store stays borrowable beside it).
+fn job_in(jobs: &mut BTreeMap<u64, Job>, job_id: u64) -> Result<&mut Job, SchedError> {
+    jobs.get_mut(&job_id).ok_or(SchedError::UnknownJob(job_id))
+}

@@ -1,0 +1,195 @@
+//! What clients and the dashboard see: every job's progress and ETA, the workers, the results
+//! folder of a finished job, and a job's partial results (read outside the lock from a
+//! [`PartialSource`]).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use circuit_sweep_common::greedy::Rule;
+use circuit_sweep_common::metric::Unit;
+use circuit_sweep_common::prune::PruneResult;
+use circuit_sweep_common::shard::{JobMeta, NodeShard, ShardTask};
+use circuit_sweep_common::spec::{SweepKind, SweepSpec};
+use circuit_sweep_proto::shard_output::ShardOutput;
+use circuit_sweep_proto::v1::{JobStatus, WorkerStatus};
+
+use super::job::ShardState;
+use super::{SchedError, Scheduler, finish};
+use crate::store::{JobState, Store};
+
+/// A job's results so far (see [`Scheduler::partial`]).
+#[derive(Debug, Clone)]
+pub struct Partial {
+    /// The sweep kind.
+    pub kind: SweepKind,
+    /// The pruning rule (a % threshold, or KL's tau).
+    pub rule: Rule,
+    /// What scores are measured in.
+    pub unit: Unit,
+    /// Shards done.
+    pub shards_done: usize,
+    /// Model shape (0 until the prepare shard is done).
+    pub n_layers: usize,
+    /// Heads per layer.
+    pub n_heads: usize,
+    /// Node shards done.
+    pub nodes: Vec<NodeShard>,
+    /// Pruning runs done (one per threshold of a pruning job, one per order of a study).
+    pub runs: Vec<PruneResult>,
+    /// Orders in an order study (0 for other kinds).
+    pub orders_total: usize,
+}
+
+/// What reading a job's partial results needs, taken under the lock and read outside it.
+pub struct PartialSource {
+    job: u64,
+    spec: SweepSpec,
+    meta: Option<JobMeta>,
+    orders_total: usize,
+    shards_done: usize,
+    /// The finished shards that hold node scores or pruning runs.
+    shown: Vec<(usize, ShardTask)>,
+    store: Arc<Store>,
+}
+
+impl PartialSource {
+    /// Reads the finished shards' node scores and pruning runs from the store.
+    pub fn read(&self) -> Result<Partial, SchedError> {
+        let meta = self.meta.as_ref();
+        let mut p = Partial {
+            kind: self.spec.sweep.kind,
+            rule: self.spec.rule(),
+            unit: Unit::of(self.spec.ablation.metric),
+            shards_done: self.shards_done,
+            n_layers: meta.map_or(0, |m| m.n_layers),
+            n_heads: meta.map_or(0, |m| m.n_heads),
+            nodes: vec![],
+            runs: vec![],
+            orders_total: self.orders_total,
+        };
+        for (index, task) in &self.shown {
+            let shard = finish::Shard {
+                job: self.job,
+                index: *index,
+                task,
+            };
+            match finish::stored_output(&self.store, shard, &self.spec, meta)? {
+                ShardOutput::Nodes(n) => p.nodes.push(n),
+                ShardOutput::Runs(r) => p.runs.extend(r),
+                _ => {}
+            }
+        }
+        Ok(p)
+    }
+}
+
+impl Scheduler {
+    /// Status of one job (or every job) and of the workers.
+    pub fn status(
+        &self,
+        job: Option<u64>,
+    ) -> Result<(Vec<JobStatus>, Vec<WorkerStatus>), SchedError> {
+        if let Some(id) = job
+            && !self.jobs.contains_key(&id)
+        {
+            return Err(SchedError::UnknownJob(id));
+        }
+        let now = self.clock.now();
+        let unix = self.clock.unix();
+        let jobs = self
+            .jobs
+            .values()
+            .filter(|j| job.is_none_or(|id| id == j.rec.id))
+            .map(|j| {
+                let done = j.done();
+                let leased = j.count(|s| matches!(s, ShardState::Leased { .. }));
+                let queued = j.count(|s| *s == ShardState::Queued);
+                // For the ETA: time in this coordinator's lifetime (shards done here).
+                let elapsed = now.duration_since(j.started).as_secs_f64();
+                // Shown: since submission, across restarts, until the job ended.
+                let wall = j.rec.finished_unix.unwrap_or(unix) - j.rec.submitted_unix;
+                let total = j.shards.len() as u32;
+                let eta = if j.rec.state.is_final() {
+                    0.0
+                } else if j.done_here > 0 && j.rec.meta.is_some() {
+                    elapsed / j.done_here as f64 * (total - done) as f64
+                } else {
+                    -1.0
+                };
+                JobStatus {
+                    job_id: j.rec.id,
+                    name: j.rec.name.clone(),
+                    state: j.rec.state.name().into(),
+                    error: j.rec.error.clone().unwrap_or_default(),
+                    shards_total: total,
+                    shards_done: done,
+                    shards_leased: leased,
+                    shards_queued: queued,
+                    requeued: j.shards.iter().map(|s| s.rec.requeued).sum(),
+                    elapsed_s: wall.max(0.0),
+                    eta_s: eta,
+                    kind: format!("{:?}", j.spec.sweep.kind).to_lowercase(),
+                }
+            })
+            .collect();
+        Ok((jobs, self.workers.status(now)))
+    }
+
+    /// Shards of a job done so far (`None`: no such job).
+    pub fn shards_done(&self, job_id: u64) -> Option<usize> {
+        Some(self.jobs.get(&job_id)?.done() as usize)
+    }
+
+    /// What a job's finished shards hold so far, to read outside the lock (the dashboard
+    /// draws it while the job runs).
+    pub fn partial(&self, job_id: u64) -> Result<PartialSource, SchedError> {
+        let job = self
+            .jobs
+            .get(&job_id)
+            .ok_or(SchedError::UnknownJob(job_id))?;
+        let shown = job
+            .rec
+            .shards
+            .iter()
+            .enumerate()
+            .filter(|(i, t)| {
+                job.shards[*i].state == ShardState::Done
+                    && matches!(
+                        t,
+                        ShardTask::Nodes { .. } | ShardTask::Prune | ShardTask::Orders { .. }
+                    )
+            })
+            .map(|(i, t)| (i, t.clone()))
+            .collect();
+        Ok(PartialSource {
+            job: job_id,
+            spec: job.spec.clone(),
+            meta: job.rec.meta.clone(),
+            orders_total: job.rec.orders.as_ref().map_or(0, Vec::len),
+            shards_done: job.done() as usize,
+            shown,
+            store: self.store.clone(),
+        })
+    }
+
+    /// The results folder of a finished job.
+    pub fn results_dir(&self, job_id: u64) -> Result<PathBuf, SchedError> {
+        let job = self
+            .jobs
+            .get(&job_id)
+            .ok_or(SchedError::UnknownJob(job_id))?;
+        match job.rec.state {
+            JobState::Done => Ok(self.cfg.results_dir.join(job_id.to_string())),
+            JobState::Failed => Err(SchedError::NotReady(format!(
+                "job {job_id} failed: {}",
+                job.rec.error.clone().unwrap_or_default()
+            ))),
+            s => Err(SchedError::NotReady(format!(
+                "job {job_id} is {}: {} of {} shards done",
+                s.name(),
+                job.done(),
+                job.shards.len()
+            ))),
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Workers and their leases: who is registered, when each was last heard from, which shard
+//! each lease points at, and whether a lease is still active.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use circuit_sweep_proto::v1::{WorkerInfo, WorkerStatus};
+
+use super::SchedError;
+
+/// Why a worker left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LostReason {
+    /// Silent for longer than the heartbeat timeout.
+    HeartbeatTimeout,
+    /// Its result stream broke (the text is the transport's).
+    StreamBroke(String),
+    /// It said goodbye (drained or stopping).
+    Drained,
+}
+
+impl fmt::Display for LostReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LostReason::HeartbeatTimeout => f.write_str("heartbeat timeout"),
+            LostReason::StreamBroke(why) => write!(f, "result stream broke: {why}"),
+            LostReason::Drained => f.write_str("drained"),
+        }
+    }
+}
+
+pub(super) struct Worker {
+    pub info: WorkerInfo,
+    pub last_seen: Instant,
+    pub leases: BTreeSet<String>,
+    pub shards_done: u32,
+}
+
+/// Where a lease points.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Lease {
+    pub job: u64,
+    pub shard: u32,
+    pub worker: String,
+    /// False once revoked (worker lost, job cancelled); a result may still arrive and is
+    /// accepted if the shard is not done yet, since shards are idempotent.
+    pub active: bool,
+}
+
+/// Registered workers and the leases they hold.
+pub(super) struct Workers {
+    workers: BTreeMap<String, Worker>,
+    leases: HashMap<String, Lease>,
+    next_worker: u64,
+    next_lease: u64,
+    /// Lease ids are unguessable: a worker can only write to shards it was given.
+    nonce: u64,
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+impl Workers {
+    pub fn new() -> Self {
+        Workers {
+            workers: BTreeMap::new(),
+            leases: HashMap::new(),
+            next_worker: 1,
+            next_lease: 1,
+            nonce: random_u64(),
+        }
+    }
+
+    /// Registers a worker and returns its id.
+    pub fn register(&mut self, info: WorkerInfo, now: Instant) -> String {
+        let id = format!("w{}-{:04x}", self.next_worker, self.nonce & 0xffff);
+        self.next_worker += 1;
+        tracing::info!(
+            "worker {id} ({}, {}, {} threads) registered",
+            info.name,
+            info.device,
+            info.threads
+        );
+        self.workers.insert(
+            id.clone(),
+            Worker {
+                info,
+                last_seen: now,
+                leases: BTreeSet::new(),
+                shards_done: 0,
+            },
+        );
+        id
+    }
+
+    /// The worker, heard from now.
+    pub fn touch(&mut self, worker: &str, now: Instant) -> Result<&mut Worker, SchedError> {
+        let w = self
+            .workers
+            .get_mut(worker)
+            .ok_or_else(|| SchedError::UnknownWorker(worker.into()))?;
+        w.last_seen = now;
+        Ok(w)
+    }
+
+    /// A new lease of `(job, shard)` for `worker`.
+    pub fn grant(&mut self, worker: &str, job: u64, shard: u32) -> String {
+        let id = format!("{:016x}-{}", self.nonce ^ random_u64(), self.next_lease);
+        self.next_lease += 1;
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.leases.insert(id.clone());
+        }
+        self.leases.insert(
+            id.clone(),
+            Lease {
+                job,
+                shard,
+                worker: worker.to_string(),
+                active: true,
+            },
+        );
+        id
+    }
+
+    /// The lease, if it belongs to `worker`.
+    pub fn lease(&self, worker: &str, lease: &str) -> Result<&Lease, SchedError> {
+        match self.leases.get(lease) {
+            Some(l) if l.worker == worker => Ok(l),
+            _ => Err(SchedError::NotYourLease(lease.into())),
+        }
+    }
+
+    /// Ends a lease (its result or failure arrived).
+    pub fn end(&mut self, lease: &str) {
+        if let Some(l) = self.leases.remove(lease)
+            && let Some(w) = self.workers.get_mut(&l.worker)
+        {
+            w.leases.remove(lease);
+        }
+    }
+
+    /// Counts a shard done by `worker`.
+    pub fn credit(&mut self, worker: &str) {
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.shards_done += 1;
+        }
+    }
+
+    /// Revokes every active lease of a job: their workers are told to abandon them.
+    pub fn revoke_job(&mut self, job: u64) {
+        for (id, l) in self.leases.iter_mut() {
+            if l.job == job && l.active {
+                l.active = false;
+                if let Some(w) = self.workers.get_mut(&l.worker) {
+                    w.leases.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Forgets a worker; returns its name and the leases it held (now revoked), if it was
+    /// registered.
+    pub fn remove(&mut self, worker: &str) -> Option<(String, Vec<(String, Lease)>)> {
+        let w = self.workers.remove(worker)?;
+        let held = w
+            .leases
+            .into_iter()
+            .filter_map(|id| {
+                let l = self.leases.get_mut(&id)?;
+                l.active = false;
+                Some((id, l.clone()))
+            })
+            .collect();
+        Some((w.info.name, held))
+    }
+
+    /// Workers silent for longer than `lost_after`.
+    pub fn late(&self, now: Instant, lost_after: Duration) -> Vec<String> {
+        self.workers
+            .iter()
+            .filter(|(_, w)| now.duration_since(w.last_seen) > lost_after)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// What `status` shows of each worker.
+    pub fn status(&self, now: Instant) -> Vec<WorkerStatus> {
+        self.workers
+            .iter()
+            .map(|(id, w)| WorkerStatus {
+                worker_id: id.clone(),
+                name: w.info.name.clone(),
+                device: w.info.device.clone(),
+                threads: w.info.threads,
+                leases: w.leases.iter().cloned().collect(),
+                shards_done: w.shards_done,
+                last_seen_ms: now.duration_since(w.last_seen).as_millis() as u64,
+                models: w.info.models.clone(),
+            })
+            .collect()
+    }
+}
