@@ -22,7 +22,7 @@ pub fn random_edge_order(edges: &[Edge], seed: u64, index: usize) -> Vec<Edge> {
 }
 
 /// The aggregates of an edge order study.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EdgeOrderStudy {
     /// Kept edges, score and evaluations of each run (decisions left out).
     pub runs: Vec<serde_json::Value>,

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use crate::Component;
-use crate::analysis::downstream;
+use crate::downstream;
 use crate::edge::{Edge, GraphShape};
 use crate::shard::{self, ShardTask};
 use crate::spec::{SweepKind, SweepSpec};

@@ -8,6 +8,7 @@ pub mod circuit;
 pub mod component;
 pub mod data_spec;
 pub mod dataset;
+pub mod downstream;
 pub mod edge;
 pub mod edge_prune;
 pub mod greedy;

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::component::Component;
 use crate::prune::PruneResult;
@@ -75,7 +75,7 @@ pub fn parse_orders(
 }
 
 /// One run of the study.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OrderRun {
     /// The visiting order.
     pub order: Vec<String>,
@@ -90,7 +90,7 @@ pub struct OrderRun {
 }
 
 /// The study's aggregates.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OrderStudy {
     /// Every run.
     pub runs: Vec<OrderRun>,
@@ -102,7 +102,7 @@ pub struct OrderStudy {
 }
 
 /// How much a family of circuits agree (each a set of components or edges).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SetStats {
     /// Share of circuits holding each item (items in no circuit omitted).
     pub frequency: BTreeMap<String, f64>,

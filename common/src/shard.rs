@@ -49,7 +49,7 @@ pub enum ShardTask {
         count: usize,
     },
     /// Downstream accuracy of sets `first..first + count` of the study
-    /// (`analysis::downstream::study_sets`).
+    /// (`downstream::study_sets`).
     Downstream {
         /// Index of the first set.
         first: usize,

@@ -39,8 +39,8 @@ pub struct SweepSpec {
 pub struct DownstreamSpec {
     /// Tasks: `add1`, `add2`, `sub1`, `sub2`, `intervalK` (default: all of them with K = 1, 2,
     /// 3, 10).
-    #[serde(default = "crate::analysis::downstream::default_tasks")]
-    pub tasks: Vec<crate::analysis::downstream::DownTask>,
+    #[serde(default = "crate::tasks::downstream::default_tasks")]
+    pub tasks: Vec<crate::tasks::downstream::DownTask>,
     /// Prompts per task.
     #[serde(default = "default_down_n")]
     pub n: usize,
@@ -62,7 +62,7 @@ fn default_shots() -> usize {
 impl Default for DownstreamSpec {
     fn default() -> Self {
         DownstreamSpec {
-            tasks: crate::analysis::downstream::default_tasks(),
+            tasks: crate::tasks::downstream::default_tasks(),
             n: default_down_n(),
             shots: default_shots(),
             seed: 0,

@@ -1,21 +1,24 @@
 //! Aggregation: the shards' results of a finished job become the results folder:
 //! `result.json`, the prompts, score tables and plots.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use circuit_sweep_common::Component;
-use circuit_sweep_common::analysis::downstream;
+use circuit_sweep_common::downstream;
 use circuit_sweep_common::edge::{Edge, GraphShape};
-use circuit_sweep_common::edge_prune::{self, EdgePruneResult};
+use circuit_sweep_common::edge_prune::{self, EdgeOrderStudy, EdgePruneResult};
 use circuit_sweep_common::inputs::JobInputs;
 use circuit_sweep_common::metric::Unit;
 use circuit_sweep_common::orders;
 use circuit_sweep_common::prune::PruneResult;
-use circuit_sweep_common::results::{self, NodeScores, WriteError};
+use circuit_sweep_common::results::{
+    self, DownstreamSet, DownstreamStudy, EdgeScores, ModelRecord, NodeScores, PruneRuns,
+    ResultDoc, Timing, WriteError,
+};
 use circuit_sweep_common::shard::{JobMeta, NodeShard, ShardTask};
 use circuit_sweep_common::spec::{SweepKind, SweepSpec};
 use circuit_sweep_proto::shard_output::ShardOutput;
-use serde_json::json;
 
 /// Everything the shards returned, in plan order.
 #[derive(Debug, Clone, Default)]
@@ -111,7 +114,7 @@ fn write_edges(
     meta: &JobMeta,
     name: &str,
     out: &Path,
-) -> Result<serde_json::Value, AggregateError> {
+) -> Result<EdgeScores, AggregateError> {
     let edges = &inputs.edges;
     if edges.len() != c.edges.len() {
         return Err(AggregateError::Incomplete(format!(
@@ -149,12 +152,12 @@ fn write_edges(
         _ => format!("width: {}", width_legend(unit)),
     };
     write_edge_drawing(out, "edges", &inputs.graph, &top, &importance, &title, &sub)?;
-    Ok(json!({
-        "names": edges.iter().map(Edge::to_string).collect::<Vec<_>>(),
-        "scores": c.edges,
-        "circuit": inputs.circuit,
-        "circuit_score": meta.circuit_score,
-    }))
+    Ok(EdgeScores {
+        names: edges.iter().map(Edge::to_string).collect(),
+        scores: c.edges.clone(),
+        circuit: inputs.circuit.clone(),
+        circuit_score: meta.circuit_score,
+    })
 }
 
 /// What an edge's single-edge score costs: `|100 - score|` in %, or the KL it adds (nats) to
@@ -235,7 +238,7 @@ fn write_edge_study(
     c: &Collected,
     name: &str,
     out: &Path,
-) -> Result<serde_json::Value, AggregateError> {
+) -> Result<EdgeOrderStudy, AggregateError> {
     let study = edge_prune::summarize_edge_orders(&c.edge_prune);
     tracing::info!(
         "{} edge orders: circuit sizes {}..{}, mean Jaccard {:.3}, core {} edges, union {}",
@@ -278,7 +281,7 @@ fn write_edge_study(
         &title,
         &sub,
     )?;
-    Ok(json!(study))
+    Ok(study)
 }
 
 /// Writes `NAME.svg` and `NAME.dot` of some edges.
@@ -323,7 +326,7 @@ fn write_downstream(
     c: &Collected,
     name: &str,
     out: &Path,
-) -> Result<serde_json::Value, AggregateError> {
+) -> Result<DownstreamStudy, AggregateError> {
     let sets = &inputs.sets;
     if sets.len() != c.downstream.len() {
         return Err(AggregateError::Incomplete(format!(
@@ -356,23 +359,22 @@ fn write_downstream(
             names.join(" "),
             cells.join(",")
         ));
-        let by_task: serde_json::Map<String, serde_json::Value> = tasks
-            .iter()
-            .cloned()
-            .zip(acc.iter().map(|v| json!(v)))
-            .collect();
-        rows.push(json!({"name": set_name, "components": names, "accuracy": by_task}));
+        rows.push(DownstreamSet {
+            name: set_name.clone(),
+            components: names,
+            accuracy: tasks.iter().cloned().zip(acc.iter().copied()).collect(),
+        });
     }
     results::write_file(out, "downstream.csv", &csv)?;
-    let mut spread = serde_json::Map::new();
-    let mut p_values = serde_json::Map::new();
+    let mut spread = BTreeMap::new();
+    let mut p_values = BTreeMap::new();
     let circuit = sets.iter().position(|s| s.0 == "circuit heads");
     for (t, task) in tasks.iter().enumerate() {
         let xs: Vec<f64> = random.iter().map(|&i| c.downstream[i][t]).collect();
-        spread.insert(task.clone(), json!(downstream::Spread::of(&xs)));
+        spread.insert(task.clone(), downstream::Spread::of(&xs));
         if let (Some(ci), false) = (circuit, xs.is_empty()) {
             let at_most = xs.iter().filter(|&&x| x <= c.downstream[ci][t]).count();
-            p_values.insert(task.clone(), json!(at_most as f64 / xs.len() as f64));
+            p_values.insert(task.clone(), at_most as f64 / xs.len() as f64);
         }
     }
     let dots: Vec<Vec<f64>> = random.iter().map(|&i| c.downstream[i].clone()).collect();
@@ -400,16 +402,18 @@ fn write_downstream(
             ),
         ),
     )?;
-    let mut doc = json!({
-        "tasks": tasks,
-        "sets": rows,
-        "random": spread,
-        "circuit_p_value": p_values,
-    });
-    doc.as_object_mut()
-        .expect("an object")
-        .extend(ablation.as_object().expect("an object").clone());
-    Ok(doc)
+    Ok(DownstreamStudy {
+        tasks,
+        sets: rows,
+        random: spread,
+        circuit_p_value: p_values,
+        ablation: ablation
+            .as_object()
+            .expect("an object")
+            .clone()
+            .into_iter()
+            .collect(),
+    })
 }
 
 /// Writes the results folder of a job into `out` and returns `result.json` (whose `timing`
@@ -418,37 +422,42 @@ pub fn write(
     spec: &SweepSpec,
     inputs: &JobInputs,
     c: &Collected,
-    timing: serde_json::Value,
+    timing: Timing,
     out: &Path,
-) -> Result<serde_json::Value, AggregateError> {
+) -> Result<ResultDoc, AggregateError> {
     let meta = c
         .meta
         .as_ref()
         .ok_or_else(|| AggregateError::Incomplete("no prepare result".into()))?;
     let name = model_name(&meta.model_path);
-    let mut doc = json!({
-        "schema": results::SCHEMA,
-        "spec": spec,
-        "model": {"path": meta.model_path, "info": meta.info},
-        "dataset": meta.dataset,
-        "full": meta.full,
-        "corrupt": meta.corrupt,
-    });
-    if let Some(e) = meta.empty {
-        doc["empty"] = json!(e);
-    }
+    // No prompt pairs in a downstream study: no full or corrupt metric (the study's first set
+    // is the full model).
+    let pairs = spec.sweep.kind != SweepKind::Downstream;
+    let mut doc = ResultDoc {
+        schema: results::SCHEMA,
+        spec: spec.clone(),
+        model: ModelRecord {
+            path: meta.model_path.clone(),
+            info: meta.info.clone(),
+        },
+        dataset: meta.dataset.clone(),
+        full: pairs.then_some(meta.full),
+        corrupt: pairs.then_some(meta.corrupt),
+        empty: meta.empty,
+        nodes: None,
+        prune: None,
+        orders: None,
+        edges: None,
+        edge_prune: None,
+        edge_orders: None,
+        downstream: None,
+        timing,
+    };
     std::fs::create_dir_all(out).map_err(|e| WriteError {
         path: out.to_path_buf(),
         source: e,
     })?;
     results::write_file(out, "prompts.jsonl", &meta.prompts_jsonl)?;
-    if spec.sweep.kind == SweepKind::Downstream {
-        // No prompt pairs: no full or corrupt metric (the study's first set is the full model).
-        if let Some(o) = doc.as_object_mut() {
-            o.remove("full");
-            o.remove("corrupt");
-        }
-    }
     if matches!(spec.sweep.kind, SweepKind::Nodes | SweepKind::Prune) {
         let mut scores = NodeScores {
             heads: vec![vec![]; meta.n_layers],
@@ -470,12 +479,12 @@ pub fn write(
             spec.ablation.kind, meta.dataset["prompts"]
         );
         results::write_node_scores(out, &scores, &title, Unit::of(spec.ablation.metric))?;
-        doc["nodes"] = json!(scores);
+        doc.nodes = Some(scores);
     }
     match spec.sweep.kind {
         SweepKind::Nodes => {}
         SweepKind::Downstream => {
-            doc["downstream"] = write_downstream(spec, inputs, c, &name, out)?;
+            doc.downstream = Some(write_downstream(spec, inputs, c, &name, out)?);
         }
         SweepKind::Prune => {
             if c.prune.is_empty() {
@@ -501,21 +510,17 @@ pub fn write(
                 }
                 write_circuit(out, "circuit", &circuit, meta, &title, &sub)?;
             }
-            doc["prune"] = if c.prune.len() == 1 {
-                json!(c.prune[0])
-            } else {
-                json!(c.prune)
-            };
+            doc.prune = Some(PruneRuns::of(c.prune.clone()));
         }
         SweepKind::Edges | SweepKind::EdgePrune => {
-            doc["edges"] = write_edges(spec, inputs, c, meta, &name, out)?;
+            doc.edges = Some(write_edges(spec, inputs, c, meta, &name, out)?);
             match (spec.sweep.kind, spec.sweep.orders) {
                 (SweepKind::EdgePrune, None) => {
                     let r = c.edge_prune.first().ok_or_else(|| {
                         AggregateError::Incomplete("no edge pruning result".into())
                     })?;
                     write_edge_circuit(spec, inputs, c, meta, &name, r, out)?;
-                    doc["edge_prune"] = json!(r);
+                    doc.edge_prune = Some(r.clone());
                 }
                 (SweepKind::EdgePrune, Some(k)) => {
                     if c.edge_prune.len() != k {
@@ -524,7 +529,7 @@ pub fn write(
                             c.edge_prune.len()
                         )));
                     }
-                    doc["edge_orders"] = write_edge_study(spec, inputs, c, &name, out)?;
+                    doc.edge_orders = Some(write_edge_study(spec, inputs, c, &name, out)?);
                 }
                 _ => {}
             }
@@ -572,10 +577,9 @@ pub fn write(
                 "core.dot",
                 &results::circuit_dot(&core, &format!("{title}: core")),
             )?;
-            doc["orders"] = json!(study);
+            doc.orders = Some(study);
         }
     }
-    doc["timing"] = timing;
-    results::write_result_json(out, &doc)?;
+    doc.write(out)?;
     Ok(doc)
 }

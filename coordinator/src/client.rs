@@ -60,6 +60,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
 pub struct Submission {
     /// The spec file's stem.
     pub name: String,
+    /// The spec, parsed and validated once.
+    pub spec: SweepSpec,
     /// The spec as sent.
     pub spec_toml: String,
     /// Input files, named as the spec names them.
@@ -99,6 +101,7 @@ impl Submission {
                 .unwrap_or_default()
                 .to_string_lossy()
                 .into_owned(),
+            spec,
             spec_toml,
             attachments,
         })

@@ -115,9 +115,7 @@ pub async fn run(
 ) -> anyhow::Result<serde_json::Value> {
     let submission = crate::client::Submission::from_file(spec_path)?;
     // The spec's `[model] device` is the in-process workers' device.
-    let device = circuit_sweep_common::spec::SweepSpec::read(spec_path)?
-        .model
-        .device;
+    let device = submission.spec.model.device.clone();
     let state = tempfile::tempdir()?;
     let cluster = LocalCluster::start(LocalConfig {
         state_dir: state.path().to_path_buf(),

@@ -178,11 +178,44 @@ fn fake_run(
         .arg(d.join("prompts.jsonl"))
         .output()
         .unwrap());
-    let doc = serde_json::json!({
-        "spec": {"data": {"task": task, "n": 4, "seed": 2}, "sweep": {"kind": "prune"}},
-        "prune": {"heads": heads, "mlps": mlps, "score": score},
-    });
-    std::fs::write(d.join("result.json"), doc.to_string()).unwrap();
+    use circuit_sweep_common::prune::PruneResult;
+    use circuit_sweep_common::results::{ModelRecord, PruneRuns, ResultDoc, Timing};
+    let spec = format!("[data]\ntask = \"{task}\"\nn = 4\nseed = 2\n\n[sweep]\nkind = \"prune\"\n");
+    let run = PruneResult {
+        threshold: Some(80.0),
+        tau: None,
+        heads: heads.to_vec(),
+        mlps: mlps.to_vec(),
+        score,
+        evaluations: 0,
+        passes: 0,
+        decisions: vec![],
+    };
+    let doc = ResultDoc {
+        schema: circuit_sweep_common::results::SCHEMA,
+        spec: circuit_sweep_common::spec::SweepSpec::parse(&spec, Path::new("spec.toml")).unwrap(),
+        model: ModelRecord {
+            path: "SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+            info: serde_json::json!({}),
+        },
+        dataset: serde_json::json!({}),
+        full: Some(1.0),
+        corrupt: Some(0.0),
+        empty: None,
+        nodes: None,
+        prune: Some(PruneRuns::of(vec![run])),
+        orders: None,
+        edges: None,
+        edge_prune: None,
+        edge_orders: None,
+        downstream: None,
+        timing: Timing {
+            seconds: 0.0,
+            shards: 0,
+            shard_attempts: 0,
+        },
+    };
+    doc.write(&d).unwrap();
     d
 }
 

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use circuit_sweep_common::inputs::JobInputs;
+use circuit_sweep_common::results::Timing;
 use circuit_sweep_common::shard::JobMeta;
 use circuit_sweep_common::spec::SweepSpec;
 use circuit_sweep_coordinator::aggregate::{Collected, write};
@@ -28,7 +29,14 @@ fn aggregate(kind: &str) -> (tempfile::TempDir, serde_json::Value) {
         ..Default::default()
     };
     let dir = tempfile::tempdir().unwrap();
-    let doc = write(&spec, &inputs, &c, serde_json::json!({}), dir.path()).unwrap();
+    let timing = Timing {
+        seconds: 1.0,
+        shards: 2,
+        shard_attempts: 2,
+    };
+    let doc = write(&spec, &inputs, &c, timing, dir.path())
+        .unwrap()
+        .to_value();
     let on_disk: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("result.json")).unwrap())
             .unwrap();

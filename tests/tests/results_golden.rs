@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use circuit_sweep_common::results::ResultDoc;
 use circuit_sweep_coordinator::local;
 use circuit_sweep_tests::{fixtures, tiny_model_with_data};
 use serde_json::Value;
@@ -127,6 +128,17 @@ fn every_sweep_kind_writes_the_committed_result() {
         let out = dir.path().join(name);
         rt.block_on(local::run(&spec, &out, 2, &models, false))
             .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        // The typed document reads every field back, and writes the same JSON.
+        let raw: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap())
+                .unwrap();
+        let typed =
+            ResultDoc::read(&out.join("result.json")).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            typed.to_value(),
+            raw,
+            "{name}: result.json through ResultDoc"
+        );
         let got = serde_json::json!({
             "files": file_names(&out),
             "result": normalized(&out, dir.path()),

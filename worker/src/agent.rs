@@ -96,8 +96,12 @@ pub async fn run(
         if *shutdown.borrow() {
             return Ok(summary);
         }
-        let Some((mut client, worker_id, heartbeat_ms, lost_after)) =
-            register(&cfg, &cache, &mut shutdown).await?
+        let Some(Registered {
+            mut client,
+            worker_id,
+            heartbeat_ms,
+            lost_after,
+        }) = register(&cfg, &cache, &mut shutdown).await?
         else {
             return Ok(summary);
         };
@@ -230,12 +234,22 @@ async fn wait(shutdown: &mut watch::Receiver<bool>, ms: u64) {
     }
 }
 
+/// A session with the coordinator.
+struct Registered {
+    client: Client,
+    worker_id: String,
+    /// Heartbeat interval the coordinator asks for.
+    heartbeat_ms: u32,
+    /// Silence after which the coordinator declares this worker lost.
+    lost_after: Duration,
+}
+
 /// Connects and registers, retrying while the coordinator is unreachable; `None` on shutdown.
 async fn register(
     cfg: &AgentConfig,
     cache: &ModelCache,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<Option<(Client, String, u32, Duration)>, AgentError> {
+) -> Result<Option<Registered>, AgentError> {
     // Settings that can never work fail now instead of being retried forever.
     cfg.tls
         .config_for(&cfg.coordinator)
@@ -264,12 +278,12 @@ async fn register(
                     Ok(r) => {
                         let r = r.into_inner();
                         let lost_after = Duration::from_millis(r.lost_after_ms as u64);
-                        return Ok(Some((
+                        return Ok(Some(Registered {
                             client,
-                            r.worker_id,
-                            r.heartbeat_ms.max(50),
+                            worker_id: r.worker_id,
+                            heartbeat_ms: r.heartbeat_ms.max(50),
                             lost_after,
-                        )));
+                        }));
                     }
                     Err(s)
                         if matches!(

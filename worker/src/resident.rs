@@ -16,11 +16,18 @@ struct Entry {
     last_used: u64,
 }
 
+/// The resident models and a use counter (the clock of least-recent use).
+#[derive(Default)]
+struct Resident {
+    entries: Vec<Entry>,
+    ticks: u64,
+}
+
 /// A cache of loaded models shared by every shard a worker runs, all on one device.
 pub struct ModelCache {
     budget_bytes: u64,
     device: Device,
-    inner: Mutex<(Vec<Entry>, u64)>,
+    inner: Mutex<Resident>,
 }
 
 impl ModelCache {
@@ -35,7 +42,7 @@ impl ModelCache {
         ModelCache {
             budget_bytes,
             device,
-            inner: Mutex::new((vec![], 0)),
+            inner: Mutex::new(Resident::default()),
         }
     }
 
@@ -43,9 +50,13 @@ impl ModelCache {
     pub fn get(&self, path: &Path, dtype: DType) -> Result<Arc<LoadedModel>, LoadError> {
         {
             let mut g = self.inner.lock().expect("cache lock");
-            g.1 += 1;
-            let tick = g.1;
-            if let Some(e) = g.0.iter_mut().find(|e| e.path == path && e.dtype == dtype) {
+            g.ticks += 1;
+            let tick = g.ticks;
+            if let Some(e) = g
+                .entries
+                .iter_mut()
+                .find(|e| e.path == path && e.dtype == dtype)
+            {
                 e.last_used = tick;
                 return Ok(e.model.clone());
             }
@@ -71,18 +82,22 @@ impl ModelCache {
         );
         let model = Arc::new(loaded);
         let mut g = self.inner.lock().expect("cache lock");
-        g.1 += 1;
-        let tick = g.1;
-        if let Some(e) = g.0.iter().find(|e| e.path == path && e.dtype == dtype) {
+        g.ticks += 1;
+        let tick = g.ticks;
+        if let Some(e) = g
+            .entries
+            .iter()
+            .find(|e| e.path == path && e.dtype == dtype)
+        {
             return Ok(e.model.clone());
         }
         // Evict least recently used models until the new one fits.
-        let mut total: u64 = g.0.iter().map(|e| e.bytes).sum();
-        while !g.0.is_empty() && total + bytes > self.budget_bytes {
-            let lru = (0..g.0.len())
-                .min_by_key(|&i| g.0[i].last_used)
+        let mut total: u64 = g.entries.iter().map(|e| e.bytes).sum();
+        while !g.entries.is_empty() && total + bytes > self.budget_bytes {
+            let lru = (0..g.entries.len())
+                .min_by_key(|&i| g.entries[i].last_used)
                 .expect("not empty");
-            let e = g.0.remove(lru);
+            let e = g.entries.remove(lru);
             total -= e.bytes;
             tracing::info!(
                 "evicted {} ({} MB) to make room",
@@ -90,7 +105,7 @@ impl ModelCache {
                 e.bytes >> 20
             );
         }
-        g.0.push(Entry {
+        g.entries.push(Entry {
             path: path.to_path_buf(),
             dtype,
             model: model.clone(),
@@ -103,7 +118,8 @@ impl ModelCache {
     /// Resident models as `path (dtype)`.
     pub fn resident(&self) -> Vec<String> {
         let g = self.inner.lock().expect("cache lock");
-        g.0.iter()
+        g.entries
+            .iter()
             .map(|e| format!("{} ({})", e.path.display(), e.dtype.as_str()))
             .collect()
     }

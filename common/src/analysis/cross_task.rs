@@ -63,21 +63,26 @@ impl RecordedScore {
 
     /// The score a `result.json` records for the circuit that `circuit_file` takes from it: a
     /// pruning run's last circuit score, else an order study's mean circuit score.
-    pub fn from_result(doc: &serde_json::Value) -> Option<Self> {
-        if let Some(run) = doc.get("prune") {
-            let run = run.as_array().and_then(|a| a.last()).unwrap_or(run);
-            return run["score"].as_f64().map(|score| RecordedScore {
-                score,
+    pub fn from_result(doc: &crate::results::ResultDoc) -> Option<Self> {
+        Self::recorded(
+            doc.prune.as_ref(),
+            doc.orders.as_ref().map(|o| o.scores.as_slice()),
+        )
+    }
+
+    /// The score recorded by pruning runs, else by an order study's circuit scores.
+    pub fn recorded(
+        prune: Option<&crate::results::PruneRuns>,
+        orders: Option<&[f64]>,
+    ) -> Option<Self> {
+        if let Some(runs) = prune {
+            return runs.last().map(|r| RecordedScore {
+                score: r.score,
                 kind: RecordedKind::Circuit,
             });
         }
-        let scores: Vec<f64> = doc
-            .pointer("/orders/scores")?
-            .as_array()?
-            .iter()
-            .filter_map(serde_json::Value::as_f64)
-            .collect();
-        (!scores.is_empty()).then(|| RecordedScore {
+        let scores = orders.filter(|s| !s.is_empty())?;
+        Some(RecordedScore {
             score: scores.iter().sum::<f64>() / scores.len() as f64,
             kind: RecordedKind::OrdersMean,
         })
@@ -152,29 +157,37 @@ mod tests {
 
     #[test]
     fn recorded_scores_of_pruning_runs_and_order_studies() {
-        let r = |j: serde_json::Value| RecordedScore::from_result(&j);
+        use crate::prune::PruneResult;
+        use crate::results::PruneRuns;
+        let run = |score| PruneResult {
+            threshold: Some(80.0),
+            tau: None,
+            heads: vec![],
+            mlps: vec![],
+            score,
+            evaluations: 1,
+            passes: 1,
+            decisions: vec![],
+        };
+        let pruned = |scores: &[f64]| {
+            let runs = PruneRuns::of(scores.iter().map(|&s| run(s)).collect());
+            RecordedScore::recorded(Some(&runs), None)
+        };
+        let studied = |scores: &[f64]| RecordedScore::recorded(None, Some(scores));
         let circuit = |score| {
             Some(RecordedScore {
                 score,
                 kind: RecordedKind::Circuit,
             })
         };
-        assert_eq!(
-            r(serde_json::json!({"prune": {"heads": [], "score": 80.5}})),
-            circuit(80.5)
-        );
+        assert_eq!(pruned(&[80.5]), circuit(80.5));
         // Nested thresholds: the last circuit, the one `circuit_file` takes.
-        assert_eq!(
-            r(serde_json::json!({"prune": [{"score": 97.1}, {"score": 80.2}]})),
-            circuit(80.2)
-        );
-        let o = r(serde_json::json!({"orders": {"core": ["h0.1"], "scores": [80.0, 82.0, 84.5]}}))
-            .unwrap();
+        assert_eq!(pruned(&[97.1, 80.2]), circuit(80.2));
+        let o = studied(&[80.0, 82.0, 84.5]).unwrap();
         assert_eq!(o.kind, RecordedKind::OrdersMean);
         assert!((o.score - 82.166_666_666_666_67).abs() < 1e-9);
-        assert_eq!(r(serde_json::json!({"prune": {"heads": []}})), None);
-        assert_eq!(r(serde_json::json!({"orders": {"scores": []}})), None);
-        assert_eq!(r(serde_json::json!({})), None);
+        assert_eq!(studied(&[]), None);
+        assert_eq!(RecordedScore::recorded(None, None), None);
         // Only a record of the very circuit is contradicted, beyond 0.01 pp.
         let c = circuit(80.0).unwrap();
         assert!(!c.contradicted_by(80.009) && !c.contradicted_by(79.991));

@@ -3,6 +3,7 @@
 
 mod charts;
 mod circuit;
+mod document;
 mod edges;
 mod grid;
 mod heatmap;
@@ -11,10 +12,14 @@ mod upset;
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use charts::{bars_svg, strip_svg};
 pub use circuit::{circuit_dot, circuit_svg, frequency_svg};
+pub use document::{
+    DownstreamSet, DownstreamStudy, EdgeScores, ModelRecord, PruneRuns, ReadError, ResultDoc,
+    Timing,
+};
 pub use edges::{edge_dot, edge_svg, edges_csv};
 pub use grid::{Grid, grid_svg};
 pub use heatmap::head_heatmap_svg;
@@ -49,7 +54,7 @@ pub(crate) fn svg_header(
 pub const SCHEMA: u32 = 1;
 
 /// Scores of every head and every MLP ablated alone (% of the full model, or KL in nats).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NodeScores {
     /// `[n_layers][n_heads]`.
     pub heads: Vec<Vec<f64>>,

@@ -3,6 +3,7 @@
 //! trailing-space rule of digit-splitting tokenizers), or refused with a reason.
 
 mod corruption;
+pub mod downstream;
 mod greater_than;
 mod sequence;
 pub mod vocab;

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::DType;
-use circuit_sweep_common::analysis::downstream::{DownTask, random_head_sets};
+use circuit_sweep_common::downstream::random_head_sets;
+use circuit_sweep_common::tasks::downstream::DownTask;
 use circuit_sweep_worker::Ablation;
 use circuit_sweep_worker::analysis::generate::{generate, generate_uncached};
 use clap::Args;

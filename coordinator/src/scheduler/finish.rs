@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use circuit_sweep_common::results::Timing;
 use circuit_sweep_common::shard::{JobMeta, ShardTask};
 use circuit_sweep_common::spec::SweepSpec;
 use circuit_sweep_proto::shard_output::ShardOutput;
@@ -24,7 +25,7 @@ pub struct Finishing {
     spec: SweepSpec,
     store: Arc<Store>,
     out: PathBuf,
-    timing: serde_json::Value,
+    timing: Timing,
 }
 
 impl Finishing {
@@ -36,11 +37,11 @@ impl Finishing {
             spec: job.spec.clone(),
             store,
             out,
-            timing: serde_json::json!({
-                "seconds": unix - job.rec.submitted_unix,
-                "shards": job.shards.len(),
-                "shard_attempts": attempts,
-            }),
+            timing: Timing {
+                seconds: unix - job.rec.submitted_unix,
+                shards: job.shards.len(),
+                shard_attempts: attempts,
+            },
         }
     }
 

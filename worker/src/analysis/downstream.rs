@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, Tensor};
 use circuit_sweep_common::Component;
-use circuit_sweep_common::analysis::downstream::{DownPrompt, DownTask, exact_match};
 use circuit_sweep_common::spec::AblationKind;
+use circuit_sweep_common::tasks::downstream::{DownPrompt, DownTask, exact_match};
 
 use super::generate::generate;
 use crate::PromptTokenizer;

@@ -8,6 +8,7 @@ use circuit_sweep_common::Component;
 use circuit_sweep_common::analysis::cross_task::{RecordedKind, RecordedScore, overlap};
 use circuit_sweep_common::circuit::parse_circuit;
 use circuit_sweep_common::dataset::read_jsonl;
+use circuit_sweep_common::results::ResultDoc;
 use circuit_sweep_common::results::{Grid, grid_svg, upset_svg};
 use circuit_sweep_common::spec::SweepSpec;
 use circuit_sweep_worker::PromptSet;
@@ -46,10 +47,8 @@ struct TaskResult {
 fn read_task(dir: &Path, n_layers: usize, n_heads: usize) -> anyhow::Result<TaskResult> {
     let rj = dir.join("result.json");
     let text = std::fs::read_to_string(&rj).with_context(|| format!("reading {}", rj.display()))?;
-    let doc: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: not JSON", rj.display()))?;
-    let spec: SweepSpec = serde_json::from_value(doc["spec"].clone())
-        .with_context(|| format!("{}: field `spec`", rj.display()))?;
+    let doc = ResultDoc::parse(&text, &rj)?;
+    let spec = doc.spec.clone();
     if spec.ablation.metric == circuit_sweep_common::spec::Metric::Kl {
         anyhow::bail!(
             "{}: [ablation] metric = \"kl\": the cross-task table is in % of each task's full model, and a KL divergence has no such share; prune with logit_diff or accuracy to compare tasks",
