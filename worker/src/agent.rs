@@ -403,6 +403,14 @@ async fn compute(
         task.label(),
         l.attempt
     );
+    // Every log line of this shard's work, on whichever thread, names the job, shard and
+    // attempt.
+    let span = tracing::info_span!(
+        "shard",
+        job = l.job_id,
+        shard = l.shard,
+        attempt = l.attempt
+    );
     let key = job_key(&l);
     let job = match jobs.0.iter().find(|(k, _)| *k == key) {
         Some((_, j)) => j.clone(),
@@ -411,19 +419,21 @@ async fn compute(
             let (spec, copies) = materialize(&l, &dir)?;
             let cache = cache.clone();
             let models_dir = cfg.models_dir.clone();
-            let job =
-                tokio::task::spawn_blocking(move || job::prepare(&spec, &dir, &models_dir, &cache))
-                    .await
-                    .map_err(|e| ShardError::Internal(format!("prepare panicked: {e}")))?
-                    .map_err(|e| match e {
-                        // Name the user's files, not this worker's copies of them.
-                        ShardError::BadInput(m) => {
-                            ShardError::BadInput(copies.iter().fold(m, |m, (path, name)| {
-                                m.replace(&path.display().to_string(), name)
-                            }))
-                        }
-                        e => e,
-                    })?;
+            let span = span.clone();
+            let job = tokio::task::spawn_blocking(move || {
+                span.in_scope(|| job::prepare(&spec, &dir, &models_dir, &cache))
+            })
+            .await
+            .map_err(|e| ShardError::Internal(format!("prepare panicked: {e}")))?
+            .map_err(|e| match e {
+                // Name the user's files, not this worker's copies of them.
+                ShardError::BadInput(m) => {
+                    ShardError::BadInput(copies.iter().fold(m, |m, (path, name)| {
+                        m.replace(&path.display().to_string(), name)
+                    }))
+                }
+                e => e,
+            })?;
             let job = Arc::new(job);
             // Keep the two most recent jobs (their evaluators hold the cached activations).
             if jobs.0.len() >= 2 {
@@ -433,10 +443,11 @@ async fn compute(
             job
         }
     };
-    let out =
-        tokio::task::spawn_blocking(move || shard::execute(&job, &task, &cancel, &mut |_, _| {}))
-            .await
-            .map_err(|e| ShardError::Internal(format!("shard panicked: {e}")))??;
+    let out = tokio::task::spawn_blocking(move || {
+        span.in_scope(|| shard::execute(&job, &task, &cancel, &mut |_, _| {}))
+    })
+    .await
+    .map_err(|e| ShardError::Internal(format!("shard panicked: {e}")))??;
     Ok(out.encode())
 }
 
