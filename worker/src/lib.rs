@@ -9,15 +9,19 @@ pub mod device;
 pub mod eval;
 pub mod health;
 pub mod job;
+mod json_file;
 pub mod load;
+pub mod load_error;
 pub mod model;
 pub mod resident;
 pub mod shard;
 pub mod sweep;
 pub mod tokenizer;
+mod weights;
 
 pub use eval::{Evaluator, PromptSet};
-pub use load::{LoadError, LoadOptions, LoadedModel, load_model, load_tokenizer};
+pub use load::{LoadOptions, LoadedModel, load_model, load_tokenizer};
+pub use load_error::LoadError;
 pub use model::{
     Ablation, Architecture, Capture, Captured, HookedModel, Interventions, KvCache, LogitSelection,
     ModelError, ModelInfo, RunOutput, RunRequest, Start,

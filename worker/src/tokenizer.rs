@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::load::LoadError;
+use crate::json_file::read_json;
+use crate::load_error::LoadError;
 
 /// A tokenizer failed on a prompt.
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +158,7 @@ fn bos_from_config(file: &Path) -> Result<Option<String>, LoadError> {
     if !file.exists() {
         return Ok(None);
     }
-    let v: serde_json::Value = crate::load::read_json(file)?;
+    let v: serde_json::Value = read_json(file)?;
     Ok(match v.get("bos_token") {
         Some(serde_json::Value::String(s)) => Some(s.clone()),
         Some(serde_json::Value::Object(o)) => o

@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
 
-use super::weights::{LoadedCounter, WeightSource, check_shape};
 use super::{LoadError, LoadOptions};
+use crate::load_error::candle_reason;
 use crate::model::{HookedModel, Llama, LlamaConfig, RopeScaling};
 use crate::tokenizer::PromptTokenizer;
+use crate::weights::{LoadedCounter, WeightSource, check_shape};
 
 /// An opened GGUF file.
 pub(crate) struct GgufFile {
@@ -31,7 +32,7 @@ impl GgufFile {
         let mut reader = BufReader::new(file);
         let content = Content::read(&mut reader).map_err(|e| LoadError::Gguf {
             file: path.to_path_buf(),
-            reason: format!("not a readable GGUF file: {}", super::candle_reason(&e)),
+            reason: format!("not a readable GGUF file: {}", candle_reason(&e)),
         })?;
         Ok(GgufFile {
             path: path.to_path_buf(),
@@ -156,14 +157,14 @@ impl GgufFile {
             .tensor(&mut *reader, name, device)
             .map_err(|e| LoadError::Gguf {
                 file: self.path.clone(),
-                reason: format!("tensor `{name}`: {}", super::candle_reason(&e)),
+                reason: format!("tensor `{name}`: {}", candle_reason(&e)),
             })?;
         qt.dequantize(device).map_err(|e| LoadError::Gguf {
             file: self.path.clone(),
             reason: format!(
                 "dequantizing `{name}` ({:?}): {}",
                 qt.dtype(),
-                super::candle_reason(&e)
+                candle_reason(&e)
             ),
         })
     }

@@ -3,7 +3,8 @@
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::{LayerNorm, Linear, RmsNorm};
 
-use crate::load::{LoadError, WeightSource};
+use crate::load_error::LoadError;
+use crate::weights::WeightSource;
 
 /// Per-sequence-length state shared by all blocks of one forward pass.
 ///

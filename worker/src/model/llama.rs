@@ -12,7 +12,8 @@ use super::edges;
 use super::hooks::LayerHooks;
 use super::layers::{self, Activation, Rotary, SeqCtx};
 use super::{Architecture, Blocks, ModelError, ModelInfo};
-use crate::load::{LoadError, WeightSource};
+use crate::load_error::LoadError;
+use crate::weights::WeightSource;
 
 /// Rotary scaling as in `config.json`'s `rope_scaling` (or `rope_parameters`).
 #[derive(Debug, Clone, Default, serde::Deserialize)]

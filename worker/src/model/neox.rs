@@ -12,7 +12,8 @@ use super::edges;
 use super::hooks::LayerHooks;
 use super::layers::{self, Activation, Rotary, SeqCtx};
 use super::{Architecture, Blocks, ModelError, ModelInfo};
-use crate::load::{LoadError, WeightSource};
+use crate::load_error::LoadError;
+use crate::weights::WeightSource;
 
 fn default_eps() -> f64 {
     1e-5

@@ -1,58 +1,13 @@
-//! Where weights come from: memory-mapped safetensors files (one or sharded) or a GGUF file,
-//! behind one trait so each architecture's loader is written once, with Hugging Face names.
+//! Weights from memory-mapped safetensors files (one or sharded), by Hugging Face name.
 
-use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
-use super::LoadError;
-
-/// A source of named weights, converted to the target dtype and device on `get`.
-pub(crate) trait WeightSource {
-    /// The tensor `name`, checked to have `shape`.
-    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor, LoadError>;
-    /// Whether the source holds `name`.
-    fn contains(&self, name: &str) -> bool;
-    /// Elements of every distinct tensor handed out so far (the parameter count).
-    fn loaded_elements(&self) -> u64;
-}
-
-/// Checks a loaded tensor's shape, naming the file and tensor on mismatch.
-pub(crate) fn check_shape(
-    file: &Path,
-    name: &str,
-    t: &Tensor,
-    shape: &[usize],
-) -> Result<(), LoadError> {
-    if t.dims() != shape {
-        return Err(LoadError::Shape {
-            file: file.to_path_buf(),
-            tensor: name.to_string(),
-            expected: shape.to_vec(),
-            found: t.dims().to_vec(),
-        });
-    }
-    Ok(())
-}
-
-/// Counts distinct tensors handed out, for the parameter count.
-#[derive(Default)]
-pub(crate) struct LoadedCounter(RefCell<HashMap<String, u64>>);
-
-impl LoadedCounter {
-    pub fn record(&self, name: &str, t: &Tensor) {
-        self.0
-            .borrow_mut()
-            .insert(name.to_string(), t.elem_count() as u64);
-    }
-
-    pub fn total(&self) -> u64 {
-        self.0.borrow().values().sum()
-    }
-}
+use crate::load_error::{LoadError, candle_reason};
+use crate::weights::{LoadedCounter, WeightSource, check_shape};
 
 /// Safetensors files of a Hugging Face folder, memory-mapped.
 pub(crate) struct SafetensorsSource {
@@ -85,7 +40,7 @@ impl SafetensorsSource {
             let st =
                 unsafe { MmapedSafetensors::new(path) }.map_err(|e| LoadError::Safetensors {
                     file: path.clone(),
-                    reason: super::candle_reason(&e),
+                    reason: candle_reason(&e),
                 })?;
             for (name, _) in st.tensors() {
                 route.insert(name, i);
@@ -120,7 +75,7 @@ impl WeightSource for SafetensorsSource {
         let (path, st) = &self.files[i];
         let view = st.get(name).map_err(|e| LoadError::Safetensors {
             file: path.clone(),
-            reason: format!("tensor `{name}`: {}", super::candle_reason(&e)),
+            reason: format!("tensor `{name}`: {}", candle_reason(&e)),
         })?;
         use candle_core::safetensors::Load;
         let dt = view.dtype();
@@ -142,7 +97,7 @@ impl WeightSource for SafetensorsSource {
             .and_then(|t| t.to_dtype(self.dtype))
             .map_err(|e| LoadError::Safetensors {
                 file: path.clone(),
-                reason: format!("tensor `{name}`: {}", super::candle_reason(&e)),
+                reason: format!("tensor `{name}`: {}", candle_reason(&e)),
             })?;
         check_shape(path, name, &t, shape)?;
         self.counter.record(name, &t);
