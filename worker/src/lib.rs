@@ -23,7 +23,7 @@ pub use eval::{Evaluator, PromptSet};
 pub use load::{LoadOptions, LoadedModel, load_model, load_tokenizer};
 pub use load_error::LoadError;
 pub use model::{
-    Ablation, Architecture, Capture, Captured, HookedModel, Interventions, KvCache, LogitSelection,
-    ModelError, ModelInfo, RunOutput, RunRequest, Start,
+    Activations, Architecture, Capture, Captured, HookedModel, Interventions, KvCache,
+    LogitSelection, ModelError, ModelInfo, RunOutput, RunRequest, Start,
 };
 pub use tokenizer::PromptTokenizer;

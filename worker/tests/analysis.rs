@@ -13,7 +13,7 @@ use circuit_sweep_common::analysis::lens;
 use circuit_sweep_common::analysis::token_sets::OvProbe;
 use circuit_sweep_worker::analysis::{attention, generate, lens as wlens, ov};
 use circuit_sweep_worker::{
-    Ablation, Capture, HookedModel, LoadOptions, RunRequest, Start, load_model,
+    Activations, Capture, HookedModel, LoadOptions, RunRequest, Start, load_model,
 };
 use common::*;
 
@@ -315,7 +315,7 @@ fn the_last_layer_of_the_lens_is_the_models_own_prediction() {
 }
 
 /// Mean-like position-independent values: the mean over prompts and positions of a run.
-fn flat_means(model: &HookedModel, rows: &[Vec<u32>]) -> Ablation {
+fn flat_means(model: &HookedModel, rows: &[Vec<u32>]) -> Activations {
     let out = model
         .run(&RunRequest {
             start: Some(Start::Tokens(model.tokens(rows).unwrap())),
@@ -323,9 +323,9 @@ fn flat_means(model: &HookedModel, rows: &[Vec<u32>]) -> Ablation {
             ..Default::default()
         })
         .unwrap();
-    let a = Ablation::from_captured(&out.captured).unwrap();
+    let a = Activations::from_captured(&out.captured).unwrap();
     let m = |t: &Tensor| t.mean_keepdim(0).unwrap().mean_keepdim(1).unwrap();
-    Ablation {
+    Activations {
         z: a.z.iter().map(m).collect(),
         mlp: a.mlp.iter().map(m).collect(),
         embed: m(&a.embed),
@@ -356,7 +356,7 @@ fn generation_with_a_kv_cache_equals_rerunning_the_whole_sequence() {
         assert_eq!(cached[0].len(), rows.len());
         assert!(cached.iter().flatten().all(|r| r.len() == 6));
         // Variant 0 ablates nothing: the model's own greedy continuation.
-        let zeros = Ablation::zeros(model.info(), 1, DType::F32, model.device()).unwrap();
+        let zeros = Activations::zeros(model.info(), 1, DType::F32, model.device()).unwrap();
         let own = generate::generate(model, &rows, &zeros, &[vec![]], 6).unwrap();
         assert_eq!(own[0], cached[0], "{name}");
     }
@@ -365,7 +365,7 @@ fn generation_with_a_kv_cache_equals_rerunning_the_whole_sequence() {
 #[test]
 fn ablating_the_successor_head_turns_generation_into_copying() {
     let (_d, model) = tiny();
-    let zeros = Ablation::zeros(model.info(), 1, DType::F32, model.device()).unwrap();
+    let zeros = Activations::zeros(model.info(), 1, DType::F32, model.device()).unwrap();
     let variants = vec![
         vec![],
         vec![Component::Head { layer: 1, head: 1 }],
@@ -374,7 +374,7 @@ fn ablating_the_successor_head_turns_generation_into_copying() {
     let out = generate::generate(&model, &[vec![3u32; 4]], &zeros, &variants, 1).unwrap();
     assert_eq!(out, vec![vec![vec![4]], vec![vec![3]], vec![vec![4]]]);
     // Per-position values are refused: generated positions have none.
-    let per_pos = Ablation::zeros(model.info(), 4, DType::F32, model.device()).unwrap();
+    let per_pos = Activations::zeros(model.info(), 4, DType::F32, model.device()).unwrap();
     assert!(generate::generate(&model, &[vec![3u32; 4]], &per_pos, &variants, 1).is_err());
 }
 

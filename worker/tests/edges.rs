@@ -9,7 +9,7 @@ use candle_core::Tensor;
 use circuit_sweep_common::Component;
 use circuit_sweep_common::edge::{Edge, Qkv, Receiver, Sender};
 use circuit_sweep_worker::{
-    Ablation, Capture, HookedModel, Interventions, LogitSelection, RunRequest, Start,
+    Activations, Capture, HookedModel, Interventions, LogitSelection, RunRequest, Start,
 };
 use common::*;
 
@@ -18,7 +18,7 @@ const ARCHS: [&str; 4] = ["gpt2", "llama", "neox", "neox_sequential"];
 struct Setup {
     ids: Tensor,
     /// Per-position means over corrupt prompts.
-    means: Ablation,
+    means: Activations,
 }
 
 fn setup(model: &HookedModel, name: &str) -> Setup {
@@ -39,7 +39,7 @@ fn setup(model: &HookedModel, name: &str) -> Setup {
     let corrupt = run(&model.tokens(&corrupt).unwrap());
     Setup {
         ids: model.tokens(&rows).unwrap(),
-        means: Ablation::from_captured(&corrupt.captured)
+        means: Activations::from_captured(&corrupt.captured)
             .unwrap()
             .mean_over_prompts()
             .unwrap(),
@@ -60,7 +60,7 @@ fn logits(model: &HookedModel, start: Start, iv: Interventions<'_>) -> Tensor {
         .unwrap()
 }
 
-fn edges_iv<'a>(values: &'a Ablation, edges: Vec<Vec<Edge>>) -> Interventions<'a> {
+fn edges_iv<'a>(values: &'a Activations, edges: Vec<Vec<Edge>>) -> Interventions<'a> {
     Interventions {
         variants: vec![vec![]; edges.len()],
         edges,
@@ -215,8 +215,8 @@ fn every_edge_into_a_receiver_equals_replacing_its_input() {
             };
             let input = match r {
                 Receiver::Attn { layer, .. } => ablated.resid[layer].clone().unwrap(),
-                Receiver::Mlp { layer } => ablated.mid[layer].clone().unwrap(),
-                Receiver::Logits => ablated.last.clone().unwrap(),
+                Receiver::Mlp { layer } => ablated.mlp_in[layer].clone().unwrap(),
+                Receiver::Logits => ablated.final_resid_post.clone().unwrap(),
             };
             let into: Vec<Edge> = shape
                 .edges()
@@ -313,7 +313,7 @@ fn variants_batched_equal_variants_alone_and_a_cached_start() {
                 ..Default::default()
             })
             .unwrap();
-        let cached = Ablation::from_captured(&clean.captured).unwrap();
+        let cached = Activations::from_captured(&clean.captured).unwrap();
         let batched = logits(
             model,
             Start::Tokens(s.ids.clone()),
@@ -379,7 +379,7 @@ fn a_base_run_with_nodes_ablated_is_a_valid_cached_start() {
                 ..Default::default()
             })
             .unwrap();
-        let acts = Ablation::from_captured(&base.captured).unwrap();
+        let acts = Activations::from_captured(&base.captured).unwrap();
         let cached = logits(
             model,
             Start::Resid {

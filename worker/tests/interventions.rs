@@ -6,7 +6,7 @@ mod common;
 use candle_core::{IndexOp, Tensor};
 use circuit_sweep_common::Component;
 use circuit_sweep_worker::{
-    Ablation, Capture, HookedModel, Interventions, LogitSelection, ModelError, RunRequest, Start,
+    Activations, Capture, HookedModel, Interventions, LogitSelection, ModelError, RunRequest, Start,
 };
 use common::*;
 
@@ -30,7 +30,7 @@ fn capture(model: &HookedModel, ids: &Tensor) -> circuit_sweep_worker::RunOutput
 fn run_variants(
     model: &HookedModel,
     start: Start,
-    values: &Ablation,
+    values: &Activations,
     variants: Vec<Vec<Component>>,
 ) -> Tensor {
     let all = run_selected(model, start, values, variants, LogitSelection::All);
@@ -41,7 +41,7 @@ fn run_variants(
 fn run_selected(
     model: &HookedModel,
     start: Start,
-    values: &Ablation,
+    values: &Activations,
     variants: Vec<Vec<Component>>,
     logits: LogitSelection,
 ) -> Tensor {
@@ -72,7 +72,7 @@ fn some_components(model: &HookedModel, from_layer: usize) -> Vec<Component> {
 fn reinjection_is_exact(model: &HookedModel, rows: &[Vec<u32>]) {
     let ids = model.tokens(rows).unwrap();
     let base = capture(model, &ids);
-    let values = Ablation::from_captured(&base.captured).unwrap();
+    let values = Activations::from_captured(&base.captured).unwrap();
     let i = model.info();
     let everything = Component::all(i.n_layers, i.n_heads);
     let got = run_variants(model, Start::Tokens(ids), &values, vec![everything, vec![]]);
@@ -98,7 +98,7 @@ fn cached_start_equals_full_pass(
 ) {
     let ids = model.tokens(rows).unwrap();
     let corrupt = model.tokens(corrupt).unwrap();
-    let means = Ablation::from_captured(&capture(model, &corrupt).captured)
+    let means = Activations::from_captured(&capture(model, &corrupt).captured)
         .unwrap()
         .mean_over_prompts()
         .unwrap();
@@ -118,7 +118,7 @@ fn cached_start_equals_full_pass(
 
 fn batched_variants_equal_separate_passes(model: &HookedModel, rows: &[Vec<u32>]) {
     let ids = model.tokens(rows).unwrap();
-    let values = Ablation::zeros(
+    let values = Activations::zeros(
         model.info(),
         rows[0].len(),
         model.info().dtype,
@@ -193,7 +193,7 @@ fn resample_values_are_per_prompt() {
     let rows = ids_of("llama");
     let ids = m.model.tokens(&rows).unwrap();
     let base = capture(&m.model, &ids);
-    let own = Ablation::from_captured(&base.captured).unwrap();
+    let own = Activations::from_captured(&base.captured).unwrap();
     let comps = vec![
         Component::Head { layer: 1, head: 3 },
         Component::Mlp { layer: 2 },
@@ -206,7 +206,7 @@ fn resample_values_are_per_prompt() {
     );
     assert_eq!(max_abs_diff(&same, base.logits.as_ref().unwrap()), 0.0);
     let swapped_rows: Vec<Vec<u32>> = rows.iter().rev().cloned().collect();
-    let swapped = Ablation::from_captured(
+    let swapped = Activations::from_captured(
         &capture(&m.model, &m.model.tokens(&swapped_rows).unwrap()).captured,
     )
     .unwrap();
@@ -220,7 +220,7 @@ fn bad_requests_are_refused_with_a_reason() {
     let rows = ids_of("gpt2");
     let ids = m.model.tokens(&rows).unwrap();
     let base = capture(&m.model, &ids);
-    let values = Ablation::from_captured(&base.captured).unwrap();
+    let values = Activations::from_captured(&base.captured).unwrap();
     let resid = base.captured.resid[2].clone().unwrap();
     let below = m.model.run(&RunRequest {
         start: Some(Start::Resid { layer: 2, resid }),
@@ -271,7 +271,7 @@ fn last_position_shortcut_equals_the_full_final_block() {
         let m = load_fixture(name);
         let ids = m.model.tokens(&ids_of(name)).unwrap();
         let base = capture(&m.model, &ids);
-        let values = Ablation::from_captured(&base.captured)
+        let values = Activations::from_captured(&base.captured)
             .unwrap()
             .mean_over_prompts()
             .unwrap();
@@ -343,7 +343,7 @@ fn a_variant_does_not_depend_on_its_batch() {
         let rows = ids_of(name);
         for rows in [rows.clone(), rows[..1].to_vec()] {
             let ids = m.model.tokens(&rows).unwrap();
-            let values = Ablation::from_captured(&capture(&m.model, &ids).captured)
+            let values = Activations::from_captured(&capture(&m.model, &ids).captured)
                 .unwrap()
                 .mean_over_prompts()
                 .unwrap();

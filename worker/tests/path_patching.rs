@@ -12,8 +12,8 @@ use circuit_sweep_common::Component;
 use circuit_sweep_common::edge::{Edge, GraphShape, Receiver, Sender};
 use circuit_sweep_common::spec::{AblationKind, AblationSpec};
 use circuit_sweep_worker::{
-    Ablation, Capture, Captured, Evaluator, HookedModel, Interventions, LogitSelection, PromptSet,
-    RunRequest, Start,
+    Activations, Capture, Captured, Evaluator, HookedModel, Interventions, LogitSelection,
+    PromptSet, RunRequest, Start,
 };
 use common::*;
 
@@ -54,10 +54,10 @@ struct ByHand<'a> {
     p: &'a PromptSet,
     ids: Tensor,
     /// Paired corrupt activations (the ablated values).
-    corrupt: Ablation,
+    corrupt: Activations,
     outside: Vec<Component>,
     /// The clean run with the nodes outside the circuit ablated.
-    base: Ablation,
+    base: Activations,
 }
 
 impl<'a> ByHand<'a> {
@@ -73,8 +73,9 @@ impl<'a> ByHand<'a> {
             .unwrap()
             .captured
         };
-        let corrupt = Ablation::from_captured(&cap(&m.tokens(&p.corrupt).unwrap(), None)).unwrap();
-        let base = Ablation::from_captured(&cap(
+        let corrupt =
+            Activations::from_captured(&cap(&m.tokens(&p.corrupt).unwrap(), None)).unwrap();
+        let base = Activations::from_captured(&cap(
             &ids,
             Some(Interventions::nodes(&corrupt, vec![outside.clone()])),
         ))

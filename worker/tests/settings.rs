@@ -11,7 +11,7 @@ use circuit_sweep_common::Component;
 use circuit_sweep_common::metric;
 use circuit_sweep_common::spec::{AblationKind, AblationSpec, Direction, Metric, Normalize};
 use circuit_sweep_worker::{
-    Ablation, Capture, Evaluator, HookedModel, Interventions, LoadOptions, LogitSelection,
+    Activations, Capture, Evaluator, HookedModel, Interventions, LoadOptions, LogitSelection,
     RunRequest, Start, load_model, sweep,
 };
 use common::*;
@@ -100,7 +100,7 @@ fn denoising_the_whole_circuit_restores_the_clean_run_and_the_empty_one_is_the_c
                 ..Default::default()
             })
             .unwrap();
-        let clean_acts = Ablation::from_captured(&cap.captured).unwrap();
+        let clean_acts = Activations::from_captured(&cap.captured).unwrap();
         let by_hand = m
             .run(&RunRequest {
                 start: Some(Start::Tokens(m.tokens(&p.corrupt).unwrap())),
@@ -272,7 +272,7 @@ fn zero_ablation_keeping_the_value_bias_replaces_z_by_it() {
     let head = vec![Component::Head { layer: 1, head: 2 }];
     // By hand: the head's z replaced by its value bias at every position.
     let t = p.clean[0].len();
-    let mut values = Ablation::zeros(m.info(), t, DType::F32, m.device()).unwrap();
+    let mut values = Activations::zeros(m.info(), t, DType::F32, m.device()).unwrap();
     let b = m.value_bias(1).unwrap().unwrap();
     values.z[1] = b
         .unsqueeze(0)

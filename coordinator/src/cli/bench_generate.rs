@@ -8,7 +8,7 @@ use std::time::Instant;
 use candle_core::DType;
 use circuit_sweep_common::downstream::random_head_sets;
 use circuit_sweep_common::tasks::downstream::DownTask;
-use circuit_sweep_worker::Ablation;
+use circuit_sweep_worker::Activations;
 use circuit_sweep_worker::analysis::generate::{generate, generate_uncached};
 use clap::Args;
 
@@ -53,7 +53,7 @@ pub fn generate_bench(a: GenerateArgs, models_dir: &Path) -> anyhow::Result<()> 
     // Equal lengths, as a batch needs: 1-digit additions are all the same length here.
     let len = prompts[0].len();
     let prompts: Vec<Vec<u32>> = prompts.into_iter().filter(|p| p.len() == len).collect();
-    let values = Ablation::zeros(info, 1, info.dtype, model.device())?;
+    let values = Activations::zeros(info, 1, info.dtype, model.device())?;
     let variants = random_head_sets(info.n_layers, info.n_heads, 10, 0, 0..a.variants);
     println!(
         "{} prompts of {len} tokens x {} variants (rows {}), {}",

@@ -11,14 +11,14 @@ use circuit_sweep_common::tasks::downstream::{DownPrompt, DownTask, exact_match}
 
 use super::generate::generate;
 use crate::PromptTokenizer;
-use crate::model::{Ablation, Capture, HookedModel, ModelError, RunRequest, Start};
+use crate::model::{Activations, Capture, HookedModel, ModelError, RunRequest, Start};
 
 /// Prompts of every task, tokenized, and the values ablated components take.
 pub struct Downstream {
     /// Per task: the task, its prompts and their token ids.
     pub tasks: Vec<(DownTask, Vec<DownPrompt>, Vec<Vec<u32>>)>,
     /// Position-independent replacement values.
-    pub values: Ablation,
+    pub values: Activations,
     /// Tokens (variants x prompts x positions) per forward pass.
     pub batch_tokens: usize,
 }
@@ -59,7 +59,7 @@ impl Downstream {
             out.push((task, prompts, ids));
         }
         let values = match kind {
-            AblationKind::Zero => Ablation::zero_for(model, 1, fold_value_bias)?,
+            AblationKind::Zero => Activations::zero_for(model, 1, fold_value_bias)?,
             AblationKind::Mean => {
                 let all: Vec<Vec<u32>> = out.iter().flat_map(|t| t.2.clone()).collect();
                 position_mean(model, &all)?
@@ -120,7 +120,7 @@ impl Downstream {
 }
 
 /// Each component's output averaged over every position of every prompt, as one position.
-fn position_mean(model: &HookedModel, prompts: &[Vec<u32>]) -> Result<Ablation, ModelError> {
+fn position_mean(model: &HookedModel, prompts: &[Vec<u32>]) -> Result<Activations, ModelError> {
     let info = model.info();
     let mut by_len: BTreeMap<usize, Vec<Vec<u32>>> = BTreeMap::new();
     for p in prompts {
@@ -159,7 +159,7 @@ fn position_mean(model: &HookedModel, prompts: &[Vec<u32>]) -> Result<Ablation, 
     if total == 0 {
         return Err(ModelError::InvalidRequest("no downstream prompts".into()));
     }
-    Ok(Ablation {
+    Ok(Activations {
         z: z.into_iter().map(mean).collect::<Result<_, _>>()?,
         mlp: mlp.into_iter().map(mean).collect::<Result<_, _>>()?,
         embed: mean(embed)?,

@@ -5,7 +5,7 @@ use candle_core::Tensor;
 use circuit_sweep_common::Component;
 
 use crate::model::{
-    Ablation, HookedModel, Interventions, KvCache, LogitSelection, ModelError, RunRequest, Start,
+    Activations, HookedModel, Interventions, KvCache, LogitSelection, ModelError, RunRequest, Start,
 };
 
 /// Greedy continuations `[variant][prompt][token]` of `prompts` (all the same length), `max_new`
@@ -14,7 +14,7 @@ use crate::model::{
 pub fn generate(
     model: &HookedModel,
     prompts: &[Vec<u32>],
-    values: &Ablation,
+    values: &Activations,
     variants: &[Vec<Component>],
     max_new: usize,
 ) -> Result<Vec<Vec<Vec<u32>>>, ModelError> {
@@ -55,7 +55,7 @@ pub fn generate(
 pub fn generate_uncached(
     model: &HookedModel,
     prompts: &[Vec<u32>],
-    values: &Ablation,
+    values: &Activations,
     variants: &[Vec<Component>],
     max_new: usize,
 ) -> Result<Vec<Vec<Vec<u32>>>, ModelError> {

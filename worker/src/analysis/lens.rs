@@ -34,7 +34,7 @@ pub fn logit_lens(
             start: Some(Start::Tokens(model.tokens(&group)?)),
             capture: Capture {
                 resid: true,
-                mid: true,
+                mlp_in: true,
                 ..Default::default()
             },
             ..Default::default()
@@ -45,7 +45,7 @@ pub fn logit_lens(
             let x = if l + 1 < n_layers {
                 c.resid[l + 1].as_ref()
             } else {
-                c.last.as_ref()
+                c.final_resid_post.as_ref()
             }
             .expect("captured");
             let last: Tensor = x.i((.., t - 1, ..))?.contiguous()?;

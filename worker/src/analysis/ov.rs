@@ -42,13 +42,13 @@ fn member_rows(model: &HookedModel, probe: &OvProbe, layer: usize) -> Result<Ten
             start: Some(Start::Tokens(model.tokens(std::slice::from_ref(ids))?)),
             capture: Capture {
                 resid: true,
-                mid: layer == n_layers,
+                mlp_in: layer == n_layers,
                 ..Default::default()
             },
             ..Default::default()
         })?;
         let x = if layer == n_layers {
-            out.captured.last
+            out.captured.final_resid_post
         } else {
             out.captured.resid[layer].clone()
         };

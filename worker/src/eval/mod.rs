@@ -16,7 +16,7 @@ use circuit_sweep_common::metric;
 use circuit_sweep_common::spec::{AblationKind, AblationSpec, Direction, Metric};
 
 use crate::model::{
-    Ablation, Capture, HookedModel, Interventions, LogitSelection, ModelError, RunRequest, Start,
+    Activations, Capture, HookedModel, Interventions, LogitSelection, ModelError, RunRequest, Start,
 };
 
 mod path;
@@ -87,9 +87,9 @@ struct Base {
     /// Residual stream at each block's input.
     resid: Vec<Tensor>,
     /// What each sender wrote.
-    acts: Ablation,
+    acts: Activations,
     /// The residual stream each MLP reads.
-    mid: Vec<Tensor>,
+    mlp_in: Vec<Tensor>,
 }
 
 /// A candidate for edge ablation: nodes ablated as a whole, and edges ablated.
@@ -114,16 +114,16 @@ pub struct Evaluator {
     ablation: AblationSpec,
     /// The run that is patched: clean ids (noising) or corrupt ids (denoising).
     input: Tensor,
-    values: Ablation,
+    values: Activations,
     /// Residual stream of the unpatched `input` run at each block's input (noising only).
     resid: Vec<Tensor>,
     /// Activations of the unpatched `input` run (noising only): what senders below a cached
     /// start wrote.
-    clean: Option<Ablation>,
+    clean: Option<Activations>,
     /// The residual stream each MLP reads, and the final block's output, in the unpatched run
     /// (noising only; the edge reference path reads them).
-    mid: Vec<Tensor>,
-    last: Option<Tensor>,
+    mlp_in: Vec<Tensor>,
+    final_resid_post: Option<Tensor>,
     prompts: usize,
     seq_len: usize,
     logit_ids: Vec<u32>,
@@ -202,15 +202,15 @@ impl Evaluator {
         };
         let clean_run = run(&clean, LogitSelection::Last)?;
         let corrupt_run = run(&corrupt, LogitSelection::Last)?;
-        let clean_act = Ablation::from_captured(&clean_run.captured)?;
-        let corrupt_act = Ablation::from_captured(&corrupt_run.captured)?;
+        let clean_act = Activations::from_captured(&clean_run.captured)?;
+        let corrupt_act = Activations::from_captured(&corrupt_run.captured)?;
         let (input, values, resid, clean_acts) = match ablation.direction {
             Direction::Noising => {
                 let values = match ablation.kind {
                     AblationKind::Mean => corrupt_act.mean_over_prompts()?,
                     AblationKind::Resample => corrupt_act,
                     AblationKind::Zero => {
-                        Ablation::zero_for(model, seq_len, ablation.fold_value_bias)?
+                        Activations::zero_for(model, seq_len, ablation.fold_value_bias)?
                     }
                 };
                 let resid = clean_run
@@ -237,11 +237,14 @@ impl Evaluator {
                 (corrupt.clone(), clean_act, vec![], None)
             }
         };
-        let (mid, last) = if clean_acts.is_some() {
+        let (mlp_in, final_resid_post) = if clean_acts.is_some() {
             let c = &clean_run.captured;
             (
-                c.mid.iter().map(|m| m.clone().expect("captured")).collect(),
-                c.last.clone(),
+                c.mlp_in
+                    .iter()
+                    .map(|m| m.clone().expect("captured"))
+                    .collect(),
+                c.final_resid_post.clone(),
             )
         } else {
             (vec![], None)
@@ -279,8 +282,8 @@ impl Evaluator {
             values,
             resid,
             clean: clean_acts,
-            mid,
-            last,
+            mlp_in,
+            final_resid_post,
             prompts: n,
             seq_len,
             logit_ids,
@@ -647,7 +650,7 @@ impl Evaluator {
             return Ok(Arc::new(Base {
                 resid: self.resid.clone(),
                 acts,
-                mid: self.mid.clone(),
+                mlp_in: self.mlp_in.clone(),
             }));
         }
         let mut cache = self.bases.lock().unwrap_or_else(|p| p.into_inner());
@@ -661,14 +664,14 @@ impl Evaluator {
                 resid: true,
                 z: true,
                 mlp: true,
-                mid: true,
+                mlp_in: true,
                 ..Default::default()
             },
             ..Default::default()
         })?;
         self.forward_passes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let acts = Ablation::from_captured(&run.captured)?;
+        let acts = Activations::from_captured(&run.captured)?;
         let c = run.captured;
         let all = |v: Vec<Option<Tensor>>| -> Vec<Tensor> {
             v.into_iter().map(|r| r.expect("captured")).collect()
@@ -676,7 +679,7 @@ impl Evaluator {
         let b = Arc::new(Base {
             resid: all(c.resid),
             acts,
-            mid: all(c.mid),
+            mlp_in: all(c.mlp_in),
         });
         if cache.len() >= 2 {
             cache.remove(0);
@@ -697,11 +700,11 @@ impl Evaluator {
             .map_err(|e| ModelError::InvalidRequest(e.to_string()))?;
         let stream = match edge.receiver {
             Receiver::Attn { layer, .. } => self.resid[layer].clone(),
-            Receiver::Mlp { layer } => self.mid[layer].clone(),
-            Receiver::Logits => self.last.clone().expect("captured"),
+            Receiver::Mlp { layer } => self.mlp_in[layer].clone(),
+            Receiver::Logits => self.final_resid_post.clone().expect("captured"),
         };
         let broadcast = |t: &Tensor| t.broadcast_as(stream.dims());
-        let write = |a: &Ablation| -> Result<Tensor, ModelError> {
+        let write = |a: &Activations| -> Result<Tensor, ModelError> {
             Ok(match edge.sender {
                 Sender::Embed => broadcast(&a.embed)?,
                 Sender::Node(Component::Mlp { layer }) => broadcast(&a.mlp[layer])?,

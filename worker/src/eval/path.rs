@@ -175,7 +175,7 @@ impl Evaluator {
             }
             // Heads are frozen, so the stream the MLP reads differs by `d` alone.
             if !outside.contains(&Component::Mlp { layer: l }) {
-                let new = self.model.mlp_out(l, &(&base.mid[l] + &d)?)?;
+                let new = self.model.mlp_out(l, &(&base.mlp_in[l] + &d)?)?;
                 d = (d + (new - &base.acts.mlp[l])?)?;
             }
         }

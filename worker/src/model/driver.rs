@@ -112,7 +112,7 @@ impl HookedModel {
         ) && !req.capture.z
             && !req.capture.pattern
             && !req.capture.mlp
-            && !req.capture.mid;
+            && !req.capture.mlp_in;
         let final_ctx = if last_only {
             ctx.last_query()?
         } else {

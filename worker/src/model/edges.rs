@@ -15,7 +15,8 @@ use candle_core::{DType, Device, Tensor};
 use circuit_sweep_common::Component;
 use circuit_sweep_common::edge::{Edge, GraphShape, Qkv, Receiver, Sender};
 
-use super::hooks::{Ablation, Interventions};
+use super::activations::Activations;
+use super::hooks::Interventions;
 use super::{Blocks, ModelError, ModelInfo};
 
 /// A receiver input that differs from the residual stream in some variants.
@@ -47,7 +48,7 @@ struct Touched {
 
 /// Runtime state of the edge interventions of one pass.
 pub(crate) struct EdgeState<'a> {
-    values: &'a Ablation,
+    values: &'a Activations,
     blocks: &'a dyn Blocks,
     /// Key and value receivers are per query head, and the model groups query heads.
     kv_per_query: bool,

@@ -2,6 +2,7 @@
 //! outputs `m[l]` and the residual stream, replace any of them per variant, start from a cached
 //! residual stream, and compute only the logits a metric needs.
 
+mod activations;
 mod driver;
 mod edges;
 mod gpt2;
@@ -16,8 +17,9 @@ use std::fmt;
 
 use candle_core::{DType, Device, Tensor};
 
+pub use activations::Activations;
 pub use gpt2::Gpt2Config;
-pub use hooks::{Ablation, Interventions};
+pub use hooks::Interventions;
 pub use kv_cache::KvCache;
 pub use llama::{LlamaConfig, RopeScaling};
 pub use neox::NeoxConfig;
@@ -169,9 +171,9 @@ pub struct Capture {
     pub z: bool,
     /// MLP outputs, `[rows, pos, d_model]` per layer.
     pub mlp: bool,
-    /// The MLP's input residual stream per layer (after the layer's attention, except with a
-    /// parallel residual) and the final block's output.
-    pub mid: bool,
+    /// The residual stream each MLP reads (`mlp_in`) and the final block's output
+    /// (`final_resid_post`).
+    pub mlp_in: bool,
     /// Attention patterns `[rows, n_heads, query positions, positions]` (f32) per layer.
     pub pattern: bool,
 }
@@ -183,7 +185,7 @@ impl Capture {
             resid: true,
             z: true,
             mlp: true,
-            mid: true,
+            mlp_in: true,
             pattern: false,
         }
     }
@@ -198,10 +200,11 @@ pub struct Captured {
     pub z: Vec<Option<Tensor>>,
     /// MLP outputs, after any intervention.
     pub mlp: Vec<Option<Tensor>>,
-    /// The residual stream the MLP reads, per layer (before edge interventions).
-    pub mid: Vec<Option<Tensor>>,
-    /// The final block's output (what the final norm reads).
-    pub last: Option<Tensor>,
+    /// The residual stream each MLP reads, before edge interventions (TransformerLens'
+    /// `hook_mlp_in`): after the layer's attention, or the block input with a parallel residual.
+    pub mlp_in: Vec<Option<Tensor>>,
+    /// The final block's output, what the final norm reads (the last layer's `hook_resid_post`).
+    pub final_resid_post: Option<Tensor>,
     /// Attention patterns per layer.
     pub pattern: Vec<Option<Tensor>>,
 }
