@@ -4,6 +4,7 @@
 use candle_core::{DType, IndexOp, Tensor};
 
 use super::hooks::RunHooks;
+use super::seq_ctx::SeqCtx;
 use super::{HookedModel, LogitSelection, ModelError, RunOutput, RunRequest, Start};
 
 impl HookedModel {
@@ -101,9 +102,9 @@ impl HookedModel {
             hooks.embedded(&x)?;
         }
         let ctx = if req.cache.is_some() {
-            self.blocks.seq_ctx(past + seq_len)?.with_cache(seq_len)?
+            self.seq_ctx(past + seq_len)?.with_cache(seq_len)?
         } else {
-            self.blocks.seq_ctx(seq_len)?
+            self.seq_ctx(seq_len)?
         };
         // Only the last position of the final block reaches last-position logits.
         let last_only = matches!(
@@ -127,17 +128,27 @@ impl HookedModel {
             } else {
                 &ctx
             };
+            let _span = tracing::trace_span!("block", layer).entered();
             x = self.blocks.block(layer, &x, c, &mut hooks)?;
         }
         let x = hooks.logits_input(info.n_layers, x)?;
         if let Some(c) = req.cache {
             c.advance(seq_len);
         }
-        let logits = self.logits(&x, &req.logits)?;
+        let logits = {
+            let _span = tracing::trace_span!("logits").entered();
+            self.logits(&x, &req.logits)?
+        };
         Ok(RunOutput {
             logits,
             captured: hooks.captured,
         })
+    }
+
+    /// The mask and rotary tables for `seq_len` positions, built once per length.
+    fn seq_ctx(&self, seq_len: usize) -> candle_core::Result<SeqCtx> {
+        self.seq_ctxs
+            .get_or_build(seq_len, |n| self.blocks.seq_ctx(n))
     }
 
     /// Full-vocabulary logits at the last position of each prompt (rows may differ in length:

@@ -12,6 +12,7 @@ mod layers;
 mod llama;
 mod neox;
 mod readout;
+mod seq_ctx;
 
 use std::fmt;
 
@@ -242,14 +243,14 @@ pub(crate) trait Blocks: Send + Sync {
     /// Token ids `[B, T]` at positions `pos0..pos0 + T` to the residual stream at block 0's
     /// input.
     fn embed(&self, ids: &Tensor, pos0: usize) -> candle_core::Result<Tensor>;
-    /// Per-sequence-length state (causal mask, rotary tables).
-    fn seq_ctx(&self, seq_len: usize) -> candle_core::Result<layers::SeqCtx>;
+    /// Per-sequence-length state (causal mask, rotary tables); the driver keeps it per length.
+    fn seq_ctx(&self, seq_len: usize) -> candle_core::Result<seq_ctx::SeqCtx>;
     /// Block `layer` on the residual stream `x`, calling the hooks at `z` and the MLP output.
     fn block(
         &self,
         layer: usize,
         x: &Tensor,
-        ctx: &layers::SeqCtx,
+        ctx: &seq_ctx::SeqCtx,
         hooks: &mut dyn hooks::LayerHooks,
     ) -> Result<Tensor, ModelError>;
     /// The MLP of `layer` (its norm included) on the residual stream `x` it reads,
@@ -289,6 +290,8 @@ pub struct HookedModel {
     info: ModelInfo,
     blocks: std::sync::Arc<dyn Blocks>,
     device: Device,
+    /// Masks and rotary tables of the sequence lengths run so far.
+    seq_ctxs: std::sync::Arc<seq_ctx::SeqCtxCache>,
 }
 
 impl fmt::Debug for HookedModel {
@@ -305,6 +308,7 @@ impl HookedModel {
             info,
             blocks: blocks.into(),
             device,
+            seq_ctxs: Default::default(),
         }
     }
 

@@ -10,7 +10,8 @@ use circuit_sweep_common::edge::Qkv;
 
 use super::edges;
 use super::hooks::LayerHooks;
-use super::layers::{self, Activation, Rotary, SeqCtx};
+use super::layers::{self, Activation};
+use super::seq_ctx::{Rotary, SeqCtx};
 use super::{Architecture, Blocks, ModelError, ModelInfo};
 use crate::load_error::LoadError;
 use crate::weights::WeightSource;
