@@ -15,7 +15,8 @@ use candle_core::Tensor;
 use circuit_sweep_common::Component;
 use circuit_sweep_common::edge::{Edge, Receiver, Sender};
 
-use super::{Base, Evaluator};
+use super::Evaluator;
+use super::edges::Base;
 use crate::model::{Interventions, ModelError};
 
 /// Where a receiver reads the residual stream.

@@ -1,0 +1,280 @@
+//! Edge ablation in the evaluator: edge candidates batched as variants, each group starting from
+//! a base run (the unpatched run with the candidates' nodes ablated), and the reference path of
+//! one edge computed by hand.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use candle_core::Tensor;
+use circuit_sweep_common::Component;
+use circuit_sweep_common::edge::{Edge, Receiver, Sender};
+use circuit_sweep_common::spec::Direction;
+
+use super::Evaluator;
+use crate::model::{Activations, Capture, Interventions, ModelError, RunRequest, Start};
+
+/// Bytes of sender rows one edge pass may hold (each variant keeps one row of `prompts *
+/// positions * d_model` per sender it ablates).
+const EDGE_ROWS_BYTES: usize = 1 << 30;
+
+/// A run the edge candidates that ablate the same nodes start from.
+pub(super) struct Base {
+    /// Residual stream at each block's input.
+    pub(super) resid: Vec<Tensor>,
+    /// What each sender wrote.
+    pub(super) acts: Activations,
+    /// The residual stream each MLP reads.
+    pub(super) mlp_in: Vec<Tensor>,
+}
+
+/// A candidate for edge ablation: nodes ablated as a whole, and edges ablated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EdgeCandidate {
+    /// Nodes ablated (outside the circuit an edge graph is restricted to).
+    pub nodes: Vec<Component>,
+    /// Edges ablated.
+    pub edges: Vec<Edge>,
+}
+
+fn distinct_senders(edges: &[Edge]) -> usize {
+    let mut s: Vec<Sender> = edges.iter().map(|e| e.sender).collect();
+    s.sort_unstable();
+    s.dedup();
+    s.len()
+}
+
+impl Evaluator {
+    /// Ablates edges at these positions only (`None`: every position; the spec's `positions`).
+    pub fn set_edge_positions(&mut self, positions: Option<Vec<usize>>) -> Result<(), ModelError> {
+        if let Some(p) = positions
+            .as_ref()
+            .and_then(|ps| ps.iter().find(|&&p| p >= self.seq_len))
+        {
+            return Err(ModelError::InvalidRequest(format!(
+                "edge position {p} is outside the {} positions of the prompts",
+                self.seq_len
+            )));
+        }
+        self.edge_positions = positions;
+        Ok(())
+    }
+
+    /// Edges name key and value receivers per query head (the default) or per key/value head.
+    pub fn set_kv_per_query(&mut self, per_query: bool) {
+        self.kv_per_query = per_query;
+    }
+
+    /// The edge graph's shape as this evaluator reads edge names.
+    pub fn graph_shape(&self) -> circuit_sweep_common::edge::GraphShape {
+        circuit_sweep_common::edge::GraphShape {
+            kv_per_query: self.kv_per_query,
+            ..self.model.info().graph_shape()
+        }
+    }
+
+    /// Scores of edge candidates (see [`Evaluator::edge_metrics`]).
+    pub fn edge_scores(&self, candidates: &[EdgeCandidate]) -> Result<Vec<f64>, ModelError> {
+        Ok(self
+            .edge_metrics(candidates)?
+            .into_iter()
+            .map(|m| self.score_of(m))
+            .collect())
+    }
+
+    /// Metric values of edge candidates, each a set of ablated nodes and ablated edges, many per
+    /// forward pass: grouped by the first layer they patch (each group starts from the cached
+    /// residual stream there) and cut into passes by `batch_tokens` and by the memory of the
+    /// senders' rows.
+    pub fn edge_metrics(&self, candidates: &[EdgeCandidate]) -> Result<Vec<f64>, ModelError> {
+        if self.ablation.direction != Direction::Noising {
+            return Err(ModelError::InvalidRequest(
+                "edge ablation is implemented for noising (direction = \"noising\")".into(),
+            ));
+        }
+        let info = self.model.info();
+        let n_layers = info.n_layers;
+        // Candidates that ablate the same nodes (everything outside the circuit a graph is
+        // restricted to) start from the same base run.
+        let mut bases: BTreeMap<Vec<Component>, Vec<usize>> = BTreeMap::new();
+        for (i, c) in candidates.iter().enumerate() {
+            let mut nodes = c.nodes.clone();
+            nodes.sort();
+            nodes.dedup();
+            bases.entry(nodes).or_default().push(i);
+        }
+        let per_variant = (self.prompts * self.seq_len).max(1);
+        let row_bytes = per_variant * info.d_model * info.dtype.size_in_bytes();
+        let mut out = vec![0.0; candidates.len()];
+        for (nodes, idx) in bases {
+            let base = self.base(&nodes)?;
+            // Then by the first receiver: the pass starts from the base's residual there.
+            let mut groups: Vec<Vec<usize>> = vec![vec![]; n_layers + 1];
+            for i in idx {
+                let start = candidates[i]
+                    .edges
+                    .iter()
+                    .map(|e| e.receiver.layer(n_layers))
+                    .min()
+                    .unwrap_or(n_layers);
+                groups[start].push(i);
+            }
+            for (start, idx) in groups.iter().enumerate() {
+                // The base's residual stream is cached at block inputs; nothing patched before
+                // the logits starts at the last block.
+                let layer = start.min(n_layers - 1);
+                let at = |n: &Vec<Component>| -> Vec<Component> {
+                    n.iter().copied().filter(|c| c.layer() >= layer).collect()
+                };
+                let mut part: Vec<usize> = vec![];
+                let mut rows = 0usize;
+                let flush = |part: &mut Vec<usize>, out: &mut Vec<f64>| -> Result<(), ModelError> {
+                    if part.is_empty() {
+                        return Ok(());
+                    }
+                    let iv = Interventions {
+                        variants: part.iter().map(|_| at(&nodes)).collect(),
+                        edges: part.iter().map(|&i| candidates[i].edges.clone()).collect(),
+                        inputs: vec![],
+                        cached: Some(&base.acts),
+                        values: &self.values,
+                        positions: self.edge_positions.clone(),
+                        deltas: vec![],
+                        kv_per_query: self.kv_per_query,
+                    };
+                    let values = self.run_pass(self.base_start(&base, layer), iv)?;
+                    for (&i, v) in part.iter().zip(values) {
+                        out[i] = v;
+                    }
+                    part.clear();
+                    Ok(())
+                };
+                for &i in idx {
+                    let senders = distinct_senders(&candidates[i].edges);
+                    let full = (part.len() + 1) * per_variant > self.batch_tokens
+                        || (rows + senders) * row_bytes > EDGE_ROWS_BYTES;
+                    if full && !part.is_empty() {
+                        flush(&mut part, &mut out)?;
+                        rows = 0;
+                    }
+                    part.push(i);
+                    rows += senders;
+                }
+                flush(&mut part, &mut out)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Where a pass from `base` that first patches block `layer` starts: its residual stream
+    /// there, or the tokens.
+    pub(super) fn base_start(&self, base: &Base, layer: usize) -> Start {
+        if layer == 0 {
+            Start::Tokens(self.input.clone())
+        } else {
+            Start::Resid {
+                layer,
+                resid: base.resid[layer].clone(),
+            }
+        }
+    }
+
+    /// `delta` (`[.., positions, d]`) zeroed outside the positions edges are ablated at.
+    pub(super) fn at_edge_positions(&self, delta: &Tensor) -> Result<Tensor, ModelError> {
+        let Some(ps) = &self.edge_positions else {
+            return Ok(delta.clone());
+        };
+        let mut m = vec![0f32; self.seq_len];
+        for &p in ps {
+            m[p] = 1.0;
+        }
+        let m =
+            Tensor::from_vec(m, (1, self.seq_len, 1), delta.device())?.to_dtype(delta.dtype())?;
+        Ok(delta.broadcast_mul(&m)?)
+    }
+
+    /// The unpatched run with `nodes` ablated (residual stream at each block's input and the
+    /// activations): where edge candidates that ablate those nodes start. Kept for reuse, the
+    /// last two.
+    pub(super) fn base(&self, nodes: &[Component]) -> Result<Arc<Base>, ModelError> {
+        if nodes.is_empty() {
+            let acts = self.clean.clone().expect("noising has clean activations");
+            return Ok(Arc::new(Base {
+                resid: self.resid.clone(),
+                acts,
+                mlp_in: self.mlp_in.clone(),
+            }));
+        }
+        let mut cache = self.bases.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, b)) = cache.iter().find(|(n, _)| n == nodes) {
+            return Ok(b.clone());
+        }
+        let run = self.model.run(&RunRequest {
+            start: Some(Start::Tokens(self.input.clone())),
+            interventions: Some(Interventions::nodes(&self.values, vec![nodes.to_vec()])),
+            capture: Capture {
+                resid: true,
+                z: true,
+                mlp: true,
+                mlp_in: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        })?;
+        self.forward_passes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let acts = Activations::from_captured(&run.captured)?;
+        let c = run.captured;
+        let all = |v: Vec<Option<Tensor>>| -> Vec<Tensor> {
+            v.into_iter().map(|r| r.expect("captured")).collect()
+        };
+        let b = Arc::new(Base {
+            resid: all(c.resid),
+            acts,
+            mlp_in: all(c.mlp_in),
+        });
+        if cache.len() >= 2 {
+            cache.remove(0);
+        }
+        cache.push((nodes.to_vec(), b.clone()));
+        Ok(b)
+    }
+
+    /// The reference path of one ablated edge: the receiver's input computed by hand from the
+    /// unpatched run (its residual stream minus the sender's write plus the sender's ablated
+    /// write), given to one full forward pass from the tokens. For tests and benchmarks.
+    pub fn edge_metric_reference(&self, edge: Edge) -> Result<f64, ModelError> {
+        let clean = self.clean.as_ref().ok_or_else(|| {
+            ModelError::InvalidRequest("edge ablation is implemented for noising".into())
+        })?;
+        self.graph_shape()
+            .check(&edge)
+            .map_err(|e| ModelError::InvalidRequest(e.to_string()))?;
+        let stream = match edge.receiver {
+            Receiver::Attn { layer, .. } => self.resid[layer].clone(),
+            Receiver::Mlp { layer } => self.mlp_in[layer].clone(),
+            Receiver::Logits => self.final_resid_post.clone().expect("captured"),
+        };
+        let broadcast = |t: &Tensor| t.broadcast_as(stream.dims());
+        let write = |a: &Activations| -> Result<Tensor, ModelError> {
+            Ok(match edge.sender {
+                Sender::Embed => broadcast(&a.embed)?,
+                Sender::Node(Component::Mlp { layer }) => broadcast(&a.mlp[layer])?,
+                Sender::Node(Component::Head { layer, head }) => {
+                    let z = a.z[layer].narrow(2, head, 1)?.squeeze(2)?.contiguous()?;
+                    broadcast(&self.model.head_out(layer, head, &z)?)?
+                }
+            })
+        };
+        let delta = self.at_edge_positions(&(write(clean)? - write(&self.values)?)?)?;
+        let input = (stream.clone() - delta)?;
+        let out = self.run_pass(
+            Start::Tokens(self.input.clone()),
+            Interventions {
+                inputs: vec![(edge.receiver, input)],
+                kv_per_query: self.kv_per_query,
+                ..Interventions::nodes(&self.values, vec![vec![]])
+            },
+        )?;
+        Ok(out[0])
+    }
+}
