@@ -223,15 +223,14 @@ fn gpt2_patterns_equal_a_by_hand_softmax_of_its_queries_and_keys() {
     let t = ids.len();
     let out = model
         .run(&RunRequest {
-            start: Some(Start::Tokens(
-                model.tokens(std::slice::from_ref(&ids)).unwrap(),
-            )),
             capture: Capture {
                 resid: true,
                 pattern: true,
                 ..Default::default()
             },
-            ..Default::default()
+            ..RunRequest::new(Start::Tokens(
+                model.tokens(std::slice::from_ref(&ids)).unwrap(),
+            ))
         })
         .unwrap();
     let (d, h) = (64, 4);
@@ -318,9 +317,8 @@ fn the_last_layer_of_the_lens_is_the_models_own_prediction() {
 fn flat_means(model: &HookedModel, rows: &[Vec<u32>]) -> Activations {
     let out = model
         .run(&RunRequest {
-            start: Some(Start::Tokens(model.tokens(rows).unwrap())),
             capture: Capture::all(),
-            ..Default::default()
+            ..RunRequest::new(Start::Tokens(model.tokens(rows).unwrap()))
         })
         .unwrap();
     let a = Activations::from_captured(&out.captured).unwrap();

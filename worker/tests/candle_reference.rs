@@ -83,9 +83,8 @@ fn load_variant(dir: &Path, config: &Value, w: &Weights) -> HookedModel {
 fn ours(model: &HookedModel, rows: &[Vec<u32>]) -> Tensor {
     let out = model
         .run(&RunRequest {
-            start: Some(Start::Tokens(model.tokens(rows).unwrap())),
             logits: LogitSelection::Last,
-            ..Default::default()
+            ..RunRequest::new(Start::Tokens(model.tokens(rows).unwrap()))
         })
         .unwrap();
     out.logits.unwrap()

@@ -82,9 +82,8 @@ fn logits_match_transformers_on_the_dequantized_weights() {
         let out = m
             .model
             .run(&RunRequest {
-                start: Some(Start::Tokens(ids)),
                 logits: LogitSelection::Last,
-                ..Default::default()
+                ..RunRequest::new(Start::Tokens(ids))
             })
             .unwrap();
         let got = out.logits.unwrap().i(0).unwrap();
@@ -130,9 +129,8 @@ fn digits_prompt_predicts_five_and_without_space_predicts_space() {
         let out = m
             .model
             .run(&RunRequest {
-                start: Some(Start::Tokens(ids)),
                 logits: LogitSelection::Last,
-                ..Default::default()
+                ..RunRequest::new(Start::Tokens(ids))
             })
             .unwrap();
         let probs = candle_nn::ops::softmax_last_dim(&out.logits.unwrap().i(0).unwrap())

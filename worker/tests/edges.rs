@@ -30,9 +30,8 @@ fn setup(model: &HookedModel, name: &str) -> Setup {
     let run = |ids: &Tensor| {
         model
             .run(&RunRequest {
-                start: Some(Start::Tokens(ids.clone())),
                 capture: Capture::all(),
-                ..Default::default()
+                ..RunRequest::new(Start::Tokens(ids.clone()))
             })
             .unwrap()
     };
@@ -50,10 +49,9 @@ fn setup(model: &HookedModel, name: &str) -> Setup {
 fn logits(model: &HookedModel, start: Start, iv: Interventions<'_>) -> Tensor {
     model
         .run(&RunRequest {
-            start: Some(start),
             interventions: Some(iv),
             logits: LogitSelection::Last,
-            ..Default::default()
+            ..RunRequest::new(start)
         })
         .unwrap()
         .logits
@@ -171,7 +169,9 @@ fn every_edge_into_a_receiver_equals_replacing_its_input() {
         let everything = Component::all(info.n_layers, info.n_heads);
         let ablated = model
             .run(&RunRequest {
-                start: Some(Start::Resid {
+                interventions: Some(Interventions::nodes(&s.means, vec![everything])),
+                capture: Capture::all(),
+                ..RunRequest::new(Start::Resid {
                     layer: 0,
                     resid: s
                         .means
@@ -180,10 +180,7 @@ fn every_edge_into_a_receiver_equals_replacing_its_input() {
                         .unwrap()
                         .contiguous()
                         .unwrap(),
-                }),
-                interventions: Some(Interventions::nodes(&s.means, vec![everything])),
-                capture: Capture::all(),
-                ..Default::default()
+                })
             })
             .unwrap()
             .captured;
@@ -308,9 +305,8 @@ fn variants_batched_equal_variants_alone_and_a_cached_start() {
         // Clean activations, for senders below a cached start.
         let clean = model
             .run(&RunRequest {
-                start: Some(Start::Tokens(s.ids.clone())),
                 capture: Capture::all(),
-                ..Default::default()
+                ..RunRequest::new(Start::Tokens(s.ids.clone()))
             })
             .unwrap();
         let cached = Activations::from_captured(&clean.captured).unwrap();
@@ -373,10 +369,9 @@ fn a_base_run_with_nodes_ablated_is_a_valid_cached_start() {
         );
         let base = model
             .run(&RunRequest {
-                start: Some(Start::Tokens(s.ids.clone())),
                 interventions: Some(Interventions::nodes(&s.means, vec![nodes.clone()])),
                 capture: Capture::all(),
-                ..Default::default()
+                ..RunRequest::new(Start::Tokens(s.ids.clone()))
             })
             .unwrap();
         let acts = Activations::from_captured(&base.captured).unwrap();
@@ -450,13 +445,12 @@ fn per_query_key_value_receivers_change_only_their_query_head() {
     let z_of = |edges: Vec<Edge>, per_query: bool| {
         model
             .run(&RunRequest {
-                start: Some(Start::Tokens(s.ids.clone())),
                 interventions: Some(Interventions {
                     kv_per_query: per_query,
                     ..edges_iv(&s.means, vec![edges])
                 }),
                 capture: Capture::all(),
-                ..Default::default()
+                ..RunRequest::new(Start::Tokens(s.ids.clone()))
             })
             .unwrap()
             .captured

@@ -16,10 +16,9 @@ fn check_model(name: &str, arch: Architecture) {
     let ids = model.tokens(&id_rows(&exp["input_ids"])).unwrap();
     let out = model
         .run(&RunRequest {
-            start: Some(Start::Tokens(ids.clone())),
             capture: Capture::all(),
             logits: LogitSelection::All,
-            ..Default::default()
+            ..RunRequest::new(Start::Tokens(ids.clone()))
         })
         .unwrap();
     let mut worst = vec![];
@@ -44,9 +43,8 @@ fn check_model(name: &str, arch: Architecture) {
     // The last-position path computes only the last row; it must agree with the full one.
     let last = model
         .run(&RunRequest {
-            start: Some(Start::Tokens(ids)),
             logits: LogitSelection::Last,
-            ..Default::default()
+            ..RunRequest::new(Start::Tokens(ids))
         })
         .unwrap();
     check("logits_last".into(), last.logits.as_ref().unwrap());
@@ -114,9 +112,8 @@ fn half_precision_weights_stay_close_to_f32() {
             let ids = m.tokens(&id_rows(&exp["input_ids"])).unwrap();
             let out = m
                 .run(&RunRequest {
-                    start: Some(Start::Tokens(ids)),
                     logits: LogitSelection::Last,
-                    ..Default::default()
+                    ..RunRequest::new(Start::Tokens(ids))
                 })
                 .unwrap();
             let logits = out.logits.unwrap();

@@ -17,10 +17,9 @@ fn ids_of(name: &str) -> Vec<Vec<u32>> {
 fn capture(model: &HookedModel, ids: &Tensor) -> circuit_sweep_worker::RunOutput {
     model
         .run(&RunRequest {
-            start: Some(Start::Tokens(ids.clone())),
             capture: Capture::all(),
             logits: LogitSelection::Last,
-            ..Default::default()
+            ..RunRequest::new(Start::Tokens(ids.clone()))
         })
         .unwrap()
 }
@@ -47,10 +46,9 @@ fn run_selected(
 ) -> Tensor {
     model
         .run(&RunRequest {
-            start: Some(start),
             interventions: Some(Interventions::nodes(values, variants)),
             logits,
-            ..Default::default()
+            ..RunRequest::new(start)
         })
         .unwrap()
         .logits
@@ -223,24 +221,22 @@ fn bad_requests_are_refused_with_a_reason() {
     let values = Activations::from_captured(&base.captured).unwrap();
     let resid = base.captured.resid[2].clone().unwrap();
     let below = m.model.run(&RunRequest {
-        start: Some(Start::Resid { layer: 2, resid }),
         interventions: Some(Interventions::nodes(
             &values,
             vec![vec![Component::Head { layer: 1, head: 0 }]],
         )),
-        ..Default::default()
+        ..RunRequest::new(Start::Resid { layer: 2, resid })
     });
     assert!(
         matches!(&below, Err(ModelError::InvalidRequest(m)) if m.contains("h1.0") && m.contains("start layer 2")),
         "{below:?}"
     );
     let outside = m.model.run(&RunRequest {
-        start: Some(Start::Tokens(ids.clone())),
         interventions: Some(Interventions::nodes(
             &values,
             vec![vec![Component::Head { layer: 40, head: 2 }]],
         )),
-        ..Default::default()
+        ..RunRequest::new(Start::Tokens(ids.clone()))
     });
     assert!(
         matches!(&outside, Err(ModelError::InvalidRequest(m)) if m.contains("h40.2")),
@@ -252,9 +248,8 @@ fn bad_requests_are_refused_with_a_reason() {
         "{uneven:?}"
     );
     let vocab = m.model.run(&RunRequest {
-        start: Some(Start::Tokens(ids)),
         logits: LogitSelection::LastIds(vec![5, 96]),
-        ..Default::default()
+        ..RunRequest::new(Start::Tokens(ids))
     });
     assert!(
         matches!(&vocab, Err(ModelError::InvalidRequest(m)) if m.contains("96")),
@@ -306,9 +301,8 @@ fn selected_logit_ids_equal_the_full_vocabulary_columns() {
     let sel = m
         .model
         .run(&RunRequest {
-            start: Some(Start::Tokens(ids)),
             logits: LogitSelection::LastIds(vec![7, 3, 95]),
-            ..Default::default()
+            ..RunRequest::new(Start::Tokens(ids))
         })
         .unwrap()
         .logits

@@ -65,10 +65,9 @@ impl<'a> ByHand<'a> {
         let ids = m.tokens(&p.clean).unwrap();
         let cap = |ids: &Tensor, iv: Option<Interventions<'_>>| -> Captured {
             m.run(&RunRequest {
-                start: Some(Start::Tokens(ids.clone())),
                 interventions: iv,
                 capture: Capture::all(),
-                ..Default::default()
+                ..RunRequest::new(Start::Tokens(ids.clone()))
             })
             .unwrap()
             .captured
@@ -94,11 +93,10 @@ impl<'a> ByHand<'a> {
         let out = self
             .m
             .run(&RunRequest {
-                start: Some(Start::Tokens(self.ids.clone())),
                 interventions: Some(iv),
                 capture,
                 logits: LogitSelection::All,
-                ..Default::default()
+                ..RunRequest::new(Start::Tokens(self.ids.clone()))
             })
             .unwrap();
         let logits = out.logits.unwrap();

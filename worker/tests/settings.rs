@@ -51,9 +51,8 @@ fn denoising_the_whole_circuit_restores_the_clean_run_and_the_empty_one_is_the_c
         // By hand: the clean and corrupt runs' logit differences.
         let run = |ids: &[Vec<u32>]| {
             m.run(&RunRequest {
-                start: Some(Start::Tokens(m.tokens(ids).unwrap())),
                 logits: LogitSelection::Last,
-                ..Default::default()
+                ..RunRequest::new(Start::Tokens(m.tokens(ids).unwrap()))
             })
             .unwrap()
             .logits
@@ -95,18 +94,16 @@ fn denoising_the_whole_circuit_restores_the_clean_run_and_the_empty_one_is_the_c
         let ablated: Vec<Component> = all(&m).into_iter().filter(|c| !kept.contains(c)).collect();
         let cap = m
             .run(&RunRequest {
-                start: Some(Start::Tokens(m.tokens(&p.clean).unwrap())),
                 capture: Capture::all(),
-                ..Default::default()
+                ..RunRequest::new(Start::Tokens(m.tokens(&p.clean).unwrap()))
             })
             .unwrap();
         let clean_acts = Activations::from_captured(&cap.captured).unwrap();
         let by_hand = m
             .run(&RunRequest {
-                start: Some(Start::Tokens(m.tokens(&p.corrupt).unwrap())),
                 interventions: Some(Interventions::nodes(&clean_acts, vec![kept.clone()])),
                 logits: LogitSelection::Last,
-                ..Default::default()
+                ..RunRequest::new(Start::Tokens(m.tokens(&p.corrupt).unwrap()))
             })
             .unwrap()
             .logits
@@ -285,10 +282,9 @@ fn zero_ablation_keeping_the_value_bias_replaces_z_by_it() {
         .unwrap();
     let logits = m
         .run(&RunRequest {
-            start: Some(Start::Tokens(m.tokens(&p.clean).unwrap())),
             interventions: Some(Interventions::nodes(&values, vec![head.clone()])),
             logits: LogitSelection::Last,
-            ..Default::default()
+            ..RunRequest::new(Start::Tokens(m.tokens(&p.clean).unwrap()))
         })
         .unwrap()
         .logits

@@ -174,9 +174,8 @@ fn forward(a: ForwardArgs, models_dir: &Path) -> anyhow::Result<()> {
         let ids = tokens(model, b, t)?;
         for (sel, name) in [(LogitSelection::Last, "last")] {
             let req = RunRequest {
-                start: Some(Start::Tokens(ids.clone())),
                 logits: sel,
-                ..Default::default()
+                ..RunRequest::new(Start::Tokens(ids.clone()))
             };
             model.run(&req)?; // warm-up
             let t0 = Instant::now();

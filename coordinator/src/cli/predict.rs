@@ -67,9 +67,8 @@ pub fn run(args: PredictArgs, models_dir: &Path) -> anyhow::Result<()> {
     tracing::info!("{}", tok.bos_summary());
     let model = &loaded.model;
     let out = model.run(&RunRequest {
-        start: Some(Start::Tokens(model.tokens(std::slice::from_ref(&ids))?)),
         logits: LogitSelection::Last,
-        ..Default::default()
+        ..RunRequest::new(Start::Tokens(model.tokens(std::slice::from_ref(&ids))?))
     })?;
     let logits: Vec<f32> = out.logits.context("no logits")?.squeeze(0)?.to_vec1()?;
     let top = top_k(&logits, args.top)

@@ -35,12 +35,11 @@ pub fn patterns(
         )));
     }
     let out = model.run(&RunRequest {
-        start: Some(Start::Tokens(model.tokens(&[ids.to_vec()])?)),
         capture: Capture {
             pattern: true,
             ..Default::default()
         },
-        ..Default::default()
+        ..RunRequest::new(Start::Tokens(model.tokens(&[ids.to_vec()])?))
     })?;
     heads
         .iter()

@@ -141,9 +141,8 @@ fn position_mean(model: &HookedModel, prompts: &[Vec<u32>]) -> Result<Activation
     };
     for group in by_len.values() {
         let out = model.run(&RunRequest {
-            start: Some(Start::Tokens(model.tokens(group)?)),
             capture: Capture::all(),
-            ..Default::default()
+            ..RunRequest::new(Start::Tokens(model.tokens(group)?))
         })?;
         let c = &out.captured;
         for l in 0..info.n_layers {

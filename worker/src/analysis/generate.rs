@@ -33,11 +33,10 @@ pub fn generate(
     for _ in 0..max_new {
         let logits = model
             .run(&RunRequest {
-                start: Some(Start::Tokens(ids)),
                 interventions: Some(Interventions::nodes(values, variants.to_vec())),
                 logits: LogitSelection::Last,
                 cache: Some(&cache),
-                ..Default::default()
+                ..RunRequest::new(Start::Tokens(ids))
             })?
             .logits
             .expect("logits were asked for");
@@ -65,10 +64,9 @@ pub fn generate_uncached(
         for _ in 0..max_new {
             let logits = model
                 .run(&RunRequest {
-                    start: Some(Start::Tokens(model.tokens(&rows)?)),
                     interventions: Some(Interventions::nodes(values, vec![var.clone()])),
                     logits: LogitSelection::Last,
-                    ..Default::default()
+                    ..RunRequest::new(Start::Tokens(model.tokens(&rows)?))
                 })?
                 .logits
                 .expect("logits were asked for");

@@ -31,13 +31,12 @@ pub fn logit_lens(
         let group: Vec<Vec<u32>> = idx.iter().map(|&i| prompts[i].clone()).collect();
         let t = group[0].len();
         let out = model.run(&RunRequest {
-            start: Some(Start::Tokens(model.tokens(&group)?)),
             capture: Capture {
                 resid: true,
                 mlp_in: true,
                 ..Default::default()
             },
-            ..Default::default()
+            ..RunRequest::new(Start::Tokens(model.tokens(&group)?))
         })?;
         let c = &out.captured;
         let mut per_layer = vec![];

@@ -39,13 +39,12 @@ fn member_rows(model: &HookedModel, probe: &OvProbe, layer: usize) -> Result<Ten
     let mut per_prompt = vec![];
     for ids in &probe.prompts {
         let out = model.run(&RunRequest {
-            start: Some(Start::Tokens(model.tokens(std::slice::from_ref(ids))?)),
             capture: Capture {
                 resid: true,
                 mlp_in: layer == n_layers,
                 ..Default::default()
             },
-            ..Default::default()
+            ..RunRequest::new(Start::Tokens(model.tokens(std::slice::from_ref(ids))?))
         })?;
         let x = if layer == n_layers {
             out.captured.final_resid_post

@@ -209,7 +209,6 @@ impl Evaluator {
             return Ok(b.clone());
         }
         let run = self.model.run(&RunRequest {
-            start: Some(Start::Tokens(self.input.clone())),
             interventions: Some(Interventions::nodes(&self.values, vec![nodes.to_vec()])),
             capture: Capture {
                 resid: true,
@@ -218,7 +217,7 @@ impl Evaluator {
                 mlp_in: true,
                 ..Default::default()
             },
-            ..Default::default()
+            ..RunRequest::new(Start::Tokens(self.input.clone()))
         })?;
         self.forward_passes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -111,10 +111,9 @@ impl Evaluator {
         let capture = Capture::all();
         let run = |ids: &Tensor, logits| {
             model.run(&RunRequest {
-                start: Some(Start::Tokens(ids.clone())),
                 capture,
                 logits,
-                ..Default::default()
+                ..RunRequest::new(Start::Tokens(ids.clone()))
             })
         };
         let clean_run = run(&clean, LogitSelection::Last)?;
@@ -171,9 +170,8 @@ impl Evaluator {
         // last position only).
         let clean_logits: Vec<f32> = model
             .run(&RunRequest {
-                start: Some(Start::Tokens(clean.clone())),
                 logits: LogitSelection::Last,
-                ..Default::default()
+                ..RunRequest::new(Start::Tokens(clean.clone()))
             })?
             .logits
             .expect("asked")
@@ -378,10 +376,9 @@ impl Evaluator {
             Metric::Accuracy | Metric::Kl => LogitSelection::Last,
         };
         let out = self.model.run(&RunRequest {
-            start: Some(start),
             interventions: Some(iv),
             logits,
-            ..Default::default()
+            ..RunRequest::new(start)
         })?;
         self.forward_passes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -424,14 +421,13 @@ impl Evaluator {
             .iter()
             .map(|c| {
                 let out = self.model.run(&RunRequest {
-                    start: Some(Start::Tokens(self.input.clone())),
                     interventions: Some(Interventions::nodes(&self.values, vec![self.patched(c)])),
                     logits: if all_logits {
                         LogitSelection::All
                     } else {
                         LogitSelection::Last
                     },
-                    ..Default::default()
+                    ..RunRequest::new(Start::Tokens(self.input.clone()))
                 })?;
                 self.forward_passes
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

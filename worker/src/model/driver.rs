@@ -11,10 +11,7 @@ impl HookedModel {
     /// Runs one batched forward pass as `req` describes.
     pub fn run(&self, req: &RunRequest<'_>) -> Result<RunOutput, ModelError> {
         let info = &self.info;
-        let start = req
-            .start
-            .as_ref()
-            .ok_or_else(|| ModelError::InvalidRequest("`start` is required".into()))?;
+        let start = &req.start;
         let past = req.cache.map_or(0, |c| c.len());
         if req.cache.is_some()
             && req
@@ -168,9 +165,8 @@ impl HookedModel {
                 let group: Vec<Vec<u32>> = chunk.iter().map(|&i| rows[i].clone()).collect();
                 let logits = self
                     .run(&RunRequest {
-                        start: Some(Start::Tokens(self.tokens(&group)?)),
                         logits: LogitSelection::Last,
-                        ..Default::default()
+                        ..RunRequest::new(Start::Tokens(self.tokens(&group)?))
                     })?
                     .logits
                     .expect("logits were asked for");

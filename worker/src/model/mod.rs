@@ -210,11 +210,12 @@ pub struct Captured {
     pub pattern: Vec<Option<Tensor>>,
 }
 
-/// One forward pass: where it starts, what it replaces, what it returns.
-#[derive(Debug, Clone, Default)]
+/// One forward pass: where it starts, what it replaces, what it returns. Built with its start
+/// ([`RunRequest::new`]), the rest by struct update.
+#[derive(Debug, Clone)]
 pub struct RunRequest<'a> {
-    /// Tokens or a cached residual stream. Required.
-    pub start: Option<Start>,
+    /// Tokens or a cached residual stream.
+    pub start: Start,
     /// Variants of replaced components; rows of the output are variant-major
     /// (`row = variant * prompts + prompt`). Without interventions there is one variant.
     pub interventions: Option<Interventions<'a>>,
@@ -226,6 +227,19 @@ pub struct RunRequest<'a> {
     /// cached positions. Once the cache holds positions, the token rows are the cache's rows
     /// (variant-major), not prompts to repeat per variant.
     pub cache: Option<&'a KvCache>,
+}
+
+impl RunRequest<'_> {
+    /// A pass from `start` that replaces nothing, captures nothing and computes every logit.
+    pub fn new(start: Start) -> Self {
+        RunRequest {
+            start,
+            interventions: None,
+            capture: Capture::default(),
+            logits: LogitSelection::default(),
+            cache: None,
+        }
+    }
 }
 
 /// Output of a forward pass.

@@ -218,8 +218,14 @@ mod tests {
             );
             let (cos, sin) = c.rope.as_ref().unwrap();
             let (fcos, fsin) = fresh.rope.as_ref().unwrap();
-            assert_eq!(cos.to_vec2::<f32>().unwrap(), fcos.to_vec2::<f32>().unwrap());
-            assert_eq!(sin.to_vec2::<f32>().unwrap(), fsin.to_vec2::<f32>().unwrap());
+            assert_eq!(
+                cos.to_vec2::<f32>().unwrap(),
+                fcos.to_vec2::<f32>().unwrap()
+            );
+            assert_eq!(
+                sin.to_vec2::<f32>().unwrap(),
+                fsin.to_vec2::<f32>().unwrap()
+            );
         }
         // A mask over the bound is built each time and evicts nothing.
         get(1 << 12);
