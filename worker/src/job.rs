@@ -13,8 +13,8 @@ use circuit_sweep_common::shard::JobMeta;
 use circuit_sweep_common::spec::{Direction, KvEdges, Normalize, SweepSpec};
 use sha2::{Digest, Sha256};
 
-use crate::analysis::downstream::{Downstream, DownstreamError};
 use crate::default_model;
+use crate::downstream::{Downstream, DownstreamError};
 use crate::eval::{EdgeCandidate, Evaluator, PromptSet};
 use crate::load::{LoadError, LoadedModel};
 use crate::model::ModelError;

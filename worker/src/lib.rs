@@ -6,6 +6,7 @@ pub mod agent;
 pub mod analysis;
 pub mod default_model;
 pub mod device;
+pub mod downstream;
 pub mod eval;
 pub mod health;
 pub mod job;

@@ -1,10 +1,9 @@
 //! Mechanism analyses on a resident model: successor and copy scores of every head's
 //! OV circuit, attention patterns, the logit lens, greedy generation with a KV cache under
-//! ablation (downstream tasks), and circuits scored on other tasks' data.
+//! ablation (what the downstream sweep runs), and circuits scored on other tasks' data.
 
 pub mod attention;
 pub mod cross_task;
-pub mod downstream;
 pub mod generate;
 pub mod lens;
 pub mod ov;

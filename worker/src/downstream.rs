@@ -9,8 +9,8 @@ use circuit_sweep_common::Component;
 use circuit_sweep_common::spec::AblationKind;
 use circuit_sweep_common::tasks::downstream::{DownPrompt, DownTask, exact_match};
 
-use super::generate::generate;
 use crate::PromptTokenizer;
+use crate::analysis::generate::generate;
 use crate::model::{Activations, Capture, HookedModel, ModelError, RunRequest, Start};
 
 /// Prompts of every task, tokenized, and the values ablated components take.
