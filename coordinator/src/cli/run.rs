@@ -52,5 +52,9 @@ pub fn run(args: RunArgs, models_dir: &Path) -> anyhow::Result<()> {
         doc["timing"]["shards"],
         doc["timing"]["seconds"].as_f64().unwrap_or(0.0)
     );
+    let heatmap = out.join("heads.svg");
+    if heatmap.is_file() {
+        println!("heatmap: {}", heatmap.display());
+    }
     Ok(())
 }
