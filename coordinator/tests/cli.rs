@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{bin, fetched, ok, root, with_model};
+use support::{bin, fetched, fixtures, ok, with_model};
 
 fn predict_json(prompt: &str) -> serde_json::Value {
     let out = bin()
@@ -78,7 +78,7 @@ fn model_info_of_the_default_model() {
 
 #[test]
 fn model_info_of_a_fixture_folder_in_f16() {
-    let dir = root().join("tests/fixtures/models/neox");
+    let dir = fixtures().join("models/neox");
     let out = ok(bin()
         .args(["model", "info", "--dtype", "f16"])
         .arg(&dir)

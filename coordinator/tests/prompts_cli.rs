@@ -253,7 +253,7 @@ fn refusals_and_unknown_tasks_say_why() {
 #[test]
 fn the_gpt2_tokenizer_folder_checks_tokens_only() {
     let dir = tempfile::tempdir().unwrap();
-    let tok = support::root().join("tests/fixtures/gpt2-tokenizer");
+    let tok = support::fixtures().join("gpt2-tokenizer");
     let f = dir.path().join("g.jsonl");
     ok(with_model()
         .args(["prompts", "gen", "greater_than", "--n", "16", "--model"])

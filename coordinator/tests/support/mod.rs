@@ -1,10 +1,16 @@
-//! Running the `circuit-sweep` binary in tests.
+//! Helpers of the coordinator's tests, which run the `circuit-sweep` binary, on top of the
+//! workspace's shared test helpers.
 #![allow(dead_code)]
+
+#[path = "../../../tests/src/support.rs"]
+mod shared;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+pub use shared::*;
 
 /// The binary, with quiet logs.
 pub fn bin() -> Command {
@@ -13,19 +19,8 @@ pub fn bin() -> Command {
     c
 }
 
-/// The workspace root.
-pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn models_dir() -> PathBuf {
-    std::env::var_os("CIRCUIT_SWEEP_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("models"))
-}
-
-/// Fetches the default model once per test binary, through `circuit-sweep model fetch`, and
-/// returns the models folder.
+/// Fetches the default model once per test binary through the binary's own `model fetch` (so
+/// these tests check that command too), and returns the models folder.
 pub fn fetched() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {

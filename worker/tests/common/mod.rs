@@ -1,16 +1,15 @@
-//! Helpers shared by the worker's integration tests.
+//! Helpers of the worker's integration tests: fixture models and their expected tensors, on top
+//! of the workspace's shared test helpers.
 #![allow(dead_code)]
 
+#[path = "../../../tests/src/support.rs"]
+mod shared;
+
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 use circuit_sweep_worker::{LoadOptions, LoadedModel, load_model};
-
-/// `tests/fixtures` at the workspace root.
-pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
+pub use shared::*;
 
 /// A fixture model folder, loaded in f32 on CPU.
 pub fn load_fixture(name: &str) -> LoadedModel {
@@ -56,19 +55,9 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
-/// The default model (SmolLM2-135M GGUF), fetched through the project's own fetch command into
-/// `$CIRCUIT_SWEEP_MODELS` or `<workspace>/models` when absent, and loaded in f32.
+/// The default model (SmolLM2-135M GGUF), fetched if absent and loaded in f32.
 pub fn default_model() -> LoadedModel {
-    use circuit_sweep_worker::default_model as dm;
-    static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let dir = std::env::var_os(dm::MODELS_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"));
-    let path = {
-        let _guard = FETCH.lock().unwrap_or_else(|e| e.into_inner());
-        let python = std::env::var("CIRCUIT_SWEEP_PYTHON").unwrap_or_else(|_| "python3".into());
-        dm::fetch(&dir, &python).unwrap_or_else(|e| panic!("fetching the default model: {e}"))
-    };
+    let path = default_model_path();
     load_model(&path, &LoadOptions::default())
         .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
 }
