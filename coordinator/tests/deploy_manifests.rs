@@ -3,12 +3,14 @@
 //! project; the compose file and the Dockerfiles; the Slurm script and the project's shell
 //! scripts through `bash -n` and shellcheck. `scripts/test-tools.sh` installs the tools.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use circuit_sweep_tests::root;
 use serde::Deserialize;
 use serde_yaml::Value;
+use support::root;
 
 const K8S_VERSION: &str = "1.33.0";
 
@@ -169,14 +171,18 @@ fn every_kustomization_lists_exactly_the_resources_beside_it() {
     }
 }
 
-/// A container's arguments.
-fn args(c: &Value) -> Vec<&str> {
-    c["args"]
-        .as_sequence()
+/// A YAML list of strings.
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_sequence()
         .unwrap()
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect()
+}
+
+/// A container's arguments.
+fn args(c: &Value) -> Vec<&str> {
+    strings(&c["args"])
 }
 
 fn containers(pod_spec: &Value) -> Vec<Value> {
@@ -497,12 +503,7 @@ fn the_compose_file_has_a_coordinator_two_workers_and_no_secret_in_clear() {
         var("coordinator", "CIRCUIT_SWEEP_DASHBOARD"),
         "0.0.0.0:8080"
     );
-    let test: Vec<&str> = c["healthcheck"]["test"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
+    let test = strings(&c["healthcheck"]["test"]);
     assert!(
         test.windows(2)
             .any(|w| w[0].ends_with("circuit-sweep") && w[1] == "health"),
@@ -521,12 +522,7 @@ fn the_compose_file_has_a_coordinator_two_workers_and_no_secret_in_clear() {
         assert_eq!(var(w, "CIRCUIT_SWEEP_MODELS"), "/models");
         assert_eq!(var(w, "CIRCUIT_SWEEP_WORKER_NAME"), w);
         var(w, "CIRCUIT_SWEEP_THREADS");
-        let volumes: Vec<&str> = doc["services"][w]["volumes"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
+        let volumes = strings(&doc["services"][w]["volumes"]);
         assert!(
             volumes.iter().any(|v| v.ends_with(":/models:ro")),
             "{w}: the model folder must be mounted read-only: {volumes:?}"
