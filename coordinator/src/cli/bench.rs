@@ -1,6 +1,6 @@
 //! `circuit-sweep bench`: benchmarks that print a table (never timed assertions in tests).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -8,7 +8,7 @@ use candle_core::DType;
 use circuit_sweep_worker::{HookedModel, LogitSelection, RunRequest, Start};
 use clap::{Args, Subcommand};
 
-use super::resolve;
+use super::resolve::{self, ModelArgs, ModelPath};
 
 /// Benchmarks.
 #[derive(Debug, Subcommand)]
@@ -49,12 +49,8 @@ pub enum BenchCommand {
 /// Arguments of `bench forward`.
 #[derive(Debug, Args)]
 pub struct ForwardArgs {
-    /// A Hugging Face folder or a .gguf file (default: the default model).
-    #[arg(long, env = "CIRCUIT_SWEEP_MODEL")]
-    model: Option<PathBuf>,
-    /// Dtype to load the weights in.
-    #[arg(long, env = "CIRCUIT_SWEEP_DTYPE", default_value = "f32", value_parser = resolve::parse_dtype)]
-    dtype: DType,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Batch shapes as PROMPTSxTOKENS, comma-separated.
     #[arg(
         long,
@@ -154,7 +150,7 @@ fn forward(a: ForwardArgs, models_dir: &Path) -> anyhow::Result<()> {
         .iter()
         .map(|s| parse_shape(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let loaded = resolve::load(a.model.as_deref(), models_dir, a.dtype)?;
+    let loaded = a.model.load(models_dir)?;
     let model = &loaded.model;
     let i = model.info();
     println!(
@@ -163,7 +159,7 @@ fn forward(a: ForwardArgs, models_dir: &Path) -> anyhow::Result<()> {
         i.architecture,
         i.n_layers,
         i.d_model,
-        a.dtype.as_str(),
+        a.model.dtype.as_str(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(
@@ -199,12 +195,11 @@ fn forward(a: ForwardArgs, models_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Arguments of `bench sweep`.
+/// Arguments of `bench sweep` (f32 on the CPU, the matmul peak it is held to).
 #[derive(Debug, Args)]
 pub struct SweepArgs {
-    /// A Hugging Face folder or a .gguf file (default: the default model).
-    #[arg(long, env = "CIRCUIT_SWEEP_MODEL")]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelPath,
     /// Prompts in the digits dataset.
     #[arg(long, env = "CIRCUIT_SWEEP_BENCH_PROMPTS", default_value_t = 16)]
     prompts: usize,
@@ -238,7 +233,7 @@ pub(super) fn digits(
     circuit_sweep_worker::PromptSet,
 )> {
     use circuit_sweep_common::tasks::{self, GenSpec};
-    let loaded = resolve::load(model, models_dir, DType::F32)?;
+    let loaded = resolve::load(model, models_dir, DType::F32, "cpu")?;
     let tok = loaded
         .tokenizer
         .as_ref()
@@ -254,7 +249,7 @@ fn sweep(a: SweepArgs, models_dir: &Path) -> anyhow::Result<()> {
     use circuit_sweep_common::spec::AblationSpec;
     use circuit_sweep_worker::Evaluator;
 
-    let (loaded, prompts) = digits(a.model.as_deref(), models_dir, a.prompts)?;
+    let (loaded, prompts) = digits(a.model.model.as_deref(), models_dir, a.prompts)?;
     let m = &loaded.model;
     let i = m.info().clone();
     let t = prompts.clean[0].len() as f64;

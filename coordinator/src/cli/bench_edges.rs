@@ -2,7 +2,7 @@
 //! model (every edge, or every N-th) and on the default model (a sample of its edges), with the
 //! time a full sweep of each would take on this machine.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -11,6 +11,8 @@ use circuit_sweep_common::spec::{AblationSpec, EdgeMethod};
 use circuit_sweep_worker::{Evaluator, PromptSet};
 use circuit_sweep_worker::{HookedModel, LoadOptions, load_model, sweep};
 use clap::Args;
+
+use super::resolve::ModelPath;
 
 /// Arguments of `bench edges`.
 #[derive(Debug, Args)]
@@ -33,9 +35,8 @@ pub struct EdgesArgs {
     /// Score every N-th edge of the default model's graph (0: skip the default model).
     #[arg(long, env = "CIRCUIT_SWEEP_BENCH_DEFAULT_EVERY", default_value_t = 128)]
     default_every: usize,
-    /// A model to measure instead of the default model.
-    #[arg(long, env = "CIRCUIT_SWEEP_MODEL")]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelPath,
 }
 
 /// A GPT-2 model with weights drawn from N(0, 0.02) (norms 1, biases 0) in `dir`.
@@ -180,7 +181,8 @@ pub fn edges(a: EdgesArgs, models_dir: &Path) -> anyhow::Result<()> {
         a.every,
     )?;
     if a.default_every > 0 {
-        let (loaded, prompts) = super::bench::digits(a.model.as_deref(), models_dir, a.prompts)?;
+        let (loaded, prompts) =
+            super::bench::digits(a.model.model.as_deref(), models_dir, a.prompts)?;
         let name = format!(
             "{} (digits)",
             loaded

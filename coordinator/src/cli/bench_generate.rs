@@ -2,7 +2,7 @@
 //! whole sequence each step, on downstream prompts of the default model, with ablation
 //! variants batched as a downstream study runs them.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use candle_core::DType;
@@ -12,14 +12,13 @@ use circuit_sweep_worker::Activations;
 use circuit_sweep_worker::analysis::generate::{generate, generate_uncached};
 use clap::Args;
 
-use super::resolve;
+use super::resolve::{self, ModelPath};
 
 /// Arguments of `bench generate`.
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// A Hugging Face folder or a .gguf file (default: the default model).
-    #[arg(long, env = "CIRCUIT_SWEEP_MODEL")]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelPath,
     /// 1-digit addition prompts (3 solved examples each).
     #[arg(long, env = "CIRCUIT_SWEEP_BENCH_PROMPTS", default_value_t = 8)]
     prompts: usize,
@@ -38,7 +37,7 @@ pub struct GenerateArgs {
 
 /// Runs `bench generate`.
 pub fn generate_bench(a: GenerateArgs, models_dir: &Path) -> anyhow::Result<()> {
-    let loaded = resolve::load(a.model.as_deref(), models_dir, DType::F32)?;
+    let loaded = resolve::load(a.model.model.as_deref(), models_dir, DType::F32, "cpu")?;
     let model = &loaded.model;
     let tok = loaded
         .tokenizer

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::DType;
 use circuit_sweep_worker::default_model;
+use circuit_sweep_worker::job::parse_dtype;
 use clap::Subcommand;
 
 use super::resolve;
@@ -17,7 +18,7 @@ pub enum ModelCommand {
         #[arg(env = "CIRCUIT_SWEEP_MODEL")]
         path: Option<PathBuf>,
         /// Dtype to load the weights in.
-        #[arg(long, env = "CIRCUIT_SWEEP_DTYPE", default_value = "f32", value_parser = resolve::parse_dtype)]
+        #[arg(long, env = "CIRCUIT_SWEEP_DTYPE", default_value = "f32", value_parser = parse_dtype)]
         dtype: DType,
         /// Print JSON instead of a table.
         #[arg(long, env = "CIRCUIT_SWEEP_JSON")]
@@ -45,7 +46,7 @@ pub fn run(cmd: ModelCommand, models_dir: &Path) -> anyhow::Result<()> {
 }
 
 fn info(path: Option<&Path>, models_dir: &Path, dtype: DType, json: bool) -> anyhow::Result<()> {
-    let loaded = resolve::load(path, models_dir, dtype)?;
+    let loaded = resolve::load(path, models_dir, dtype, "cpu")?;
     let i = loaded.model.info();
     let bos = loaded.tokenizer.as_ref().map(|t| t.bos_summary());
     if json {

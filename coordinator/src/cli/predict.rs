@@ -1,30 +1,22 @@
 //! `circuit-sweep predict`: a prompt's tokens and the model's top next tokens.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, bail};
-use candle_core::DType;
 use circuit_sweep_worker::{LogitSelection, RunRequest, Start};
 use clap::Args;
 use serde::Serialize;
 
-use super::resolve;
+use super::resolve::ModelArgs;
 
 /// Arguments of `predict`.
 #[derive(Debug, Args)]
 pub struct PredictArgs {
-    /// A Hugging Face folder or a .gguf file (default: the default model).
-    #[arg(long, env = "CIRCUIT_SWEEP_MODEL")]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// How many next tokens to show.
     #[arg(long, env = "CIRCUIT_SWEEP_TOP", default_value_t = 10)]
     top: usize,
-    /// Dtype to load the weights in.
-    #[arg(long, env = "CIRCUIT_SWEEP_DTYPE", default_value = "f32", value_parser = resolve::parse_dtype)]
-    dtype: DType,
-    /// Device to run on (`cpu`, `cuda:N` in CUDA builds).
-    #[arg(long, env = "CIRCUIT_SWEEP_DEVICE", default_value = "cpu")]
-    device: String,
     /// Print JSON: `{"tokens": [...], "top": [{"token", "id", "prob", "logit"}, ...]}`.
     #[arg(long, env = "CIRCUIT_SWEEP_JSON")]
     json: bool,
@@ -53,7 +45,7 @@ pub fn run(args: PredictArgs, models_dir: &Path) -> anyhow::Result<()> {
     if args.top == 0 {
         bail!("--top must be at least 1");
     }
-    let loaded = resolve::load_on(args.model.as_deref(), models_dir, args.dtype, &args.device)?;
+    let loaded = args.model.load(models_dir)?;
     let tok = loaded.tokenizer.as_ref().with_context(|| {
         format!(
             "{} has no tokenizer to encode the prompt with",

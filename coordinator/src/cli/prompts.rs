@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use candle_core::DType;
 use circuit_sweep_common::check::{self, ModelView, PromptCheck, Severity};
 use circuit_sweep_common::dataset::{self, PromptPair};
 use circuit_sweep_common::metric;
@@ -11,20 +10,19 @@ use circuit_sweep_common::tasks::{self, Corruption, GenSpec, Task};
 use circuit_sweep_worker::{PromptTokenizer, load_tokenizer};
 use clap::Subcommand;
 
-use super::resolve;
+use super::resolve::{ModelArgs, ModelPath};
 
 /// Dataset commands.
 #[derive(Debug, Subcommand)]
 pub enum PromptsCommand {
-    /// Generate prompt pairs of a task, valid for a model's tokenizer.
+    /// Generate prompt pairs of a task, valid for a model's tokenizer (`--model` may be a
+    /// folder with only a tokenizer).
     Gen {
         /// The task: numerals, number_words, months, days, letters, digits, intervals, fibonacci,
         /// greater_than; `_desc` for decreasing (`months_desc`).
         task: Task,
-        /// Model whose tokenizer the prompts are made for (folder, tokenizer-only folder or .gguf;
-        /// default: the default model).
-        #[arg(long, env = "CIRCUIT_SWEEP_MODEL")]
-        model: Option<PathBuf>,
+        #[command(flatten)]
+        model: ModelPath,
         /// Number of prompt pairs.
         #[arg(long, env = "CIRCUIT_SWEEP_N", default_value_t = 64)]
         n: usize,
@@ -44,19 +42,16 @@ pub enum PromptsCommand {
         #[arg(short, long, env = "CIRCUIT_SWEEP_OUT")]
         out: Option<PathBuf>,
     },
-    /// Check a dataset for every tokenization pitfall; with a model, also what it predicts.
+    /// Check a dataset for every tokenization pitfall; with a model, also what it predicts (a
+    /// `--model` folder with only a tokenizer checks tokens only).
     Check {
         /// The JSONL dataset.
         file: PathBuf,
-        /// The model (default: the default model). A folder with only a tokenizer checks tokens only.
-        #[arg(long, env = "CIRCUIT_SWEEP_MODEL")]
-        model: Option<PathBuf>,
+        #[command(flatten)]
+        model: ModelArgs,
         /// Check tokenization only; run no forward pass.
         #[arg(long, env = "CIRCUIT_SWEEP_TOKENS_ONLY")]
         tokens_only: bool,
-        /// Dtype to load the weights in.
-        #[arg(long, env = "CIRCUIT_SWEEP_DTYPE", default_value = "f32", value_parser = resolve::parse_dtype)]
-        dtype: DType,
         /// Prompts per forward pass.
         #[arg(long, env = "CIRCUIT_SWEEP_BATCH", default_value_t = 32)]
         batch: usize,
@@ -86,7 +81,7 @@ pub fn run(cmd: PromptsCommand, models_dir: &Path) -> anyhow::Result<()> {
             step,
             out,
         } => {
-            let path = resolve::model_path(model.as_deref(), models_dir)?;
+            let path = model.resolve(models_dir)?;
             let tok = load_tokenizer(&path)
                 .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
             let spec = GenSpec {
@@ -119,17 +114,16 @@ pub fn run(cmd: PromptsCommand, models_dir: &Path) -> anyhow::Result<()> {
             file,
             model,
             tokens_only,
-            dtype,
             batch,
             filter,
             out,
             json,
         } => {
             let pairs = dataset::read_jsonl(&file)?;
-            let path = resolve::model_path(model.as_deref(), models_dir)?;
+            let path = model.path.resolve(models_dir)?;
             let weights = !tokens_only && (path.is_file() || path.join("config.json").exists());
             let (checks, bos) = if weights {
-                let loaded = resolve::load(Some(&path), models_dir, dtype)?;
+                let loaded = model.load(models_dir)?;
                 let tok = loaded
                     .tokenizer
                     .as_ref()

@@ -10,12 +10,11 @@ mod ov;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use candle_core::DType;
 use circuit_sweep_common::PromptPair;
 use circuit_sweep_common::data_spec::DataSpec;
 use clap::{Args, Subcommand};
 
-use super::resolve;
+use super::resolve::ModelArgs;
 
 /// The analyses.
 #[derive(Debug, Subcommand)]
@@ -29,17 +28,6 @@ pub enum AnalyzeCommand {
     Attention(attention::AttentionArgs),
     /// The logit lens: the top token after each layer, and where the answer becomes top-1.
     LogitLens(lens::LensArgs),
-}
-
-/// The model flags every analysis takes.
-#[derive(Debug, Args)]
-pub struct ModelArgs {
-    /// A Hugging Face folder or a .gguf file (default: the default model).
-    #[arg(long, env = "CIRCUIT_SWEEP_MODEL")]
-    model: Option<PathBuf>,
-    /// Dtype to load the weights in.
-    #[arg(long, env = "CIRCUIT_SWEEP_DTYPE", default_value = "f32", value_parser = resolve::parse_dtype)]
-    dtype: DType,
 }
 
 /// Where prompts come from: a JSONL file or a generated task.
@@ -102,7 +90,7 @@ fn write(out: &Path, name: &str, text: &str) -> anyhow::Result<()> {
 
 /// The loaded model and its tokenizer.
 fn load(m: &ModelArgs, models_dir: &Path) -> anyhow::Result<circuit_sweep_worker::LoadedModel> {
-    let loaded = resolve::load(m.model.as_deref(), models_dir, m.dtype)?;
+    let loaded = m.load(models_dir)?;
     if loaded.tokenizer.is_none() {
         anyhow::bail!("{} has no tokenizer", loaded.source.display());
     }
