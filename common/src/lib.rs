@@ -1,6 +1,7 @@
-//! Domain types shared by the worker and the coordinator: component names, datasets, task
-//! generators, the prompt checker, a seeded random generator, and (later) specs, pruning
-//! algorithms and result writers. Nothing here depends on candle or a server.
+//! Domain types shared by the worker and the coordinator: component names and the edge graph,
+//! datasets, task generators, the prompt checker, a seeded random generator, specs, metrics,
+//! the greedy searches (node and edge pruning, order studies), shard plans, result writers and
+//! plots, and the model-free parts of the analyses. Nothing here depends on candle or a server.
 
 pub mod analysis;
 pub mod check;

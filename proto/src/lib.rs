@@ -1,4 +1,6 @@
-//! The circuit-sweep wire protocol, generated from `proto/circuit_sweep.proto`.
+//! The circuit-sweep wire protocol, generated from `proto/circuit_sweep.proto`, with what both
+//! peers need around it: the token and connections (`auth`), TLS settings (`tls`) and score
+//! tensors in chunks (`tensor`).
 //!
 //! Every RPC that opens a session checks [`PROTOCOL_VERSION`] and refuses a peer that speaks another.
 
