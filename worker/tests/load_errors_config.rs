@@ -49,15 +49,7 @@ fn config_without_model_type_names_the_field() {
     edit_json(&dir.path().join("config.json"), |c| {
         c.remove("model_type");
     });
-    let err = load_err(dir.path());
-    match &err {
-        LoadError::Config { file, field, .. } => {
-            assert_file_name(file, "config.json");
-            assert_eq!(field, "model_type");
-        }
-        other => panic!("expected Config, got {other:?}"),
-    }
-    assert_mentions(&err, &["config.json", "model_type"]);
+    assert_config_error(&load_err(dir.path()), "config.json", "model_type");
 }
 
 #[test]
@@ -68,15 +60,7 @@ fn missing_or_mistyped_config_field_is_named() {
     edit_json(&config, |c| {
         c.remove("hidden_size");
     });
-    let err = load_err(dir.path());
-    match &err {
-        LoadError::Config { file, field, .. } => {
-            assert_file_name(file, "config.json");
-            assert_eq!(field, "hidden_size");
-        }
-        other => panic!("expected Config, got {other:?}"),
-    }
-    assert_mentions(&err, &["config.json", "hidden_size"]);
+    assert_config_error(&load_err(dir.path()), "config.json", "hidden_size");
 
     // A field of the wrong type.
     let dir = copy_fixture("llama");
@@ -84,15 +68,7 @@ fn missing_or_mistyped_config_field_is_named() {
     edit_json(&config, |c| {
         c.insert("num_hidden_layers".into(), json!("three"));
     });
-    let err = load_err(dir.path());
-    match &err {
-        LoadError::Config { file, field, .. } => {
-            assert_file_name(file, "config.json");
-            assert_eq!(field, "num_hidden_layers");
-        }
-        other => panic!("expected Config, got {other:?}"),
-    }
-    assert_mentions(&err, &["config.json", "num_hidden_layers"]);
+    assert_config_error(&load_err(dir.path()), "config.json", "num_hidden_layers");
 
     // A nested field of the wrong type is named by its path.
     let dir = copy_fixture("llama");
@@ -143,14 +119,8 @@ fn unsupported_rope_scaling_and_bad_gqa_are_config_errors() {
         c["rope_parameters"]["rope_type"] = json!("yarn");
     });
     let err = load_err(dir.path());
-    match &err {
-        LoadError::Config { file, field, .. } => {
-            assert_file_name(file, "config.json");
-            assert_eq!(field, "rope_parameters.rope_type");
-        }
-        other => panic!("expected Config, got {other:?}"),
-    }
-    assert_mentions(&err, &["config.json", "rope_type", "yarn"]);
+    assert_config_error(&err, "config.json", "rope_parameters.rope_type");
+    assert_mentions(&err, &["yarn"]);
 
     // The older `rope_scaling` spelling.
     let dir = copy_fixture("llama");
@@ -187,13 +157,5 @@ fn unsupported_rope_scaling_and_bad_gqa_are_config_errors() {
     edit_json(&dir.path().join("config.json"), |c| {
         c.insert("num_key_value_heads".into(), json!(3));
     });
-    let err = load_err(dir.path());
-    match &err {
-        LoadError::Config { file, field, .. } => {
-            assert_file_name(file, "config.json");
-            assert_eq!(field, "num_key_value_heads");
-        }
-        other => panic!("expected Config, got {other:?}"),
-    }
-    assert_mentions(&err, &["config.json", "num_key_value_heads"]);
+    assert_config_error(&load_err(dir.path()), "config.json", "num_key_value_heads");
 }

@@ -96,3 +96,16 @@ pub fn truncate(file: &Path, len: u64) {
         .set_len(len)
         .unwrap();
 }
+
+/// Asserts a `Config` error naming `field` in a file called `file_name`, with both in its
+/// message.
+pub fn assert_config_error(err: &LoadError, file_name: &str, field: &str) {
+    match err {
+        LoadError::Config { file, field: f, .. } => {
+            assert_file_name(file, file_name);
+            assert_eq!(f, field);
+        }
+        other => panic!("expected Config, got {other:?}"),
+    }
+    assert_mentions(err, &[file_name, field]);
+}
