@@ -1,0 +1,341 @@
+//! `[sweep]`: which sweep runs and the fields of its kind. The table is read as a tagged enum,
+//! one variant per kind, each refusing the fields of the others; the stored form is one flat
+//! struct, so that `result.json` and submissions keep their shape.
+
+use std::path::PathBuf;
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+use crate::Component;
+
+/// The sweeps.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SweepKind {
+    /// Every head and MLP ablated alone.
+    #[default]
+    Nodes,
+    /// Greedy iterative pruning.
+    Prune,
+    /// Pruning over many orders.
+    Orders,
+    /// Every edge ablated alone (path patching).
+    Edges,
+    /// Greedy pruning over edges.
+    EdgePrune,
+    /// Generation accuracy on downstream tasks with head sets ablated (a circuit and random
+    /// sets as the control).
+    Downstream,
+}
+
+impl SweepKind {
+    /// Every kind, in the order the docs list them.
+    pub const ALL: [SweepKind; 6] = [
+        SweepKind::Nodes,
+        SweepKind::Prune,
+        SweepKind::Orders,
+        SweepKind::Edges,
+        SweepKind::EdgePrune,
+        SweepKind::Downstream,
+    ];
+
+    /// The kind's name as the spec spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SweepKind::Nodes => "nodes",
+            SweepKind::Prune => "prune",
+            SweepKind::Orders => "orders",
+            SweepKind::Edges => "edges",
+            SweepKind::EdgePrune => "edge_prune",
+            SweepKind::Downstream => "downstream",
+        }
+    }
+
+    /// Whether the sweep is over edges.
+    pub fn is_edges(self) -> bool {
+        matches!(self, SweepKind::Edges | SweepKind::EdgePrune)
+    }
+
+    /// Whether the sweep scores prompt pairs of `[data]` (all but downstream ablation).
+    pub fn uses_data(self) -> bool {
+        self != SweepKind::Downstream
+    }
+}
+
+/// Pass orders of pruning.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// Backward, forward, ... until a pass removes nothing.
+    #[default]
+    Paper,
+    /// Backward passes only.
+    Backward,
+    /// Forward passes only.
+    Forward,
+}
+
+/// `[sweep]`, as stored and serialized (`result.json`, submissions): every kind's fields, those
+/// of other kinds left unset. Read through [`Table`], which refuses another kind's fields.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct SweepKindSpec {
+    /// nodes | prune | orders | edges | edge_prune | downstream.
+    pub kind: SweepKind,
+    /// Pruning threshold in % of the full model (default 80).
+    pub threshold: Option<f64>,
+    /// Pruning with `metric = "kl"`: remove a component (edge) when the circuit's KL from the
+    /// full model grows by less than this many nats (default 0.01).
+    pub tau: Option<f64>,
+    /// Nested thresholds (`[97, 90, 80, 70]`), each continuing from the previous circuit.
+    pub thresholds: Option<Vec<f64>>,
+    /// Pass schedule of pruning.
+    pub schedule: Schedule,
+    /// Order study (`orders`, or `edge_prune` over edge orders): how many seeded random orders.
+    pub orders: Option<usize>,
+    /// Seed of the random orders (order studies) or head sets (downstream).
+    pub seed: u64,
+    /// Order study: explicit orders (a JSON list of lists of component names).
+    pub orders_file: Option<PathBuf>,
+    /// Edge sweeps: restrict the graph to this node circuit (component names); every node
+    /// outside it stays ablated.
+    pub circuit: Option<Vec<Component>>,
+    /// Edge sweeps: the node circuit from a file: a JSON list of component names, or a
+    /// `result.json` of a pruning run (its last circuit).
+    pub circuit_file: Option<PathBuf>,
+    /// Edge sweeps: ablate edges at these positions only (negative counts from the end: -1 is
+    /// the last position); every position when omitted.
+    pub positions: Option<Vec<i64>>,
+    /// Edge sweeps: `direct` edges (default) or the paper's `path` patching.
+    #[serde(skip_serializing_if = "is_default")]
+    pub edge_method: EdgeMethod,
+    /// Edge sweeps with grouped-query attention: key/value receivers per `query_head`
+    /// (default) or per `kv_head`.
+    #[serde(skip_serializing_if = "is_default")]
+    pub kv_edges: KvEdges,
+    /// Downstream: random head sets, the control (default 20).
+    pub random_sets: Option<usize>,
+    /// Downstream: heads per random set (default: the circuit's heads, else 10).
+    pub set_size: Option<usize>,
+}
+
+/// How an edge is ablated.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EdgeMethod {
+    /// The receiver alone reads the residual stream with the sender's write replaced by its
+    /// ablated write, in this very pass (ACDC, auto-circuit).
+    #[default]
+    Direct,
+    /// Path patching as in the paper: the sender takes its ablated value, every other head is
+    /// frozen at its unablated value and MLPs are recomputed; the receiver alone then reads
+    /// what that run gives it. Scored one edge at a time; pruning is one thresholded pass.
+    Path,
+}
+
+/// Which key and value inputs are edge receivers under grouped-query attention.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum KvEdges {
+    /// Each query head's own key and value input (auto-circuit, EAP-IG, MIB).
+    #[default]
+    QueryHead,
+    /// The key/value heads' inputs, shared by the query heads of a group.
+    KvHead,
+}
+
+fn is_default<T: Default + PartialEq>(t: &T) -> bool {
+    *t == T::default()
+}
+
+/// `[sweep]` as written: `kind` picks the variant, and each variant takes only its own fields.
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Table {
+    Nodes(NodesTable),
+    Prune(PruneTable),
+    Orders(OrdersTable),
+    Edges(EdgesTable),
+    EdgePrune(EdgePruneTable),
+    Downstream(DownstreamTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodesTable {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PruneTable {
+    threshold: Option<f64>,
+    tau: Option<f64>,
+    thresholds: Option<Vec<f64>>,
+    #[serde(default)]
+    schedule: Schedule,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrdersTable {
+    threshold: Option<f64>,
+    tau: Option<f64>,
+    orders: Option<usize>,
+    #[serde(default)]
+    seed: u64,
+    orders_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EdgesTable {
+    circuit: Option<Vec<Component>>,
+    circuit_file: Option<PathBuf>,
+    positions: Option<Vec<i64>>,
+    #[serde(default)]
+    edge_method: EdgeMethod,
+    #[serde(default)]
+    kv_edges: KvEdges,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EdgePruneTable {
+    threshold: Option<f64>,
+    tau: Option<f64>,
+    orders: Option<usize>,
+    #[serde(default)]
+    seed: u64,
+    circuit: Option<Vec<Component>>,
+    circuit_file: Option<PathBuf>,
+    positions: Option<Vec<i64>>,
+    #[serde(default)]
+    edge_method: EdgeMethod,
+    #[serde(default)]
+    kv_edges: KvEdges,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DownstreamTable {
+    circuit: Option<Vec<Component>>,
+    circuit_file: Option<PathBuf>,
+    random_sets: Option<usize>,
+    set_size: Option<usize>,
+    #[serde(default)]
+    seed: u64,
+}
+
+impl From<Table> for SweepKindSpec {
+    fn from(t: Table) -> Self {
+        let d = SweepKindSpec::default();
+        match t {
+            Table::Nodes(NodesTable {}) => d,
+            Table::Prune(p) => SweepKindSpec {
+                kind: SweepKind::Prune,
+                threshold: p.threshold,
+                tau: p.tau,
+                thresholds: p.thresholds,
+                schedule: p.schedule,
+                ..d
+            },
+            Table::Orders(o) => SweepKindSpec {
+                kind: SweepKind::Orders,
+                threshold: o.threshold,
+                tau: o.tau,
+                orders: o.orders,
+                seed: o.seed,
+                orders_file: o.orders_file,
+                ..d
+            },
+            Table::Edges(e) => SweepKindSpec {
+                kind: SweepKind::Edges,
+                circuit: e.circuit,
+                circuit_file: e.circuit_file,
+                positions: e.positions,
+                edge_method: e.edge_method,
+                kv_edges: e.kv_edges,
+                ..d
+            },
+            Table::EdgePrune(e) => SweepKindSpec {
+                kind: SweepKind::EdgePrune,
+                threshold: e.threshold,
+                tau: e.tau,
+                orders: e.orders,
+                seed: e.seed,
+                circuit: e.circuit,
+                circuit_file: e.circuit_file,
+                positions: e.positions,
+                edge_method: e.edge_method,
+                kv_edges: e.kv_edges,
+                ..d
+            },
+            Table::Downstream(s) => SweepKindSpec {
+                kind: SweepKind::Downstream,
+                circuit: s.circuit,
+                circuit_file: s.circuit_file,
+                random_sets: s.random_sets,
+                set_size: s.set_size,
+                seed: s.seed,
+                ..d
+            },
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SweepKindSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        read(Map::deserialize(d)?).map_err(D::Error::custom)
+    }
+}
+
+/// Reads `[sweep]` from its keys. Absent options (null in `result.json`) and keys at their
+/// default value say nothing and are dropped first: the stored form carries `seed` and
+/// `schedule` whatever the kind.
+fn read(mut map: Map<String, Value>) -> Result<SweepKindSpec, String> {
+    let kind = map
+        .remove("kind")
+        .unwrap_or_else(|| Value::from(SweepKind::Nodes.name()));
+    SweepKind::deserialize(&kind).map_err(|e| format!("[sweep] kind: {e}"))?;
+    let defaults = match serde_json::to_value(SweepKindSpec::default()) {
+        Ok(Value::Object(m)) => m,
+        _ => unreachable!("the default spec serializes to an object"),
+    };
+    map.retain(|k, v| !v.is_null() && defaults.get(k) != Some(v));
+    let mut table = map.clone();
+    table.insert("kind".into(), kind.clone());
+    Table::deserialize(Value::Object(table))
+        .map(SweepKindSpec::from)
+        .map_err(|e| {
+            // Another kind's field: say which kinds it applies to.
+            for (field, value) in &map {
+                if takes(&kind, field, value) {
+                    continue;
+                }
+                let kinds: Vec<String> = SweepKind::ALL
+                    .iter()
+                    .filter(|k| takes(&Value::from(k.name()), field, value))
+                    .map(|k| format!("\"{}\"", k.name()))
+                    .collect();
+                if let Some((last, rest)) = kinds.split_last() {
+                    let list = match rest {
+                        [] => last.clone(),
+                        _ => format!("{} or {last}", rest.join(", ")),
+                    };
+                    return format!("[sweep] {field}: only applies to kind = {list}");
+                }
+            }
+            format!("[sweep] {e}")
+        })
+}
+
+/// Whether a `[sweep]` of `kind` takes `field` (set to `value`).
+fn takes(kind: &Value, field: &str, value: &Value) -> bool {
+    let mut probe = Map::new();
+    probe.insert("kind".into(), kind.clone());
+    probe.insert(field.into(), value.clone());
+    match Table::deserialize(Value::Object(probe)) {
+        Ok(_) => true,
+        Err(e) => !e.to_string().starts_with("unknown field"),
+    }
+}

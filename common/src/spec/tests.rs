@@ -1,0 +1,239 @@
+//! The spec's parsing and validation, each bad value named by its table and field.
+
+use std::path::Path;
+
+use super::*;
+use crate::greedy::Rule;
+
+fn parse(text: &str) -> Result<SweepSpec, SpecError> {
+    SweepSpec::parse(text, Path::new("s.toml"))
+}
+
+#[test]
+fn the_readme_example_parses() {
+    let s = parse(
+        r#"
+        [model]
+        path = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        dtype = "f32"
+        device = "cpu"
+        [data]
+        task = "months"
+        n = 16
+        seed = 0
+        corruption = "rand_all"
+        [ablation]
+        kind = "mean"
+        direction = "noising"
+        metric = "logit_diff"
+        normalize = "full"
+        [sweep]
+        kind = "prune"
+        threshold = 80.0
+        schedule = "paper"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(s.sweep.kind, SweepKind::Prune);
+    assert_eq!(s.rule(), Rule::Threshold(80.0));
+    assert_eq!(parse("").unwrap(), SweepSpec::default());
+}
+
+#[test]
+fn a_downstream_spec_parses_with_its_defaults() {
+    let s = parse("[sweep]\nkind = \"downstream\"\ncircuit = [\"h1.2\"]\n[downstream]\ntasks = [\"add1\", \"interval10\"]").unwrap();
+    assert_eq!(s.sweep.kind, SweepKind::Downstream);
+    assert!(!s.sweep.kind.uses_data());
+    assert_eq!(s.downstream.tasks.len(), 2);
+    assert_eq!((s.downstream.n, s.downstream.shots), (32, 3));
+    let d = parse("[sweep]\nkind = \"downstream\"").unwrap();
+    assert_eq!(d.downstream.tasks.len(), 8);
+}
+
+#[test]
+fn edge_positions_count_from_the_end_when_negative() {
+    let s = parse("[sweep]\nkind = \"edges\"\npositions = [-1, 0, 22, -1]").unwrap();
+    assert_eq!(s.edge_positions(23).unwrap(), Some(vec![0, 22]));
+    let e = s.edge_positions(20).unwrap_err();
+    assert!(e.contains("22 is outside the 20 positions"), "{e}");
+    assert_eq!(parse("").unwrap().edge_positions(5).unwrap(), None);
+}
+
+#[test]
+fn kl_prunes_by_tau_and_percent_metrics_by_threshold() {
+    let kl = parse("[ablation]\nmetric = \"kl\"\n[sweep]\nkind = \"edge_prune\"").unwrap();
+    assert_eq!(kl.rule(), Rule::Tau(0.01));
+    let t = parse("[ablation]\nmetric = \"kl\"\n[sweep]\nkind = \"orders\"\ntau = 0.05").unwrap();
+    assert_eq!(t.rules(), vec![Rule::Tau(0.05)]);
+    let p = parse("[sweep]\nkind = \"prune\"\nthresholds = [90, 70]").unwrap();
+    assert_eq!(
+        p.rules(),
+        vec![Rule::Threshold(90.0), Rule::Threshold(70.0)]
+    );
+    assert_eq!(parse("").unwrap().rule(), Rule::Threshold(80.0));
+}
+
+#[test]
+fn bad_specs_name_the_field() {
+    let cases = [
+        ("[sweep]\nkind = \"prune\"\nthreshhold = 80", "threshhold"),
+        ("[model]\nweights = \"x\"", "weights"),
+        (
+            "[sweep]\nkind = \"prune\"\nthreshold = 0",
+            "[sweep] threshold: 0 is outside (0, 100]",
+        ),
+        (
+            "[sweep]\nkind = \"prune\"\nthreshold = 120",
+            "[sweep] threshold",
+        ),
+        (
+            "[sweep]\nkind = \"prune\"\nthresholds = [80, 90]",
+            "[sweep] thresholds: must not increase",
+        ),
+        ("[sweep]\nkind = \"paths\"", "kind"),
+        (
+            "[sweep]\nkind = \"nodes\"\ncircuit = [\"h0.1\"]",
+            "[sweep] circuit: only applies",
+        ),
+        ("[sweep]\nkind = \"edges\"\ncircuit = [\"h0.x\"]", "h0.x"),
+        (
+            "[sweep]\nkind = \"edges\"\nthreshold = 80",
+            "[sweep] threshold",
+        ),
+        (
+            "[sweep]\nkind = \"edge_prune\"\ncircuit = [\"m1\"]\ncircuit_file = \"r.json\"",
+            "not both",
+        ),
+        ("[model]\ndtype = \"f64\"", "[model] dtype"),
+        ("[model]\ndevice = \"gpu\"", "[model] device"),
+        (
+            "[ablation]\nkind = \"zero\"\ndirection = \"denoising\"",
+            "[ablation] kind: `zero` does not apply to direction = \"denoising\"",
+        ),
+        (
+            "[ablation]\ndirection = \"denoising\"",
+            "[ablation] kind: `mean` does not apply to direction = \"denoising\"",
+        ),
+        (
+            "[sweep]\nedge_method = \"path\"",
+            "[sweep] edge_method: only applies to kind = \"edges\" or \"edge_prune\"",
+        ),
+        (
+            "[sweep]\nkv_edges = \"kv_head\"",
+            "[sweep] kv_edges: only applies to kind = \"edges\" or \"edge_prune\"",
+        ),
+        (
+            "[sweep]\nkind = \"edge_prune\"\nedge_method = \"path\"\norders = 4",
+            "[sweep] orders: edge_method = \"path\" prunes in one pass",
+        ),
+        (
+            "[ablation]\nnormalize = \"empty\"\n[sweep]\nkind = \"edges\"\nedge_method = \"path\"",
+            "[ablation] normalize: \"empty\" does not apply to edge_method = \"path\"",
+        ),
+        ("[sweep]\nkind = \"edges\"\nedge_method = \"acdc\"", "acdc"),
+        (
+            "[ablation]\nfold_value_bias = true",
+            "[ablation] fold_value_bias: only changes zero ablation (here kind = `mean`)",
+        ),
+        ("[sweep]\norders = 5", "[sweep] orders: only applies"),
+        (
+            "[sweep]\nkind = \"orders\"\nschedule = \"forward\"",
+            "[sweep] schedule: only applies to kind = \"prune\"",
+        ),
+        (
+            "[sweep]\nkind = \"orders\"\nthresholds = [90, 80]",
+            "[sweep] thresholds: only applies to kind = \"prune\"",
+        ),
+        (
+            "[sweep]\nkind = \"nodes\"\nseed = 3",
+            "[sweep] seed: only applies to kind = \"orders\", \"edge_prune\" or \"downstream\"",
+        ),
+        (
+            "[sweep]\nkind = \"orders\"\norders = \"x\"",
+            "[sweep] invalid type",
+        ),
+        ("[ablation]\nmetric = \"loss\"", "metric"),
+        (
+            "[sweep]\nrandom_sets = 3",
+            "[sweep] random_sets: only applies",
+        ),
+        (
+            "[data]\ntask = \"months\"\n[sweep]\nkind = \"downstream\"",
+            "[data] task: kind = \"downstream\" takes its prompts from [downstream]",
+        ),
+        (
+            "[ablation]\nkind = \"resample\"\n[sweep]\nkind = \"downstream\"",
+            "[ablation] kind",
+        ),
+        (
+            "[sweep]\nkind = \"downstream\"\n[downstream]\ntasks = [\"mul\"]",
+            "mul",
+        ),
+        (
+            "[sweep]\nkind = \"downstream\"\n[downstream]\nn = 0",
+            "[downstream] n",
+        ),
+        ("[downstream]\nn = 5", "[downstream] tasks: only applies"),
+        (
+            "[sweep]\nkind = \"downstream\"\nthreshold = 80",
+            "[sweep] threshold",
+        ),
+        (
+            "[ablation]\nmetric = \"kl\"\n[sweep]\nkind = \"prune\"\nthreshold = 80",
+            "[sweep] threshold: a % threshold does not apply with [ablation] metric = \"kl\"",
+        ),
+        (
+            "[ablation]\nmetric = \"kl\"\n[sweep]\nkind = \"prune\"\nthresholds = [90, 80]",
+            "[sweep] thresholds: a % threshold",
+        ),
+        (
+            "[sweep]\nkind = \"prune\"\ntau = 0.01",
+            "[sweep] tau: applies to [ablation] metric = \"kl\" (here `logit_diff`",
+        ),
+        (
+            "[ablation]\nmetric = \"kl\"\n[sweep]\nkind = \"nodes\"\ntau = 0.01",
+            "[sweep] tau: only applies to kind = \"prune\", \"orders\" or \"edge_prune\"",
+        ),
+        (
+            "[ablation]\nmetric = \"kl\"\n[sweep]\nkind = \"orders\"\ntau = -1",
+            "[sweep] tau: -1 is not",
+        ),
+        (
+            "[ablation]\nmetric = \"kl\"\nnormalize = \"clean_corrupt\"",
+            "[ablation] normalize: does not apply to metric = \"kl\"",
+        ),
+    ];
+    for (text, needle) in cases {
+        let err = parse(text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("s.toml: ") && err.contains(needle),
+            "{text:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn the_stored_forms_read_back_for_every_kind() {
+    // The flat form a submission sends (TOML) and `result.json` holds (JSON, absent options
+    // as nulls) carries `seed` and `schedule` whatever the kind: both must read back.
+    let specs = [
+        "",
+        "[sweep]\nkind = \"prune\"\nthresholds = [90, 80]\nschedule = \"forward\"",
+        "[sweep]\nkind = \"orders\"\norders = 7\nseed = 3",
+        "[sweep]\nkind = \"edges\"\ncircuit = [\"h0.1\", \"m1\"]\npositions = [-1]\nkv_edges = \"kv_head\"",
+        "[sweep]\nkind = \"edge_prune\"\nedge_method = \"path\"\nthreshold = 70",
+        "[sweep]\nkind = \"downstream\"\nrandom_sets = 4\nseed = 2",
+    ];
+    for text in specs {
+        let s = parse(text).unwrap();
+        let toml_text = toml::to_string(&s).unwrap();
+        assert_eq!(parse(&toml_text).unwrap(), s, "{toml_text}");
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains("null"), "{json}");
+        assert_eq!(
+            serde_json::from_str::<SweepSpec>(&json).unwrap(),
+            s,
+            "{json}"
+        );
+    }
+}

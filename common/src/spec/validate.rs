@@ -1,0 +1,222 @@
+//! What serde cannot say about a spec: ranges, and rules between fields of different tables.
+//! Which `[sweep]` fields a kind takes is said by the tagged table (`sweep.rs`).
+
+use std::path::Path;
+
+use super::{
+    AblationKind, DownstreamSpec, EdgeMethod, Metric, Normalize, SpecError, SweepKind, SweepSpec,
+    kind_name, metric_name,
+};
+use crate::data_spec::DataSpec;
+use crate::spec::Direction;
+
+impl SweepSpec {
+    /// Checks values that serde cannot.
+    pub fn validate(&self, path: &Path) -> Result<(), SpecError> {
+        let bad = |table: &'static str, field: &'static str, reason: String| SpecError::Field {
+            path: path.to_path_buf(),
+            table,
+            field,
+            reason,
+        };
+        if !["f32", "f16", "bf16"].contains(&self.model.dtype.as_str()) {
+            return Err(bad(
+                "model",
+                "dtype",
+                format!("`{}` is not f32, f16 or bf16", self.model.dtype),
+            ));
+        }
+        let d = self.model.device.as_str();
+        let cuda_ok = d
+            .strip_prefix("cuda:")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if d != "cpu" && !cuda_ok {
+            return Err(bad(
+                "model",
+                "device",
+                format!("`{d}` is not cpu or cuda:N"),
+            ));
+        }
+        self.check_rule().map_err(|(t, f, r)| bad(t, f, r))?;
+        if self.sweep.edge_method == EdgeMethod::Path {
+            if self.sweep.orders.is_some() {
+                return Err(bad(
+                    "sweep",
+                    "orders",
+                    "edge_method = \"path\" prunes in one pass over single-edge scores, which no visiting order changes: an order study has nothing to measure".into(),
+                ));
+            }
+            if self.ablation.normalize == Normalize::Empty {
+                return Err(bad(
+                    "ablation",
+                    "normalize",
+                    "\"empty\" does not apply to edge_method = \"path\": path patching scores one edge at a time and has no empty circuit".into(),
+                ));
+            }
+        }
+        if self.sweep.orders == Some(0) {
+            return Err(bad("sweep", "orders", "must be at least 1".into()));
+        }
+        if self.sweep.set_size == Some(0) {
+            return Err(bad("sweep", "set_size", "must be at least 1".into()));
+        }
+        let downstream = self.sweep.kind == SweepKind::Downstream;
+        if downstream {
+            if self.data != DataSpec::default() {
+                return Err(bad(
+                    "data",
+                    "task",
+                    "kind = \"downstream\" takes its prompts from [downstream], not [data]".into(),
+                ));
+            }
+            if self.ablation.kind == AblationKind::Resample
+                || self.ablation.direction == Direction::Denoising
+            {
+                return Err(bad(
+                    "ablation",
+                    "kind",
+                    "downstream ablation is zero or mean noising (generated prompts have no corrupt pairs)".into(),
+                ));
+            }
+            if self.downstream.tasks.is_empty() {
+                return Err(bad("downstream", "tasks", "is empty".into()));
+            }
+            if self.downstream.n == 0 {
+                return Err(bad("downstream", "n", "must be at least 1".into()));
+            }
+        } else if self.downstream != DownstreamSpec::default() {
+            return Err(bad(
+                "downstream",
+                "tasks",
+                "only applies to kind = \"downstream\"".into(),
+            ));
+        }
+        if self.sweep.positions.as_ref().is_some_and(Vec::is_empty) {
+            return Err(bad("sweep", "positions", "is empty".into()));
+        }
+        if self.sweep.circuit.is_some() && self.sweep.circuit_file.is_some() {
+            return Err(bad(
+                "sweep",
+                "circuit",
+                "give `circuit` or `circuit_file`, not both".into(),
+            ));
+        }
+        if self.sweep.circuit.as_ref().is_some_and(Vec::is_empty) {
+            return Err(bad("sweep", "circuit", "is empty".into()));
+        }
+        if self.sweep.kind.is_edges() && self.ablation.direction == Direction::Denoising {
+            return Err(bad(
+                "ablation",
+                "direction",
+                "edge sweeps are implemented for noising".into(),
+            ));
+        }
+        if self.ablation.direction == Direction::Denoising
+            && self.ablation.kind != AblationKind::Resample
+            && !downstream
+        {
+            return Err(bad(
+                "ablation",
+                "kind",
+                format!(
+                    "`{}` does not apply to direction = \"denoising\": denoising runs the corrupt prompts, gives every component of the circuit its paired clean activation and lets every other component compute on the corrupt prompt, so the ablated side's value is the paired corrupt run's (kind = \"resample\"); a {} there would freeze every component and leave only direct effects",
+                    kind_name(self.ablation.kind),
+                    if self.ablation.kind == AblationKind::Mean {
+                        "per-position mean"
+                    } else {
+                        "zero"
+                    }
+                ),
+            ));
+        }
+        if self.ablation.fold_value_bias && self.ablation.kind != AblationKind::Zero {
+            return Err(bad(
+                "ablation",
+                "fold_value_bias",
+                format!(
+                    "only changes zero ablation (here kind = `{}`): a mean or a resampled activation carries the value bias either way",
+                    kind_name(self.ablation.kind)
+                ),
+            ));
+        }
+        if self.run.batch_tokens == 0 {
+            return Err(bad("run", "batch_tokens", "must be positive".into()));
+        }
+        Ok(())
+    }
+
+    /// The removal rule's fields: % thresholds in (0, 100], nested ones not increasing, and
+    /// `tau` in nats with KL only (a % threshold never with it).
+    fn check_rule(&self) -> Result<(), (&'static str, &'static str, String)> {
+        let s = &self.sweep;
+        let in_range = |t: f64| t > 0.0 && t <= 100.0;
+        if let Some(t) = s.threshold
+            && !in_range(t)
+        {
+            return Err(("sweep", "threshold", format!("{t} is outside (0, 100]")));
+        }
+        if let Some(ts) = &s.thresholds {
+            if ts.is_empty() {
+                return Err(("sweep", "thresholds", "is empty".into()));
+            }
+            if let Some(t) = ts.iter().find(|t| !in_range(**t)) {
+                return Err(("sweep", "thresholds", format!("{t} is outside (0, 100]")));
+            }
+            if ts.windows(2).any(|w| w[1] > w[0]) {
+                return Err((
+                    "sweep",
+                    "thresholds",
+                    "must not increase (97, 90, 80, 70): each circuit continues from the previous"
+                        .into(),
+                ));
+            }
+            if s.threshold.is_some() {
+                return Err((
+                    "sweep",
+                    "thresholds",
+                    "give `threshold` or `thresholds`, not both".into(),
+                ));
+            }
+        }
+        let kl = self.ablation.metric == Metric::Kl;
+        if kl && (s.threshold.is_some() || s.thresholds.is_some()) {
+            let field = if s.thresholds.is_some() {
+                "thresholds"
+            } else {
+                "threshold"
+            };
+            return Err((
+                "sweep",
+                field,
+                "a % threshold does not apply with [ablation] metric = \"kl\" (scores are KL divergences in nats, lower is better): give `tau`, the nats the KL may grow by when a component is removed (default 0.01)".into(),
+            ));
+        }
+        if let Some(tau) = s.tau {
+            if !kl {
+                return Err((
+                    "sweep",
+                    "tau",
+                    format!(
+                        "applies to [ablation] metric = \"kl\" (here `{}`, scored in %): give `threshold`",
+                        metric_name(self.ablation.metric)
+                    ),
+                ));
+            }
+            if !(tau.is_finite() && tau >= 0.0) {
+                return Err((
+                    "sweep",
+                    "tau",
+                    format!("{tau} is not a non-negative number of nats"),
+                ));
+            }
+        }
+        if kl && self.ablation.normalize != Normalize::Full {
+            return Err((
+                "ablation",
+                "normalize",
+                "does not apply to metric = \"kl\": scores are the KL divergence from the full model in nats".into(),
+            ));
+        }
+        Ok(())
+    }
+}
