@@ -45,6 +45,8 @@ pub enum Pitfall {
     LowAnswerProb,
     /// The model's top-1 on the corrupt prompt is the clean answer.
     CorruptPredictsAnswer,
+    /// The prompt has more tokens than the model has positions.
+    LongerThanContext,
 }
 
 impl Pitfall {
@@ -188,6 +190,24 @@ fn show(tok: &dyn Tokenize, ids: &[u32]) -> String {
         .map(|&i| format!("{:?}", tok.token_text(i)))
         .collect();
     format!("[{}]", t.join(", "))
+}
+
+/// Flags prompts longer than a model's context of `context` tokens: positions it has no
+/// embedding for (GPT-2) or was never trained on (rotary models).
+pub fn check_context(checks: &mut [PromptCheck], context: usize) {
+    for c in checks {
+        if let Some(reason) = beyond_context(c.clean_tokens, c.corrupt_tokens, context) {
+            c.flag(Pitfall::LongerThanContext, reason);
+        }
+    }
+}
+
+/// Why a prompt pair of these token lengths does not fit a context of `context`, if it does not.
+pub fn beyond_context(clean: usize, corrupt: usize, context: usize) -> Option<String> {
+    let n = clean.max(corrupt);
+    (n > context).then(|| {
+        format!("the prompt is {n} tokens, more than the model's context of {context} positions")
+    })
 }
 
 /// Checks every pair against the tokenizer rules. Lengths are compared with the first pair's.

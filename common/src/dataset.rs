@@ -91,6 +91,15 @@ pub fn parse_jsonl(text: &str, path: &Path) -> Result<Vec<PromptPair>, DatasetEr
                 )),
             }
         };
+        if out.len() == crate::limits::MAX_PROMPTS {
+            return Err(err(
+                None,
+                format!(
+                    "more than {} prompt pairs, the cap of one dataset",
+                    crate::limits::MAX_PROMPTS
+                ),
+            ));
+        }
         let clean = take("clean")?;
         let corrupt = take("corrupt")?;
         let answer = take("answer")?;
@@ -192,6 +201,12 @@ mod tests {
                 1,
                 Some("answer"),
                 "must be a string",
+            ),
+            (
+                format!("{good}\n").repeat(crate::limits::MAX_PROMPTS + 1),
+                crate::limits::MAX_PROMPTS + 1,
+                None,
+                "more than 100000 prompt pairs",
             ),
         ];
         for (text, line_no, field_name, msg) in cases {

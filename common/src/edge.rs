@@ -193,22 +193,37 @@ impl GraphShape {
 
     /// Every edge: by receiver in the order the model reads them, senders in order within.
     pub fn edges(&self) -> Vec<Edge> {
-        let senders = self.senders();
-        self.receivers()
-            .into_iter()
-            .flat_map(|receiver| {
-                senders
-                    .iter()
-                    .filter(move |&&s| self.connects(s, receiver))
-                    .map(move |&sender| Edge { sender, receiver })
-            })
-            .collect()
+        self.each_edge().collect()
+    }
+
+    /// How many edges [`edges`](Self::edges) or, with a circuit,
+    /// [`edges_within`](Self::edges_within) gives, without building them.
+    pub fn edge_count(&self, circuit: Option<&[Component]>) -> usize {
+        match circuit {
+            None => self.each_edge().count(),
+            Some(c) => self.each_edge_within(c).count(),
+        }
     }
 
     /// The edges among the nodes of `circuit` (plus `embed` and the logits): the graph the paper
     /// studies once a node circuit is known. Key/value receivers of key/value heads are kept
     /// when any query head of the circuit reads them.
     pub fn edges_within(&self, circuit: &[Component]) -> Vec<Edge> {
+        self.each_edge_within(circuit).collect()
+    }
+
+    fn each_edge(&self) -> impl Iterator<Item = Edge> + '_ {
+        let senders = self.senders();
+        self.receivers().into_iter().flat_map(move |receiver| {
+            senders
+                .clone()
+                .into_iter()
+                .filter(move |&s| self.connects(s, receiver))
+                .map(move |sender| Edge { sender, receiver })
+        })
+    }
+
+    fn each_edge_within<'a>(&'a self, circuit: &'a [Component]) -> impl Iterator<Item = Edge> + 'a {
         let group = if self.kv_per_query {
             1
         } else {
@@ -218,7 +233,7 @@ impl GraphShape {
             Sender::Embed => true,
             Sender::Node(c) => circuit.contains(c),
         };
-        let receiver_in = |r: &Receiver| match *r {
+        let receiver_in = move |r: &Receiver| match *r {
             Receiver::Logits => true,
             Receiver::Mlp { layer } => circuit.contains(&Component::Mlp { layer }),
             Receiver::Attn {
@@ -229,10 +244,8 @@ impl GraphShape {
             Receiver::Attn { layer, index, .. } => (index * group..(index + 1) * group)
                 .any(|head| circuit.contains(&Component::Head { layer, head })),
         };
-        self.edges()
-            .into_iter()
-            .filter(|e| sender_in(&e.sender) && receiver_in(&e.receiver))
-            .collect()
+        self.each_edge()
+            .filter(move |e| sender_in(&e.sender) && receiver_in(&e.receiver))
     }
 
     /// Checks that an edge exists in a model of this shape.

@@ -10,7 +10,7 @@ use crate::downstream;
 use crate::edge::{Edge, GraphShape};
 use crate::shard::{self, ShardTask};
 use crate::spec::{SweepKind, SweepSpec};
-use crate::{circuit, orders};
+use crate::{circuit, limits, orders};
 
 /// The resolved inputs of a job.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +70,16 @@ impl JobInputs {
             )?),
             (None, None) => None,
         };
+        if spec.sweep.kind.is_edges() {
+            let n = spec.graph(model).edge_count(circuit.as_deref());
+            if n > limits::MAX_EDGES {
+                return Err(format!(
+                    "[sweep] kind = \"{}\": the graph has {n} edges, more than the cap of {}; restrict it to a node circuit (`circuit`)",
+                    spec.sweep.kind.name(),
+                    limits::MAX_EDGES
+                ));
+            }
+        }
         Ok(Self::from_resolved(spec, model, circuit, orders))
     }
 
@@ -180,6 +190,24 @@ mod tests {
         })
         .unwrap();
         assert_eq!(i.orders.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_edge_graph_beyond_the_cap_is_refused_before_it_is_built() {
+        // An 80-layer, 64-head model has about 40 million edges.
+        let big = GraphShape {
+            n_layers: 80,
+            n_heads: 64,
+            n_kv_heads: 8,
+            ..model()
+        };
+        let s = spec("[sweep]\nkind = \"edges\"\n");
+        let e = JobInputs::resolve(&s, big, &mut no_files).unwrap_err();
+        assert!(e.contains("more than the cap of 10000000"), "{e}");
+        let s = spec("[sweep]\nkind = \"edges\"\ncircuit = [\"h0.1\", \"m79\"]\n");
+        let i = JobInputs::resolve(&s, big, &mut no_files).unwrap();
+        assert_eq!(i.edges.len(), big.edge_count(i.circuit.as_deref()));
+        assert_eq!(model().edge_count(None), model().edges().len());
     }
 
     #[test]

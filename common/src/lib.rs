@@ -14,6 +14,7 @@ pub mod edge;
 pub mod edge_prune;
 pub mod greedy;
 pub mod inputs;
+pub mod limits;
 pub mod metric;
 pub mod orders;
 pub mod prune;

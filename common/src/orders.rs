@@ -45,6 +45,13 @@ pub fn parse_orders(
     if lists.is_empty() {
         return Err(format!("{source}: no orders"));
     }
+    if lists.len() > crate::limits::MAX_ORDERS {
+        return Err(format!(
+            "{source}: {} orders, more than the cap of {}",
+            lists.len(),
+            crate::limits::MAX_ORDERS
+        ));
+    }
     let all: BTreeSet<Component> = Component::all(n_layers, n_heads).into_iter().collect();
     lists
         .iter()
@@ -298,6 +305,18 @@ mod tests {
         let j = serde_json::to_value(&e).unwrap();
         assert!(j.get("jaccard_heads_mean").is_none() && j.get("jaccard_heads_range").is_none());
         assert!(j.get("jaccard_mean").is_some());
+    }
+
+    #[test]
+    fn an_orders_file_beyond_the_cap_is_refused() {
+        let text =
+            serde_json::to_string(&vec![Vec::<String>::new(); crate::limits::MAX_ORDERS + 1])
+                .unwrap();
+        let e = parse_orders(&text, "o.json", 1, 2).unwrap_err();
+        assert!(
+            e.starts_with("o.json: 100001 orders, more than the cap"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -273,3 +273,23 @@ fn the_gpt2_tokenizer_folder_checks_tokens_only() {
         "{stdout}"
     );
 }
+
+#[test]
+fn prompts_beyond_the_models_context_are_errors_naming_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = support::tiny_model_with_data(dir.path(), 2);
+    let (ok_out, _, _) = check(&data, &["--model", &model.display().to_string()]);
+    assert!(ok_out, "the tiny dataset fits the context");
+    // The tiny model has 32 positions.
+    let long: Vec<String> = (0..40).map(|i| format!("w{}", 1 + i)).collect();
+    let other: Vec<String> = (0..40).map(|i| format!("w{}", 45 + i)).collect();
+    let line = serde_json::json!({"clean": long.join(" "), "corrupt": other.join(" "), "answer": " w91", "wrong": " w92"}).to_string();
+    let f = write(dir.path(), "long.jsonl", &[&line]);
+    let (success, stdout, stderr) = check(&f, &["--model", &model.display().to_string()]);
+    assert!(!success, "{stdout}");
+    assert!(
+        stdout.contains("the prompt is 40 tokens, more than the model's context of 32")
+            && stderr.contains("1 error(s)"),
+        "{stdout}\n{stderr}"
+    );
+}

@@ -8,9 +8,9 @@ use candle_core::DType;
 use circuit_sweep_common::Component;
 use circuit_sweep_common::dataset::{self, PromptPair};
 use circuit_sweep_common::inputs::JobInputs;
-use circuit_sweep_common::metric;
 use circuit_sweep_common::shard::JobMeta;
 use circuit_sweep_common::spec::{Direction, KvEdges, Normalize, SweepSpec};
+use circuit_sweep_common::{check, metric};
 use sha2::{Digest, Sha256};
 
 use crate::default_model;
@@ -154,6 +154,11 @@ pub fn prepare(
         return prepare_downstream(spec, loaded, inputs);
     }
     let prompts = PromptSet::from_pairs(&pairs, tok).map_err(ShardError::BadInput)?;
+    for (p, (c, k)) in pairs.iter().zip(prompts.clean.iter().zip(&prompts.corrupt)) {
+        if let Some(why) = check::beyond_context(c.len(), k.len(), info.context_length) {
+            return Err(ShardError::BadInput(format!("line {}: {why}", p.line)));
+        }
+    }
     if spec.ablation.direction == Direction::Denoising
         && let Some(i) = prompts.last_token_mismatch()
     {

@@ -137,6 +137,34 @@ fn bad_specs_name_the_field() {
         ),
         ("[sweep]\norders = 5", "[sweep] orders: only applies"),
         (
+            "[sweep]\nkind = \"orders\"\norders = 100000000",
+            "[sweep] orders: 100000000 is more than the cap of 100000",
+        ),
+        (
+            "[data]\ntask = \"months\"\nn = 1000000000",
+            "[data] n: 1000000000 is more than the cap of 100000",
+        ),
+        (
+            "[data]\ntask = \"months\"\nn = 0",
+            "[data] n: must be at least 1",
+        ),
+        (
+            "[sweep]\nkind = \"downstream\"\nrandom_sets = 20000",
+            "[sweep] random_sets: 20000 is more than the cap",
+        ),
+        (
+            "[sweep]\nkind = \"downstream\"\n[downstream]\nshots = 1000",
+            "[downstream] shots: 1000 is more than the cap of 64",
+        ),
+        (
+            "[run]\nbatch_tokens = 100000000",
+            "[run] batch_tokens: 100000000 is more than the cap",
+        ),
+        (
+            "[run]\nbatch_tokens = 0",
+            "[run] batch_tokens: must be at least 1",
+        ),
+        (
             "[sweep]\nkind = \"orders\"\nschedule = \"forward\"",
             "[sweep] schedule: only applies to kind = \"prune\"",
         ),

@@ -8,6 +8,7 @@ use super::{
     kind_name, metric_name,
 };
 use crate::data_spec::DataSpec;
+use crate::limits;
 use crate::spec::Direction;
 
 impl SweepSpec {
@@ -38,6 +39,7 @@ impl SweepSpec {
             ));
         }
         self.check_rule().map_err(|(t, f, r)| bad(t, f, r))?;
+        self.check_counts().map_err(|(t, f, r)| bad(t, f, r))?;
         if self.sweep.edge_method == EdgeMethod::Path {
             if self.sweep.orders.is_some() {
                 return Err(bad(
@@ -53,12 +55,6 @@ impl SweepSpec {
                     "\"empty\" does not apply to edge_method = \"path\": path patching scores one edge at a time and has no empty circuit".into(),
                 ));
             }
-        }
-        if self.sweep.orders == Some(0) {
-            return Err(bad("sweep", "orders", "must be at least 1".into()));
-        }
-        if self.sweep.set_size == Some(0) {
-            return Err(bad("sweep", "set_size", "must be at least 1".into()));
         }
         let downstream = self.sweep.kind == SweepKind::Downstream;
         if downstream {
@@ -80,9 +76,6 @@ impl SweepSpec {
             }
             if self.downstream.tasks.is_empty() {
                 return Err(bad("downstream", "tasks", "is empty".into()));
-            }
-            if self.downstream.n == 0 {
-                return Err(bad("downstream", "n", "must be at least 1".into()));
             }
         } else if self.downstream != DownstreamSpec::default() {
             return Err(bad(
@@ -139,8 +132,61 @@ impl SweepSpec {
                 ),
             ));
         }
-        if self.run.batch_tokens == 0 {
-            return Err(bad("run", "batch_tokens", "must be positive".into()));
+        Ok(())
+    }
+
+    /// Every count between 1 (where 0 means nothing) and its cap in [`limits`].
+    fn check_counts(&self) -> Result<(), (&'static str, &'static str, String)> {
+        let counts = [
+            ("data", "n", self.data.n, 1, limits::MAX_PROMPTS),
+            ("sweep", "orders", self.sweep.orders, 1, limits::MAX_ORDERS),
+            (
+                "sweep",
+                "random_sets",
+                self.sweep.random_sets,
+                0,
+                limits::MAX_RANDOM_SETS,
+            ),
+            ("sweep", "set_size", self.sweep.set_size, 1, usize::MAX),
+            (
+                "sweep",
+                "thresholds",
+                self.sweep.thresholds.as_ref().map(Vec::len),
+                0,
+                limits::MAX_THRESHOLDS,
+            ),
+            (
+                "downstream",
+                "n",
+                Some(self.downstream.n),
+                1,
+                limits::MAX_PROMPTS,
+            ),
+            (
+                "downstream",
+                "shots",
+                Some(self.downstream.shots),
+                0,
+                limits::MAX_SHOTS,
+            ),
+            (
+                "run",
+                "batch_tokens",
+                Some(self.run.batch_tokens),
+                1,
+                limits::MAX_BATCH_TOKENS,
+            ),
+        ];
+        for (table, field, n, min, max) in counts {
+            match n {
+                Some(n) if n < min => {
+                    return Err((table, field, format!("must be at least {min}")));
+                }
+                Some(n) if n > max => {
+                    return Err((table, field, format!("{n} is more than the cap of {max}")));
+                }
+                _ => {}
+            }
         }
         Ok(())
     }

@@ -129,7 +129,16 @@ pub fn run(cmd: PromptsCommand, models_dir: &Path) -> anyhow::Result<()> {
                     .as_ref()
                     .with_context(|| format!("{} has no tokenizer", path.display()))?;
                 let mut checks = check::check_tokens(&pairs, tok).map_err(anyhow::Error::msg)?;
-                add_model_views(&loaded.model, tok, &pairs, &mut checks, batch.max(1))?;
+                check::check_context(&mut checks, loaded.model.info().context_length);
+                // A prompt beyond the context has no prediction to look at.
+                let beyond = |c: &PromptCheck| {
+                    c.findings
+                        .iter()
+                        .any(|f| f.pitfall == check::Pitfall::LongerThanContext)
+                };
+                if !checks.iter().any(beyond) {
+                    add_model_views(&loaded.model, tok, &pairs, &mut checks, batch.max(1))?;
+                }
                 (checks, tok.bos_summary())
             } else {
                 let tok = load_tokenizer(&path)?;

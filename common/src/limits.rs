@@ -1,0 +1,18 @@
+//! Caps on every count a spec can ask for, checked before anything is allocated: a typo
+//! (`orders = 100000000`) gets an error naming the field instead of a coordinator or worker
+//! that dies allocating. Each is far beyond what a sweep needs today.
+
+/// Prompt pairs of a dataset (`[data] n`, lines of a file) and prompts per downstream task.
+pub const MAX_PROMPTS: usize = 100_000;
+/// Orders of an order study (random or from a file), and edge orders.
+pub const MAX_ORDERS: usize = 100_000;
+/// Random head sets of a downstream study.
+pub const MAX_RANDOM_SETS: usize = 10_000;
+/// Solved examples before a downstream question.
+pub const MAX_SHOTS: usize = 64;
+/// Nested thresholds of one pruning job.
+pub const MAX_THRESHOLDS: usize = 100;
+/// Edges of one edge sweep (a 7B model's whole graph has about 1.6 million).
+pub const MAX_EDGES: usize = 10_000_000;
+/// Tokens of one forward pass (`[run] batch_tokens`).
+pub const MAX_BATCH_TOKENS: usize = 1 << 22;
