@@ -5,14 +5,17 @@ mod cli;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    // Die quietly when stdout is closed (`circuit-sweep prompts check ... | head`), as Unix
-    // tools do, instead of panicking on the write.
-    #[cfg(unix)]
-    // SAFETY: restoring the default disposition of one signal before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let args = cli::Cli::parse();
+    // Commands that only print die quietly when stdout is closed (`prompts check ... | head`),
+    // as Unix tools do. Anything holding a socket keeps SIGPIPE ignored: a peer that hangs up
+    // is then an error on that connection, not the silent death of a server.
+    #[cfg(unix)]
+    if args.command.only_prints() {
+        // SAFETY: restoring the default disposition of one signal before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // candle's CPU kernels size their thread pool from RAYON_NUM_THREADS: set it before any
     // thread starts.
     if let cli::Command::Worker(w) = &args.command

@@ -70,6 +70,16 @@ pub enum Command {
     Bench(bench::BenchCommand),
 }
 
+impl Command {
+    /// Whether the command reads files and prints, with no socket (no server, no client).
+    pub fn only_prints(&self) -> bool {
+        matches!(
+            self,
+            Command::Model(_) | Command::Predict(_) | Command::Prompts(_) | Command::Analyze(_)
+        )
+    }
+}
+
 /// Logs go to stderr, so `--json` output on stdout stays clean.
 pub fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
