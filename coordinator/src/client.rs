@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use circuit_sweep_common::spec::SweepSpec;
 use circuit_sweep_proto::PROTOCOL_VERSION;
-use circuit_sweep_proto::auth::Client;
+use circuit_sweep_proto::auth::{Client, MAX_MESSAGE_BYTES};
 use circuit_sweep_proto::v1::{
-    Attachment, CancelRequest, JobStatus, ResultsRequest, StatusReply, StatusRequest, SubmitRequest,
+    Attachment, CancelRequest, FileChunk, JobStatus, ResultsRequest, StatusReply, StatusRequest,
+    SubmitRequest,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_stream::StreamExt;
@@ -30,6 +31,18 @@ pub enum ClientError {
     /// The coordinator refused or failed a call.
     #[error("coordinator: {0}")]
     Rpc(String),
+    /// The submission is larger than one message may be.
+    #[error(
+        "{spec}: the spec and its files are {mib:.1} MiB, more than the {limit} MiB one submission may carry"
+    )]
+    TooLarge {
+        /// The spec file.
+        spec: PathBuf,
+        /// The submission's size.
+        mib: f64,
+        /// The limit.
+        limit: usize,
+    },
     /// The job ended without results.
     #[error("job {job} {state}: {error}")]
     JobEnded {
@@ -54,6 +67,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
         source,
     }
 }
+
+/// The most a submission (spec and files) may weigh: one message, less room for its framing.
+pub const MAX_SUBMISSION_BYTES: usize = MAX_MESSAGE_BYTES - (1 << 20);
 
 /// A spec ready to send: validated, its model path made absolute, its input files attached.
 #[derive(Debug, Clone)]
@@ -95,6 +111,19 @@ impl Submission {
             attachments.push((f.display().to_string(), data));
         }
         let spec_toml = toml::to_string(&spec).expect("specs serialize");
+        // Said here, with the limit, rather than as the transport's protocol error.
+        let bytes = spec_toml.len()
+            + attachments
+                .iter()
+                .map(|(n, d)| n.len() + d.len())
+                .sum::<usize>();
+        if bytes > MAX_SUBMISSION_BYTES {
+            return Err(ClientError::TooLarge {
+                spec: spec_path.to_path_buf(),
+                mib: bytes as f64 / f64::from(1 << 20),
+                limit: MAX_SUBMISSION_BYTES >> 20,
+            });
+        }
         Ok(Submission {
             name: spec_path
                 .file_stem()
@@ -189,6 +218,24 @@ pub async fn wait(client: &mut Client, job: u64, progress: bool) -> Result<JobSt
     }
 }
 
+/// Makes the results folder `out` before any work, so that a place that cannot hold one (an
+/// existing file, a folder without write permission) is an error now rather than after the
+/// sweep.
+pub fn make_out(out: &Path) -> Result<(), ClientError> {
+    if out.exists() && !out.is_dir() {
+        return Err(ClientError::Io {
+            path: out.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a folder: the results folder cannot be written there",
+            ),
+        });
+    }
+    std::fs::create_dir_all(out).map_err(io(out))?;
+    tempfile::tempfile_in(out).map_err(io(out))?;
+    Ok(())
+}
+
 /// Downloads a finished job's results folder into `out`.
 pub async fn download(client: &mut Client, job: u64, out: &Path) -> Result<usize, ClientError> {
     std::fs::create_dir_all(out).map_err(io(out))?;
@@ -196,17 +243,38 @@ pub async fn download(client: &mut Client, job: u64, out: &Path) -> Result<usize
         .results(ResultsRequest { job_id: job })
         .await?
         .into_inner();
-    let mut files = 0;
-    let mut current: Option<(String, Vec<u8>)> = None;
+    let mut files = Files::new(out);
     while let Some(c) = stream.next().await {
-        let c = c?;
+        files.push(c?)?;
+    }
+    files.finish()
+}
+
+/// A results stream written as files into one folder, each once its last chunk arrives.
+struct Files<'a> {
+    out: &'a Path,
+    current: Option<(String, Vec<u8>)>,
+    written: usize,
+}
+
+impl<'a> Files<'a> {
+    fn new(out: &'a Path) -> Self {
+        Files {
+            out,
+            current: None,
+            written: 0,
+        }
+    }
+
+    fn push(&mut self, c: FileChunk) -> Result<(), ClientError> {
         // Only plain names: the coordinator never sends paths, and we never write outside `out`.
         if c.path.is_empty() || c.path.contains(['/', '\\']) || c.path.starts_with('.') {
             return Err(ClientError::Rpc(format!("refused file name {:?}", c.path)));
         }
-        let (name, mut data) = match current.take() {
+        let (name, mut data) = match self.current.take() {
             Some((n, d)) if n == c.path => (n, d),
-            _ => (c.path.clone(), vec![]),
+            Some((n, d)) => return Err(cut(&n, d.len())),
+            None => (c.path.clone(), vec![]),
         };
         if c.offset != data.len() as u64 {
             return Err(ClientError::Rpc(format!(
@@ -217,12 +285,86 @@ pub async fn download(client: &mut Client, job: u64, out: &Path) -> Result<usize
         }
         data.extend_from_slice(&c.data);
         if c.last {
-            let path = out.join(&name);
+            let path = self.out.join(&name);
             std::fs::write(&path, &data).map_err(io(&path))?;
-            files += 1;
+            self.written += 1;
         } else {
-            current = Some((name, data));
+            self.current = Some((name, data));
+        }
+        Ok(())
+    }
+
+    /// The number of files written; an error if the stream ended inside a file.
+    fn finish(self) -> Result<usize, ClientError> {
+        match self.current {
+            Some((name, data)) => Err(cut(&name, data.len())),
+            None => Ok(self.written),
         }
     }
-    Ok(files)
+}
+
+fn cut(name: &str, bytes: usize) -> ClientError {
+    ClientError::Rpc(format!(
+        "{name}: the results stream ended after {bytes} bytes, before the file's last chunk"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_submission_beyond_one_message_is_refused_naming_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = dir.path().join("big.toml");
+        std::fs::write(&spec, "[data]\nfile = \"big.jsonl\"\n").unwrap();
+        let line = "{\"clean\":\"a\",\"corrupt\":\"b\",\"answer\":\"c\",\"wrong\":\"d\"}\n";
+        std::fs::write(
+            dir.path().join("big.jsonl"),
+            line.repeat((MAX_SUBMISSION_BYTES + (1 << 20)) / line.len()),
+        )
+        .unwrap();
+        let e = Submission::from_file(&spec).unwrap_err().to_string();
+        assert!(
+            e.contains("big.toml: the spec and its files are 64.0 MiB, more than the 63 MiB"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_file_whose_stream_was_cut_is_an_error_not_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunk = |path: &str, offset: u64, last: bool| FileChunk {
+            path: path.into(),
+            offset,
+            data: vec![7; 4],
+            last,
+        };
+        let mut f = Files::new(dir.path());
+        f.push(chunk("a.csv", 0, true)).unwrap();
+        f.push(chunk("b.csv", 0, false)).unwrap();
+        let e = f.finish().unwrap_err().to_string();
+        assert!(
+            e.contains("b.csv: the results stream ended after 4 bytes"),
+            "{e}"
+        );
+        // Cut, then another file begins.
+        let mut f = Files::new(dir.path());
+        f.push(chunk("c.csv", 0, false)).unwrap();
+        let e = f.push(chunk("d.csv", 0, true)).unwrap_err().to_string();
+        assert!(e.contains("c.csv: the results stream ended"), "{e}");
+        assert!(dir.path().join("a.csv").is_file() && !dir.path().join("b.csv").exists());
+    }
+
+    #[test]
+    fn the_results_folder_is_made_first_and_a_file_in_its_place_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("a/b");
+        make_out(&out).unwrap();
+        assert!(out.is_dir());
+        let file = dir.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        let e = make_out(&file).unwrap_err().to_string();
+        assert!(e.contains("exists and is not a folder"), "{e}");
+    }
 }

@@ -114,6 +114,7 @@ pub async fn run(
     progress: bool,
 ) -> anyhow::Result<serde_json::Value> {
     let submission = crate::client::Submission::from_file(spec_path)?;
+    crate::client::make_out(out)?;
     // The spec's `[model] device` is the in-process workers' device.
     let device = submission.spec.model.device.clone();
     let state = tempfile::tempdir()?;

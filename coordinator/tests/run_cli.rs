@@ -288,3 +288,17 @@ fn kl_and_path_edge_pruning_end_to_end() {
         assert_eq!(d["removed"].as_bool().unwrap(), s.as_f64().unwrap() > 99.5);
     }
 }
+
+#[test]
+fn an_out_path_that_is_a_file_is_refused_before_the_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("nodes.toml");
+    std::fs::write(&spec, "[data]\ntask = \"months\"\nn = 4\n").unwrap();
+    let file = dir.path().join("taken");
+    std::fs::write(&file, "not a folder").unwrap();
+    let out = run(&spec, &file);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("taken: exists and is not a folder"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a folder");
+}

@@ -409,6 +409,9 @@ pub struct SubmitArgs {
 /// Submits a spec.
 pub fn submit(a: SubmitArgs) -> anyhow::Result<()> {
     let s = Submission::from_file(&a.spec)?;
+    if let Some(out) = &a.out {
+        client::make_out(out)?;
+    }
     runtime()?.block_on(async move {
         let mut c = a.remote.connect().await?;
         let job = client::submit(&mut c, &s).await?;
