@@ -203,3 +203,40 @@ fn the_dashboard_shows_progress_and_the_heatmap_in_chromium() {
         chrome.display()
     );
 }
+
+#[test]
+fn every_dashboard_response_carries_the_security_headers() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut c = bin();
+    c.args(["coordinator", "--listen", "127.0.0.1:0"])
+        .args(["--dashboard", "127.0.0.1:0"])
+        .env("CIRCUIT_SWEEP_TOKEN", TOKEN)
+        .arg("--state")
+        .arg(d.join("state"));
+    let _coord = spawn(c, &d.join("coordinator.log"));
+    let dash = logged(&d.join("coordinator.log"), "dashboard on http://")
+        .trim_end_matches('/')
+        .to_string();
+    for path in ["/", "/healthz", "/api/status"] {
+        let mut s = std::net::TcpStream::connect(&dash).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {dash}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let head = text.split("\r\n\r\n").next().unwrap().to_lowercase();
+        for h in [
+            "content-security-policy: default-src 'none'; script-src 'sha256-",
+            "frame-ancestors 'none'",
+            "x-frame-options: deny",
+            "x-content-type-options: nosniff",
+            "referrer-policy: no-referrer",
+        ] {
+            assert!(head.contains(h), "{path}: no {h:?} in\n{head}");
+        }
+    }
+}
