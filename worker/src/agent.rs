@@ -482,6 +482,22 @@ fn materialize(
         }
         copies.push((local, a.name.clone()));
     }
+    // A worker reads only the files sent with the job, never a path of its own disk that a
+    // client names.
+    for (field, f) in [
+        ("[data] file", &spec.data.file),
+        ("[sweep] orders_file", &spec.sweep.orders_file),
+        ("[sweep] circuit_file", &spec.sweep.circuit_file),
+    ] {
+        if let Some(f) = f
+            && !copies.iter().any(|(local, _)| local == f)
+        {
+            return Err(ShardError::BadInput(format!(
+                "{field}: `{}` was not sent with the job (a worker reads only the files submitted with it)",
+                f.display()
+            )));
+        }
+    }
     Ok((spec, copies))
 }
 
@@ -530,4 +546,32 @@ fn total_memory() -> u64 {
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_the_spec_names_but_the_lease_does_not_carry_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let lease = |attachments: Vec<circuit_sweep_proto::v1::Attachment>| ShardLease {
+            spec_toml: "[data]\nfile = \"/etc/passwd\"\n".into(),
+            attachments,
+            ..Default::default()
+        };
+        let e = materialize(&lease(vec![]), dir.path()).err().unwrap();
+        assert!(
+            e.to_string()
+                .contains("[data] file: `/etc/passwd` was not sent with the job"),
+            "{e}"
+        );
+        let sent = circuit_sweep_proto::v1::Attachment {
+            name: "/etc/passwd".into(),
+            data: b"{}".to_vec(),
+        };
+        let (spec, copies) = materialize(&lease(vec![sent]), dir.path()).unwrap();
+        assert_eq!(spec.data.file.as_ref(), Some(&copies[0].0));
+        assert!(copies[0].0.starts_with(dir.path()));
+    }
 }

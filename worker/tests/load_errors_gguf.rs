@@ -56,6 +56,24 @@ fn unreadable_gguf_names_the_file() {
     }
 }
 
+#[test]
+fn a_file_that_is_not_gguf_is_named_without_echoing_its_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, bytes) in [
+        ("passwd", b"root:x:0:0:root:/root:/bin/bash\n".as_slice()),
+        ("version.gguf", b"GGUFxyzw-and-more-bytes".as_slice()),
+    ] {
+        let path = tmp.path().join(name);
+        fs::write(&path, bytes).unwrap();
+        let err = load_err(&path).to_string();
+        assert!(err.contains("not a GGUF file"), "{err}");
+        // Neither the bytes nor their value as a number.
+        for leak in ["root", "0x746f6f72", "xyzw", "2021161080", "7a79"] {
+            assert!(!err.contains(leak), "{name}: {err}");
+        }
+    }
+}
+
 /// The `llama` fixture written as a GGUF file (unquantized f32; q/k rows left as they are, which
 /// only changes the numbers), tensors in the order the loader reads them. Metadata in `drop` is
 /// left out and `arch` is written as `general.architecture`.

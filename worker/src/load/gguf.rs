@@ -30,9 +30,18 @@ impl GgufFile {
             source,
         })?;
         let mut reader = BufReader::new(file);
-        let content = Content::read(&mut reader).map_err(|e| LoadError::Gguf {
-            file: path.to_path_buf(),
-            reason: format!("not a readable GGUF file: {}", candle_reason(&e)),
+        let content = Content::read(&mut reader).map_err(|e| {
+            let reason = candle_reason(&e);
+            LoadError::Gguf {
+                file: path.to_path_buf(),
+                // The reader quotes the bytes it found: never echo a file's contents.
+                reason: if reason.contains("magic") {
+                    "not a GGUF file (it does not start with the GGUF magic and a supported version)"
+                        .into()
+                } else {
+                    format!("not a readable GGUF file: {reason}")
+                },
+            }
         })?;
         Ok(GgufFile {
             path: path.to_path_buf(),
