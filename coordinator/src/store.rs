@@ -141,6 +141,11 @@ impl Store {
     /// Opens (or creates) `state.redb` in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("state.redb");
+        guarded(&path, || Self::open_at(dir, &path))
+    }
+
+    fn open_at(dir: &Path, path: &Path) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
         let err = |m: String| StoreError::Db {
             path: path.clone(),
             message: m,
@@ -179,20 +184,22 @@ impl Store {
         job: &JobRecord,
         attachments: Option<&[Vec<u8>]>,
     ) -> Result<(), StoreError> {
-        let text = serde_json::to_string(job).expect("job records serialize");
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        {
-            let mut t = tx.open_table(JOBS).map_err(|e| self.err(e))?;
-            t.insert(job.id, text.as_str()).map_err(|e| self.err(e))?;
-            if let Some(files) = attachments {
-                let mut a = tx.open_table(ATTACHMENTS).map_err(|e| self.err(e))?;
-                for (i, data) in files.iter().enumerate() {
-                    a.insert((job.id, i as u32), data.as_slice())
-                        .map_err(|e| self.err(e))?;
+        guarded(&self.path, || {
+            let text = serde_json::to_string(job).expect("job records serialize");
+            let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+            {
+                let mut t = tx.open_table(JOBS).map_err(|e| self.err(e))?;
+                t.insert(job.id, text.as_str()).map_err(|e| self.err(e))?;
+                if let Some(files) = attachments {
+                    let mut a = tx.open_table(ATTACHMENTS).map_err(|e| self.err(e))?;
+                    for (i, data) in files.iter().enumerate() {
+                        a.insert((job.id, i as u32), data.as_slice())
+                            .map_err(|e| self.err(e))?;
+                    }
                 }
             }
-        }
-        tx.commit().map_err(|e| self.err(e))
+            tx.commit().map_err(|e| self.err(e))
+        })
     }
 
     /// Writes shard records (and a job record) in one transaction.
@@ -201,20 +208,22 @@ impl Store {
         job: Option<&JobRecord>,
         shards: &[(u64, u32, &ShardRecord)],
     ) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        {
-            if let Some(job) = job {
-                let text = serde_json::to_string(job).expect("job records serialize");
-                let mut t = tx.open_table(JOBS).map_err(|e| self.err(e))?;
-                t.insert(job.id, text.as_str()).map_err(|e| self.err(e))?;
+        guarded(&self.path, || {
+            let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+            {
+                if let Some(job) = job {
+                    let text = serde_json::to_string(job).expect("job records serialize");
+                    let mut t = tx.open_table(JOBS).map_err(|e| self.err(e))?;
+                    t.insert(job.id, text.as_str()).map_err(|e| self.err(e))?;
+                }
+                let mut t = tx.open_table(SHARDS).map_err(|e| self.err(e))?;
+                for (j, s, r) in shards {
+                    let text = serde_json::to_string(r).expect("shard records serialize");
+                    t.insert((*j, *s), text.as_str()).map_err(|e| self.err(e))?;
+                }
             }
-            let mut t = tx.open_table(SHARDS).map_err(|e| self.err(e))?;
-            for (j, s, r) in shards {
-                let text = serde_json::to_string(r).expect("shard records serialize");
-                t.insert((*j, *s), text.as_str()).map_err(|e| self.err(e))?;
-            }
-        }
-        tx.commit().map_err(|e| self.err(e))
+            tx.commit().map_err(|e| self.err(e))
+        })
     }
 
     /// Stores a shard's result and marks it done, in one transaction.
@@ -225,72 +234,99 @@ impl Store {
         record: &ShardRecord,
         tensors: &[WireTensor],
     ) -> Result<(), StoreError> {
-        let bytes = encode(tensors);
-        let text = serde_json::to_string(record).expect("shard records serialize");
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        {
-            let mut r = tx.open_table(RESULTS).map_err(|e| self.err(e))?;
-            r.insert((job, shard), bytes.as_slice())
-                .map_err(|e| self.err(e))?;
-            let mut t = tx.open_table(SHARDS).map_err(|e| self.err(e))?;
-            t.insert((job, shard), text.as_str())
-                .map_err(|e| self.err(e))?;
-        }
-        tx.commit().map_err(|e| self.err(e))
+        guarded(&self.path, || {
+            let bytes = encode(tensors);
+            let text = serde_json::to_string(record).expect("shard records serialize");
+            let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+            {
+                let mut r = tx.open_table(RESULTS).map_err(|e| self.err(e))?;
+                r.insert((job, shard), bytes.as_slice())
+                    .map_err(|e| self.err(e))?;
+                let mut t = tx.open_table(SHARDS).map_err(|e| self.err(e))?;
+                t.insert((job, shard), text.as_str())
+                    .map_err(|e| self.err(e))?;
+            }
+            tx.commit().map_err(|e| self.err(e))
+        })
     }
 
     /// Every job with its shard records.
     pub fn load(&self) -> Result<Vec<(JobRecord, Vec<ShardRecord>)>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
-        let jobs = tx.open_table(JOBS).map_err(|e| self.err(e))?;
-        let shards = tx.open_table(SHARDS).map_err(|e| self.err(e))?;
-        let mut out = vec![];
-        for row in jobs.iter().map_err(|e| self.err(e))? {
-            let (_, v) = row.map_err(|e| self.err(e))?;
-            let job: JobRecord = serde_json::from_str(v.value()).map_err(|e| self.corrupt(e))?;
-            let mut recs = vec![ShardRecord::default(); job.shards.len()];
-            for row in shards
-                .range((job.id, 0)..=(job.id, u32::MAX))
-                .map_err(|e| self.err(e))?
-            {
-                let (k, v) = row.map_err(|e| self.err(e))?;
-                let (_, s) = k.value();
-                let r: ShardRecord =
+        guarded(&self.path, || {
+            let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+            let jobs = tx.open_table(JOBS).map_err(|e| self.err(e))?;
+            let shards = tx.open_table(SHARDS).map_err(|e| self.err(e))?;
+            let mut out = vec![];
+            for row in jobs.iter().map_err(|e| self.err(e))? {
+                let (_, v) = row.map_err(|e| self.err(e))?;
+                let job: JobRecord =
                     serde_json::from_str(v.value()).map_err(|e| self.corrupt(e))?;
-                if let Some(slot) = recs.get_mut(s as usize) {
-                    *slot = r;
+                let mut recs = vec![ShardRecord::default(); job.shards.len()];
+                for row in shards
+                    .range((job.id, 0)..=(job.id, u32::MAX))
+                    .map_err(|e| self.err(e))?
+                {
+                    let (k, v) = row.map_err(|e| self.err(e))?;
+                    let (_, s) = k.value();
+                    let r: ShardRecord =
+                        serde_json::from_str(v.value()).map_err(|e| self.corrupt(e))?;
+                    if let Some(slot) = recs.get_mut(s as usize) {
+                        *slot = r;
+                    }
                 }
+                out.push((job, recs));
             }
-            out.push((job, recs));
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// A stored shard result.
     pub fn result(&self, job: u64, shard: u32) -> Result<Option<Vec<WireTensor>>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
-        let t = tx.open_table(RESULTS).map_err(|e| self.err(e))?;
-        match t.get((job, shard)).map_err(|e| self.err(e))? {
-            Some(v) => decode(v.value())
-                .map(Some)
-                .ok_or_else(|| self.corrupt(format!("result of job {job} shard {shard}"))),
-            None => Ok(None),
-        }
+        guarded(&self.path, || {
+            let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+            let t = tx.open_table(RESULTS).map_err(|e| self.err(e))?;
+            match t.get((job, shard)).map_err(|e| self.err(e))? {
+                Some(v) => decode(v.value())
+                    .map(Some)
+                    .ok_or_else(|| self.corrupt(format!("result of job {job} shard {shard}"))),
+                None => Ok(None),
+            }
+        })
     }
 
     /// A job's attachments, by index.
     pub fn attachments(&self, job: u64, n: usize) -> Result<Vec<Vec<u8>>, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
-        let t = tx.open_table(ATTACHMENTS).map_err(|e| self.err(e))?;
-        (0..n as u32)
-            .map(|i| {
-                t.get((job, i))
-                    .map_err(|e| self.err(e))?
-                    .map(|v| v.value().to_vec())
-                    .ok_or_else(|| self.corrupt(format!("attachment {i} of job {job}")))
-            })
-            .collect()
+        guarded(&self.path, || {
+            let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+            let t = tx.open_table(ATTACHMENTS).map_err(|e| self.err(e))?;
+            (0..n as u32)
+                .map(|i| {
+                    t.get((job, i))
+                        .map_err(|e| self.err(e))?
+                        .map(|v| v.value().to_vec())
+                        .ok_or_else(|| self.corrupt(format!("attachment {i} of job {job}")))
+                })
+                .collect()
+        })
     }
+}
+
+/// Runs a database call, turning a panic into an error: redb panics on some damaged pages, and
+/// a damaged file must be an error that names it, never a crashed coordinator.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let why = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic");
+        Err(StoreError::Corrupt {
+            path: path.to_path_buf(),
+            message: format!(
+                "the file is damaged ({why}): restore it from a backup, or move it aside to start afresh"
+            ),
+        })
+    })
 }
 
 /// Tensors as bytes: per tensor, name length, name, dtype, rank, shape, data length, data.
@@ -393,5 +429,68 @@ mod tests {
         assert_eq!(s.result(7, 1).unwrap().unwrap(), ts);
         assert_eq!(s.result(7, 0).unwrap(), None);
         assert_eq!(s.attachments(7, 1).unwrap()[0], b"{\"clean\": 1}\n");
+    }
+
+    #[test]
+    fn a_corrupted_database_is_an_error_never_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good");
+        {
+            let s = Store::open(&good).unwrap();
+            for id in 1..=20 {
+                let job = JobRecord {
+                    id,
+                    name: format!("job{id}"),
+                    spec_toml: "[sweep]\nkind = \"nodes\"\n".into(),
+                    attachments: vec![],
+                    state: JobState::Running,
+                    error: None,
+                    submitted_unix: 1.0,
+                    finished_unix: None,
+                    meta: None,
+                    shards: vec![ShardTask::Prepare],
+                    orders: None,
+                    circuit: None,
+                };
+                s.put_job(&job, None).unwrap();
+                let rec = ShardRecord {
+                    done: true,
+                    attempts: 1,
+                    requeued: 0,
+                    failures: 0,
+                    refused: 0,
+                    last_error: None,
+                };
+                let ts = vec![WireTensor::f64("heads", &[1, 64], &[id as f64; 64])];
+                s.put_result(id, 0, &rec, &ts).unwrap();
+            }
+        }
+        let bytes = std::fs::read(good.join("state.redb")).unwrap();
+        let mut panics = vec![];
+        let step = (bytes.len() / 200).max(1);
+        for at in (0..bytes.len()).step_by(step) {
+            let d = dir.path().join(format!("bad{at}"));
+            std::fs::create_dir_all(&d).unwrap();
+            let mut b = bytes.clone();
+            for x in &mut b[at..(at + 32).min(bytes.len())] {
+                *x ^= 0x5a;
+            }
+            std::fs::write(d.join("state.redb"), &b).unwrap();
+            let r = std::panic::catch_unwind(|| {
+                let s = Store::open(&d)?;
+                let all = s.load()?;
+                for (j, _) in &all {
+                    s.result(j.id, 0)?;
+                }
+                Ok::<_, StoreError>(all.len())
+            });
+            if r.is_err() {
+                panics.push(at);
+            }
+        }
+        assert!(
+            panics.is_empty(),
+            "panicked with bytes flipped at {panics:?}"
+        );
     }
 }
