@@ -7,6 +7,7 @@
 pub mod aggregate;
 pub mod client;
 pub mod dashboard;
+pub mod incoming;
 pub mod local;
 pub mod scheduler;
 pub mod server;

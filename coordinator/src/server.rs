@@ -22,6 +22,7 @@ use circuit_sweep_proto::{PROTOCOL_VERSION, check_protocol_version};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::incoming::{self, ConnLimits};
 use crate::scheduler::{
     Completion, Finishing, LostReason, Partial, SchedConfig, SchedError, Scheduler, SystemClock,
 };
@@ -41,6 +42,8 @@ pub struct ServerConfig {
     pub lost_after: Duration,
     /// TLS certificate and key (and client CA); plain text when `None`.
     pub tls: Option<ServerTls>,
+    /// Open connections and the silence allowed before a first byte.
+    pub connections: ConnLimits,
 }
 
 impl ServerConfig {
@@ -53,6 +56,7 @@ impl ServerConfig {
             heartbeat: Duration::from_secs(1),
             lost_after: Duration::from_secs(10),
             tls: None,
+            connections: ConnLimits::default(),
         }
     }
 }
@@ -108,6 +112,11 @@ impl Service {
         self.lock().finished(job, outcome)
     }
 
+    /// What each of the coordinator's listeners admits.
+    pub fn connection_limits(&self) -> ConnLimits {
+        self.cfg.connections
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Scheduler> {
         self.sched.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -159,10 +168,11 @@ impl Service {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), tonic::transport::Error> {
         let ticker = self.spawn_ticker();
-        // No Nagle delay: leases and acks are small messages that must not wait 40 ms.
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let mut builder = tonic::transport::Server::builder();
+        let incoming = incoming::incoming(listener, self.cfg.connections);
+        // Peers that vanish without closing are found by pings, not kept forever.
+        let mut builder = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)));
         if let Some(tls) = &self.cfg.tls {
             builder = builder.tls_config(tls.config())?;
         }

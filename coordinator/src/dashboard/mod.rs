@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use circuit_sweep_proto::auth;
 
+use crate::incoming::AdmittedListener;
 use crate::server::Service;
 
 pub use view::{live_view, status_view};
@@ -113,6 +114,7 @@ pub async fn serve(
     tokens: Vec<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let listener = AdmittedListener::new(listener, service.connection_limits())?;
     axum::serve(listener, router(service, tokens))
         .with_graceful_shutdown(shutdown)
         .await
