@@ -1,6 +1,7 @@
 //! The circuit-sweep worker: hooked transformer models written with candle ops (GPT-2, Llama
-//! family, GPT-NeoX), their loaders (Hugging Face folders and GGUF files), tokenizers, and the
-//! default model.
+//! family, GPT-NeoX), their loaders (Hugging Face folders and GGUF files), tokenizers, the
+//! default model, and the worker process (`fleet`: one agent per device, health, drain), which
+//! the CLI only feeds with flags.
 
 pub mod agent;
 pub mod analysis;
@@ -8,6 +9,7 @@ pub mod default_model;
 pub mod device;
 pub mod downstream;
 pub mod eval;
+pub mod fleet;
 pub mod health;
 pub mod job;
 mod json_file;

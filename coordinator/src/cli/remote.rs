@@ -1,19 +1,18 @@
 //! The distributed commands: `coordinator`, `worker`, `submit`, `status`, `cancel`, `results`.
+//! The two servers are composed in their crates (`process`, `fleet`); here their flags become
+//! configs and SIGINT or SIGTERM their shutdown.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use circuit_sweep_coordinator::client::{self, Submission};
-use circuit_sweep_coordinator::dashboard;
-use circuit_sweep_coordinator::server::{self, ServerConfig, Service};
+use circuit_sweep_coordinator::process;
+use circuit_sweep_coordinator::server::ServerConfig;
 use circuit_sweep_proto::auth;
 use circuit_sweep_proto::tls::{ClientTls, ServerTls};
-use circuit_sweep_worker::agent::{self, AgentConfig};
-use circuit_sweep_worker::health::{self, Health};
-use circuit_sweep_worker::resident::ModelCache;
+use circuit_sweep_worker::fleet::{self, Devices, FleetConfig};
 use clap::Args;
 
 /// The shared token: given, or read from a file.
@@ -178,51 +177,8 @@ pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
     };
     cfg.heartbeat = Duration::from_millis(a.heartbeat_ms.max(10));
     cfg.lost_after = Duration::from_millis(a.lost_after_ms.max(a.heartbeat_ms * 2));
-    let service_tokens = cfg.client_tokens.clone();
-    runtime()?.block_on(async move {
-        let service = Service::open(cfg)?;
-        let listener = server::bind(a.listen)
-            .await
-            .with_context(|| format!("--listen {}", a.listen))?;
-        tracing::info!(
-            "coordinator listening on {}://{} (state {})",
-            if a.tls_cert.is_some() {
-                "https"
-            } else {
-                "http"
-            },
-            listener.local_addr()?,
-            a.state.display()
-        );
-        let stop = tokio::sync::watch::channel(false);
-        if let Some(addr) = a.dashboard {
-            let l = server::bind(addr)
-                .await
-                .with_context(|| format!("--dashboard {addr}"))?;
-            tracing::info!("dashboard on http://{}/", l.local_addr()?);
-            if !addr.ip().is_loopback() && a.tls_cert.is_some() {
-                tracing::warn!(
-                    "the dashboard speaks plain HTTP: put it behind a TLS proxy or reach it \
-                     through a tunnel (kubectl port-forward, ssh -L)"
-                );
-            }
-            let mut rx = stop.1.clone();
-            let tokens = service_tokens.clone();
-            let svc = service.clone();
-            tokio::spawn(async move {
-                let done = async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                };
-                if let Err(e) = dashboard::serve(l, svc, tokens, done).await {
-                    tracing::error!("dashboard: {e}");
-                }
-            });
-        }
-        service.serve(listener, shutdown_signal()).await?;
-        let _ = stop.0.send(true);
-        tracing::info!("coordinator stopped");
-        anyhow::Ok(())
-    })
+    runtime()?.block_on(process::run(a.listen, cfg, a.dashboard, shutdown_signal()))?;
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -284,101 +240,31 @@ impl WorkerArgs {
 /// Runs a worker until SIGTERM (then drains: finishes its shard and says goodbye).
 pub fn worker(a: WorkerArgs, models_dir: &Path) -> anyhow::Result<()> {
     // Open the devices before anything else: a CPU build or a machine without a driver says so.
-    let names: Vec<String> = match &a.gpus {
-        Some(g) => circuit_sweep_worker::device::gpu_list(g)
-            .map_err(|e| anyhow::anyhow!("--gpus {g}: {e}"))?
-            .into_iter()
-            .map(|n| format!("cuda:{n}"))
-            .collect(),
-        None => vec![a.device.clone()],
-    };
-    let devices = names
-        .iter()
-        .map(|n| circuit_sweep_worker::device::open(n).map_err(|e| anyhow::anyhow!("--{e}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let threads = a
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let devices = Devices::open(a.gpus.as_deref(), &a.device)?;
     let tmp = tempfile::tempdir()?;
-    let work_dir = a
-        .work_dir
-        .clone()
-        .unwrap_or_else(|| tmp.path().to_path_buf());
     let name = a.name.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "worker".into());
         format!("{host}-{}", std::process::id())
     });
-    let (token, tls) = (a.remote.token.resolve()?, a.remote.tls.resolve()?);
-    let several = devices.len() > 1;
-    let health = a.health_listen.map(|_| Arc::new(Health::default()));
-    let agents: Vec<(AgentConfig, Arc<ModelCache>)> = names
-        .iter()
-        .zip(devices)
-        .map(|(dev, device)| {
-            let cfg = AgentConfig {
-                coordinator: a.remote.coordinator.clone(),
-                token: token.clone(),
-                tls: tls.clone(),
-                // One worker per GPU: each registers on its own, named after its device.
-                name: if several {
-                    format!("{name}-{}", dev.replace(':', ""))
-                } else {
-                    name.clone()
-                },
-                device: dev.clone(),
-                threads,
-                models_dir: models_dir.to_path_buf(),
-                work_dir: if several {
-                    work_dir.join(dev.replace(':', ""))
-                } else {
-                    work_dir.clone()
-                },
-                health: health.clone(),
-                exit_when_idle: a
-                    .exit_when_idle
-                    .map(|s| Duration::from_secs_f64(s.max(0.0))),
-            };
-            (
-                cfg,
-                Arc::new(ModelCache::on(a.model_memory_mb << 20, device)),
-            )
-        })
-        .collect();
-    let summaries = runtime()?.block_on(async move {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        if let (Some(addr), Some(h)) = (a.health_listen, health) {
-            let l = server::bind(addr)
-                .await
-                .with_context(|| format!("--health-listen {addr}"))?;
-            tracing::info!("health on http://{}/livez and /readyz", l.local_addr()?);
-            let mut stop = rx.clone();
-            tokio::spawn(async move {
-                let done = async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                };
-                if let Err(e) = health::serve(l, h, done).await {
-                    tracing::error!("health endpoint: {e}");
-                }
-            });
-        }
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            tracing::info!("draining: finishing the current shard");
-            let _ = tx.send(true);
-        });
-        let tasks: Vec<_> = agents
-            .into_iter()
-            .map(|(cfg, cache)| tokio::spawn(agent::run(cfg, cache, rx.clone())))
-            .collect();
-        let mut out = vec![];
-        for t in tasks {
-            out.push(t.await.map_err(|e| anyhow::anyhow!("worker task: {e}"))??);
-        }
-        anyhow::Ok(out)
-    })?;
-    for s in summaries {
+    let cfg = FleetConfig {
+        coordinator: a.remote.coordinator.clone(),
+        token: a.remote.token.resolve()?,
+        tls: a.remote.tls.resolve()?,
+        name,
+        threads: a
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        models_dir: models_dir.to_path_buf(),
+        work_dir: a.work_dir.unwrap_or_else(|| tmp.path().to_path_buf()),
+        model_memory: a.model_memory_mb << 20,
+        health_listen: a.health_listen,
+        exit_when_idle: a
+            .exit_when_idle
+            .map(|s| Duration::from_secs_f64(s.max(0.0))),
+    };
+    for s in runtime()?.block_on(fleet::run(cfg, devices, shutdown_signal()))? {
         tracing::info!(
             "worker stopped: {} shards done, {} failed",
             s.shards_done,
