@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use circuit_sweep_proto::auth;
 use circuit_sweep_worker::agent::{self, AgentConfig, AgentSummary};
+use circuit_sweep_worker::model_access::ModelAccess;
 use circuit_sweep_worker::resident::ModelCache;
 use tokio::sync::watch;
 
@@ -41,6 +42,20 @@ pub struct LocalConfig {
     pub device: String,
 }
 
+impl LocalConfig {
+    /// `workers` on the CPU, no token, no memory budget.
+    pub fn new(state_dir: PathBuf, models_dir: PathBuf, workers: usize) -> Self {
+        LocalConfig {
+            state_dir,
+            models_dir,
+            workers,
+            token: None,
+            memory_budget: u64::MAX,
+            device: "cpu".into(),
+        }
+    }
+}
+
 impl LocalCluster {
     /// Starts the coordinator on a free loopback port and the workers.
     pub async fn start(cfg: LocalConfig) -> anyhow::Result<Self> {
@@ -68,6 +83,8 @@ impl LocalCluster {
                     device: cfg.device.clone(),
                     threads,
                     models_dir: cfg.models_dir.clone(),
+                    // `run` reads the user's own spec on the user's own machine.
+                    models: ModelAccess::Anywhere,
                     work_dir: cfg.state_dir.join("work").join(format!("worker-{i}")),
                     health: None,
                     exit_when_idle: None,

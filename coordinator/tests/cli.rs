@@ -166,3 +166,90 @@ fn a_cuda_device_in_a_cpu_build_or_without_a_gpu_is_refused_with_the_reason() {
         );
     }
 }
+
+#[test]
+fn empty_or_unsendable_tokens_and_unsound_timings_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let file = dir.path().join("token");
+    std::fs::write(&file, "a b\n").unwrap();
+    let coordinator = || {
+        let mut c = bin();
+        c.args(["coordinator", "--listen", "127.0.0.1:0", "--state"])
+            .arg(&state)
+            .env_remove("CIRCUIT_SWEEP_TOKEN");
+        c
+    };
+    let cases: Vec<(std::process::Command, &str)> = vec![
+        (
+            {
+                let mut c = coordinator();
+                c.args(["--token", ""]);
+                c
+            },
+            "--token (or CIRCUIT_SWEEP_TOKEN): the token is empty",
+        ),
+        (
+            {
+                let mut c = coordinator();
+                c.env("CIRCUIT_SWEEP_TOKEN", "");
+                c
+            },
+            "the token is empty",
+        ),
+        (
+            {
+                let mut c = coordinator();
+                c.args(["--token", "line\nbreak"]);
+                c
+            },
+            "the token holds '\\n'",
+        ),
+        (
+            {
+                let mut c = coordinator();
+                c.arg("--token-file").arg(&file);
+                c
+            },
+            "the token holds ' '",
+        ),
+        (
+            {
+                let mut c = coordinator();
+                c.args(["--token", "ok", "--worker-token", ""]);
+                c
+            },
+            "--worker-token (or CIRCUIT_SWEEP_WORKER_TOKEN): the token is empty",
+        ),
+        (
+            {
+                let mut c = coordinator();
+                c.args(["--heartbeat-ms", "0"]);
+                c
+            },
+            "--heartbeat-ms",
+        ),
+        (
+            {
+                let mut c = coordinator();
+                c.args(["--heartbeat-ms", "1000", "--lost-after-ms", "1500"]);
+                c
+            },
+            "--lost-after-ms 1500: must be at least twice --heartbeat-ms (1000)",
+        ),
+        (
+            {
+                let mut c = bin();
+                c.args(["status", "--token", ""]);
+                c
+            },
+            "the token is empty",
+        ),
+    ];
+    for (mut c, needle) in cases {
+        let out = c.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{c:?} started: {err}");
+        assert!(err.contains(needle), "{c:?}: {err}");
+    }
+}

@@ -212,6 +212,12 @@ fn a_job_runs_over_tls_with_client_certificates_and_plain_text_is_refused() {
                 device: "cpu".into(),
                 threads: 1,
                 models_dir: models.clone(),
+                // A confined worker, as `circuit-sweep worker` runs: the tiny model is in a
+                // model root.
+                models: circuit_sweep_worker::model_access::ModelAccess::under(
+                    &models,
+                    &[d.to_path_buf()],
+                ),
                 work_dir: d.join("work"),
                 health: None,
                 exit_when_idle: None,

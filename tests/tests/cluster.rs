@@ -257,6 +257,7 @@ fn refused_workers_and_malformed_streams_leave_the_job_unaffected() {
                 device: "cpu".into(),
                 threads: 1,
                 models_dir: models.clone(),
+                models: Default::default(),
                 work_dir: dir.path().join("work"),
                 health: None,
                 exit_when_idle: None,
@@ -348,16 +349,8 @@ fn status_answers_while_a_large_job_aggregates() {
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
     rt.block_on(async {
-        let cluster = LocalCluster::start(LocalConfig {
-            state_dir: dir.path().join("state"),
-            models_dir: dir.path().join("models"),
-            workers: 0,
-            token: None,
-            memory_budget: u64::MAX,
-            device: "cpu".into(),
-        })
-        .await
-        .unwrap();
+        let cfg = LocalConfig::new(dir.path().join("state"), dir.path().join("models"), 0);
+        let cluster = LocalCluster::start(cfg).await.unwrap();
         let mut c = cluster.client().await.unwrap();
         let job = c
             .submit(circuit_sweep_proto::v1::SubmitRequest {

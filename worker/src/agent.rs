@@ -23,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::health::Health;
 use crate::job::{self, PreparedJob, ShardError};
+use crate::model_access::ModelAccess;
 use crate::resident::ModelCache;
 use crate::shard;
 
@@ -43,6 +44,8 @@ pub struct AgentConfig {
     pub threads: usize,
     /// Folder of the default model.
     pub models_dir: PathBuf,
+    /// Where a spec's model path may point.
+    pub models: ModelAccess,
     /// Where jobs' input files are written.
     pub work_dir: PathBuf,
     /// Where this agent reports its health (`worker --health-listen`), if anywhere.
@@ -418,10 +421,10 @@ async fn compute(
             let dir = cfg.work_dir.join(format!("job-{}", l.job_id));
             let (spec, copies) = materialize(&l, &dir)?;
             let cache = cache.clone();
-            let models_dir = cfg.models_dir.clone();
+            let (models_dir, access) = (cfg.models_dir.clone(), cfg.models.clone());
             let span = span.clone();
             let job = tokio::task::spawn_blocking(move || {
-                span.in_scope(|| job::prepare(&spec, &dir, &models_dir, &cache))
+                span.in_scope(|| job::prepare(&spec, &dir, &models_dir, &access, &cache))
             })
             .await
             .map_err(|e| ShardError::Internal(format!("prepare panicked: {e}")))?

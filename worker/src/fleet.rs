@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::agent::{self, AgentConfig, AgentError, AgentSummary};
 use crate::device::{self, DeviceError};
 use crate::health::{self, Health};
+use crate::model_access::ModelAccess;
 use crate::resident::ModelCache;
 
 /// Why a worker process cannot start or stopped with an error. Messages name the flag that
@@ -95,6 +96,8 @@ pub struct FleetConfig {
     pub threads: usize,
     /// Folder of the default model.
     pub models_dir: PathBuf,
+    /// More folders a spec's model may be in (besides `models_dir`); nowhere else.
+    pub model_roots: Vec<PathBuf>,
     /// Where jobs' input files are written; with several devices, a folder per device.
     pub work_dir: PathBuf,
     /// Memory for resident models on each device, bytes.
@@ -154,6 +157,7 @@ pub async fn run(
                 device: dev,
                 threads: cfg.threads,
                 models_dir: cfg.models_dir.clone(),
+                models: ModelAccess::under(&cfg.models_dir, &cfg.model_roots),
                 work_dir: if several {
                     cfg.work_dir.join(&suffix)
                 } else {
@@ -199,6 +203,7 @@ mod tests {
             name: "t".into(),
             threads: 1,
             models_dir: dir.path().into(),
+            model_roots: vec![],
             work_dir: dir.path().into(),
             model_memory: 1 << 20,
             health_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),

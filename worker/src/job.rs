@@ -18,6 +18,7 @@ use crate::downstream::{Downstream, DownstreamError};
 use crate::eval::{EdgeCandidate, Evaluator, PromptSet};
 use crate::load::{LoadError, LoadedModel};
 use crate::model::ModelError;
+use crate::model_access::ModelAccess;
 use crate::resident::ModelCache;
 
 /// Why a shard could not be computed.
@@ -65,16 +66,16 @@ pub fn parse_dtype(s: &str) -> Result<DType, String> {
     }
 }
 
-/// The model a spec names: its path resolved against the spec's folder, else the default
-/// model in `models_dir`.
+/// The model a spec names, where `access` allows it (relative paths from the spec's folder,
+/// or a confined worker's models folder), else the default model in `models_dir`.
 pub fn model_path(
     spec: &SweepSpec,
     spec_dir: &Path,
     models_dir: &Path,
+    access: &ModelAccess,
 ) -> Result<PathBuf, ShardError> {
     match &spec.model.path {
-        Some(p) if p.is_absolute() => Ok(p.clone()),
-        Some(p) => Ok(spec_dir.join(p)),
+        Some(p) => access.resolve(p, spec_dir).map_err(ShardError::BadInput),
         None => {
             let p = default_model::path_in(models_dir);
             if !p.exists() {
@@ -115,6 +116,7 @@ pub fn prepare(
     spec: &SweepSpec,
     spec_dir: &Path,
     models_dir: &Path,
+    access: &ModelAccess,
     cache: &ModelCache,
 ) -> Result<PreparedJob, ShardError> {
     if spec.model.device != "cpu" && !cfg!(feature = "cuda") {
@@ -125,7 +127,7 @@ pub fn prepare(
     }
     let dtype = parse_dtype(&spec.model.dtype)
         .map_err(|e| ShardError::BadInput(format!("[model] dtype: {e}")))?;
-    let path = model_path(spec, spec_dir, models_dir)?;
+    let path = model_path(spec, spec_dir, models_dir, access)?;
     let loaded = cache.get(&path, dtype)?;
     let tok = loaded.tokenizer.as_ref().ok_or_else(|| {
         ShardError::BadInput(format!("{} has no tokenizer", loaded.source.display()))

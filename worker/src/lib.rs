@@ -16,6 +16,7 @@ mod json_file;
 pub mod load;
 pub mod load_error;
 pub mod model;
+pub mod model_access;
 pub mod resident;
 pub mod shard;
 pub mod sweep;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use circuit_sweep_coordinator::client::{self, Submission};
+use circuit_sweep_coordinator::incoming::ConnLimits;
 use circuit_sweep_coordinator::process;
 use circuit_sweep_coordinator::server::ServerConfig;
 use circuit_sweep_proto::auth;
@@ -29,6 +30,7 @@ pub struct TokenArgs {
 impl TokenArgs {
     fn resolve(&self) -> anyhow::Result<Option<String>> {
         if let Some(t) = &self.token {
+            check_token("--token (or CIRCUIT_SWEEP_TOKEN)", t)?;
             return Ok(Some(t.clone()));
         }
         match &self.token_file {
@@ -39,11 +41,26 @@ impl TokenArgs {
                 if t.is_empty() {
                     bail!("--token-file {}: the file is empty", f.display());
                 }
+                check_token(&format!("--token-file {}", f.display()), &t)?;
                 Ok(Some(t))
             }
             None => Ok(None),
         }
     }
+}
+
+/// Refuses a token no client could send, or that guards nothing: empty, or with a character
+/// outside visible ASCII (an HTTP header carries it).
+fn check_token(source: &str, t: &str) -> anyhow::Result<()> {
+    if t.is_empty() {
+        bail!("{source}: the token is empty (give a secret, or no token at all on loopback)");
+    }
+    if let Some(c) = t.chars().find(|c| !c.is_ascii_graphic()) {
+        bail!(
+            "{source}: the token holds {c:?}; tokens travel in a header and may hold only visible ASCII characters"
+        );
+    }
+    Ok(())
 }
 
 /// Where the coordinator is.
@@ -127,12 +144,23 @@ pub struct CoordinatorArgs {
     /// cannot submit jobs or read results.
     #[arg(long, env = "CIRCUIT_SWEEP_WORKER_TOKEN", hide_env_values = true)]
     worker_token: Option<String>,
-    /// Heartbeat interval asked of workers, in milliseconds.
-    #[arg(long, env = "CIRCUIT_SWEEP_HEARTBEAT_MS", default_value_t = 1000)]
+    /// Heartbeat interval asked of workers, in milliseconds (10 to 600000).
+    #[arg(long, env = "CIRCUIT_SWEEP_HEARTBEAT_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
     heartbeat_ms: u64,
-    /// A worker silent this long (ms) is lost and its shards are re-queued.
+    /// A worker silent this long (ms, at least twice the heartbeat) is lost and its shards are
+    /// re-queued.
     #[arg(long, env = "CIRCUIT_SWEEP_LOST_AFTER_MS", default_value_t = 10000)]
     lost_after_ms: u64,
+    /// Connections open at once on each listening port (gRPC, dashboard); more are closed as
+    /// they arrive.
+    #[arg(long, env = "CIRCUIT_SWEEP_MAX_CONNECTIONS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// A new connection that sends nothing for this long (ms) is closed.
+    #[arg(long, env = "CIRCUIT_SWEEP_FIRST_BYTE_TIMEOUT_MS", default_value_t = 10000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    first_byte_timeout_ms: u64,
     /// TLS certificate chain (PEM); with --tls-key the coordinator speaks TLS only.
     #[arg(long, env = "CIRCUIT_SWEEP_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -172,11 +200,25 @@ pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
     cfg.tls = tls;
     cfg.client_tokens = token.iter().cloned().collect();
     cfg.worker_tokens = match &a.worker_token {
-        Some(w) => vec![w.clone()],
+        Some(w) => {
+            check_token("--worker-token (or CIRCUIT_SWEEP_WORKER_TOKEN)", w)?;
+            vec![w.clone()]
+        }
         None => cfg.client_tokens.clone(),
     };
-    cfg.heartbeat = Duration::from_millis(a.heartbeat_ms.max(10));
-    cfg.lost_after = Duration::from_millis(a.lost_after_ms.max(a.heartbeat_ms * 2));
+    if a.lost_after_ms < 2 * a.heartbeat_ms {
+        bail!(
+            "--lost-after-ms {}: must be at least twice --heartbeat-ms ({}), or a worker on time would be declared lost",
+            a.lost_after_ms,
+            a.heartbeat_ms
+        );
+    }
+    cfg.heartbeat = Duration::from_millis(a.heartbeat_ms);
+    cfg.lost_after = Duration::from_millis(a.lost_after_ms);
+    cfg.connections = ConnLimits {
+        max_connections: a.max_connections as usize,
+        first_byte: Duration::from_millis(a.first_byte_timeout_ms),
+    };
     runtime()?.block_on(process::run(a.listen, cfg, a.dashboard, shutdown_signal()))?;
     Ok(())
 }
@@ -217,6 +259,14 @@ pub struct WorkerArgs {
     /// Where jobs' input files are written (default: a temporary folder).
     #[arg(long, env = "CIRCUIT_SWEEP_WORK_DIR")]
     work_dir: Option<PathBuf>,
+    /// More folders a spec's model may be in, besides --models-dir (repeat, or separate with
+    /// `:`). A worker reads models nowhere else.
+    #[arg(
+        long = "model-root",
+        env = "CIRCUIT_SWEEP_MODEL_ROOTS",
+        value_delimiter = ':'
+    )]
+    model_roots: Vec<PathBuf>,
     /// Memory for resident models, in MiB (least recently used models are evicted beyond it).
     #[arg(long, env = "CIRCUIT_SWEEP_MODEL_MEMORY_MB", default_value_t = 16384)]
     model_memory_mb: u64,
@@ -257,6 +307,7 @@ pub fn worker(a: WorkerArgs, models_dir: &Path) -> anyhow::Result<()> {
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         models_dir: models_dir.to_path_buf(),
+        model_roots: a.model_roots.clone(),
         work_dir: a.work_dir.unwrap_or_else(|| tmp.path().to_path_buf()),
         model_memory: a.model_memory_mb << 20,
         health_listen: a.health_listen,
