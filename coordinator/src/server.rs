@@ -8,15 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use circuit_sweep_proto::auth::{self, MAX_MESSAGE_BYTES};
-use circuit_sweep_proto::tensor::{Assembler, MAX_CHUNK_BYTES};
+use circuit_sweep_proto::tensor::{Assembler, MAX_CHUNK_BYTES, TensorError};
 use circuit_sweep_proto::tls::ServerTls;
 use circuit_sweep_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
 use circuit_sweep_proto::v1::probe_server::{Probe, ProbeServer};
 use circuit_sweep_proto::v1::{
     Ack, CancelRequest, FailRequest, FileChunk, GoodbyeRequest, Health, HealthRequest,
-    HeartbeatReply, HeartbeatRequest, JobStatus, LeaseReply, LeaseRequest, RegisterReply,
-    ResultChunk, ResultsRequest, StatusReply, StatusRequest, SubmitReply, SubmitRequest,
-    WorkerInfo, WorkerStatus,
+    HeartbeatReply, HeartbeatRequest, LeaseReply, LeaseRequest, RegisterReply, ResultChunk,
+    ResultsRequest, StatusReply, StatusRequest, SubmitReply, SubmitRequest, WorkerInfo,
 };
 use circuit_sweep_proto::{PROTOCOL_VERSION, check_protocol_version};
 use tokio_stream::{Stream, StreamExt};
@@ -25,6 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::incoming::{self, ConnLimits};
 use crate::scheduler::{
     Completion, Finishing, LostReason, Partial, SchedConfig, SchedError, Scheduler, SystemClock,
+    limits,
 };
 
 /// Coordinator settings.
@@ -44,10 +44,15 @@ pub struct ServerConfig {
     pub tls: Option<ServerTls>,
     /// Open connections and the silence allowed before a first byte.
     pub connections: ConnLimits,
+    /// Registered workers at most.
+    pub max_workers: usize,
+    /// The most one result stream may take, whatever its shard can produce.
+    pub max_result_bytes: u64,
 }
 
 impl ServerConfig {
-    /// Defaults for a state folder: no token, 1 s heartbeats, lost after 10 s.
+    /// Defaults for a state folder: no token, 1 s heartbeats, lost after 10 s, and the limits
+    /// of [`limits`].
     pub fn new(state_dir: &Path) -> Self {
         ServerConfig {
             state_dir: state_dir.to_path_buf(),
@@ -57,6 +62,8 @@ impl ServerConfig {
             lost_after: Duration::from_secs(10),
             tls: None,
             connections: ConnLimits::default(),
+            max_workers: limits::DEFAULT_MAX_WORKERS,
+            max_result_bytes: limits::DEFAULT_MAX_RESULT_BYTES,
         }
     }
 }
@@ -67,10 +74,13 @@ impl From<SchedError> for Status {
         match e {
             SchedError::UnknownWorker(_) | SchedError::UnknownJob(_) => Status::not_found(m),
             SchedError::NotYourLease(_) => Status::permission_denied(m),
-            SchedError::Malformed { .. } | SchedError::BadSpec(_) => Status::invalid_argument(m),
+            SchedError::Malformed { .. } | SchedError::BadSpec(_) | SchedError::WorkerInfo(_) => {
+                Status::invalid_argument(m)
+            }
+            SchedError::TooManyWorkers(_) => Status::resource_exhausted(m),
             SchedError::NotReady(_) => Status::failed_precondition(m),
             SchedError::CorruptResult { .. } => Status::data_loss(m),
-            SchedError::Store(_) => Status::internal(m),
+            SchedError::Random(_) | SchedError::Store(_) => Status::internal(m),
         }
     }
 }
@@ -85,15 +95,14 @@ pub struct Service {
 impl Service {
     /// Opens the state and resumes its jobs.
     pub fn open(cfg: ServerConfig) -> Result<Self, SchedError> {
-        let (sched, finishing) = Scheduler::open(
-            &cfg.state_dir,
-            SchedConfig {
-                heartbeat: cfg.heartbeat,
-                lost_after: cfg.lost_after,
-                results_dir: cfg.state_dir.join("results"),
-            },
-            Arc::new(SystemClock),
-        )?;
+        let sched_cfg = SchedConfig {
+            heartbeat: cfg.heartbeat,
+            lost_after: cfg.lost_after,
+            max_workers: cfg.max_workers,
+            max_result_bytes: cfg.max_result_bytes,
+            ..SchedConfig::new(cfg.state_dir.join("results"))
+        };
+        let (sched, finishing) = Scheduler::open(&cfg.state_dir, sched_cfg, Arc::new(SystemClock))?;
         let service = Service {
             sched: Arc::new(Mutex::new(sched)),
             cfg: Arc::new(cfg),
@@ -122,7 +131,7 @@ impl Service {
     }
 
     /// Jobs and workers now (for the dashboard).
-    pub fn status_now(&self) -> Result<(Vec<JobStatus>, Vec<WorkerStatus>), SchedError> {
+    pub fn status_now(&self) -> Result<StatusReply, SchedError> {
         self.lock().status(None)
     }
 
@@ -214,7 +223,7 @@ impl Coordinator for Service {
         let info = r.into_inner();
         check_protocol_version(info.protocol_version)?;
         let mut s = self.lock();
-        let id = s.register(info);
+        let id = s.register(info)?;
         let (hb, lost) = s.heartbeat_settings();
         Ok(Response::new(RegisterReply {
             worker_id: id,
@@ -259,7 +268,7 @@ impl Coordinator for Service {
     ) -> Result<Response<Ack>, Status> {
         self.worker_auth(&r)?;
         let mut stream = r.into_inner();
-        let mut asm = Assembler::default();
+        let mut asm = Assembler::new(0);
         let mut who: Option<(String, String)> = None;
         let mut complete = false;
         loop {
@@ -280,8 +289,10 @@ impl Coordinator for Service {
             };
             match &who {
                 None => {
-                    // The lease must be this worker's before we buffer anything.
-                    self.lock().lease_target(&msg.worker_id, &msg.lease_id)?;
+                    // The lease must be this worker's before we buffer anything, and what its
+                    // shard can produce bounds what we buffer.
+                    let limit = self.lock().result_limit(&msg.worker_id, &msg.lease_id)?;
+                    asm = Assembler::new(limit);
                     who = Some((msg.worker_id.clone(), msg.lease_id.clone()));
                 }
                 Some((w, l)) if *w != msg.worker_id || *l != msg.lease_id => {
@@ -303,15 +314,15 @@ impl Coordinator for Service {
                     chunk.data.len()
                 )));
             }
-            let bad = |e: circuit_sweep_proto::tensor::TensorError| {
-                Status::invalid_argument(format!("malformed score stream: {e}"))
-            };
             if let Err(e) = asm.push(chunk) {
                 let (w, l) = who.clone().expect("set above");
-                let _ = self
-                    .lock()
-                    .refuse(&w, &l, &format!("malformed score stream: {e}"));
-                return Err(bad(e));
+                let status = match e {
+                    TensorError::OverLimit { .. } => Status::resource_exhausted,
+                    _ => Status::invalid_argument,
+                };
+                let why = format!("malformed score stream: {e}");
+                let _ = self.lock().refuse(&w, &l, &why);
+                return Err(status(why));
             }
             complete = msg.last;
         }
@@ -385,8 +396,8 @@ impl Coordinator for Service {
     async fn status(&self, r: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         self.client_auth(&r)?;
         let id = r.into_inner().job_id;
-        let (jobs, workers) = self.lock().status((id != 0).then_some(id))?;
-        Ok(Response::new(StatusReply { jobs, workers }))
+        let reply = self.lock().status((id != 0).then_some(id))?;
+        Ok(Response::new(reply))
     }
 
     async fn cancel(&self, r: Request<CancelRequest>) -> Result<Response<Ack>, Status> {

@@ -1,5 +1,6 @@
 //! The shared token: sent as `authorization: Bearer <token>` on every call, compared in constant
-//! time by the coordinator; and the client type every caller uses.
+//! time by the coordinator; the public label of a secret worker id; and the client type every
+//! caller uses.
 
 use subtle::ConstantTimeEq;
 use tonic::metadata::{MetadataMap, MetadataValue};
@@ -105,6 +106,12 @@ fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// The public part of a worker or lease id (`w7` of `w7-` and 128 random bits): the rest
+/// proves who the worker is, like a token, so only this part is shown or logged.
+pub fn id_label(id: &str) -> &str {
+    id.split_once('-').map_or(id, |(l, _)| l)
 }
 
 /// A coordinator that cannot be reached.

@@ -2,7 +2,7 @@
 //! of at most [`MAX_CHUNK_BYTES`], and reassembled with every check a receiver needs (offsets,
 //! lengths, shapes, finite values) before anything is stored.
 
-use crate::v1::{Dtype, TensorChunk};
+use crate::v1::{Dtype, ResultChunk, TensorChunk};
 
 /// Largest `data` of one chunk.
 pub const MAX_CHUNK_BYTES: usize = 2 << 20;
@@ -74,6 +74,18 @@ pub enum TensorError {
     /// The stream ended inside a tensor, or a tensor name came twice.
     #[error("{0}")]
     Stream(String),
+    /// The result would take more bytes than its shard can produce.
+    #[error(
+        "tensor `{name}`: the result would take {bytes} bytes, over the limit of {limit} bytes for its shard"
+    )]
+    OverLimit {
+        /// Tensor.
+        name: String,
+        /// Bytes the result would take with this tensor.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// Not the expected type.
     #[error("tensor `{name}`: {why}")]
     Decode {
@@ -119,12 +131,12 @@ impl WireTensor {
     /// Checks length against shape and that floats are finite.
     pub fn validate(&self) -> Result<(), TensorError> {
         let size = dtype_size(self.dtype).ok_or_else(|| TensorError::Dtype(self.name.clone()))?;
-        let want = self.shape.iter().product::<u64>() * size;
-        if want != self.data.len() as u64 {
+        let want = byte_len(&self.shape, size);
+        if want != Some(self.data.len() as u64) {
             return Err(TensorError::Length {
                 name: self.name.clone(),
                 got: self.data.len() as u64,
-                want,
+                want: want.unwrap_or(u64::MAX),
                 shape: self.shape.clone(),
                 dtype: self.dtype,
             });
@@ -219,16 +231,54 @@ impl WireTensor {
     }
 }
 
-/// Reassembles tensors from chunks, in order, refusing anything inconsistent.
-#[derive(Debug, Default)]
+/// Longest tensor name (names are short words such as `heads`).
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// Most dimensions of a tensor.
+pub const MAX_DIMS: usize = 8;
+
+/// Most tensors in one result (a shard sends two at most).
+pub const MAX_TENSORS: usize = 64;
+
+/// What a tensor counts against an [`Assembler`]'s limit besides its data and name.
+const TENSOR_OVERHEAD: u64 = 64;
+
+/// Bytes of a tensor of `shape` and elements of `size` bytes; `None` when it overflows.
+fn byte_len(shape: &[u64], size: u64) -> Option<u64> {
+    shape.iter().try_fold(size, |n, &d| n.checked_mul(d))
+}
+
+/// Reassembles tensors from chunks, in order, refusing anything inconsistent and anything past
+/// its limit before buffering it.
+#[derive(Debug)]
 pub struct Assembler {
     done: Vec<WireTensor>,
     open: Option<(WireTensor, u64)>,
+    /// Most bytes accepted: data, plus names and a fixed overhead per tensor.
+    limit: u64,
+    /// Bytes counted so far, declared sizes included.
+    used: u64,
 }
 
 impl Assembler {
+    /// An assembler that accepts at most `limit` bytes.
+    pub fn new(limit: u64) -> Self {
+        Assembler {
+            done: vec![],
+            open: None,
+            limit,
+            used: 0,
+        }
+    }
+
     /// Adds the next chunk.
     pub fn push(&mut self, c: TensorChunk) -> Result<(), TensorError> {
+        if c.name.len() > MAX_NAME_BYTES {
+            return Err(TensorError::Stream(format!(
+                "a tensor name of {} bytes exceeds {MAX_NAME_BYTES}",
+                c.name.len()
+            )));
+        }
         if c.data.len() > MAX_CHUNK_BYTES {
             return Err(TensorError::ChunkTooLarge {
                 name: c.name,
@@ -240,29 +290,7 @@ impl Assembler {
         let continues = matches!(&self.open, Some((t, _)) if t.name == c.name);
         if !continues {
             self.close()?;
-            if self.done.iter().any(|t| t.name == c.name) {
-                return Err(TensorError::Stream(format!(
-                    "tensor `{}` sent twice",
-                    c.name
-                )));
-            }
-            let want = c.shape.iter().product::<u64>() * size;
-            if want != c.total_bytes {
-                return Err(TensorError::Length {
-                    name: c.name,
-                    got: c.total_bytes,
-                    want,
-                    shape: c.shape,
-                    dtype,
-                });
-            }
-            let t = WireTensor {
-                name: c.name.clone(),
-                dtype,
-                shape: c.shape.clone(),
-                data: Vec::with_capacity(c.total_bytes.min(1 << 30) as usize),
-            };
-            self.open = Some((t, c.total_bytes));
+            self.open(&c, dtype, size)?;
         }
         let (t, total) = self.open.as_mut().expect("opened above");
         if t.dtype != dtype || t.shape != c.shape || *total != c.total_bytes {
@@ -275,6 +303,13 @@ impl Assembler {
                 expected: t.data.len() as u64,
             });
         }
+        if c.data.is_empty() && *total > 0 {
+            // Honest senders never send one; endless empty chunks would cost without limit.
+            return Err(TensorError::Stream(format!(
+                "tensor `{}`: an empty chunk",
+                c.name
+            )));
+        }
         if t.data.len() as u64 + c.data.len() as u64 > *total {
             return Err(TensorError::Length {
                 name: c.name,
@@ -285,6 +320,58 @@ impl Assembler {
             });
         }
         t.data.extend_from_slice(&c.data);
+        Ok(())
+    }
+
+    /// Starts the tensor of chunk `c`, counting its declared size against the limit.
+    fn open(&mut self, c: &TensorChunk, dtype: Dtype, size: u64) -> Result<(), TensorError> {
+        if self.done.iter().any(|t| t.name == c.name) {
+            return Err(TensorError::Stream(format!(
+                "tensor `{}` sent twice",
+                c.name
+            )));
+        }
+        if self.done.len() >= MAX_TENSORS || c.shape.len() > MAX_DIMS {
+            return Err(TensorError::Stream(format!(
+                "tensor `{}`: more than {MAX_TENSORS} tensors or {MAX_DIMS} dimensions",
+                c.name
+            )));
+        }
+        let want = byte_len(&c.shape, size).ok_or_else(|| {
+            TensorError::Stream(format!(
+                "tensor `{}`: shape {:?} overflows",
+                c.name, c.shape
+            ))
+        })?;
+        if want != c.total_bytes {
+            return Err(TensorError::Length {
+                name: c.name.clone(),
+                got: c.total_bytes,
+                want,
+                shape: c.shape.clone(),
+                dtype,
+            });
+        }
+        let used = self
+            .used
+            .saturating_add(TENSOR_OVERHEAD + c.name.len() as u64)
+            .saturating_add(want);
+        if used > self.limit {
+            return Err(TensorError::OverLimit {
+                name: c.name.clone(),
+                bytes: used,
+                limit: self.limit,
+            });
+        }
+        self.used = used;
+        let t = WireTensor {
+            name: c.name.clone(),
+            dtype,
+            shape: c.shape.clone(),
+            // Grows with the bytes that arrive: a stream holds only what it sent.
+            data: Vec::with_capacity(want.min(MAX_CHUNK_BYTES as u64) as usize),
+        };
+        self.open = Some((t, want));
         Ok(())
     }
 
@@ -303,6 +390,27 @@ impl Assembler {
     }
 }
 
+/// The messages of a result stream of `lease` held by `worker`: every message names the lease,
+/// and the last one says so (a stream that ends without it is refused as incomplete). It owns
+/// what it needs, so a request can take it past the caller's borrows.
+pub fn result_messages(
+    worker: &str,
+    lease: &str,
+    chunks: Vec<TensorChunk>,
+) -> impl Iterator<Item = ResultChunk> + use<> {
+    let n = chunks.len();
+    let (worker, lease) = (worker.to_string(), lease.to_string());
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(move |(i, chunk)| ResultChunk {
+            worker_id: worker.clone(),
+            lease_id: lease.clone(),
+            chunk: Some(chunk),
+            last: i + 1 == n,
+        })
+}
+
 /// Finds a tensor by name.
 pub fn find<'a>(ts: &'a [WireTensor], name: &str) -> Result<&'a WireTensor, TensorError> {
     ts.iter()
@@ -315,7 +423,7 @@ mod tests {
     use super::*;
 
     fn roundtrip(ts: &[WireTensor], max: usize) -> Result<Vec<WireTensor>, TensorError> {
-        let mut a = Assembler::default();
+        let mut a = Assembler::new(u64::MAX);
         for t in ts {
             for c in t.chunks(max) {
                 a.push(c)?;
@@ -347,17 +455,17 @@ mod tests {
         // Wrong total for the shape.
         let mut c = t.chunks(64).remove(0);
         c.shape = vec![5];
-        let e = Assembler::default().push(c).unwrap_err();
+        let e = Assembler::new(u64::MAX).push(c).unwrap_err();
         assert!(matches!(e, TensorError::Length { .. }), "{e}");
         // A gap between chunks.
         let mut cs = t.chunks(8);
         cs.remove(1);
-        let mut a = Assembler::default();
+        let mut a = Assembler::new(u64::MAX);
         a.push(cs[0].clone()).unwrap();
         let e = a.push(cs[1].clone()).unwrap_err();
         assert!(e.to_string().contains("expected byte 8"), "{e}");
         // Truncated: the stream ends inside the tensor.
-        let mut a = Assembler::default();
+        let mut a = Assembler::new(u64::MAX);
         a.push(t.chunks(8)[0].clone()).unwrap();
         let e = a.finish().unwrap_err();
         assert!(matches!(e, TensorError::Length { .. }), "{e}");
@@ -371,8 +479,48 @@ mod tests {
         let mut c = t.chunks(64).remove(0);
         c.dtype = 0;
         assert!(matches!(
-            Assembler::default().push(c),
+            Assembler::new(u64::MAX).push(c),
             Err(TensorError::Dtype(_))
         ));
+    }
+
+    #[test]
+    fn a_stream_past_its_limit_is_refused_before_it_is_buffered() {
+        let t = WireTensor::f64("s", &[4], &[1.0, 2.0, 3.0, 4.0]);
+        let fits = 32 + TENSOR_OVERHEAD + 1;
+        let mut a = Assembler::new(fits);
+        for c in t.chunks(8) {
+            a.push(c).unwrap();
+        }
+        let e = a.push(WireTensor::f64("u", &[1], &[1.0]).chunks(8).remove(0));
+        assert!(matches!(e, Err(TensorError::OverLimit { limit, .. }) if limit == fits));
+        // A declared size past the limit is refused on its first chunk, nothing reserved.
+        let mut huge = t.chunks(8).remove(0);
+        huge.shape = vec![1 << 27];
+        huge.total_bytes = 1 << 30;
+        let e = Assembler::new(1 << 20).push(huge.clone()).unwrap_err();
+        assert!(
+            e.to_string().contains("over the limit of 1048576 bytes"),
+            "{e}"
+        );
+        // Within the limit, the buffer grows with what arrives rather than what is declared.
+        let mut a = Assembler::new(u64::MAX);
+        a.push(huge).unwrap();
+        assert!(a.open.as_ref().unwrap().0.data.capacity() <= MAX_CHUNK_BYTES);
+        // A shape whose size overflows, a long name, and empty chunks inside a tensor.
+        let mut c = t.chunks(8).remove(0);
+        c.shape = vec![u64::MAX, 2];
+        let e = Assembler::new(u64::MAX).push(c).unwrap_err();
+        assert!(e.to_string().contains("overflows"), "{e}");
+        let mut c = t.chunks(8).remove(0);
+        c.name = "x".repeat(MAX_NAME_BYTES + 1);
+        assert!(Assembler::new(u64::MAX).push(c).is_err());
+        let mut a = Assembler::new(u64::MAX);
+        let mut cs = t.chunks(8);
+        a.push(cs.remove(0)).unwrap();
+        let mut empty = cs.remove(0);
+        empty.data.clear();
+        let e = a.push(empty).unwrap_err();
+        assert!(e.to_string().contains("empty chunk"), "{e}");
     }
 }

@@ -1,6 +1,8 @@
 //! The workspace integration tests' helpers: the shared ones (`support.rs`, also included by
-//! the worker's and coordinator's tests) and in-process cluster runs.
+//! the worker's and coordinator's tests), in-process cluster runs, and a coordinator driven by
+//! hand over gRPC (`grpc`).
 
+pub mod grpc;
 mod support;
 
 pub use support::*;

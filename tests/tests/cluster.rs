@@ -8,7 +8,8 @@ use circuit_sweep_coordinator::local::{self, LocalCluster, LocalConfig};
 use circuit_sweep_proto::PROTOCOL_VERSION;
 use circuit_sweep_proto::auth;
 use circuit_sweep_proto::tensor::WireTensor;
-use circuit_sweep_proto::v1::{LeaseRequest, ResultChunk, WorkerInfo};
+use circuit_sweep_proto::v1::LeaseRequest;
+use circuit_sweep_tests::grpc::{Coordinator, info, lease, put, register, rt};
 use circuit_sweep_tests::{results_folder as folder, tiny_model_with_data};
 
 fn spec(dir: &Path, name: &str, sweep: &str) -> PathBuf {
@@ -21,19 +22,6 @@ fn spec(dir: &Path, name: &str, sweep: &str) -> PathBuf {
     let p = dir.join(format!("{name}.toml"));
     std::fs::write(&p, text).unwrap();
     p
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    // Logs (CIRCUIT_SWEEP_LOG, default warn) show in a failing test's output.
-    let filter = std::env::var("CIRCUIT_SWEEP_LOG").unwrap_or_else(|_| "warn".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_test_writer()
-        .try_init();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 #[test]
@@ -120,38 +108,6 @@ fn three_workers_give_the_numbers_of_one_worker() {
     }
 }
 
-fn info(version: u32) -> WorkerInfo {
-    WorkerInfo {
-        protocol_version: version,
-        name: "fake".into(),
-        device: "cpu".into(),
-        memory_bytes: 0,
-        models: vec![],
-        threads: 1,
-    }
-}
-
-/// Sends `tensors` as the result of `lease`.
-async fn put(
-    c: &mut auth::Client,
-    worker: &str,
-    lease: &str,
-    chunks: Vec<circuit_sweep_proto::v1::TensorChunk>,
-) -> Result<(), tonic::Status> {
-    let n = chunks.len();
-    let msgs: Vec<ResultChunk> = chunks
-        .into_iter()
-        .enumerate()
-        .map(|(i, chunk)| ResultChunk {
-            worker_id: worker.into(),
-            lease_id: lease.into(),
-            chunk: Some(chunk),
-            last: i + 1 == n,
-        })
-        .collect();
-    c.put_result(tokio_stream::iter(msgs)).await.map(|_| ())
-}
-
 #[test]
 fn refused_workers_and_malformed_streams_leave_the_job_unaffected() {
     let dir = tempfile::tempdir().unwrap();
@@ -188,51 +144,38 @@ fn refused_workers_and_malformed_streams_leave_the_job_unaffected() {
         let job = circuit_sweep_coordinator::client::submit(&mut c, &sub)
             .await
             .unwrap();
-        let w = c
-            .register(info(PROTOCOL_VERSION))
-            .await
-            .unwrap()
-            .into_inner()
-            .worker_id;
-        let lease = |c: &mut auth::Client| {
-            let mut c = c.clone();
-            let w = w.clone();
-            async move {
-                c.lease(LeaseRequest { worker_id: w })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .lease
-                    .expect("a queued shard")
-            }
-        };
+        let w = register(&mut c).await;
         // Wrong length: the header promises more bytes than arrive.
-        let l = lease(&mut c).await;
+        let l = lease(&mut c, &w).await;
         let mut chunks = WireTensor::f64("heads", &[2], &[1.0, 2.0]).chunks(8);
         chunks.pop();
         let e = put(&mut c, &w, &l.lease_id, chunks).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().contains("malformed score stream"), "{e:?}");
         // NaN.
-        let l = lease(&mut c).await;
+        let l = lease(&mut c, &w).await;
         assert_eq!(l.shard, 0, "the refused shard is queued again");
         let chunks = WireTensor::f64("heads", &[2], &[1.0, f64::NAN]).chunks(1 << 20);
         let e = put(&mut c, &w, &l.lease_id, chunks).await.unwrap_err();
         assert!(e.message().contains("NaN"), "{e:?}");
         // A well-formed stream that does not fit the shard (no `meta`, a shape mismatch).
-        let l = lease(&mut c).await;
+        let l = lease(&mut c, &w).await;
         let chunks = WireTensor::f64("heads", &[3, 8], &[100.0; 24]).chunks(1 << 20);
         let e = put(&mut c, &w, &l.lease_id, chunks).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().contains("meta"), "{e:?}");
-        // Someone else's lease.
-        let l = lease(&mut c).await;
-        let other = c
-            .register(info(PROTOCOL_VERSION))
+        // Three refusals: the worker is dropped, and unknown from now on.
+        let e = c
+            .lease(LeaseRequest {
+                worker_id: w.clone(),
+            })
             .await
-            .unwrap()
-            .into_inner()
-            .worker_id;
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+        // Someone else's lease.
+        let w = register(&mut c).await;
+        let l = lease(&mut c, &w).await;
+        let other = register(&mut c).await;
         let chunks = WireTensor::json("meta", "{}".into()).chunks(1 << 20);
         let e = put(&mut c, &other, &l.lease_id, chunks).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
@@ -281,23 +224,15 @@ fn refused_workers_and_malformed_streams_leave_the_job_unaffected() {
 
 #[test]
 fn a_worker_token_cannot_submit_or_read_results() {
-    use circuit_sweep_coordinator::server::{ServerConfig, Service};
+    use circuit_sweep_coordinator::server::ServerConfig;
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
     rt.block_on(async {
         let mut cfg = ServerConfig::new(dir.path());
         cfg.client_tokens = vec!["client-secret".into()];
         cfg.worker_tokens = vec!["worker-secret".into()];
-        let service = Service::open(cfg).unwrap();
-        let listener = circuit_sweep_coordinator::server::bind(([127, 0, 0, 1], 0).into())
-            .await
-            .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(service.serve(listener, async {
-            let _ = stopped.await;
-        }));
-        let mut worker = auth::connect(&url, Some("worker-secret")).await.unwrap();
+        let coordinator = Coordinator::start(cfg).await;
+        let mut worker = coordinator.client(Some("worker-secret")).await;
         worker.register(info(PROTOCOL_VERSION)).await.unwrap();
         let denied = |r: Result<(), tonic::Status>| {
             let e = r.unwrap_err();
@@ -327,14 +262,13 @@ fn a_worker_token_cannot_submit_or_read_results() {
                 .map(|_| ()),
         );
         // And the client token is not a worker token.
-        let mut client = auth::connect(&url, Some("client-secret")).await.unwrap();
+        let mut client = coordinator.client(Some("client-secret")).await;
         denied(client.register(info(PROTOCOL_VERSION)).await.map(|_| ()));
         client
             .status(circuit_sweep_proto::v1::StatusRequest { job_id: 0 })
             .await
             .unwrap();
-        stop.send(()).unwrap();
-        server.await.unwrap().unwrap();
+        coordinator.stop().await;
     });
 }
 
@@ -363,12 +297,7 @@ fn status_answers_while_a_large_job_aggregates() {
             .unwrap()
             .into_inner()
             .job_id;
-        let w = c
-            .register(info(PROTOCOL_VERSION))
-            .await
-            .unwrap()
-            .into_inner()
-            .worker_id;
+        let w = register(&mut c).await;
         let meta = JobMeta::synthetic("big", 24, 32);
         // Every shard but the last, then the last while status is polled.
         let mut last = None;

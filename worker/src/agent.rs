@@ -13,7 +13,7 @@ use circuit_sweep_common::shard::ShardTask;
 use circuit_sweep_common::spec::SweepSpec;
 use circuit_sweep_proto::PROTOCOL_VERSION;
 use circuit_sweep_proto::auth::{self, Client};
-use circuit_sweep_proto::tensor::{MAX_CHUNK_BYTES, WireTensor};
+use circuit_sweep_proto::tensor::{MAX_CHUNK_BYTES, WireTensor, result_messages};
 use circuit_sweep_proto::tls::ClientTls;
 use circuit_sweep_proto::v1::{
     FailRequest, GoodbyeRequest, HeartbeatRequest, LeaseRequest, ResultChunk, ShardLease,
@@ -108,7 +108,7 @@ pub async fn run(
         else {
             return Ok(summary);
         };
-        tracing::info!("{} registered as {worker_id}", cfg.name);
+        tracing::info!("{} registered as {}", cfg.name, auth::id_label(&worker_id));
         if let Some(h) = &cfg.health {
             h.registered(&cfg.name, &worker_id, lost_after);
         }
@@ -131,7 +131,8 @@ pub async fn run(
             }
             if lost.load(Ordering::Relaxed) {
                 hb.abort();
-                tracing::warn!("the coordinator no longer knows {worker_id}: registering again");
+                let w = auth::id_label(&worker_id);
+                tracing::warn!("the coordinator no longer knows {w}: registering again");
                 continue 'session;
             }
             let reply = client
@@ -294,6 +295,7 @@ async fn register(
                             tonic::Code::Unauthenticated
                                 | tonic::Code::FailedPrecondition
                                 | tonic::Code::PermissionDenied
+                                | tonic::Code::InvalidArgument
                         ) =>
                     {
                         return Err(AgentError::Refused(s.message().to_string()));
@@ -518,14 +520,7 @@ async fn send_result(
             .iter()
             .flat_map(|t| t.chunks(MAX_CHUNK_BYTES))
             .collect();
-        let n = chunks.len();
-        for (i, c) in chunks.into_iter().enumerate() {
-            let msg = ResultChunk {
-                worker_id: w.clone(),
-                lease_id: l.clone(),
-                chunk: Some(c),
-                last: i + 1 == n,
-            };
+        for msg in result_messages(&w, &l, chunks) {
             if tx.send(msg).await.is_err() {
                 return;
             }

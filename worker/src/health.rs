@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
+use circuit_sweep_proto::auth;
 
 /// A loop silent this long is stuck: longer than any retry delay or heartbeat interval.
 const STUCK_AFTER: Duration = Duration::from_secs(30);
@@ -49,7 +50,8 @@ impl Health {
     /// The agent registered as `worker_id`; the coordinator declares it lost after `lost_after`.
     pub fn registered(&self, name: &str, worker_id: &str, lost_after: Duration) {
         self.with(name, |a| {
-            a.worker_id = Some(worker_id.to_string());
+            // Only the label: the probe answers anyone, and the id is the worker's secret.
+            a.worker_id = Some(auth::id_label(worker_id).to_string());
             a.last_tick = Instant::now();
             a.last_ack = Some(Instant::now());
             a.ack_within = lost_after.max(Duration::from_millis(100));
@@ -156,7 +158,7 @@ mod tests {
                 .unwrap_err()
                 .contains("not registered")
         );
-        h.registered("w", "w1", Duration::from_millis(200));
+        h.registered("w", "w1-0123456789abcdef", Duration::from_millis(200));
         assert_eq!(h.ready(Instant::now()).unwrap(), "w = w1");
         let later = Instant::now() + Duration::from_millis(500);
         assert!(

@@ -335,9 +335,8 @@ fn shards(jobs: usize) -> anyhow::Result<()> {
     use circuit_sweep_coordinator::server::{ServerConfig, Service};
     use circuit_sweep_proto::PROTOCOL_VERSION;
     use circuit_sweep_proto::shard_output::ShardOutput;
-    use circuit_sweep_proto::v1::{
-        LeaseRequest, ResultChunk, StatusRequest, SubmitRequest, WorkerInfo,
-    };
+    use circuit_sweep_proto::tensor::result_messages;
+    use circuit_sweep_proto::v1::{LeaseRequest, StatusRequest, SubmitRequest, WorkerInfo};
 
     let (n_layers, n_heads) = (32usize, 8usize);
     let meta = JobMeta::synthetic("none", n_layers, n_heads);
@@ -391,17 +390,7 @@ fn shards(jobs: usize) -> anyhow::Result<()> {
                 };
                 let tensors = output.encode();
                 let chunks: Vec<_> = tensors.iter().flat_map(|t| t.chunks(1 << 20)).collect();
-                let n = chunks.len();
-                let msgs: Vec<ResultChunk> = chunks
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, chunk)| ResultChunk {
-                        worker_id: w.clone(),
-                        lease_id: l.lease_id.clone(),
-                        chunk: Some(chunk),
-                        last: i + 1 == n,
-                    })
-                    .collect();
+                let msgs = result_messages(&w, &l.lease_id, chunks);
                 c.put_result(tokio_stream::iter(msgs)).await?;
                 shards += 1;
             }

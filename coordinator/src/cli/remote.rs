@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use circuit_sweep_coordinator::client::{self, Submission};
 use circuit_sweep_coordinator::incoming::ConnLimits;
 use circuit_sweep_coordinator::process;
+use circuit_sweep_coordinator::scheduler::limits;
 use circuit_sweep_coordinator::server::ServerConfig;
 use circuit_sweep_proto::auth;
 use circuit_sweep_proto::tls::{ClientTls, ServerTls};
@@ -170,6 +171,12 @@ pub struct CoordinatorArgs {
     /// Require client certificates signed by this CA (PEM) from workers and clients.
     #[arg(long, env = "CIRCUIT_SWEEP_TLS_CLIENT_CA", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// Registered workers at most; more are refused.
+    #[arg(long, env = "CIRCUIT_SWEEP_MAX_WORKERS", default_value_t = limits::DEFAULT_MAX_WORKERS)]
+    max_workers: usize,
+    /// The most one result stream may take, in MiB, whatever its shard can produce.
+    #[arg(long, env = "CIRCUIT_SWEEP_MAX_RESULT_MIB", default_value_t = limits::DEFAULT_MAX_RESULT_BYTES >> 20)]
+    max_result_mib: u64,
     /// Serve the live dashboard (jobs, workers, progress, heatmaps) on this address; open it as
     /// `http://ADDR/#token=TOKEN`. Its API takes the same token as the gRPC API.
     #[arg(long, env = "CIRCUIT_SWEEP_DASHBOARD")]
@@ -215,6 +222,8 @@ pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
     }
     cfg.heartbeat = Duration::from_millis(a.heartbeat_ms);
     cfg.lost_after = Duration::from_millis(a.lost_after_ms);
+    cfg.max_workers = a.max_workers;
+    cfg.max_result_bytes = a.max_result_mib.saturating_mul(1 << 20);
     cfg.connections = ConnLimits {
         max_connections: a.max_connections as usize,
         first_byte: Duration::from_millis(a.first_byte_timeout_ms),
@@ -461,10 +470,9 @@ pub fn status(a: StatusArgs) -> anyhow::Result<()> {
                     })
                 })
                 .collect();
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&serde_json::json!({"jobs": jobs, "workers": workers}))?
-            );
+            let doc = serde_json::json!({"jobs": jobs, "workers": workers,
+                "workers_omitted": r.workers_omitted});
+            println!("{}", serde_json::to_string_pretty(&doc)?);
             return anyhow::Ok(());
         }
         println!(
@@ -494,7 +502,10 @@ pub fn status(a: StatusArgs) -> anyhow::Result<()> {
                 println!("       error: {}", j.error);
             }
         }
-        println!("{} workers", r.workers.len());
+        match r.workers_omitted {
+            0 => println!("{} workers", r.workers.len()),
+            n => println!("{} workers ({n} more not shown)", r.workers.len() + n as usize),
+        }
         for w in &r.workers {
             println!(
                 "  {} {} ({}, {} threads): {} shards done, holding {}, seen {} ms ago",

@@ -139,7 +139,7 @@ async fn status(State(d): State<Dash>, headers: HeaderMap) -> Response {
         return r;
     }
     match d.service.status_now() {
-        Ok((jobs, workers)) => json(status_view(&jobs, &workers)),
+        Ok(st) => json(status_view(&st)),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }

@@ -6,14 +6,16 @@ use std::collections::BTreeSet;
 use circuit_sweep_common::Component;
 use circuit_sweep_common::orders::component_stats;
 use circuit_sweep_common::spec::SweepKind;
-use circuit_sweep_proto::v1::{JobStatus, WorkerStatus};
+use circuit_sweep_proto::v1::StatusReply;
 use serde_json::{Value, json};
 
 use crate::scheduler::Partial;
 
-/// `/api/status`: every job (newest first) and every worker.
-pub fn status_view(jobs: &[JobStatus], workers: &[WorkerStatus]) -> Value {
-    let jobs: Vec<Value> = jobs
+/// `/api/status`: every job (newest first), the workers the reply holds and how many more
+/// there are.
+pub fn status_view(st: &StatusReply) -> Value {
+    let jobs: Vec<Value> = st
+        .jobs
         .iter()
         .rev()
         .map(|j| {
@@ -28,7 +30,8 @@ pub fn status_view(jobs: &[JobStatus], workers: &[WorkerStatus]) -> Value {
             })
         })
         .collect();
-    let workers: Vec<Value> = workers
+    let workers: Vec<Value> = st
+        .workers
         .iter()
         .map(|w| {
             json!({
@@ -38,7 +41,8 @@ pub fn status_view(jobs: &[JobStatus], workers: &[WorkerStatus]) -> Value {
             })
         })
         .collect();
-    json!({"version": env!("CARGO_PKG_VERSION"), "jobs": jobs, "workers": workers})
+    json!({"version": env!("CARGO_PKG_VERSION"), "jobs": jobs, "workers": workers,
+        "workers_omitted": st.workers_omitted})
 }
 
 /// `/api/jobs/{id}`: the job's results so far.
@@ -110,6 +114,7 @@ pub fn live_view(p: &Partial) -> Value {
 mod tests {
     use circuit_sweep_common::prune::PruneResult;
     use circuit_sweep_common::shard::NodeShard;
+    use circuit_sweep_proto::v1::JobStatus;
 
     use super::*;
 
@@ -196,7 +201,10 @@ mod tests {
             eta_s: eta,
             ..Default::default()
         };
-        let v = status_view(&[j(1, 3.0), j(2, -1.0)], &[]);
+        let v = status_view(&StatusReply {
+            jobs: vec![j(1, 3.0), j(2, -1.0)],
+            ..Default::default()
+        });
         assert_eq!(v["jobs"][0]["id"], 2);
         assert_eq!(v["jobs"][0]["eta_s"], Value::Null);
         assert_eq!(v["jobs"][1]["eta_s"], 3.0);

@@ -1,9 +1,10 @@
 //! One job's life as a state machine: each shard is queued, leased or done, with its attempts,
-//! the failures workers reported and the malformed results refused; the job is queued (until
-//! its prepare shard is done), running, aggregating (every shard done, its results folder being
-//! written), done, failed or cancelled. Transitions change memory only: the scheduler persists
+//! the failures workers reported and the malformed results refused (and from whom); the job is
+//! queued (until its prepare shard is done), running, aggregating (every shard done, its results
+//! folder being written), done, failed or cancelled. Transitions change memory only: the scheduler persists
 //! what they changed.
 
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use circuit_sweep_common::shard::{JobMeta, ShardTask};
@@ -18,6 +19,10 @@ pub const MAX_ATTEMPTS: u32 = 3;
 /// sending bad tensors must not loop forever.
 pub const MAX_REFUSALS: u32 = 5;
 
+/// Distinct workers whose results of one shard must be refused before its job fails: one bad
+/// worker (dropped after a few refusals) must not fail everyone's job.
+pub const MIN_REFUSING_WORKERS: usize = 2;
+
 /// Where a shard stands.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum ShardState {
@@ -30,6 +35,18 @@ pub(super) enum ShardState {
 pub(super) struct Shard {
     pub state: ShardState,
     pub rec: ShardRecord,
+    /// Workers whose results of it were refused (since this coordinator started).
+    pub refused_by: BTreeSet<String>,
+}
+
+impl Shard {
+    fn new(state: ShardState, rec: ShardRecord) -> Self {
+        Shard {
+            state,
+            rec,
+            refused_by: BTreeSet::new(),
+        }
+    }
 }
 
 /// What a failed or refused attempt did.
@@ -60,13 +77,13 @@ impl Job {
     pub fn new(rec: JobRecord, spec: SweepSpec, shards: Vec<ShardRecord>, now: Instant) -> Self {
         let shards = shards
             .into_iter()
-            .map(|rec| Shard {
-                state: if rec.done {
+            .map(|rec| {
+                let state = if rec.done {
                     ShardState::Done
                 } else {
                     ShardState::Queued
-                },
-                rec,
+                };
+                Shard::new(state, rec)
             })
             .collect();
         Job {
@@ -130,16 +147,22 @@ impl Job {
         self.requeue_or_fail(i, reason, retryable, unix)
     }
 
-    /// A malformed result of shard `i`: queued again without counting a failure, until
-    /// [`MAX_REFUSALS`] refusals fail the job.
-    pub fn refused(&mut self, i: usize, reason: &str, unix: f64) -> Retry {
+    /// A malformed result of shard `i` from `worker`: queued again without counting a
+    /// failure, until [`MAX_REFUSALS`] refusals from [`MIN_REFUSING_WORKERS`] workers or more
+    /// fail the job.
+    pub fn refused(&mut self, i: usize, worker: &str, reason: &str, unix: f64) -> Retry {
         if !self.is_open(i) {
             return Retry::Closed;
         }
         let s = &mut self.shards[i];
         s.rec.refused += 1;
-        if s.rec.refused >= MAX_REFUSALS {
-            let why = format!("{MAX_REFUSALS} malformed results, the last: {reason}");
+        s.refused_by.insert(worker.to_string());
+        if s.rec.refused >= MAX_REFUSALS && s.refused_by.len() >= MIN_REFUSING_WORKERS {
+            let why = format!(
+                "{} malformed results from {} workers, the last: {reason}",
+                s.rec.refused,
+                s.refused_by.len()
+            );
             return self.requeue_or_fail(i, &why, false, unix);
         }
         s.state = ShardState::Queued;
@@ -202,10 +225,8 @@ impl Job {
         let first = self.rec.shards.len() as u32;
         for task in shards {
             self.rec.shards.push(task);
-            self.shards.push(Shard {
-                state: ShardState::Queued,
-                rec: ShardRecord::default(),
-            });
+            self.shards
+                .push(Shard::new(ShardState::Queued, ShardRecord::default()));
         }
         self.rec.orders = orders;
         self.rec.circuit = circuit;

@@ -2,15 +2,19 @@
 //! briefly) changes this state; heavy work leaves the lock: a job whose shards are all done is
 //! handed out as a [`Finishing`] to aggregate, and a job's partial results are read from a
 //! [`PartialSource`]. Every way a worker can be lost (heartbeat timeout, broken result stream,
-//! drain) goes through [`Scheduler::worker_lost`], which re-queues its shards.
+//! drain, too many refused results) goes through [`Scheduler::worker_lost`], which re-queues its
+//! shards.
 //!
-//! The parts: [`workers`] (registrations and leases), [`job`] (one job's state machine),
-//! [`plan`] (the shards after `prepare`), [`finish`] (aggregation outside the lock) and
-//! [`status`] (what clients and the dashboard see).
+//! The parts: [`workers`] (registrations and leases), [`ids`] (their unguessable ids),
+//! [`limits`] (what a worker token may cost), [`job`] (one job's state machine), [`plan`] (the
+//! shards after `prepare`), [`finish`] (aggregation outside the lock) and [`status`] (what
+//! clients and the dashboard see).
 
 mod clock;
 mod finish;
+mod ids;
 mod job;
+pub mod limits;
 mod plan;
 mod status;
 mod workers;
@@ -25,13 +29,16 @@ use std::time::Duration;
 
 use circuit_sweep_common::shard::{JobMeta, ShardTask};
 use circuit_sweep_common::spec::SweepSpec;
+use circuit_sweep_proto::auth::MAX_MESSAGE_BYTES;
+use circuit_sweep_proto::output_size::max_output_bytes;
 use circuit_sweep_proto::shard_output::ShardOutput;
 use circuit_sweep_proto::tensor::WireTensor;
 use circuit_sweep_proto::v1::{ShardLease, WorkerInfo};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use finish::Finishing;
-pub use job::{MAX_ATTEMPTS, MAX_REFUSALS};
+use ids::label;
+pub use job::{MAX_ATTEMPTS, MAX_REFUSALS, MIN_REFUSING_WORKERS};
 pub use status::{Partial, PartialSource};
 pub use workers::LostReason;
 
@@ -77,6 +84,15 @@ pub enum SchedError {
         /// What was wrong.
         why: String,
     },
+    /// A worker that says too much about itself.
+    #[error("registration refused: {0}")]
+    WorkerInfo(String),
+    /// As many workers as allowed are registered.
+    #[error("registration refused: {0} workers are registered, the most this coordinator takes")]
+    TooManyWorkers(usize),
+    /// The OS's random source failed.
+    #[error("no random id: {0}")]
+    Random(String),
     /// The state database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -91,6 +107,27 @@ pub struct SchedConfig {
     pub lost_after: Duration,
     /// Where results folders go.
     pub results_dir: PathBuf,
+    /// Registered workers at most.
+    pub max_workers: usize,
+    /// The most a result stream may take, whatever its shard can produce.
+    pub max_result_bytes: u64,
+    /// The most the workers of a `status` reply may take, encoded (the rest are counted).
+    pub status_worker_bytes: usize,
+}
+
+impl SchedConfig {
+    /// Defaults: 1 s heartbeats, lost after 10 s, and the limits of [`limits`].
+    pub fn new(results_dir: PathBuf) -> Self {
+        SchedConfig {
+            heartbeat: Duration::from_secs(1),
+            lost_after: Duration::from_secs(10),
+            results_dir,
+            max_workers: limits::DEFAULT_MAX_WORKERS,
+            max_result_bytes: limits::DEFAULT_MAX_RESULT_BYTES,
+            // A quarter of a message: jobs share the reply.
+            status_worker_bytes: MAX_MESSAGE_BYTES / 4,
+        }
+    }
 }
 
 /// What became of a complete result stream.
@@ -140,11 +177,11 @@ impl Scheduler {
             jobs.insert(job.rec.id, job);
         }
         let mut s = Scheduler {
+            workers: Workers::new(cfg.max_workers),
             cfg,
             clock,
             store,
             jobs,
-            workers: Workers::new(),
         };
         let ids: Vec<u64> = s.jobs.keys().copied().collect();
         let mut finishing = vec![];
@@ -210,8 +247,8 @@ impl Scheduler {
         Ok(id)
     }
 
-    /// Registers a worker and returns its id.
-    pub fn register(&mut self, info: WorkerInfo) -> String {
+    /// Registers a worker and returns its id (secret: the worker calls with it).
+    pub fn register(&mut self, info: WorkerInfo) -> Result<String, SchedError> {
         self.workers.register(info, self.clock.now())
     }
 
@@ -222,6 +259,7 @@ impl Scheduler {
         holding: &[String],
         models: Vec<String>,
     ) -> Result<Vec<String>, SchedError> {
+        limits::check_models(&models)?;
         let w = self.workers.touch(worker, self.clock.now())?;
         w.info.models = models;
         Ok(holding
@@ -241,7 +279,7 @@ impl Scheduler {
         else {
             return Ok(None);
         };
-        let lease_id = self.workers.grant(worker, job_id, i as u32);
+        let lease_id = self.workers.grant(worker, job_id, i as u32)?;
         let job = self.jobs.get_mut(&job_id).expect("found above");
         let attempt = job.lease(i, lease_id.clone());
         let task = job.rec.shards[i].clone();
@@ -258,8 +296,9 @@ impl Scheduler {
             })
             .collect();
         tracing::debug!(
-            "job {job_id} shard {i} ({}) leased to {worker}, attempt {attempt}",
-            task.label()
+            "job {job_id} shard {i} ({}) leased to {}, attempt {attempt}",
+            task.label(),
+            label(worker)
         );
         Ok(Some(ShardLease {
             lease_id,
@@ -272,10 +311,16 @@ impl Scheduler {
         }))
     }
 
-    /// Where a lease points: `(job, shard)`, if the lease belongs to `worker`.
-    pub fn lease_target(&self, worker: &str, lease: &str) -> Result<(u64, u32), SchedError> {
+    /// The most bytes a result stream of `lease` may take: what its shard can produce, with a
+    /// margin, within the configured ceiling; refused unless the lease belongs to `worker`.
+    pub fn result_limit(&self, worker: &str, lease: &str) -> Result<u64, SchedError> {
         let l = self.workers.lease(worker, lease)?;
-        Ok((l.job, l.shard))
+        let job = self.jobs.get(&l.job).ok_or(SchedError::UnknownJob(l.job))?;
+        let task = &job.rec.shards[l.shard as usize];
+        let most = max_output_bytes(task, &job.spec, job.rec.meta.as_ref());
+        Ok(most
+            .saturating_add(limits::RESULT_MARGIN)
+            .min(self.cfg.max_result_bytes))
     }
 
     /// Ends a lease of `worker`; returns its target and whether it was still active.
@@ -302,7 +347,8 @@ impl Scheduler {
         let job = self.jobs.get_mut(&job_id).expect("checked by end_lease");
         if !job.is_open(s) {
             tracing::info!(
-                "dropped a late duplicate result of job {job_id} shard {shard} from {worker}"
+                "dropped a late duplicate result of job {job_id} shard {shard} from {}",
+                label(worker)
             );
             return Ok(Completion::Duplicate);
         }
@@ -315,9 +361,7 @@ impl Scheduler {
                     shard,
                     why: why.0,
                 };
-                if active {
-                    self.retry(job_id, shard, |j, unix| j.refused(s, &e.to_string(), unix))?;
-                }
+                self.refused(worker, (job_id, shard, active), &e.to_string())?;
                 return Err(e);
             }
         };
@@ -325,7 +369,7 @@ impl Scheduler {
         self.store
             .put_result(job_id, shard, &job.shards[s].rec, &tensors)?;
         self.workers.credit(worker);
-        tracing::debug!("job {job_id} shard {shard} done by {worker}");
+        tracing::debug!("job {job_id} shard {shard} done by {}", label(worker));
         if let ShardOutput::Prepared(meta) = output {
             self.plan(job_id, *meta)?;
         }
@@ -344,24 +388,50 @@ impl Scheduler {
         reason: &str,
     ) -> Result<(), SchedError> {
         let (job_id, shard, active) = self.end_lease(worker, lease)?;
-        tracing::warn!("job {job_id} shard {shard} failed on {worker}: {reason}");
+        let reason = limits::reason(reason);
+        tracing::warn!(
+            "job {job_id} shard {shard} failed on {}: {reason}",
+            label(worker)
+        );
         if !active {
             // Revoked already: the shard was re-queued or its job ended.
             return Ok(());
         }
         self.retry(job_id, shard, |j, unix| {
-            j.failed(shard as usize, reason, retryable, unix)
+            j.failed(shard as usize, &reason, retryable, unix)
         })
     }
 
     /// A refused (malformed) result stream: the lease ends and its shard is queued again.
     pub fn refuse(&mut self, worker: &str, lease: &str, why: &str) -> Result<(), SchedError> {
-        let (job_id, shard, active) = self.end_lease(worker, lease)?;
-        tracing::warn!("refused a result of job {job_id} shard {shard} from {worker}: {why}");
+        let target = self.end_lease(worker, lease)?;
+        self.refused(worker, target, why)
+    }
+
+    /// Counts a refused result of `worker` for `(job, shard, lease still active)` against the
+    /// shard (queued again) and against the worker (dropped after
+    /// [`limits::MAX_WORKER_REFUSALS`]).
+    fn refused(
+        &mut self,
+        worker: &str,
+        (job_id, shard, active): (u64, u32, bool),
+        why: &str,
+    ) -> Result<(), SchedError> {
+        let why = limits::reason(why);
+        tracing::warn!(
+            "refused a result of job {job_id} shard {shard} from {}: {why}",
+            label(worker)
+        );
         if active {
             self.retry(job_id, shard, |j, unix| {
-                j.refused(shard as usize, why, unix)
+                j.refused(shard as usize, worker, &why, unix)
             })?;
+        }
+        let n = self.workers.refused(worker);
+        if n >= limits::MAX_WORKER_REFUSALS {
+            self.worker_lost(worker, LostReason::Refused(n))?;
+            // Unlike a lost worker's, its late results are not wanted.
+            self.workers.void_leases(worker);
         }
         Ok(())
     }
@@ -397,12 +467,13 @@ impl Scheduler {
         Ok(())
     }
 
-    /// The one path for a lost worker (heartbeat timeout, broken stream, drain): its leased
-    /// shards go back to the queue.
+    /// The one path for a lost worker (heartbeat timeout, broken stream, drain, refusals): its
+    /// leased shards go back to the queue, and its id is unknown from now on.
     pub fn worker_lost(&mut self, worker: &str, why: LostReason) -> Result<(), SchedError> {
         let Some((name, held)) = self.workers.remove(worker) else {
             return Ok(());
         };
+        let worker = label(worker);
         match &why {
             LostReason::Drained => tracing::info!("worker {worker} ({name}) drained"),
             _ => tracing::warn!("worker {worker} ({name}) lost: {why}"),

@@ -11,7 +11,7 @@ use circuit_sweep_common::prune::PruneResult;
 use circuit_sweep_common::shard::{JobMeta, NodeShard, ShardTask};
 use circuit_sweep_common::spec::{SweepKind, SweepSpec};
 use circuit_sweep_proto::shard_output::ShardOutput;
-use circuit_sweep_proto::v1::{JobStatus, WorkerStatus};
+use circuit_sweep_proto::v1::{JobStatus, StatusReply};
 
 use super::job::ShardState;
 use super::{SchedError, Scheduler, finish};
@@ -84,11 +84,9 @@ impl PartialSource {
 }
 
 impl Scheduler {
-    /// Status of one job (or every job) and of the workers.
-    pub fn status(
-        &self,
-        job: Option<u64>,
-    ) -> Result<(Vec<JobStatus>, Vec<WorkerStatus>), SchedError> {
+    /// Status of one job (or every job) and of the workers (as many as fit in
+    /// `status_worker_bytes`; the reply counts the rest).
+    pub fn status(&self, job: Option<u64>) -> Result<StatusReply, SchedError> {
         if let Some(id) = job
             && !self.jobs.contains_key(&id)
         {
@@ -132,7 +130,12 @@ impl Scheduler {
                 }
             })
             .collect();
-        Ok((jobs, self.workers.status(now)))
+        let (workers, workers_omitted) = self.workers.status(now, self.cfg.status_worker_bytes);
+        Ok(StatusReply {
+            jobs,
+            workers,
+            workers_omitted,
+        })
     }
 
     /// Shards of a job done so far (`None`: no such job).

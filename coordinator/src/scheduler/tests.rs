@@ -15,24 +15,27 @@ use crate::store::{JobState, ShardRecord};
 const NODES: &str = "[sweep]\nkind = \"nodes\"\n";
 
 fn open(dir: &Path) -> (Scheduler, Arc<ManualClock>) {
+    open_with(dir, SchedConfig::new(dir.join("results")))
+}
+
+fn open_with(dir: &Path, cfg: SchedConfig) -> (Scheduler, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::default());
-    let cfg = SchedConfig {
-        heartbeat: Duration::from_secs(1),
-        lost_after: Duration::from_secs(10),
-        results_dir: dir.join("results"),
-    };
     let (s, finishing) = Scheduler::open(dir, cfg, clock.clone()).unwrap();
     assert!(finishing.is_empty());
     (s, clock)
 }
 
-fn worker(s: &mut Scheduler, name: &str) -> String {
-    s.register(WorkerInfo {
+fn info(name: &str) -> WorkerInfo {
+    WorkerInfo {
         name: name.into(),
         device: "cpu".into(),
         threads: 1,
         ..Default::default()
-    })
+    }
+}
+
+fn worker(s: &mut Scheduler, name: &str) -> String {
+    s.register(info(name)).unwrap()
 }
 
 /// A 2-layer, 3-head model: a node sweep of it has two node shards after `prepare`.
@@ -69,7 +72,7 @@ fn prepared(s: &mut Scheduler, w: &str) -> u64 {
 }
 
 fn job_status(s: &Scheduler, job: u64) -> JobStatus {
-    s.status(Some(job)).unwrap().0.remove(0)
+    s.status(Some(job)).unwrap().jobs.remove(0)
 }
 
 fn shard_rec(s: &Scheduler, job: u64, shard: u32) -> ShardRecord {
@@ -111,24 +114,227 @@ fn a_shard_that_keeps_failing_fails_its_job_after_max_attempts() {
     );
 }
 
+/// A result of the wrong shape for a node shard.
+fn wrong() -> Vec<WireTensor> {
+    vec![WireTensor::f64("heads", &[1, 2], &[1.0, 2.0])]
+}
+
 #[test]
-fn malformed_results_are_queued_again_until_max_refusals() {
+fn a_worker_whose_results_keep_being_refused_is_dropped_and_the_job_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    let (bad, good) = (worker(&mut s, "bad"), worker(&mut s, "good"));
+    let job = prepared(&mut s, &good);
+    // It holds shard 1 while its results of shard 2 are refused.
+    let (held, shard, _) = lease(&mut s, &bad);
+    assert_eq!(shard, 1);
+    for n in 1..=limits::MAX_WORKER_REFUSALS {
+        let (l, shard, _) = lease(&mut s, &bad);
+        assert_eq!(shard, 2);
+        let e = s.complete(&bad, &l, wrong()).unwrap_err();
+        assert!(matches!(e, SchedError::Malformed { shard: 2, .. }), "{e}");
+        let rec = shard_rec(&s, job, 2);
+        assert_eq!((rec.refused, rec.failures, rec.done), (n, 0, false));
+    }
+    // Dropped: unknown from now on, its shard back in the queue, its lease void.
+    assert!(matches!(s.lease(&bad), Err(SchedError::UnknownWorker(_))));
+    assert!(matches!(
+        s.complete(&bad, &held, node_output(0)),
+        Err(SchedError::NotYourLease(_))
+    ));
+    let st = job_status(&s, job);
+    assert_eq!((st.state.as_str(), st.shards_queued), ("running", 2));
+    // A stream refused before it was decoded counts too, for another bad worker.
+    let worse = worker(&mut s, "worse");
+    for _ in 0..limits::MAX_WORKER_REFUSALS {
+        let (l, _, _) = lease(&mut s, &worse);
+        s.refuse(&worse, &l, "malformed score stream").unwrap();
+    }
+    assert!(matches!(
+        s.heartbeat(&worse, &[], vec![]),
+        Err(SchedError::UnknownWorker(_))
+    ));
+    assert_eq!(job_status(&s, job).state, "running");
+    for layer in 0..2 {
+        let (l, _, _) = lease(&mut s, &good);
+        s.complete(&good, &l, node_output(layer)).unwrap();
+    }
+    assert_eq!(job_status(&s, job).shards_done, 3);
+}
+
+#[test]
+fn a_shard_refused_from_two_workers_fails_its_job_after_max_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    let first = worker(&mut s, "a");
+    let job = prepared(&mut s, &first);
+    // Each worker is dropped after its third refusal and registers again, as agents do.
+    let mut w = first;
+    for n in 1..=MAX_REFUSALS {
+        if s.heartbeat(&w, &[], vec![]).is_err() {
+            w = worker(&mut s, "a");
+        }
+        let (l, shard, _) = lease(&mut s, &w);
+        assert_eq!(shard, 1);
+        s.complete(&w, &l, wrong()).unwrap_err();
+        let st = job_status(&s, job);
+        let want = if n < MAX_REFUSALS {
+            "running"
+        } else {
+            "failed"
+        };
+        assert_eq!(st.state, want, "after {n} refusals");
+    }
+    let st = job_status(&s, job);
+    assert!(
+        st.error.contains("5 malformed results from 2 workers"),
+        "{}",
+        st.error
+    );
+}
+
+#[test]
+fn worker_ids_are_unguessable_and_status_shows_only_their_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    let (a, b) = (worker(&mut s, "a"), worker(&mut s, "b"));
+    prepared(&mut s, &a);
+    let (l, _, _) = lease(&mut s, &a);
+    for id in [&a, &b, &l] {
+        let (_, secret) = id.split_once('-').expect("label-secret");
+        assert_eq!(secret.len(), 32, "{id}: 128 random bits in hex");
+    }
+    assert_ne!(a.split_once('-').unwrap().1, b.split_once('-').unwrap().1);
+    // Another worker guesses every id the old scheme could give the first worker: none works.
+    for nonce in 0..=0xffffu32 {
+        s.worker_lost(&format!("w1-{nonce:04x}"), LostReason::Drained)
+            .unwrap();
+    }
+    s.worker_lost("w1", LostReason::Drained).unwrap();
+    s.heartbeat(&a, &[], vec![]).unwrap();
+    // Status (which every client sees) shows labels, never an id a worker calls with.
+    let st = s.status(None).unwrap();
+    let shown: Vec<(&str, &[String])> = st
+        .workers
+        .iter()
+        .map(|w| (w.worker_id.as_str(), w.leases.as_slice()))
+        .collect();
+    assert_eq!(
+        shown,
+        [("w1", &[label(&l).to_string()][..]), ("w2", &[][..])]
+    );
+    assert_eq!(label(&l), "l2");
+}
+
+#[test]
+fn registrations_past_the_caps_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SchedConfig {
+        max_workers: 2,
+        ..SchedConfig::new(dir.path().join("results"))
+    };
+    let (mut s, _) = open_with(dir.path(), cfg);
+    let long = "x".repeat(limits::MAX_WORKER_TEXT_BYTES + 1);
+    for bad in [
+        WorkerInfo {
+            name: long.clone(),
+            ..info("a")
+        },
+        WorkerInfo {
+            device: long.clone(),
+            ..info("a")
+        },
+        WorkerInfo {
+            models: vec![long.clone()],
+            ..info("a")
+        },
+        WorkerInfo {
+            models: vec!["m".into(); limits::MAX_MODELS + 1],
+            ..info("a")
+        },
+    ] {
+        let e = s.register(bad).unwrap_err();
+        assert!(matches!(e, SchedError::WorkerInfo(_)), "{e}");
+    }
+    let a = worker(&mut s, "a");
+    worker(&mut s, "b");
+    let e = s.register(info("c")).unwrap_err();
+    assert!(matches!(e, SchedError::TooManyWorkers(2)), "{e}");
+    // A heartbeat cannot grow what the worker said either.
+    let e = s.heartbeat(&a, &[], vec![long]).unwrap_err();
+    assert!(matches!(e, SchedError::WorkerInfo(_)), "{e}");
+    // A worker that leaves makes room.
+    s.worker_lost(&a, LostReason::Drained).unwrap();
+    worker(&mut s, "c");
+}
+
+#[test]
+fn status_lists_the_workers_that_fit_and_counts_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SchedConfig {
+        status_worker_bytes: 1000,
+        ..SchedConfig::new(dir.path().join("results"))
+    };
+    let (mut s, _) = open_with(dir.path(), cfg);
+    let name = "n".repeat(limits::MAX_WORKER_TEXT_BYTES);
+    for _ in 0..10 {
+        worker(&mut s, &name);
+    }
+    let st = s.status(None).unwrap();
+    let bytes: usize = st.workers.iter().map(prost::Message::encoded_len).sum();
+    assert!(bytes <= 1000, "{bytes}");
+    assert_eq!(st.workers.len(), 3);
+    assert_eq!(st.workers_omitted, 7);
+}
+
+#[test]
+fn a_result_stream_is_limited_by_what_its_shard_can_produce() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SchedConfig {
+        max_result_bytes: 1 << 20,
+        ..SchedConfig::new(dir.path().join("results"))
+    };
+    let (mut s, _) = open_with(dir.path(), cfg);
+    let w = worker(&mut s, "a");
+    s.submit("nodes", NODES, vec![]).unwrap();
+    // Prepare: the model's facts and prompts, within the configured ceiling.
+    let (l, _, _) = lease(&mut s, &w);
+    assert_eq!(s.result_limit(&w, &l).unwrap(), 1 << 20);
+    let out = ShardOutput::Prepared(Box::new(meta())).encode();
+    s.complete(&w, &l, out).unwrap();
+    // A node shard of one layer of 3 heads: 4 scores, and the margin.
+    let (l, _, _) = lease(&mut s, &w);
+    assert_eq!(
+        s.result_limit(&w, &l).unwrap(),
+        4 * 8 + limits::RESULT_MARGIN
+    );
+    let other = worker(&mut s, "b");
+    assert!(matches!(
+        s.result_limit(&other, &l),
+        Err(SchedError::NotYourLease(_))
+    ));
+}
+
+#[test]
+fn a_worker_s_reasons_are_stored_cut_short() {
     let dir = tempfile::tempdir().unwrap();
     let (mut s, _) = open(dir.path());
     let w = worker(&mut s, "a");
     let job = prepared(&mut s, &w);
-    let wrong = vec![WireTensor::f64("heads", &[1, 2], &[1.0, 2.0])];
-    for n in 1..=MAX_REFUSALS {
-        let (l, shard, _) = lease(&mut s, &w);
-        assert_eq!(shard, 1);
-        let e = s.complete(&w, &l, wrong.clone()).unwrap_err();
-        assert!(matches!(e, SchedError::Malformed { shard: 1, .. }), "{e}");
-        let rec = shard_rec(&s, job, 1);
-        assert_eq!((rec.refused, rec.failures, rec.done), (n, 0, false));
-    }
+    let (l, _, _) = lease(&mut s, &w);
+    s.fail(&w, &l, false, &"é".repeat(1 << 20)).unwrap();
     let st = job_status(&s, job);
     assert_eq!(st.state, "failed");
-    assert!(st.error.contains("5 malformed results"), "{}", st.error);
+    assert!(
+        st.error.len() < limits::MAX_REASON_BYTES + 100,
+        "{}",
+        st.error.len()
+    );
+    assert!(
+        st.error.ends_with("... (2097152 bytes)"),
+        "{}",
+        st.error.len()
+    );
 }
 
 #[test]
@@ -215,7 +421,7 @@ fn a_drained_worker_gives_its_shards_back() {
     s.worker_lost(&w, LostReason::Drained).unwrap();
     let st = job_status(&s, job);
     assert_eq!((st.shards_queued, st.requeued), (2, 2));
-    assert!(s.status(None).unwrap().1.is_empty());
+    assert!(s.status(None).unwrap().workers.is_empty());
     assert_eq!(LostReason::Drained.to_string(), "drained");
 }
 
@@ -284,16 +490,8 @@ fn a_restart_plans_a_prepared_job_and_aggregates_a_complete_one() {
     }
     {
         // Job 2: its prepare result stored, the plan lost.
-        let (s, _) = Scheduler::open(
-            dir.path(),
-            SchedConfig {
-                heartbeat: Duration::from_secs(1),
-                lost_after: Duration::from_secs(10),
-                results_dir: dir.path().join("results"),
-            },
-            Arc::new(ManualClock::default()),
-        )
-        .unwrap();
+        let cfg = SchedConfig::new(dir.path().join("results"));
+        let (s, _) = Scheduler::open(dir.path(), cfg, Arc::new(ManualClock::default())).unwrap();
         let mut rec = s.jobs[&1].rec.clone();
         drop(s);
         let store = crate::store::Store::open(dir.path()).unwrap();
@@ -310,13 +508,9 @@ fn a_restart_plans_a_prepared_job_and_aggregates_a_complete_one() {
         let out = ShardOutput::Prepared(Box::new(meta())).encode();
         store.put_result(2, 0, &done, &out).unwrap();
     }
-    let clock = Arc::new(ManualClock::default());
-    let cfg = SchedConfig {
-        heartbeat: Duration::from_secs(1),
-        lost_after: Duration::from_secs(10),
-        results_dir: dir.path().join("results"),
-    };
-    let (mut s, finishing) = Scheduler::open(dir.path(), cfg, clock).unwrap();
+    let cfg = SchedConfig::new(dir.path().join("results"));
+    let (mut s, finishing) =
+        Scheduler::open(dir.path(), cfg, Arc::new(ManualClock::default())).unwrap();
     assert_eq!(finishing.iter().map(|f| f.job).collect::<Vec<_>>(), [1]);
     for f in finishing {
         let job = f.job;

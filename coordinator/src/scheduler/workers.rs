@@ -6,8 +6,9 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use circuit_sweep_proto::v1::{WorkerInfo, WorkerStatus};
+use prost::Message;
 
-use super::SchedError;
+use super::{SchedError, ids, limits};
 
 /// Why a worker left.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +19,8 @@ pub enum LostReason {
     StreamBroke(String),
     /// It said goodbye (drained or stopping).
     Drained,
+    /// Too many of its results were refused.
+    Refused(u32),
 }
 
 impl fmt::Display for LostReason {
@@ -26,6 +29,7 @@ impl fmt::Display for LostReason {
             LostReason::HeartbeatTimeout => f.write_str("heartbeat timeout"),
             LostReason::StreamBroke(why) => write!(f, "result stream broke: {why}"),
             LostReason::Drained => f.write_str("drained"),
+            LostReason::Refused(n) => write!(f, "dropped after {n} refused results"),
         }
     }
 }
@@ -35,6 +39,8 @@ pub(super) struct Worker {
     pub last_seen: Instant,
     pub leases: BTreeSet<String>,
     pub shards_done: u32,
+    /// Its results refused so far.
+    pub refused: u32,
 }
 
 /// Where a lease points.
@@ -54,38 +60,32 @@ pub(super) struct Workers {
     leases: HashMap<String, Lease>,
     next_worker: u64,
     next_lease: u64,
-    /// Lease ids are unguessable: a worker can only write to shards it was given.
-    nonce: u64,
-}
-
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    h.finish()
+    max_workers: usize,
 }
 
 impl Workers {
-    pub fn new() -> Self {
+    pub fn new(max_workers: usize) -> Self {
         Workers {
             workers: BTreeMap::new(),
             leases: HashMap::new(),
             next_worker: 1,
             next_lease: 1,
-            nonce: random_u64(),
+            max_workers,
         }
     }
 
-    /// Registers a worker and returns its id.
-    pub fn register(&mut self, info: WorkerInfo, now: Instant) -> String {
-        let id = format!("w{}-{:04x}", self.next_worker, self.nonce & 0xffff);
+    /// Registers a worker and returns its id, unless it says too much about itself or too
+    /// many workers are registered.
+    pub fn register(&mut self, info: WorkerInfo, now: Instant) -> Result<String, SchedError> {
+        limits::check_info(&info)?;
+        if self.workers.len() >= self.max_workers {
+            return Err(SchedError::TooManyWorkers(self.max_workers));
+        }
+        let id = ids::secret('w', self.next_worker)?;
         self.next_worker += 1;
         tracing::info!(
-            "worker {id} ({}, {}, {} threads) registered",
+            "worker {} ({}, {}, {} threads) registered",
+            ids::label(&id),
             info.name,
             info.device,
             info.threads
@@ -97,9 +97,10 @@ impl Workers {
                 last_seen: now,
                 leases: BTreeSet::new(),
                 shards_done: 0,
+                refused: 0,
             },
         );
-        id
+        Ok(id)
     }
 
     /// The worker, heard from now.
@@ -113,8 +114,8 @@ impl Workers {
     }
 
     /// A new lease of `(job, shard)` for `worker`.
-    pub fn grant(&mut self, worker: &str, job: u64, shard: u32) -> String {
-        let id = format!("{:016x}-{}", self.nonce ^ random_u64(), self.next_lease);
+    pub fn grant(&mut self, worker: &str, job: u64, shard: u32) -> Result<String, SchedError> {
+        let id = ids::secret('l', self.next_lease)?;
         self.next_lease += 1;
         if let Some(w) = self.workers.get_mut(worker) {
             w.leases.insert(id.clone());
@@ -128,7 +129,7 @@ impl Workers {
                 active: true,
             },
         );
-        id
+        Ok(id)
     }
 
     /// The lease, if it belongs to `worker`.
@@ -153,6 +154,14 @@ impl Workers {
         if let Some(w) = self.workers.get_mut(worker) {
             w.shards_done += 1;
         }
+    }
+
+    /// Counts a refused result of `worker`; returns its refusals so far.
+    pub fn refused(&mut self, worker: &str) -> u32 {
+        self.workers.get_mut(worker).map_or(0, |w| {
+            w.refused += 1;
+            w.refused
+        })
     }
 
     /// Revokes every active lease of a job: their workers are told to abandon them.
@@ -183,6 +192,12 @@ impl Workers {
         Some((w.info.name, held))
     }
 
+    /// Voids every lease `worker` was given, even revoked ones: a result sent on one is
+    /// refused rather than accepted late.
+    pub fn void_leases(&mut self, worker: &str) {
+        self.leases.retain(|_, l| l.worker != worker);
+    }
+
     /// Workers silent for longer than `lost_after`.
     pub fn late(&self, now: Instant, lost_after: Duration) -> Vec<String> {
         self.workers
@@ -192,20 +207,30 @@ impl Workers {
             .collect()
     }
 
-    /// What `status` shows of each worker.
-    pub fn status(&self, now: Instant) -> Vec<WorkerStatus> {
-        self.workers
-            .iter()
-            .map(|(id, w)| WorkerStatus {
-                worker_id: id.clone(),
+    /// What `status` shows of the workers, by label, as many as fit in `max_bytes` encoded;
+    /// and how many were left out.
+    pub fn status(&self, now: Instant, max_bytes: usize) -> (Vec<WorkerStatus>, u32) {
+        let mut shown = vec![];
+        let mut bytes = 0;
+        for (id, w) in &self.workers {
+            let s = WorkerStatus {
+                worker_id: ids::label(id).to_string(),
                 name: w.info.name.clone(),
                 device: w.info.device.clone(),
                 threads: w.info.threads,
-                leases: w.leases.iter().cloned().collect(),
+                leases: w.leases.iter().map(|l| ids::label(l).to_string()).collect(),
                 shards_done: w.shards_done,
                 last_seen_ms: now.duration_since(w.last_seen).as_millis() as u64,
                 models: w.info.models.clone(),
-            })
-            .collect()
+            };
+            // A repeated field's element costs its length, a tag and a length prefix.
+            bytes += s.encoded_len() + 6;
+            if bytes > max_bytes {
+                break;
+            }
+            shown.push(s);
+        }
+        let omitted = (self.workers.len() - shown.len()) as u32;
+        (shown, omitted)
     }
 }
