@@ -23,8 +23,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::incoming::{self, ConnLimits};
 use crate::scheduler::{
-    Completion, Finishing, LostReason, Partial, SchedConfig, SchedError, Scheduler, SystemClock,
-    limits,
+    Completion, Finishing, LostReason, Partial, Planning, SchedConfig, SchedError, Scheduler,
+    SystemClock, limits,
 };
 
 /// Coordinator settings.
@@ -48,6 +48,10 @@ pub struct ServerConfig {
     pub max_workers: usize,
     /// The most one result stream may take, whatever its shard can produce.
     pub max_result_bytes: u64,
+    /// Active leases one worker may hold.
+    pub max_leases: usize,
+    /// How long a lease may go without progress (longer when its job's shards take longer).
+    pub lease_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -64,6 +68,8 @@ impl ServerConfig {
             connections: ConnLimits::default(),
             max_workers: limits::DEFAULT_MAX_WORKERS,
             max_result_bytes: limits::DEFAULT_MAX_RESULT_BYTES,
+            max_leases: limits::DEFAULT_MAX_LEASES,
+            lease_timeout: limits::DEFAULT_LEASE_TIMEOUT,
         }
     }
 }
@@ -100,6 +106,8 @@ impl Service {
             lost_after: cfg.lost_after,
             max_workers: cfg.max_workers,
             max_result_bytes: cfg.max_result_bytes,
+            max_leases: cfg.max_leases,
+            lease_timeout: cfg.lease_timeout,
             ..SchedConfig::new(cfg.state_dir.join("results"))
         };
         let (sched, finishing) = Scheduler::open(&cfg.state_dir, sched_cfg, Arc::new(SystemClock))?;
@@ -112,6 +120,17 @@ impl Service {
             service.finish(f)?;
         }
         Ok(service)
+    }
+
+    /// Plans a job outside the lock, then records the outcome (and aggregates a job with
+    /// nothing left to run).
+    fn plan(&self, p: Planning) -> Result<(), SchedError> {
+        let outcome = p.run();
+        let finishing = self.lock().planned(p.job, p.meta, outcome)?;
+        match finishing {
+            Some(f) => self.finish(f),
+            None => Ok(()),
+        }
     }
 
     /// Aggregates a job outside the lock, then records the outcome.
@@ -156,16 +175,28 @@ impl Service {
         auth::check_token(r.metadata(), &t)
     }
 
-    /// Declares silent workers lost, every `heartbeat`, until the process ends.
+    /// Declares silent workers lost and expires leases, every `heartbeat`, until the process
+    /// ends. A tick much later than due means the coordinator itself stalled (its lock held,
+    /// the process paused): that time is given back before anyone is declared lost.
     pub fn spawn_ticker(&self) -> tokio::task::JoinHandle<()> {
         let s = self.clone();
         tokio::spawn(async move {
-            let mut t = tokio::time::interval(s.cfg.heartbeat);
+            let every = s.cfg.heartbeat;
+            let mut t = tokio::time::interval(every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last = std::time::Instant::now();
             loop {
                 t.tick().await;
-                if let Err(e) = s.lock().tick() {
+                let mut sched = s.lock();
+                let now = std::time::Instant::now();
+                let late = now.duration_since(last).saturating_sub(every);
+                if late > every {
+                    sched.forgive(late);
+                }
+                if let Err(e) = sched.tick() {
                     tracing::error!("{e}");
                 }
+                last = now;
             }
         })
     }
@@ -238,7 +269,10 @@ impl Coordinator for Service {
     ) -> Result<Response<HeartbeatReply>, Status> {
         self.worker_auth(&r)?;
         let h = r.into_inner();
-        let reply = match self.lock().heartbeat(&h.worker_id, &h.leases, h.models) {
+        let reply = match self
+            .lock()
+            .heartbeat(&h.worker_id, &h.leases, h.models, &h.progress)
+        {
             Ok(revoked) => HeartbeatReply {
                 known: true,
                 revoked,
@@ -348,19 +382,36 @@ impl Coordinator for Service {
                 )));
             }
         };
-        // Storing writes the database: off the async threads.
+        // Storing writes the database: off the async threads, and off the lock.
         let s = self.clone();
-        let completion = tokio::task::spawn_blocking(move || s.lock().complete(&w, &l, tensors))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
-        if let Completion::Finishing(f) = completion {
-            // The results folder is written outside the lock, after the worker's ack.
-            let s = self.clone();
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = s.finish(*f) {
-                    tracing::error!("{e}");
-                }
-            });
+        let completion = tokio::task::spawn_blocking(move || {
+            let Some(r) = s.lock().receive(&w, &l, tensors)? else {
+                return Ok(Completion::Duplicate);
+            };
+            let stored = r.store();
+            s.lock().accept(r, stored)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(Status::from)?;
+        // Planning and the results folder are done outside the lock, after the worker's ack.
+        let s = self.clone();
+        match completion {
+            Completion::Finishing(f) => {
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = s.finish(*f) {
+                        tracing::error!("{e}");
+                    }
+                });
+            }
+            Completion::Planning(p) => {
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = s.plan(*p) {
+                        tracing::error!("{e}");
+                    }
+                });
+            }
+            Completion::Stored | Completion::Duplicate => {}
         }
         Ok(Response::new(Ack {}))
     }

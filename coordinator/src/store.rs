@@ -15,6 +15,9 @@ const JOBS: TableDefinition<u64, &str> = TableDefinition::new("jobs");
 const SHARDS: TableDefinition<(u64, u32), &str> = TableDefinition::new("shards");
 const RESULTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("results");
 const ATTACHMENTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("attachments");
+/// A job's plan (its shard tasks, orders and circuit), apart from its record: the plan can be
+/// large (an order study's orders) and is written once, the record on every change of state.
+const PLANS: TableDefinition<u64, &str> = TableDefinition::new("plans");
 
 /// Life of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,13 +78,42 @@ pub struct JobRecord {
     pub finished_unix: Option<f64>,
     /// The prepare shard's report.
     pub meta: Option<JobMeta>,
-    /// The plan: shard 0 is `prepare`, the rest follow once it is done.
+    /// The plan: shard 0 is `prepare`, the rest follow once it is done. (This and the next
+    /// two are stored apart, in the plans table; records written before that hold them.)
+    #[serde(default, skip_serializing)]
     pub shards: Vec<ShardTask>,
     /// The order study's orders (all of them, in study order).
+    #[serde(default, skip_serializing)]
     pub orders: Option<Vec<Vec<Component>>>,
     /// Edge sweeps: the node circuit the graph is restricted to.
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub circuit: Option<Vec<Component>>,
+}
+
+/// A job's plan as stored (the fields of [`JobRecord`] kept apart from it).
+#[derive(Serialize)]
+struct PlanRow<'a> {
+    shards: &'a [ShardTask],
+    orders: &'a Option<Vec<Vec<Component>>>,
+    circuit: &'a Option<Vec<Component>>,
+}
+
+/// A job's plan, read back.
+#[derive(Deserialize)]
+struct Plan {
+    shards: Vec<ShardTask>,
+    orders: Option<Vec<Vec<Component>>>,
+    circuit: Option<Vec<Component>>,
+}
+
+impl<'a> PlanRow<'a> {
+    fn of(job: &'a JobRecord) -> Self {
+        PlanRow {
+            shards: &job.shards,
+            orders: &job.orders,
+            circuit: &job.circuit,
+        }
+    }
 }
 
 /// A shard as stored.
@@ -100,6 +132,9 @@ pub struct ShardRecord {
     /// Malformed results refused.
     #[serde(default)]
     pub refused: u32,
+    /// Workers lost, and leases expired, while it was leased (a drain does not count).
+    #[serde(default)]
+    pub losses: u32,
     /// The last failure.
     pub last_error: Option<String>,
 }
@@ -159,9 +194,34 @@ impl Store {
             tx.open_table(SHARDS).map_err(|e| err(e.to_string()))?;
             tx.open_table(RESULTS).map_err(|e| err(e.to_string()))?;
             tx.open_table(ATTACHMENTS).map_err(|e| err(e.to_string()))?;
+            tx.open_table(PLANS).map_err(|e| err(e.to_string()))?;
         }
         tx.commit().map_err(|e| err(e.to_string()))?;
-        Ok(Store { db, path })
+        let store = Store { db, path };
+        store.move_plans_apart()?;
+        Ok(store)
+    }
+
+    /// Moves the plans of records written when they held them into the plans table, once:
+    /// from then on a record is rewritten without its plan.
+    fn move_plans_apart(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let jobs = tx.open_table(JOBS).map_err(|e| self.err(e))?;
+            let mut plans = tx.open_table(PLANS).map_err(|e| self.err(e))?;
+            for row in jobs.iter().map_err(|e| self.err(e))? {
+                let (k, v) = row.map_err(|e| self.err(e))?;
+                let id = k.value();
+                if plans.get(id).map_err(|e| self.err(e))?.is_some() {
+                    continue;
+                }
+                let job: JobRecord =
+                    serde_json::from_str(v.value()).map_err(|e| self.corrupt(e))?;
+                let text = serde_json::to_string(&PlanRow::of(&job)).expect("plans serialize");
+                plans.insert(id, text.as_str()).map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
     }
 
     fn err(&self, e: impl std::fmt::Display) -> StoreError {
@@ -178,7 +238,8 @@ impl Store {
         }
     }
 
-    /// Writes a job record, and its attachments when given, in one transaction.
+    /// Writes a job record (not its plan), and its attachments and plan when given (at
+    /// submission), in one transaction.
     pub fn put_job(
         &self,
         job: &JobRecord,
@@ -191,12 +252,39 @@ impl Store {
                 let mut t = tx.open_table(JOBS).map_err(|e| self.err(e))?;
                 t.insert(job.id, text.as_str()).map_err(|e| self.err(e))?;
                 if let Some(files) = attachments {
+                    let plan = serde_json::to_string(&PlanRow::of(job)).expect("plans serialize");
+                    let mut p = tx.open_table(PLANS).map_err(|e| self.err(e))?;
+                    p.insert(job.id, plan.as_str()).map_err(|e| self.err(e))?;
                     let mut a = tx.open_table(ATTACHMENTS).map_err(|e| self.err(e))?;
                     for (i, data) in files.iter().enumerate() {
                         a.insert((job.id, i as u32), data.as_slice())
                             .map_err(|e| self.err(e))?;
                     }
                 }
+            }
+            tx.commit().map_err(|e| self.err(e))
+        })
+    }
+
+    /// Writes a job's plan (once its prepare shard is done).
+    pub fn put_plan(
+        &self,
+        job: u64,
+        shards: &[ShardTask],
+        orders: &Option<Vec<Vec<Component>>>,
+        circuit: &Option<Vec<Component>>,
+    ) -> Result<(), StoreError> {
+        guarded(&self.path, || {
+            let row = PlanRow {
+                shards,
+                orders,
+                circuit,
+            };
+            let plan = serde_json::to_string(&row).expect("plans serialize");
+            let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+            {
+                let mut p = tx.open_table(PLANS).map_err(|e| self.err(e))?;
+                p.insert(job, plan.as_str()).map_err(|e| self.err(e))?;
             }
             tx.commit().map_err(|e| self.err(e))
         })
@@ -210,20 +298,28 @@ impl Store {
     ) -> Result<(), StoreError> {
         guarded(&self.path, || {
             let tx = self.db.begin_write().map_err(|e| self.err(e))?;
-            {
-                if let Some(job) = job {
-                    let text = serde_json::to_string(job).expect("job records serialize");
-                    let mut t = tx.open_table(JOBS).map_err(|e| self.err(e))?;
-                    t.insert(job.id, text.as_str()).map_err(|e| self.err(e))?;
-                }
-                let mut t = tx.open_table(SHARDS).map_err(|e| self.err(e))?;
-                for (j, s, r) in shards {
-                    let text = serde_json::to_string(r).expect("shard records serialize");
-                    t.insert((*j, *s), text.as_str()).map_err(|e| self.err(e))?;
-                }
-            }
+            self.write_shards(&tx, job, shards)?;
             tx.commit().map_err(|e| self.err(e))
         })
+    }
+
+    fn write_shards(
+        &self,
+        tx: &redb::WriteTransaction,
+        job: Option<&JobRecord>,
+        shards: &[(u64, u32, &ShardRecord)],
+    ) -> Result<(), StoreError> {
+        if let Some(job) = job {
+            let text = serde_json::to_string(job).expect("job records serialize");
+            let mut t = tx.open_table(JOBS).map_err(|e| self.err(e))?;
+            t.insert(job.id, text.as_str()).map_err(|e| self.err(e))?;
+        }
+        let mut t = tx.open_table(SHARDS).map_err(|e| self.err(e))?;
+        for (j, s, r) in shards {
+            let text = serde_json::to_string(r).expect("shard records serialize");
+            t.insert((*j, *s), text.as_str()).map_err(|e| self.err(e))?;
+        }
+        Ok(())
     }
 
     /// Stores a shard's result and marks it done, in one transaction.
@@ -256,11 +352,20 @@ impl Store {
             let tx = self.db.begin_read().map_err(|e| self.err(e))?;
             let jobs = tx.open_table(JOBS).map_err(|e| self.err(e))?;
             let shards = tx.open_table(SHARDS).map_err(|e| self.err(e))?;
+            let plans = tx.open_table(PLANS).map_err(|e| self.err(e))?;
             let mut out = vec![];
             for row in jobs.iter().map_err(|e| self.err(e))? {
                 let (_, v) = row.map_err(|e| self.err(e))?;
-                let job: JobRecord =
+                let mut job: JobRecord =
                     serde_json::from_str(v.value()).map_err(|e| self.corrupt(e))?;
+                let plan = plans
+                    .get(job.id)
+                    .map_err(|e| self.err(e))?
+                    .ok_or_else(|| self.corrupt(format!("job {} has no plan", job.id)))?;
+                let plan: Plan = serde_json::from_str(plan.value()).map_err(|e| self.corrupt(e))?;
+                job.shards = plan.shards;
+                job.orders = plan.orders;
+                job.circuit = plan.circuit;
                 let mut recs = vec![ShardRecord::default(); job.shards.len()];
                 for row in shards
                     .range((job.id, 0)..=(job.id, u32::MAX))
@@ -384,6 +489,24 @@ fn decode(mut b: &[u8]) -> Option<Vec<WireTensor>> {
 mod tests {
     use super::*;
 
+    /// A running node sweep's record, not yet planned.
+    fn running(id: u64) -> JobRecord {
+        JobRecord {
+            id,
+            name: format!("job{id}"),
+            spec_toml: "[sweep]\nkind = \"nodes\"\n".into(),
+            attachments: vec![],
+            state: JobState::Running,
+            error: None,
+            submitted_unix: 1.0,
+            finished_unix: None,
+            meta: None,
+            shards: vec![ShardTask::Prepare],
+            orders: None,
+            circuit: None,
+        }
+    }
+
     #[test]
     fn jobs_shards_and_results_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
@@ -415,6 +538,7 @@ mod tests {
                 requeued: 1,
                 failures: 0,
                 refused: 0,
+                losses: 1,
                 last_error: None,
             };
             s.put_result(7, 1, &rec, &ts).unwrap();
@@ -425,10 +549,56 @@ mod tests {
         assert_eq!(all[0].0.shards, job.shards);
         assert!(!all[0].1[0].done);
         assert!(all[0].1[1].done);
-        assert_eq!(all[0].1[1].attempts, 2);
+        assert_eq!((all[0].1[1].attempts, all[0].1[1].losses), (2, 1));
         assert_eq!(s.result(7, 1).unwrap().unwrap(), ts);
         assert_eq!(s.result(7, 0).unwrap(), None);
         assert_eq!(s.attachments(7, 1).unwrap()[0], b"{\"clean\": 1}\n");
+    }
+
+    #[test]
+    fn a_state_change_rewrites_the_record_not_the_plan_and_old_records_keep_theirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let orders = vec![vec![Component::Mlp { layer: 1 }; 50]; 2000];
+        let mut job = JobRecord {
+            orders: Some(orders.clone()),
+            ..running(3)
+        };
+        let record = |s: &Store, id: u64| {
+            let tx = s.db.begin_read().unwrap();
+            let t = tx.open_table(JOBS).unwrap();
+            t.get(id).unwrap().unwrap().value().to_string()
+        };
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.put_plan(3, &job.shards, &job.orders, &job.circuit)
+                .unwrap();
+            s.put_job(&job, None).unwrap();
+            job.state = JobState::Cancelled;
+            s.put_job(&job, None).unwrap();
+            assert!(record(&s, 3).len() < 500, "{}", record(&s, 3));
+            // A record as written before plans were kept apart: the plan inside it.
+            let mut old = serde_json::to_value(&job).unwrap();
+            old["id"] = 4.into();
+            old["shards"] = serde_json::to_value(&job.shards).unwrap();
+            old["orders"] = serde_json::to_value(&job.orders).unwrap();
+            let tx = s.db.begin_write().unwrap();
+            tx.open_table(JOBS)
+                .unwrap()
+                .insert(4, old.to_string().as_str())
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let all = s.load().unwrap();
+        assert_eq!(all.len(), 2);
+        for (rec, _) in &all {
+            assert_eq!(rec.state, JobState::Cancelled);
+            assert_eq!(rec.orders.as_ref(), Some(&orders), "job {}", rec.id);
+        }
+        // Rewritten, the old record keeps its plan apart.
+        s.put_job(&all[1].0, None).unwrap();
+        assert!(record(&s, 4).len() < 500);
+        assert_eq!(s.load().unwrap()[1].0.orders.as_ref(), Some(&orders));
     }
 
     #[test]
@@ -438,20 +608,7 @@ mod tests {
         {
             let s = Store::open(&good).unwrap();
             for id in 1..=20 {
-                let job = JobRecord {
-                    id,
-                    name: format!("job{id}"),
-                    spec_toml: "[sweep]\nkind = \"nodes\"\n".into(),
-                    attachments: vec![],
-                    state: JobState::Running,
-                    error: None,
-                    submitted_unix: 1.0,
-                    finished_unix: None,
-                    meta: None,
-                    shards: vec![ShardTask::Prepare],
-                    orders: None,
-                    circuit: None,
-                };
+                let job = running(id);
                 s.put_job(&job, None).unwrap();
                 let rec = ShardRecord {
                     done: true,
@@ -459,6 +616,7 @@ mod tests {
                     requeued: 0,
                     failures: 0,
                     refused: 0,
+                    losses: 0,
                     last_error: None,
                 };
                 let ts = vec![WireTensor::f64("heads", &[1, 64], &[id as f64; 64])];

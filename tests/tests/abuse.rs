@@ -1,6 +1,6 @@
 //! What a worker token cannot do, over real gRPC on loopback with hand-written hostile workers:
 //! stream more than its shard can produce, register past the caps, or find another worker's id
-//! in `status` and drain it.
+//! in `status` and drain it, or hold shards it does not work on.
 
 use circuit_sweep_common::shard::JobMeta;
 use circuit_sweep_coordinator::server::ServerConfig;
@@ -9,7 +9,8 @@ use circuit_sweep_proto::auth;
 use circuit_sweep_proto::shard_output::ShardOutput;
 use circuit_sweep_proto::tensor::WireTensor;
 use circuit_sweep_proto::v1::{
-    GoodbyeRequest, HeartbeatRequest, StatusRequest, SubmitRequest, TensorChunk, WorkerInfo,
+    GoodbyeRequest, HeartbeatRequest, LeaseRequest, StatusRequest, SubmitRequest, TensorChunk,
+    WorkerInfo,
 };
 use circuit_sweep_tests::grpc::{Coordinator, info, lease, put, register, rt};
 
@@ -110,6 +111,7 @@ fn registrations_past_the_caps_are_refused() {
                 worker_id: ids[0].clone(),
                 leases: vec![],
                 models: vec![long],
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -156,7 +158,7 @@ fn a_worker_cannot_drain_another_with_what_status_shows() {
             .heartbeat(HeartbeatRequest {
                 worker_id: v.clone(),
                 leases: vec![held.lease_id.clone()],
-                models: vec![],
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -173,6 +175,56 @@ fn a_worker_cannot_drain_another_with_what_status_shows() {
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
         assert_eq!(status(&mut attacker).await.jobs[0].state, "running");
+        coordinator.stop().await;
+    });
+}
+
+#[test]
+fn a_worker_that_hoards_leases_without_progress_loses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    rt().block_on(async {
+        let mut cfg = ServerConfig::new(dir.path());
+        cfg.heartbeat = std::time::Duration::from_millis(100);
+        cfg.lease_timeout = std::time::Duration::from_secs(1);
+        cfg.max_leases = 1;
+        let coordinator = Coordinator::start(cfg).await;
+        let mut c = coordinator.client(None).await;
+        let (hoarder, honest) = (register(&mut c).await, register(&mut c).await);
+        let job = prepared(&mut c, &honest).await;
+        let held = lease(&mut c, &hoarder).await;
+        // One lease at most: the rest of the queue is left for others.
+        let more = c
+            .lease(LeaseRequest {
+                worker_id: hoarder.clone(),
+            })
+            .await
+            .unwrap();
+        assert!(more.into_inner().lease.is_none());
+        // It heartbeats, so it is never lost, but reports no progress: the lease expires.
+        let started = std::time::Instant::now();
+        let revoked = loop {
+            let hb = c
+                .heartbeat(HeartbeatRequest {
+                    worker_id: hoarder.clone(),
+                    leases: vec![held.lease_id.clone()],
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if !hb.revoked.is_empty() || started.elapsed().as_secs() > 10 {
+                break hb.revoked;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        assert_eq!(revoked, vec![held.lease_id.clone()]);
+        let st = status(&mut c).await;
+        let j = st.jobs.iter().find(|j| j.job_id == job).unwrap();
+        assert_eq!((j.state.as_str(), j.requeued), ("running", 1));
+        assert_eq!(st.workers.len(), 2, "still registered: it was not lost");
+        // The shard went back to the queue: the honest worker takes it.
+        let again = lease(&mut c, &honest).await;
+        assert_eq!(again.shard, held.shard);
         coordinator.stop().await;
     });
 }

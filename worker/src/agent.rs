@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,8 +16,8 @@ use circuit_sweep_proto::auth::{self, Client};
 use circuit_sweep_proto::tensor::{MAX_CHUNK_BYTES, WireTensor, result_messages};
 use circuit_sweep_proto::tls::ClientTls;
 use circuit_sweep_proto::v1::{
-    FailRequest, GoodbyeRequest, HeartbeatRequest, LeaseRequest, ResultChunk, ShardLease,
-    WorkerInfo,
+    FailRequest, GoodbyeRequest, HeartbeatRequest, LeaseProgress, LeaseRequest, ResultChunk,
+    ShardLease, WorkerInfo,
 };
 use tokio::sync::watch;
 
@@ -83,8 +83,16 @@ pub struct AgentSummary {
     pub shards_failed: usize,
 }
 
-/// Leases in progress, with their cancel flags (shared with the heartbeat task).
-type Active = Arc<Mutex<HashMap<String, Arc<AtomicBool>>>>;
+/// A lease in progress: its cancel flag (set when the coordinator revokes it) and its progress
+/// (units of work done, reported with each heartbeat so that the lease does not expire).
+#[derive(Default)]
+struct Running {
+    cancel: AtomicBool,
+    progress: AtomicU64,
+}
+
+/// Leases in progress (shared with the heartbeat task).
+type Active = Arc<Mutex<HashMap<String, Arc<Running>>>>;
 
 /// Runs a worker until `shutdown` turns true (then drains) or the coordinator refuses it.
 pub async fn run(
@@ -172,13 +180,13 @@ pub async fn run(
                 wait(&mut shutdown, lease.retry_ms.max(10) as u64).await;
                 continue;
             };
-            let cancel = Arc::new(AtomicBool::new(false));
+            let running = Arc::new(Running::default());
             active
                 .lock()
                 .expect("active lock")
-                .insert(l.lease_id.clone(), cancel.clone());
+                .insert(l.lease_id.clone(), running.clone());
             let lease_id = l.lease_id.clone();
-            let outcome = compute(&cfg, &cache, &mut jobs, l, cancel).await;
+            let outcome = compute(&cfg, &cache, &mut jobs, l, running).await;
             let sent = match outcome {
                 Ok(tensors) => send_result(&mut client, &worker_id, &lease_id, tensors)
                     .await
@@ -331,16 +339,26 @@ async fn heartbeats(
         if let Some((h, name)) = &health {
             h.tick(name);
         }
-        let leases: Vec<String> = active
+        let (leases, progress) = active
             .lock()
             .expect("active lock")
-            .keys()
-            .cloned()
-            .collect();
+            .iter()
+            .map(|(id, r)| {
+                let done = r.progress.load(Ordering::Relaxed);
+                (
+                    id.clone(),
+                    LeaseProgress {
+                        lease_id: id.clone(),
+                        done,
+                    },
+                )
+            })
+            .unzip();
         let req = HeartbeatRequest {
             worker_id: worker_id.clone(),
             leases,
             models: cache.resident(),
+            progress,
         };
         match client.heartbeat(req).await {
             Ok(r) => {
@@ -352,13 +370,13 @@ async fn heartbeats(
                 }
                 let a = active.lock().expect("active lock");
                 for id in &r.revoked {
-                    if let Some(flag) = a.get(id) {
-                        flag.store(true, Ordering::Relaxed);
+                    if let Some(run) = a.get(id) {
+                        run.cancel.store(true, Ordering::Relaxed);
                     }
                 }
                 if !r.known {
-                    for flag in a.values() {
-                        flag.store(true, Ordering::Relaxed);
+                    for run in a.values() {
+                        run.cancel.store(true, Ordering::Relaxed);
                     }
                     lost.store(true, Ordering::Relaxed);
                     if let Some((h, name)) = &health {
@@ -397,7 +415,7 @@ async fn compute(
     cache: &Arc<ModelCache>,
     jobs: &mut Prepared,
     l: ShardLease,
-    cancel: Arc<AtomicBool>,
+    running: Arc<Running>,
 ) -> Result<Vec<WireTensor>, ShardError> {
     let task: ShardTask = serde_json::from_str(&l.task_json)
         .map_err(|e| ShardError::BadInput(format!("shard task: {e}")))?;
@@ -449,7 +467,12 @@ async fn compute(
         }
     };
     let out = tokio::task::spawn_blocking(move || {
-        span.in_scope(|| shard::execute(&job, &task, &cancel, &mut |_, _| {}))
+        span.in_scope(|| {
+            let mut progress = |_, _| {
+                running.progress.fetch_add(1, Ordering::Relaxed);
+            };
+            shard::execute(&job, &task, &running.cancel, &mut progress)
+        })
     })
     .await
     .map_err(|e| ShardError::Internal(format!("shard panicked: {e}")))??;

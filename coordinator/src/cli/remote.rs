@@ -177,6 +177,15 @@ pub struct CoordinatorArgs {
     /// The most one result stream may take, in MiB, whatever its shard can produce.
     #[arg(long, env = "CIRCUIT_SWEEP_MAX_RESULT_MIB", default_value_t = limits::DEFAULT_MAX_RESULT_BYTES >> 20)]
     max_result_mib: u64,
+    /// Active leases one worker may hold (a worker computes one shard at a time).
+    #[arg(long, env = "CIRCUIT_SWEEP_MAX_LEASES_PER_WORKER", default_value_t = limits::DEFAULT_MAX_LEASES as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    max_leases_per_worker: u64,
+    /// Seconds a lease may go without progress before its shard goes to another worker
+    /// (longer for a job whose shards have taken longer: 4 times its longest).
+    #[arg(long, env = "CIRCUIT_SWEEP_LEASE_TIMEOUT_S", default_value_t = limits::DEFAULT_LEASE_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=30 * 86400))]
+    lease_timeout_s: u64,
     /// Serve the live dashboard (jobs, workers, progress, heatmaps) on this address; open it as
     /// `http://ADDR/#token=TOKEN`. Its API takes the same token as the gRPC API.
     #[arg(long, env = "CIRCUIT_SWEEP_DASHBOARD")]
@@ -224,6 +233,8 @@ pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
     cfg.lost_after = Duration::from_millis(a.lost_after_ms);
     cfg.max_workers = a.max_workers;
     cfg.max_result_bytes = a.max_result_mib.saturating_mul(1 << 20);
+    cfg.max_leases = a.max_leases_per_worker as usize;
+    cfg.lease_timeout = Duration::from_secs(a.lease_timeout_s);
     cfg.connections = ConnLimits {
         max_connections: a.max_connections as usize,
         first_byte: Duration::from_millis(a.first_byte_timeout_ms),

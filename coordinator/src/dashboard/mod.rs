@@ -157,12 +157,21 @@ async fn job(State(d): State<Dash>, Path(id): Path<u64>, headers: HeaderMap) -> 
     {
         return json(v.clone());
     }
-    let partial = match d.service.partial(id) {
-        Ok(p) => p,
-        Err(crate::scheduler::SchedError::UnknownJob(_)) => return unknown(),
+    // Reading the stored shards and the statistics is blocking work: off the async threads.
+    let service = d.service.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        service.partial(id).map(|p| {
+            let v = live_view(&p);
+            (p, v)
+        })
+    })
+    .await;
+    let (partial, v) = match read {
+        Ok(Ok(pv)) => pv,
+        Ok(Err(crate::scheduler::SchedError::UnknownJob(_))) => return unknown(),
+        Ok(Err(e)) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     };
-    let v = live_view(&partial);
     d.cache
         .lock()
         .unwrap_or_else(|p| p.into_inner())

@@ -1,7 +1,7 @@
 //! The dashboard's JSON: jobs and workers, and a job's results so far (the head heatmap with
 //! the cells not yet computed left empty, the order study's inclusion frequencies).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use circuit_sweep_common::Component;
 use circuit_sweep_common::orders::component_stats;
@@ -10,6 +10,10 @@ use circuit_sweep_proto::v1::StatusReply;
 use serde_json::{Value, json};
 
 use crate::scheduler::Partial;
+
+/// Circuits the live view compares pairwise at most (the first ones done): the pairs grow as
+/// the square of the orders, and a poll must stay cheap; the results folder has them all.
+pub const LIVE_JACCARD_SETS: usize = 2000;
 
 /// `/api/status`: every job (newest first), the workers the reply holds and how many more
 /// there are.
@@ -96,14 +100,30 @@ pub fn live_view(p: &Partial) -> Value {
                     .collect()
             })
             .collect();
-        let stats = component_stats(&sets);
+        let compared = &sets[..sets.len().min(LIVE_JACCARD_SETS)];
+        let stats = component_stats(compared);
+        let mut counts: BTreeMap<Component, usize> = BTreeMap::new();
+        for c in sets.iter().flatten() {
+            *counts.entry(*c).or_default() += 1;
+        }
+        let k = sets.len();
+        let frequency: BTreeMap<String, f64> = counts
+            .iter()
+            .map(|(c, n)| (c.to_string(), *n as f64 / k as f64))
+            .collect();
+        let core: Vec<String> = counts
+            .iter()
+            .filter(|(_, n)| **n == k)
+            .map(|(c, _)| c.to_string())
+            .collect();
         v["orders"] = json!({
             "done": p.runs.len(),
             "total": p.orders_total,
-            "frequency": stats.frequency,
+            "frequency": frequency,
             "jaccard_mean": (!sets.is_empty()).then_some(stats.jaccard_mean),
             "jaccard_heads_mean": stats.jaccard_heads_mean.filter(|_| !sets.is_empty()),
-            "core": if sets.is_empty() { vec![] } else { stats.core },
+            "jaccard_over": compared.len(),
+            "core": core,
             "scores": p.runs.iter().map(|r| r.score).collect::<Vec<_>>(),
         });
     }
@@ -182,6 +202,19 @@ mod tests {
         // The MLP kept by one order only does not lower the heads' agreement.
         assert_eq!(v["orders"]["jaccard_heads_mean"], 1.0);
         assert!(v.get("heads").is_none());
+    }
+
+    #[test]
+    fn a_large_study_compares_its_first_circuits_and_counts_them_all() {
+        let mut p = partial(SweepKind::Orders);
+        p.orders_total = LIVE_JACCARD_SETS + 500;
+        p.runs = vec![run(&["h0.1"]); LIVE_JACCARD_SETS];
+        p.runs.extend(vec![run(&["m2"]); 500]);
+        let v = live_view(&p);
+        assert_eq!(v["orders"]["jaccard_over"], LIVE_JACCARD_SETS);
+        assert_eq!(v["orders"]["jaccard_mean"], 1.0, "the first ones agree");
+        assert_eq!(v["orders"]["frequency"]["m2"], 0.2);
+        assert_eq!(v["orders"]["core"], json!([]));
     }
 
     #[test]

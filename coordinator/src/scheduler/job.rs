@@ -5,7 +5,7 @@
 //! what they changed.
 
 use std::collections::BTreeSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use circuit_sweep_common::shard::{JobMeta, ShardTask};
 use circuit_sweep_common::spec::SweepSpec;
@@ -22,6 +22,11 @@ pub const MAX_REFUSALS: u32 = 5;
 /// Distinct workers whose results of one shard must be refused before its job fails: one bad
 /// worker (dropped after a few refusals) must not fail everyone's job.
 pub const MIN_REFUSING_WORKERS: usize = 2;
+
+/// Workers lost (or leases expired) while holding one shard before its job fails: a shard that
+/// kills or wedges every worker that takes it must not loop forever, while a worker lost for
+/// its own reasons (a preempted node) costs the shard nothing.
+pub const MAX_LOSSES: u32 = 3;
 
 /// Where a shard stands.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +75,9 @@ pub(super) struct Job {
     pub done_here: u32,
     /// Every shard is done and the results folder is being written.
     pub aggregating: bool,
+    /// The longest a shard of it has taken from lease to result (in this coordinator's
+    /// lifetime): what its leases' deadlines are derived from.
+    pub longest: Duration,
 }
 
 impl Job {
@@ -93,6 +101,7 @@ impl Job {
             started: now,
             done_here: 0,
             aggregating: false,
+            longest: Duration::ZERO,
         }
     }
 
@@ -171,17 +180,34 @@ impl Job {
         Retry::Requeued
     }
 
-    /// The worker holding shard `i` as `lease` was lost: the shard is queued again (a lost
-    /// worker says nothing about the shard, so no failure is counted). False when the shard
-    /// has moved on (done, or leased again).
-    pub fn lost(&mut self, i: usize, lease: &str) -> bool {
+    /// The worker holding shard `i` as `lease` was lost, or the lease expired: the shard is
+    /// queued again, unless `counts` (not a drain) and it is the shard's [`MAX_LOSSES`]th
+    /// loss, which fails the job. Closed when the shard has moved on (done, or leased again).
+    pub fn lost(&mut self, i: usize, lease: &str, counts: bool, why: &str, unix: f64) -> Retry {
         let s = &mut self.shards[i];
-        if !matches!(&s.state, ShardState::Leased { lease: l } if l == lease) {
-            return false;
+        if self.rec.state.is_final()
+            || !matches!(&s.state, ShardState::Leased { lease: l } if l == lease)
+        {
+            return Retry::Closed;
+        }
+        if !counts {
+            s.state = ShardState::Queued;
+            s.rec.requeued += 1;
+            return Retry::Requeued;
+        }
+        s.rec.losses += 1;
+        if s.rec.losses >= MAX_LOSSES {
+            let why = format!(
+                "lost {} times, each time with the worker or lease holding it (the shard may \
+                 crash or hang its worker), the last: {why}",
+                s.rec.losses
+            );
+            return self.requeue_or_fail(i, &why, false, unix);
         }
         s.state = ShardState::Queued;
         s.rec.requeued += 1;
-        true
+        s.rec.last_error = Some(why.to_string());
+        Retry::Requeued
     }
 
     fn requeue_or_fail(&mut self, i: usize, reason: &str, retryable: bool, unix: f64) -> Retry {
@@ -222,6 +248,9 @@ impl Job {
         orders: Option<Vec<Vec<circuit_sweep_common::Component>>>,
         circuit: Option<Vec<circuit_sweep_common::Component>>,
     ) -> std::ops::Range<u32> {
+        // Planned again after a restart: the plan stored before it may be there already.
+        self.rec.shards.truncate(1);
+        self.shards.truncate(1);
         let first = self.rec.shards.len() as u32;
         for task in shards {
             self.rec.shards.push(task);

@@ -1,6 +1,9 @@
 //! What a worker token may cost the coordinator: how much a worker may say about itself, how
 //! many workers may register, how long a stored reason may be, how many refused results a
-//! worker may send, and how big a result stream may grow.
+//! worker may send, how big a result stream may grow, and how many leases a worker may hold and
+//! for how long.
+
+use std::time::Duration;
 
 use circuit_sweep_proto::v1::WorkerInfo;
 
@@ -28,6 +31,17 @@ pub const RESULT_MARGIN: u64 = 64 << 10;
 
 /// The most a result stream may take, whatever its shard, unless configured otherwise.
 pub const DEFAULT_MAX_RESULT_BYTES: u64 = 256 << 20;
+
+/// Active leases one worker may hold, unless configured otherwise: a worker computes one shard
+/// at a time, and a client that only leases must not take the whole queue.
+pub const DEFAULT_MAX_LEASES: usize = 4;
+
+/// How long a lease may go without progress, unless configured otherwise or the job's own
+/// shards show that they take longer (loading a large model counts against it).
+pub const DEFAULT_LEASE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// A lease's allowance is at least this many times the longest shard of its job so far.
+pub const LEASE_SLACK: u32 = 4;
 
 /// Refuses a registration whose texts are too long or models too many.
 pub fn check_info(info: &WorkerInfo) -> Result<(), SchedError> {

@@ -16,6 +16,7 @@ mod ids;
 mod job;
 pub mod limits;
 mod plan;
+mod results;
 mod status;
 mod workers;
 
@@ -32,13 +33,14 @@ use circuit_sweep_common::spec::SweepSpec;
 use circuit_sweep_proto::auth::MAX_MESSAGE_BYTES;
 use circuit_sweep_proto::output_size::max_output_bytes;
 use circuit_sweep_proto::shard_output::ShardOutput;
-use circuit_sweep_proto::tensor::WireTensor;
-use circuit_sweep_proto::v1::{ShardLease, WorkerInfo};
+use circuit_sweep_proto::v1::{LeaseProgress, ShardLease, WorkerInfo};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use finish::Finishing;
 use ids::label;
-pub use job::{MAX_ATTEMPTS, MAX_REFUSALS, MIN_REFUSING_WORKERS};
+pub use job::{MAX_ATTEMPTS, MAX_LOSSES, MAX_REFUSALS, MIN_REFUSING_WORKERS};
+pub use plan::{PlanOutcome, Planning};
+pub use results::Received;
 pub use status::{Partial, PartialSource};
 pub use workers::LostReason;
 
@@ -113,6 +115,10 @@ pub struct SchedConfig {
     pub max_result_bytes: u64,
     /// The most the workers of a `status` reply may take, encoded (the rest are counted).
     pub status_worker_bytes: usize,
+    /// Active leases one worker may hold.
+    pub max_leases: usize,
+    /// How long a lease may go without progress (at least; see [`Scheduler::allowance`]).
+    pub lease_timeout: Duration,
 }
 
 impl SchedConfig {
@@ -126,6 +132,8 @@ impl SchedConfig {
             max_result_bytes: limits::DEFAULT_MAX_RESULT_BYTES,
             // A quarter of a message: jobs share the reply.
             status_worker_bytes: MAX_MESSAGE_BYTES / 4,
+            max_leases: limits::DEFAULT_MAX_LEASES,
+            lease_timeout: limits::DEFAULT_LEASE_TIMEOUT,
         }
     }
 }
@@ -137,6 +145,8 @@ pub enum Completion {
     Duplicate,
     /// Stored; the job goes on.
     Stored,
+    /// Stored, and it was the prepare shard: plan the job (outside the lock).
+    Planning(Box<Planning>),
     /// Stored, and it was the job's last shard: aggregate it (outside the lock).
     Finishing(Box<Finishing>),
 }
@@ -191,8 +201,10 @@ impl Scheduler {
             if job.rec.state == JobState::Queued
                 && job.shards[0].state == ShardState::Done
                 && let ShardOutput::Prepared(meta) = s.stored_output(job, 0)?
+                && let Some(p) = s.planning(id, *meta)
             {
-                s.plan(id, *meta)?;
+                let outcome = p.run();
+                s.planned(id, p.meta, outcome)?;
             }
             // A job whose last shard was stored before a crash but not aggregated.
             finishing.extend(s.finishing(id));
@@ -252,26 +264,50 @@ impl Scheduler {
         self.workers.register(info, self.clock.now())
     }
 
-    /// A heartbeat: returns the leases the worker should abandon.
+    /// A heartbeat: records the progress of the worker's leases (each advance pushes the
+    /// lease's deadline out by its allowance) and returns the leases it should abandon.
     pub fn heartbeat(
         &mut self,
         worker: &str,
         holding: &[String],
         models: Vec<String>,
+        progress: &[LeaseProgress],
     ) -> Result<Vec<String>, SchedError> {
         limits::check_models(&models)?;
-        let w = self.workers.touch(worker, self.clock.now())?;
+        let now = self.clock.now();
+        let w = self.workers.touch(worker, now)?;
         w.info.models = models;
-        Ok(holding
+        let revoked = holding
             .iter()
             .filter(|l| !w.leases.contains(*l))
             .cloned()
-            .collect())
+            .collect();
+        for p in progress {
+            let Some(l) = self.workers.active_lease_mut(worker, &p.lease_id) else {
+                continue;
+            };
+            if p.done > l.progress
+                && let Some(job) = self.jobs.get(&l.job)
+            {
+                l.progress = p.done;
+                l.deadline = now + allowance(&self.cfg, job);
+            }
+        }
+        Ok(revoked)
     }
 
     /// The next queued shard for `worker`, if any: oldest job first, shards in plan order.
     pub fn lease(&mut self, worker: &str) -> Result<Option<ShardLease>, SchedError> {
-        self.workers.touch(worker, self.clock.now())?;
+        let now = self.clock.now();
+        self.workers.touch(worker, now)?;
+        if self.workers.held(worker) >= self.cfg.max_leases {
+            tracing::debug!(
+                "{} holds {} leases already",
+                label(worker),
+                self.cfg.max_leases
+            );
+            return Ok(None);
+        }
         let Some((job_id, i)) = self
             .jobs
             .iter()
@@ -279,7 +315,10 @@ impl Scheduler {
         else {
             return Ok(None);
         };
-        let lease_id = self.workers.grant(worker, job_id, i as u32)?;
+        let allowance = allowance(&self.cfg, &self.jobs[&job_id]);
+        let lease_id = self
+            .workers
+            .grant(worker, (job_id, i as u32), now, allowance)?;
         let job = self.jobs.get_mut(&job_id).expect("found above");
         let attempt = job.lease(i, lease_id.clone());
         let task = job.rec.shards[i].clone();
@@ -327,56 +366,11 @@ impl Scheduler {
     fn end_lease(&mut self, worker: &str, lease: &str) -> Result<(u64, u32, bool), SchedError> {
         let l = self.workers.lease(worker, lease)?;
         let target = (l.job, l.shard, l.active);
+        let took = self.clock.now().saturating_duration_since(l.granted);
         self.workers.end(lease);
-        if !self.jobs.contains_key(&target.0) {
-            return Err(SchedError::UnknownJob(target.0));
-        }
+        let job = job_in(&mut self.jobs, target.0)?;
+        job.longest = job.longest.max(took);
         Ok(target)
-    }
-
-    /// A complete result stream. The first complete result of a shard wins; a late duplicate
-    /// is dropped. A result that does not fit its shard is refused and queued again.
-    pub fn complete(
-        &mut self,
-        worker: &str,
-        lease: &str,
-        tensors: Vec<WireTensor>,
-    ) -> Result<Completion, SchedError> {
-        let (job_id, shard, active) = self.end_lease(worker, lease)?;
-        let s = shard as usize;
-        let job = self.jobs.get_mut(&job_id).expect("checked by end_lease");
-        if !job.is_open(s) {
-            tracing::info!(
-                "dropped a late duplicate result of job {job_id} shard {shard} from {}",
-                label(worker)
-            );
-            return Ok(Completion::Duplicate);
-        }
-        let task = &job.rec.shards[s];
-        let output = match ShardOutput::decode(task, &job.spec, job.rec.meta.as_ref(), &tensors) {
-            Ok(o) => o,
-            Err(why) => {
-                let e = SchedError::Malformed {
-                    job: job_id,
-                    shard,
-                    why: why.0,
-                };
-                self.refused(worker, (job_id, shard, active), &e.to_string())?;
-                return Err(e);
-            }
-        };
-        job.accept(s);
-        self.store
-            .put_result(job_id, shard, &job.shards[s].rec, &tensors)?;
-        self.workers.credit(worker);
-        tracing::debug!("job {job_id} shard {shard} done by {}", label(worker));
-        if let ShardOutput::Prepared(meta) = output {
-            self.plan(job_id, *meta)?;
-        }
-        Ok(match self.finishing(job_id) {
-            Some(f) => Completion::Finishing(Box::new(f)),
-            None => Completion::Stored,
-        })
     }
 
     /// A failed attempt reported by the worker.
@@ -461,16 +455,17 @@ impl Scheduler {
                 tracing::error!("job {job_id} failed: {why}");
                 self.store
                     .put_shards(Some(&job.rec), &[(job_id, shard, &rec(job))])?;
-                self.workers.revoke_job(job_id);
+                self.workers.revoke_job(job_id, self.clock.now());
             }
         }
         Ok(())
     }
 
     /// The one path for a lost worker (heartbeat timeout, broken stream, drain, refusals): its
-    /// leased shards go back to the queue, and its id is unknown from now on.
+    /// leased shards go back to the queue, and its id is unknown from now on. Each shard counts
+    /// the loss (unless the worker drained) and fails its job at [`MAX_LOSSES`].
     pub fn worker_lost(&mut self, worker: &str, why: LostReason) -> Result<(), SchedError> {
-        let Some((name, held)) = self.workers.remove(worker) else {
+        let Some((name, held)) = self.workers.remove(worker, self.clock.now()) else {
             return Ok(());
         };
         let worker = label(worker);
@@ -478,30 +473,80 @@ impl Scheduler {
             LostReason::Drained => tracing::info!("worker {worker} ({name}) drained"),
             _ => tracing::warn!("worker {worker} ({name}) lost: {why}"),
         }
+        let counts = why != LostReason::Drained;
+        let reason = format!("worker {worker} ({name}) {why}");
         for (lease, l) in held {
-            let Some(job) = self.jobs.get_mut(&l.job) else {
-                continue;
-            };
-            if job.lost(l.shard as usize, &lease) {
+            self.shard_lost(&lease, (l.job, l.shard), counts, &reason)?;
+        }
+        Ok(())
+    }
+
+    /// A shard whose lease ended without a result (its worker lost, or the lease expired):
+    /// queued again, or its job failed; what changed is persisted.
+    fn shard_lost(
+        &mut self,
+        lease: &str,
+        (job_id, shard): (u64, u32),
+        counts: bool,
+        why: &str,
+    ) -> Result<(), SchedError> {
+        let unix = self.clock.unix();
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return Ok(());
+        };
+        let i = shard as usize;
+        match job.lost(i, lease, counts, why, unix) {
+            Retry::Closed => {}
+            Retry::Requeued => {
                 tracing::warn!(
-                    "re-queued job {} shard {} ({}): worker {worker} {why}",
-                    l.job,
-                    l.shard,
-                    job.rec.shards[l.shard as usize].label()
+                    "re-queued job {job_id} shard {shard} ({}): {why}",
+                    job.rec.shards[i].label()
                 );
                 self.store
-                    .put_shards(None, &[(l.job, l.shard, &job.shards[l.shard as usize].rec)])?;
+                    .put_shards(None, &[(job_id, shard, &job.shards[i].rec)])?;
+            }
+            Retry::JobFailed(e) => {
+                tracing::error!("job {job_id} failed: {e}");
+                self.store
+                    .put_shards(Some(&job.rec), &[(job_id, shard, &job.shards[i].rec)])?;
+                self.workers.revoke_job(job_id, self.clock.now());
             }
         }
         Ok(())
     }
 
-    /// Declares lost every worker silent for longer than `lost_after`.
+    /// Declares lost every worker silent for longer than `lost_after`, expires every lease
+    /// past its deadline (its shard is queued again, its worker told to abandon it), and
+    /// forgets leases revoked a while ago.
     pub fn tick(&mut self) -> Result<(), SchedError> {
-        for id in self.workers.late(self.clock.now(), self.cfg.lost_after) {
+        let now = self.clock.now();
+        for id in self.workers.late(now, self.cfg.lost_after) {
             self.worker_lost(&id, LostReason::HeartbeatTimeout)?;
         }
+        for (lease, l) in self.workers.expired(now) {
+            self.workers.revoke(&lease, now);
+            let allowed = self
+                .jobs
+                .get(&l.job)
+                .map_or(self.cfg.lease_timeout, |j| allowance(&self.cfg, j));
+            let why = format!(
+                "lease expired on worker {}: no progress reported for {allowed:.0?}",
+                label(&l.worker),
+            );
+            self.shard_lost(&lease, (l.job, l.shard), true, &why)?;
+        }
+        self.workers.prune_revoked(now, self.cfg.lost_after * 2);
         Ok(())
+    }
+
+    /// Gives back a stall of this coordinator's own making (the lock held, the process
+    /// paused): workers it could not hear in that time are not lost for it, and lease
+    /// deadlines move out by it.
+    pub fn forgive(&mut self, stall: Duration) {
+        tracing::warn!(
+            "the coordinator stalled for {stall:.1?}: its workers are given that time back"
+        );
+        self.workers.forgive(stall, self.clock.now());
     }
 
     /// Cancels a job: nothing more is leased, leases in flight are revoked.
@@ -513,26 +558,39 @@ impl Scheduler {
         }
         job.end(JobState::Cancelled, None, unix);
         self.store.put_job(&job.rec, None)?;
-        self.workers.revoke_job(job_id);
+        self.workers.revoke_job(job_id, self.clock.now());
         tracing::info!("job {job_id} cancelled");
         Ok(())
     }
 
-    /// After `prepare`: plan the sweep from the model's shape.
-    fn plan(&mut self, job_id: u64, meta: JobMeta) -> Result<(), SchedError> {
-        let job = &self.jobs[&job_id];
-        let files: BTreeMap<String, Vec<u8>> = job
-            .rec
-            .attachments
-            .iter()
-            .cloned()
-            .zip(self.store.attachments(job_id, job.rec.attachments.len())?)
-            .collect();
-        let planned = plan::plan(&job.spec, &meta, &files);
+    /// A job to plan once its prepare shard is done (outside the lock).
+    fn planning(&self, job_id: u64, meta: JobMeta) -> Option<Planning> {
+        let job = self.jobs.get(&job_id)?;
+        Some(Planning::new(
+            job_id,
+            meta,
+            job.spec.clone(),
+            job.rec.attachments.clone(),
+            self.store.clone(),
+        ))
+    }
+
+    /// The outcome of a [`Planning`]: the job's shards are queued, or it failed with the
+    /// reason. Returns the job to aggregate, should the plan hold no shard to run.
+    pub fn planned(
+        &mut self,
+        job_id: u64,
+        meta: JobMeta,
+        outcome: PlanOutcome,
+    ) -> Result<Option<Finishing>, SchedError> {
         let unix = self.clock.unix();
-        let job = self.jobs.get_mut(&job_id).expect("checked above");
-        match planned {
-            Ok(p) => {
+        let job = job_in(&mut self.jobs, job_id)?;
+        if job.rec.state != JobState::Queued {
+            // Cancelled (or deleted) while it was planned.
+            return Ok(None);
+        }
+        match outcome {
+            Ok(Ok(p)) => {
                 let new = job.planned(meta, p.shards, p.orders, p.circuit);
                 let rows: Vec<(u64, u32, &ShardRecord)> = new
                     .clone()
@@ -541,14 +599,21 @@ impl Scheduler {
                 self.store.put_shards(Some(&job.rec), &rows)?;
                 tracing::info!("job {job_id} planned: {} shards", new.len());
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 job.rec.meta = Some(meta);
                 job.end(JobState::Failed, Some(e.clone()), unix);
                 self.store.put_job(&job.rec, None)?;
                 tracing::error!("job {job_id} failed: {e}");
             }
+            Err(e) => {
+                // The database failed: the job cannot go on without its plan.
+                job.rec.meta = Some(meta);
+                job.end(JobState::Failed, Some(format!("planning: {e}")), unix);
+                self.store.put_job(&job.rec, None)?;
+                tracing::error!("job {job_id} failed: planning: {e}");
+            }
         }
-        Ok(())
+        Ok(self.finishing(job_id))
     }
 
     /// A job whose shards are all done, handed out to aggregate (once).
@@ -602,6 +667,12 @@ impl Scheduler {
         };
         finish::stored_output(&self.store, shard, &job.spec, job.rec.meta.as_ref())
     }
+}
+
+/// How long a lease of `job` may go without progress: the configured timeout, or
+/// [`limits::LEASE_SLACK`] times the longest shard of the job so far if that is longer.
+fn allowance(cfg: &SchedConfig, job: &Job) -> Duration {
+    cfg.lease_timeout.max(job.longest * limits::LEASE_SLACK)
 }
 
 /// A job by id (a free function, so that the store stays borrowable beside it).

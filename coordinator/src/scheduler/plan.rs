@@ -1,22 +1,79 @@
 //! Planning a job once its prepare shard is done: its inputs resolved against the model's
-//! shape (from the files submitted with it), and the shards cut from them.
+//! shape (from the files submitted with it), and the shards cut from them. It runs outside the
+//! scheduler's lock (an order study's orders are generated and stored here), handed out as a
+//! [`Planning`]; [`Scheduler::planned`](super::Scheduler::planned) takes the outcome.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use circuit_sweep_common::Component;
 use circuit_sweep_common::inputs::JobInputs;
 use circuit_sweep_common::shard::{JobMeta, ShardTask};
 use circuit_sweep_common::spec::SweepSpec;
 
+use super::SchedError;
+use crate::store::Store;
+
 /// What planning decided.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct Planned {
+pub struct Planned {
     /// The shards after `prepare`.
     pub shards: Vec<ShardTask>,
     /// The order study's orders (stored with the job).
     pub orders: Option<Vec<Vec<Component>>>,
     /// The node circuit the spec names (stored with the job).
     pub circuit: Option<Vec<Component>>,
+}
+
+/// A job to plan, outside the lock.
+#[derive(Debug)]
+pub struct Planning {
+    /// The job.
+    pub job: u64,
+    /// The prepare shard's report.
+    pub meta: JobMeta,
+    spec: SweepSpec,
+    attachments: Vec<String>,
+    store: Arc<Store>,
+}
+
+/// A planning's outcome: the plan (stored already), or why the job's inputs cannot be
+/// planned (the job's failure).
+pub type PlanOutcome = Result<Result<Planned, String>, SchedError>;
+
+impl Planning {
+    pub(super) fn new(
+        job: u64,
+        meta: JobMeta,
+        spec: SweepSpec,
+        attachments: Vec<String>,
+        store: Arc<Store>,
+    ) -> Self {
+        Planning {
+            job,
+            meta,
+            spec,
+            attachments,
+            store,
+        }
+    }
+
+    /// Plans the job and stores its plan (a job that is cancelled meanwhile keeps a plan it
+    /// will not run; one whose coordinator stops meanwhile is planned again on restart).
+    pub fn run(&self) -> PlanOutcome {
+        let _span = tracing::info_span!("plan", job = self.job).entered();
+        let data = self.store.attachments(self.job, self.attachments.len())?;
+        let files: BTreeMap<String, Vec<u8>> = self.attachments.iter().cloned().zip(data).collect();
+        let planned = match plan(&self.spec, &self.meta, &files) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut shards = vec![ShardTask::Prepare];
+        shards.extend(planned.shards.iter().cloned());
+        self.store
+            .put_plan(self.job, &shards, &planned.orders, &planned.circuit)?;
+        Ok(Ok(planned))
+    }
 }
 
 /// Plans a job of `spec` on the model `meta` describes, reading the files the spec names from

@@ -151,7 +151,7 @@ fn a_worker_whose_results_keep_being_refused_is_dropped_and_the_job_goes_on() {
         s.refuse(&worse, &l, "malformed score stream").unwrap();
     }
     assert!(matches!(
-        s.heartbeat(&worse, &[], vec![]),
+        s.heartbeat(&worse, &[], vec![], &[]),
         Err(SchedError::UnknownWorker(_))
     ));
     assert_eq!(job_status(&s, job).state, "running");
@@ -171,7 +171,7 @@ fn a_shard_refused_from_two_workers_fails_its_job_after_max_refusals() {
     // Each worker is dropped after its third refusal and registers again, as agents do.
     let mut w = first;
     for n in 1..=MAX_REFUSALS {
-        if s.heartbeat(&w, &[], vec![]).is_err() {
+        if s.heartbeat(&w, &[], vec![], &[]).is_err() {
             w = worker(&mut s, "a");
         }
         let (l, shard, _) = lease(&mut s, &w);
@@ -211,7 +211,7 @@ fn worker_ids_are_unguessable_and_status_shows_only_their_labels() {
             .unwrap();
     }
     s.worker_lost("w1", LostReason::Drained).unwrap();
-    s.heartbeat(&a, &[], vec![]).unwrap();
+    s.heartbeat(&a, &[], vec![], &[]).unwrap();
     // Status (which every client sees) shows labels, never an id a worker calls with.
     let st = s.status(None).unwrap();
     let shown: Vec<(&str, &[String])> = st
@@ -261,7 +261,7 @@ fn registrations_past_the_caps_are_refused() {
     let e = s.register(info("c")).unwrap_err();
     assert!(matches!(e, SchedError::TooManyWorkers(2)), "{e}");
     // A heartbeat cannot grow what the worker said either.
-    let e = s.heartbeat(&a, &[], vec![long]).unwrap_err();
+    let e = s.heartbeat(&a, &[], vec![long], &[]).unwrap_err();
     assert!(matches!(e, SchedError::WorkerInfo(_)), "{e}");
     // A worker that leaves makes room.
     s.worker_lost(&a, LostReason::Drained).unwrap();
@@ -368,7 +368,8 @@ fn cancelling_revokes_leases_and_drops_their_results() {
     let (l, _, _) = lease(&mut s, &w);
     s.cancel(job).unwrap();
     assert_eq!(
-        s.heartbeat(&w, std::slice::from_ref(&l), vec![]).unwrap(),
+        s.heartbeat(&w, std::slice::from_ref(&l), vec![], &[])
+            .unwrap(),
         vec![l.clone()]
     );
     assert!(matches!(
@@ -393,7 +394,7 @@ fn a_worker_lost_mid_shard_gives_its_shard_back_without_a_failure() {
     let job = prepared(&mut s, &a);
     let (_, shard, _) = lease(&mut s, &a);
     clock.advance(Duration::from_secs(6));
-    s.heartbeat(&b, &[], vec![]).unwrap();
+    s.heartbeat(&b, &[], vec![], &[]).unwrap();
     s.tick().unwrap();
     assert_eq!(job_status(&s, job).shards_leased, 1, "not lost yet");
     clock.advance(Duration::from_secs(6));
@@ -403,7 +404,7 @@ fn a_worker_lost_mid_shard_gives_its_shard_back_without_a_failure() {
     let rec = shard_rec(&s, job, shard);
     assert_eq!((rec.attempts, rec.failures), (1, 0));
     assert!(matches!(
-        s.heartbeat(&a, &[], vec![]),
+        s.heartbeat(&a, &[], vec![], &[]),
         Err(SchedError::UnknownWorker(_))
     ));
     let (_, again, attempt) = lease(&mut s, &b);
@@ -524,3 +525,5 @@ fn a_restart_plans_a_prepared_job_and_aggregates_a_complete_one() {
         ("running", 3, 2)
     );
 }
+
+mod leases;

@@ -43,15 +43,22 @@ pub(super) struct Worker {
     pub refused: u32,
 }
 
-/// Where a lease points.
+/// Where a lease points, and until when it may run.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Lease {
     pub job: u64,
     pub shard: u32,
     pub worker: String,
-    /// False once revoked (worker lost, job cancelled); a result may still arrive and is
-    /// accepted if the shard is not done yet, since shards are idempotent.
+    /// False once revoked (worker lost, job cancelled, lease expired); a result may still
+    /// arrive and is accepted if the shard is not done yet, since shards are idempotent.
     pub active: bool,
+    /// When it was granted (how long its shard took, once done).
+    pub granted: Instant,
+    /// It expires at this time unless its worker reports progress first; once revoked, when
+    /// it was revoked (it is forgotten a while later).
+    pub deadline: Instant,
+    /// The most progress its worker reported (units of work, counted by the worker).
+    pub progress: u64,
 }
 
 /// Registered workers and the leases they hold.
@@ -113,8 +120,19 @@ impl Workers {
         Ok(w)
     }
 
-    /// A new lease of `(job, shard)` for `worker`.
-    pub fn grant(&mut self, worker: &str, job: u64, shard: u32) -> Result<String, SchedError> {
+    /// Active leases `worker` holds.
+    pub fn held(&self, worker: &str) -> usize {
+        self.workers.get(worker).map_or(0, |w| w.leases.len())
+    }
+
+    /// A new lease of `(job, shard)` for `worker`, expiring after `allowance` without progress.
+    pub fn grant(
+        &mut self,
+        worker: &str,
+        (job, shard): (u64, u32),
+        now: Instant,
+        allowance: Duration,
+    ) -> Result<String, SchedError> {
         let id = ids::secret('l', self.next_lease)?;
         self.next_lease += 1;
         if let Some(w) = self.workers.get_mut(worker) {
@@ -127,9 +145,50 @@ impl Workers {
                 shard,
                 worker: worker.to_string(),
                 active: true,
+                granted: now,
+                deadline: now + allowance,
+                progress: 0,
             },
         );
         Ok(id)
+    }
+
+    /// The lease, if it is an active one of `worker` (to record its progress).
+    pub fn active_lease_mut(&mut self, worker: &str, lease: &str) -> Option<&mut Lease> {
+        self.leases
+            .get_mut(lease)
+            .filter(|l| l.worker == worker && l.active)
+    }
+
+    /// Active leases past their deadline.
+    pub fn expired(&self, now: Instant) -> Vec<(String, Lease)> {
+        self.leases
+            .iter()
+            .filter(|(_, l)| l.active && l.deadline < now)
+            .map(|(id, l)| (id.clone(), l.clone()))
+            .collect()
+    }
+
+    /// Revokes one lease: its worker is told to abandon it, and no longer holds it.
+    pub fn revoke(&mut self, lease: &str, now: Instant) {
+        if let Some(l) = self.leases.get_mut(lease) {
+            l.active = false;
+            l.deadline = now;
+            if let Some(w) = self.workers.get_mut(&l.worker) {
+                w.leases.remove(lease);
+            }
+        }
+    }
+
+    /// Gives back `stall`, a time during which this coordinator could not hear its workers:
+    /// silences and lease deadlines do not count it.
+    pub fn forgive(&mut self, stall: Duration, now: Instant) {
+        for w in self.workers.values_mut() {
+            w.last_seen = (w.last_seen + stall).min(now);
+        }
+        for l in self.leases.values_mut().filter(|l| l.active) {
+            l.deadline += stall;
+        }
     }
 
     /// The lease, if it belongs to `worker`.
@@ -165,10 +224,11 @@ impl Workers {
     }
 
     /// Revokes every active lease of a job: their workers are told to abandon them.
-    pub fn revoke_job(&mut self, job: u64) {
+    pub fn revoke_job(&mut self, job: u64, now: Instant) {
         for (id, l) in self.leases.iter_mut() {
             if l.job == job && l.active {
                 l.active = false;
+                l.deadline = now;
                 if let Some(w) = self.workers.get_mut(&l.worker) {
                     w.leases.remove(id);
                 }
@@ -178,7 +238,7 @@ impl Workers {
 
     /// Forgets a worker; returns its name and the leases it held (now revoked), if it was
     /// registered.
-    pub fn remove(&mut self, worker: &str) -> Option<(String, Vec<(String, Lease)>)> {
+    pub fn remove(&mut self, worker: &str, now: Instant) -> Option<(String, Vec<(String, Lease)>)> {
         let w = self.workers.remove(worker)?;
         let held = w
             .leases
@@ -186,6 +246,7 @@ impl Workers {
             .filter_map(|id| {
                 let l = self.leases.get_mut(&id)?;
                 l.active = false;
+                l.deadline = now;
                 Some((id, l.clone()))
             })
             .collect();
@@ -196,6 +257,13 @@ impl Workers {
     /// refused rather than accepted late.
     pub fn void_leases(&mut self, worker: &str) {
         self.leases.retain(|_, l| l.worker != worker);
+    }
+
+    /// Forgets leases revoked more than `keep` ago: a result in flight on one has had its
+    /// time, and a worker told to abandon it sends nothing more.
+    pub fn prune_revoked(&mut self, now: Instant, keep: Duration) {
+        self.leases
+            .retain(|_, l| l.active || now.duration_since(l.deadline) <= keep);
     }
 
     /// Workers silent for longer than `lost_after`.
