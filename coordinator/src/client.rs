@@ -1,5 +1,6 @@
 //! The client side: submitting a spec with its input files, following a job, downloading its
-//! results folder. `run`, `submit`, `status`, `cancel` and `results` all go through here.
+//! results folder. `run`, `submit`, `status`, `cancel`, `delete` and `results` all go through
+//! here.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,8 +9,8 @@ use circuit_sweep_common::spec::SweepSpec;
 use circuit_sweep_proto::PROTOCOL_VERSION;
 use circuit_sweep_proto::auth::{Client, MAX_MESSAGE_BYTES};
 use circuit_sweep_proto::v1::{
-    Attachment, CancelRequest, FileChunk, JobStatus, ResultsRequest, StatusReply, StatusRequest,
-    SubmitRequest,
+    Attachment, CancelRequest, DeleteRequest, FileChunk, JobStatus, ResultsRequest, StatusReply,
+    StatusRequest, SubmitRequest,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_stream::StreamExt;
@@ -170,6 +171,12 @@ pub async fn status(client: &mut Client, job: Option<u64>) -> Result<StatusReply
 /// Cancels a job.
 pub async fn cancel(client: &mut Client, job: u64) -> Result<(), ClientError> {
     client.cancel(CancelRequest { job_id: job }).await?;
+    Ok(())
+}
+
+/// Deletes a finished job: its record, stored results and results folder.
+pub async fn delete(client: &mut Client, job: u64) -> Result<(), ClientError> {
+    client.delete(DeleteRequest { job_id: job }).await?;
     Ok(())
 }
 

@@ -13,9 +13,10 @@ use circuit_sweep_proto::tls::ServerTls;
 use circuit_sweep_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
 use circuit_sweep_proto::v1::probe_server::{Probe, ProbeServer};
 use circuit_sweep_proto::v1::{
-    Ack, CancelRequest, FailRequest, FileChunk, GoodbyeRequest, Health, HealthRequest,
-    HeartbeatReply, HeartbeatRequest, LeaseReply, LeaseRequest, RegisterReply, ResultChunk,
-    ResultsRequest, StatusReply, StatusRequest, SubmitReply, SubmitRequest, WorkerInfo,
+    Ack, CancelRequest, DeleteRequest, FailRequest, FileChunk, GoodbyeRequest, Health,
+    HealthRequest, HeartbeatReply, HeartbeatRequest, LeaseReply, LeaseRequest, RegisterReply,
+    ResultChunk, ResultsRequest, StatusReply, StatusRequest, SubmitReply, SubmitRequest,
+    WorkerInfo,
 };
 use circuit_sweep_proto::{PROTOCOL_VERSION, check_protocol_version};
 use tokio_stream::{Stream, StreamExt};
@@ -52,6 +53,8 @@ pub struct ServerConfig {
     pub max_leases: usize,
     /// How long a lease may go without progress (longer when its job's shards take longer).
     pub lease_timeout: Duration,
+    /// Finished jobs are deleted this long after they ended; `None`: kept forever.
+    pub keep_finished: Option<Duration>,
 }
 
 impl ServerConfig {
@@ -70,6 +73,7 @@ impl ServerConfig {
             max_result_bytes: limits::DEFAULT_MAX_RESULT_BYTES,
             max_leases: limits::DEFAULT_MAX_LEASES,
             lease_timeout: limits::DEFAULT_LEASE_TIMEOUT,
+            keep_finished: None,
         }
     }
 }
@@ -84,7 +88,7 @@ impl From<SchedError> for Status {
                 Status::invalid_argument(m)
             }
             SchedError::TooManyWorkers(_) => Status::resource_exhausted(m),
-            SchedError::NotReady(_) => Status::failed_precondition(m),
+            SchedError::NotReady(_) | SchedError::NotFinal { .. } => Status::failed_precondition(m),
             SchedError::CorruptResult { .. } => Status::data_loss(m),
             SchedError::Random(_) | SchedError::Store(_) => Status::internal(m),
         }
@@ -108,6 +112,7 @@ impl Service {
             max_result_bytes: cfg.max_result_bytes,
             max_leases: cfg.max_leases,
             lease_timeout: cfg.lease_timeout,
+            keep_finished: cfg.keep_finished,
             ..SchedConfig::new(cfg.state_dir.join("results"))
         };
         let (sched, finishing) = Scheduler::open(&cfg.state_dir, sched_cfg, Arc::new(SystemClock))?;
@@ -175,9 +180,10 @@ impl Service {
         auth::check_token(r.metadata(), &t)
     }
 
-    /// Declares silent workers lost and expires leases, every `heartbeat`, until the process
-    /// ends. A tick much later than due means the coordinator itself stalled (its lock held,
-    /// the process paused): that time is given back before anyone is declared lost.
+    /// Every `heartbeat` until the process ends: declares silent workers lost, expires leases,
+    /// and deletes finished jobs past `keep_finished` with their results folders. A tick much
+    /// later than due means the coordinator itself stalled (its lock held, the process
+    /// paused): that time is given back before anyone is declared lost.
     pub fn spawn_ticker(&self) -> tokio::task::JoinHandle<()> {
         let s = self.clone();
         tokio::spawn(async move {
@@ -187,16 +193,34 @@ impl Service {
             let mut last = std::time::Instant::now();
             loop {
                 t.tick().await;
-                let mut sched = s.lock();
-                let now = std::time::Instant::now();
-                let late = now.duration_since(last).saturating_sub(every);
-                if late > every {
-                    sched.forgive(late);
+                let s = s.clone();
+                // Deleting jobs writes the database and the disk: off the async threads.
+                let r = tokio::task::spawn_blocking(move || {
+                    let mut sched = s.lock();
+                    let now = std::time::Instant::now();
+                    let late = now.duration_since(last).saturating_sub(every);
+                    if late > every {
+                        sched.forgive(late);
+                    }
+                    let dirs = sched.tick();
+                    drop(sched);
+                    for d in dirs.as_deref().unwrap_or_default() {
+                        if let Err(e) = remove_results(d) {
+                            tracing::error!("{}: {e}", d.display());
+                        }
+                    }
+                    (now, dirs.map(|_| ()))
+                })
+                .await;
+                match r {
+                    Ok((now, outcome)) => {
+                        last = now;
+                        if let Err(e) = outcome {
+                            tracing::error!("{e}");
+                        }
+                    }
+                    Err(e) => tracing::error!("tick: {e}"),
                 }
-                if let Err(e) = sched.tick() {
-                    tracing::error!("{e}");
-                }
-                last = now;
             }
         })
     }
@@ -227,6 +251,14 @@ impl Service {
             .await;
         ticker.abort();
         r
+    }
+}
+
+/// Removes a deleted job's results folder (a job that never finished has none).
+fn remove_results(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
     }
 }
 
@@ -454,6 +486,27 @@ impl Coordinator for Service {
     async fn cancel(&self, r: Request<CancelRequest>) -> Result<Response<Ack>, Status> {
         self.client_auth(&r)?;
         self.lock().cancel(r.into_inner().job_id)?;
+        Ok(Response::new(Ack {}))
+    }
+
+    async fn delete(&self, r: Request<DeleteRequest>) -> Result<Response<Ack>, Status> {
+        self.client_auth(&r)?;
+        let id = r.into_inner().job_id;
+        let s = self.clone();
+        // The database and the results folder are written off the async threads, and the
+        // folder removed outside the lock.
+        tokio::task::spawn_blocking(move || {
+            let dir = s.lock().delete(id)?;
+            tracing::info!("job {id} deleted");
+            remove_results(&dir).map_err(|e| {
+                Status::internal(format!(
+                    "job {id} is deleted, but its results folder {} was not removed: {e}",
+                    dir.display()
+                ))
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
         Ok(Response::new(Ack {}))
     }
 

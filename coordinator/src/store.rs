@@ -1,6 +1,7 @@
 //! The coordinator's durable state in an embedded database (redb) under `--state`: jobs, their
 //! shards and every received shard result, so a restarted coordinator resumes every job and
-//! recomputes no finished shard.
+//! recomputes no finished shard. Deleting a job removes its rows from every table; job ids are
+//! never reused (the highest ever written is kept in `meta`).
 
 use std::path::{Path, PathBuf};
 
@@ -8,7 +9,7 @@ use circuit_sweep_common::Component;
 use circuit_sweep_common::shard::{JobMeta, ShardTask};
 use circuit_sweep_proto::tensor::WireTensor;
 use circuit_sweep_proto::v1::Dtype;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 const JOBS: TableDefinition<u64, &str> = TableDefinition::new("jobs");
@@ -18,6 +19,10 @@ const ATTACHMENTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("at
 /// A job's plan (its shard tasks, orders and circuit), apart from its record: the plan can be
 /// large (an order study's orders) and is written once, the record on every change of state.
 const PLANS: TableDefinition<u64, &str> = TableDefinition::new("plans");
+/// Small facts about the store as a whole, by name.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The highest job id ever written, so that a deleted job's id is never given again.
+const LAST_JOB_ID: &str = "last_job_id";
 
 /// Life of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +200,7 @@ impl Store {
             tx.open_table(RESULTS).map_err(|e| err(e.to_string()))?;
             tx.open_table(ATTACHMENTS).map_err(|e| err(e.to_string()))?;
             tx.open_table(PLANS).map_err(|e| err(e.to_string()))?;
+            tx.open_table(META).map_err(|e| err(e.to_string()))?;
         }
         tx.commit().map_err(|e| err(e.to_string()))?;
         let store = Store { db, path };
@@ -251,6 +257,14 @@ impl Store {
             {
                 let mut t = tx.open_table(JOBS).map_err(|e| self.err(e))?;
                 t.insert(job.id, text.as_str()).map_err(|e| self.err(e))?;
+                let mut m = tx.open_table(META).map_err(|e| self.err(e))?;
+                let last = m
+                    .get(LAST_JOB_ID)
+                    .map_err(|e| self.err(e))?
+                    .map_or(0, |v| v.value());
+                if last < job.id {
+                    m.insert(LAST_JOB_ID, job.id).map_err(|e| self.err(e))?;
+                }
                 if let Some(files) = attachments {
                     let plan = serde_json::to_string(&PlanRow::of(job)).expect("plans serialize");
                     let mut p = tx.open_table(PLANS).map_err(|e| self.err(e))?;
@@ -286,6 +300,39 @@ impl Store {
                 let mut p = tx.open_table(PLANS).map_err(|e| self.err(e))?;
                 p.insert(job, plan.as_str()).map_err(|e| self.err(e))?;
             }
+            tx.commit().map_err(|e| self.err(e))
+        })
+    }
+
+    /// The highest job id ever written (0 for none): a deleted job's id included, and a
+    /// database written before deletions existed read from its jobs.
+    pub fn last_job_id(&self) -> Result<u64, StoreError> {
+        guarded(&self.path, || {
+            let tx = self.db.begin_read().map_err(|e| self.err(e))?;
+            let m = tx.open_table(META).map_err(|e| self.err(e))?;
+            let kept = m
+                .get(LAST_JOB_ID)
+                .map_err(|e| self.err(e))?
+                .map_or(0, |v| v.value());
+            let jobs = tx.open_table(JOBS).map_err(|e| self.err(e))?;
+            let newest = jobs
+                .last()
+                .map_err(|e| self.err(e))?
+                .map_or(0, |(k, _)| k.value());
+            Ok(kept.max(newest))
+        })
+    }
+
+    /// Removes every row of `job` from every table, in one transaction.
+    pub fn delete_job(&self, job: u64) -> Result<(), StoreError> {
+        guarded(&self.path, || {
+            let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+            // One line per table keyed by job id: a new table joins here.
+            remove_job(&tx, JOBS, job).map_err(|e| self.err(e))?;
+            remove_job(&tx, PLANS, job).map_err(|e| self.err(e))?;
+            remove_rows(&tx, SHARDS, job).map_err(|e| self.err(e))?;
+            remove_rows(&tx, RESULTS, job).map_err(|e| self.err(e))?;
+            remove_rows(&tx, ATTACHMENTS, job).map_err(|e| self.err(e))?;
             tx.commit().map_err(|e| self.err(e))
         })
     }
@@ -416,6 +463,27 @@ impl Store {
     }
 }
 
+/// Removes `job`'s row of a table keyed by job id.
+fn remove_job<V: redb::Value + 'static>(
+    tx: &WriteTransaction,
+    table: TableDefinition<u64, V>,
+    job: u64,
+) -> Result<(), redb::Error> {
+    tx.open_table(table)?.remove(job)?;
+    Ok(())
+}
+
+/// Removes `job`'s rows of a table keyed by (job id, index).
+fn remove_rows<V: redb::Value + 'static>(
+    tx: &WriteTransaction,
+    table: TableDefinition<(u64, u32), V>,
+    job: u64,
+) -> Result<(), redb::Error> {
+    tx.open_table(table)?
+        .retain_in((job, 0)..=(job, u32::MAX), |_, _| false)?;
+    Ok(())
+}
+
 /// Runs a database call, turning a panic into an error: redb panics on some damaged pages, and
 /// a damaged file must be an error that names it, never a crashed coordinator.
 fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
@@ -489,19 +557,19 @@ fn decode(mut b: &[u8]) -> Option<Vec<WireTensor>> {
 mod tests {
     use super::*;
 
-    /// A running node sweep's record, not yet planned.
+    /// A running node sweep's record, with one attachment and one node shard.
     fn running(id: u64) -> JobRecord {
         JobRecord {
             id,
             name: format!("job{id}"),
             spec_toml: "[sweep]\nkind = \"nodes\"\n".into(),
-            attachments: vec![],
+            attachments: vec!["a.jsonl".into()],
             state: JobState::Running,
             error: None,
             submitted_unix: 1.0,
             finished_unix: None,
             meta: None,
-            shards: vec![ShardTask::Prepare],
+            shards: vec![ShardTask::Prepare, ShardTask::Nodes { layers: vec![0] }],
             orders: None,
             circuit: None,
         }
@@ -553,6 +621,38 @@ mod tests {
         assert_eq!(s.result(7, 1).unwrap().unwrap(), ts);
         assert_eq!(s.result(7, 0).unwrap(), None);
         assert_eq!(s.attachments(7, 1).unwrap()[0], b"{\"clean\": 1}\n");
+    }
+
+    #[test]
+    fn deleting_a_job_removes_its_rows_only_and_its_id_stays_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.last_job_id().unwrap(), 0);
+        let done = ShardRecord {
+            done: true,
+            ..Default::default()
+        };
+        let ts = vec![WireTensor::f64("heads", &[1], &[1.0])];
+        for id in 1..=3 {
+            s.put_job(&running(id), Some(&[b"x".to_vec()])).unwrap();
+            s.put_result(id, 0, &done, &ts).unwrap();
+            s.put_result(id, 1, &done, &ts).unwrap();
+        }
+        // The newest and a middle one: neighbours' rows at (id ± 1, *) stay.
+        s.delete_job(3).unwrap();
+        s.delete_job(2).unwrap();
+        let ids: Vec<u64> = s.load().unwrap().iter().map(|(j, _)| j.id).collect();
+        assert_eq!(ids, [1]);
+        for id in [2, 3] {
+            assert_eq!(s.result(id, 0).unwrap(), None);
+            assert_eq!(s.result(id, 1).unwrap(), None);
+            assert!(s.attachments(id, 1).is_err());
+        }
+        assert_eq!(s.result(1, 1).unwrap().unwrap(), ts);
+        assert_eq!(s.attachments(1, 1).unwrap()[0], b"x");
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.last_job_id().unwrap(), 3);
     }
 
     #[test]

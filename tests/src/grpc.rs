@@ -3,8 +3,8 @@
 //! of a worker written out.
 
 use circuit_sweep_coordinator::server::{self, ServerConfig, Service};
-use circuit_sweep_proto::v1::{LeaseRequest, ShardLease, TensorChunk, WorkerInfo};
-use circuit_sweep_proto::{auth, tensor};
+use circuit_sweep_proto::v1::{LeaseRequest, ShardLease, SubmitRequest, TensorChunk, WorkerInfo};
+use circuit_sweep_proto::{PROTOCOL_VERSION, auth, tensor};
 
 /// A multi-threaded runtime; logs (CIRCUIT_SWEEP_LOG, default warn) show in a failing test's
 /// output.
@@ -65,10 +65,28 @@ pub fn info(version: u32) -> WorkerInfo {
     }
 }
 
+/// Submits a node sweep (no inputs: its prepare shard is the fake worker's to answer); returns
+/// the job.
+pub async fn submit_nodes(c: &mut auth::Client) -> u64 {
+    c.submit(SubmitRequest {
+        protocol_version: PROTOCOL_VERSION,
+        name: "nodes".into(),
+        spec_toml: "[sweep]\nkind = \"nodes\"\n".into(),
+        attachments: vec![],
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .job_id
+}
+
 /// Registers a fake worker; returns its id.
 pub async fn register(c: &mut auth::Client) -> String {
-    let v = circuit_sweep_proto::PROTOCOL_VERSION;
-    c.register(info(v)).await.unwrap().into_inner().worker_id
+    c.register(info(PROTOCOL_VERSION))
+        .await
+        .unwrap()
+        .into_inner()
+        .worker_id
 }
 
 /// The next queued shard for `worker`.

@@ -9,24 +9,13 @@ use circuit_sweep_proto::auth;
 use circuit_sweep_proto::shard_output::ShardOutput;
 use circuit_sweep_proto::tensor::WireTensor;
 use circuit_sweep_proto::v1::{
-    GoodbyeRequest, HeartbeatRequest, LeaseRequest, StatusRequest, SubmitRequest, TensorChunk,
-    WorkerInfo,
+    GoodbyeRequest, HeartbeatRequest, LeaseRequest, StatusRequest, TensorChunk, WorkerInfo,
 };
-use circuit_sweep_tests::grpc::{Coordinator, info, lease, put, register, rt};
+use circuit_sweep_tests::grpc::{Coordinator, info, lease, put, register, rt, submit_nodes};
 
 /// A node sweep of a 2-layer, 3-head model, prepared by `w`: its node shards are queued.
 async fn prepared(c: &mut auth::Client, w: &str) -> u64 {
-    let job = c
-        .submit(SubmitRequest {
-            protocol_version: PROTOCOL_VERSION,
-            name: "nodes".into(),
-            spec_toml: "[sweep]\nkind = \"nodes\"\n".into(),
-            attachments: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job_id;
+    let job = submit_nodes(c).await;
     let l = lease(c, w).await;
     let out = ShardOutput::Prepared(Box::new(JobMeta::synthetic("tiny", 2, 3))).encode();
     let chunks = out.iter().flat_map(|t| t.chunks(1 << 20)).collect();

@@ -51,7 +51,9 @@ pub enum Command {
     /// Show jobs (progress, shards, ETA) and workers.
     Status(remote::StatusArgs),
     /// Cancel a job.
-    Cancel(remote::CancelArgs),
+    Cancel(remote::JobArgs),
+    /// Delete a finished job: its record, stored results and results folder on the coordinator.
+    Delete(remote::JobArgs),
     /// Check that a coordinator is up (its health RPC; with a token, its scheduler too):
     /// exit 0 or say why not. For readiness and liveness probes.
     Health(remote::HealthArgs),
@@ -102,6 +104,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Submit(args) => remote::submit(args),
         Command::Status(args) => remote::status(args),
         Command::Cancel(args) => remote::cancel(args),
+        Command::Delete(args) => remote::delete(args),
         Command::Health(args) => remote::health(args),
         Command::Results(args) => remote::results(args),
         Command::Predict(args) => predict::run(args, &cli.models_dir),

@@ -1,4 +1,5 @@
-//! The distributed commands: `coordinator`, `worker`, `submit`, `status`, `cancel`, `results`.
+//! The distributed commands: `coordinator`, `worker`, `submit`, `status`, `cancel`, `delete`,
+//! `results`.
 //! The two servers are composed in their crates (`process`, `fleet`); here their flags become
 //! configs and SIGINT or SIGTERM their shutdown.
 
@@ -190,6 +191,10 @@ pub struct CoordinatorArgs {
     /// `http://ADDR/#token=TOKEN`. Its API takes the same token as the gRPC API.
     #[arg(long, env = "CIRCUIT_SWEEP_DASHBOARD")]
     dashboard: Option<SocketAddr>,
+    /// Delete finished jobs (done, failed, cancelled), with their stored results and results
+    /// folders, this many days after they ended (fractions allowed; default: keep forever).
+    #[arg(long, env = "CIRCUIT_SWEEP_KEEP_FINISHED_DAYS")]
+    keep_finished_days: Option<f64>,
 }
 
 /// Runs the coordinator until SIGINT or SIGTERM.
@@ -235,6 +240,16 @@ pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<()> {
     cfg.max_result_bytes = a.max_result_mib.saturating_mul(1 << 20);
     cfg.max_leases = a.max_leases_per_worker as usize;
     cfg.lease_timeout = Duration::from_secs(a.lease_timeout_s);
+    cfg.keep_finished = a
+        .keep_finished_days
+        .map(|d| {
+            Duration::try_from_secs_f64(d * 86_400.0).map_err(|_| {
+                anyhow::anyhow!(
+                    "--keep-finished-days {d}: must be a number of days, 0 or more (leave it out to keep jobs forever)"
+                )
+            })
+        })
+        .transpose()?;
     cfg.connections = ConnLimits {
         max_connections: a.max_connections as usize,
         first_byte: Duration::from_millis(a.first_byte_timeout_ms),
@@ -533,9 +548,9 @@ pub fn status(a: StatusArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Arguments of `cancel`.
+/// Arguments of `cancel` and `delete`.
 #[derive(Debug, Args)]
-pub struct CancelArgs {
+pub struct JobArgs {
     /// The job.
     job: u64,
     #[command(flatten)]
@@ -543,11 +558,25 @@ pub struct CancelArgs {
 }
 
 /// Cancels a job.
-pub fn cancel(a: CancelArgs) -> anyhow::Result<()> {
+pub fn cancel(a: JobArgs) -> anyhow::Result<()> {
+    on_job(a, "cancelled", client::cancel)
+}
+
+/// Deletes a finished job.
+pub fn delete(a: JobArgs) -> anyhow::Result<()> {
+    on_job(a, "deleted", client::delete)
+}
+
+/// Makes one call about `a.job`, then says what became of it.
+fn on_job(
+    a: JobArgs,
+    became: &str,
+    call: impl AsyncFnOnce(&mut auth::Client, u64) -> Result<(), client::ClientError>,
+) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let mut c = a.remote.connect().await?;
-        client::cancel(&mut c, a.job).await?;
-        println!("job {} cancelled", a.job);
+        call(&mut c, a.job).await?;
+        println!("job {} {became}", a.job);
         anyhow::Ok(())
     })
 }

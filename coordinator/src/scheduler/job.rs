@@ -78,6 +78,10 @@ pub(super) struct Job {
     /// The longest a shard of it has taken from lease to result (in this coordinator's
     /// lifetime): what its leases' deadlines are derived from.
     pub longest: Duration,
+    /// A [`Planning`](super::Planning) or [`Finishing`](super::Finishing) is out writing its
+    /// plan or results folder: unlike `aggregating`, still set after a cancellation, until it
+    /// reports back (the job is not deleted under it).
+    pub writing: bool,
 }
 
 impl Job {
@@ -102,6 +106,7 @@ impl Job {
             done_here: 0,
             aggregating: false,
             longest: Duration::ZERO,
+            writing: false,
         }
     }
 

@@ -17,6 +17,7 @@ mod job;
 pub mod limits;
 mod plan;
 mod results;
+mod retention;
 mod status;
 mod workers;
 
@@ -76,6 +77,14 @@ pub enum SchedError {
     /// The job's results are not ready.
     #[error("{0}")]
     NotReady(String),
+    /// Only a finished job (done, failed, cancelled) can be deleted.
+    #[error("job {job} is {state}: cancel it first (`circuit-sweep cancel {job}`), then delete it")]
+    NotFinal {
+        /// Job.
+        job: u64,
+        /// Its state's name.
+        state: &'static str,
+    },
     /// A stored shard result no longer decodes.
     #[error("stored result of job {job} shard {shard} is corrupt: {why}")]
     CorruptResult {
@@ -119,6 +128,9 @@ pub struct SchedConfig {
     pub max_leases: usize,
     /// How long a lease may go without progress (at least; see [`Scheduler::allowance`]).
     pub lease_timeout: Duration,
+    /// Finished jobs (done, failed, cancelled) are deleted this long after they ended;
+    /// `None`: kept forever.
+    pub keep_finished: Option<Duration>,
 }
 
 impl SchedConfig {
@@ -134,6 +146,7 @@ impl SchedConfig {
             status_worker_bytes: MAX_MESSAGE_BYTES / 4,
             max_leases: limits::DEFAULT_MAX_LEASES,
             lease_timeout: limits::DEFAULT_LEASE_TIMEOUT,
+            keep_finished: None,
         }
     }
 }
@@ -158,6 +171,8 @@ pub struct Scheduler {
     store: Arc<Store>,
     jobs: BTreeMap<u64, Job>,
     workers: Workers,
+    /// The highest job id ever given (deleted jobs' included): ids are never reused.
+    last_id: u64,
 }
 
 impl Scheduler {
@@ -188,6 +203,7 @@ impl Scheduler {
         }
         let mut s = Scheduler {
             workers: Workers::new(cfg.max_workers),
+            last_id: store.last_job_id()?,
             cfg,
             clock,
             store,
@@ -234,7 +250,7 @@ impl Scheduler {
                 )));
             }
         }
-        let id = self.jobs.keys().next_back().map_or(1, |k| k + 1);
+        let id = self.last_id + 1;
         let rec = JobRecord {
             id,
             name: name.to_string(),
@@ -256,6 +272,7 @@ impl Scheduler {
         tracing::info!("job {id} ({name}) submitted: {:?} sweep", spec.sweep.kind);
         let job = Job::new(rec, spec, vec![shard_rec], self.clock.now());
         self.jobs.insert(id, job);
+        self.last_id = id;
         Ok(id)
     }
 
@@ -516,9 +533,10 @@ impl Scheduler {
     }
 
     /// Declares lost every worker silent for longer than `lost_after`, expires every lease
-    /// past its deadline (its shard is queued again, its worker told to abandon it), and
-    /// forgets leases revoked a while ago.
-    pub fn tick(&mut self) -> Result<(), SchedError> {
+    /// past its deadline (its shard is queued again, its worker told to abandon it), forgets
+    /// leases revoked a while ago, and deletes the finished jobs older than `keep_finished`.
+    /// Returns the deleted jobs' results folders, for the caller to remove outside the lock.
+    pub fn tick(&mut self) -> Result<Vec<PathBuf>, SchedError> {
         let now = self.clock.now();
         for id in self.workers.late(now, self.cfg.lost_after) {
             self.worker_lost(&id, LostReason::HeartbeatTimeout)?;
@@ -536,7 +554,7 @@ impl Scheduler {
             self.shard_lost(&lease, (l.job, l.shard), true, &why)?;
         }
         self.workers.prune_revoked(now, self.cfg.lost_after * 2);
-        Ok(())
+        Ok(self.delete_old_jobs())
     }
 
     /// Gives back a stall of this coordinator's own making (the lock held, the process
@@ -564,8 +582,9 @@ impl Scheduler {
     }
 
     /// A job to plan once its prepare shard is done (outside the lock).
-    fn planning(&self, job_id: u64, meta: JobMeta) -> Option<Planning> {
-        let job = self.jobs.get(&job_id)?;
+    fn planning(&mut self, job_id: u64, meta: JobMeta) -> Option<Planning> {
+        let job = self.jobs.get_mut(&job_id)?;
+        job.writing = true;
         Some(Planning::new(
             job_id,
             meta,
@@ -585,6 +604,7 @@ impl Scheduler {
     ) -> Result<Option<Finishing>, SchedError> {
         let unix = self.clock.unix();
         let job = job_in(&mut self.jobs, job_id)?;
+        job.writing = false;
         if job.rec.state != JobState::Queued {
             // Cancelled (or deleted) while it was planned.
             return Ok(None);
@@ -624,6 +644,7 @@ impl Scheduler {
             return None;
         }
         job.aggregating = true;
+        job.writing = true;
         Some(Finishing::new(
             job,
             self.store.clone(),
@@ -640,6 +661,7 @@ impl Scheduler {
     ) -> Result<(), SchedError> {
         let unix = self.clock.unix();
         let job = job_in(&mut self.jobs, job_id)?;
+        job.writing = false;
         if !job.aggregating {
             // Cancelled while it aggregated: the cancellation stands.
             return Ok(());

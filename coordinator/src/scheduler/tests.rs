@@ -457,22 +457,33 @@ fn the_last_shard_hands_the_job_out_to_aggregate_and_status_goes_on() {
     assert_eq!((p.shards_done, p.nodes.len()), (3, 2));
 }
 
+/// A node sweep whose shards `w` has all computed, handed out to aggregate.
+fn aggregating(s: &mut Scheduler, w: &str) -> Finishing {
+    prepared(s, w);
+    let (l0, _, _) = lease(s, w);
+    let (l1, _, _) = lease(s, w);
+    s.complete(w, &l0, node_output(0)).unwrap();
+    let Completion::Finishing(f) = s.complete(w, &l1, node_output(1)).unwrap() else {
+        panic!("the last shard finishes the job")
+    };
+    *f
+}
+
 #[test]
 fn a_job_cancelled_while_it_aggregates_stays_cancelled() {
     let dir = tempfile::tempdir().unwrap();
     let (mut s, _) = open(dir.path());
     let w = worker(&mut s, "a");
-    let job = prepared(&mut s, &w);
-    let (l0, _, _) = lease(&mut s, &w);
-    let (l1, _, _) = lease(&mut s, &w);
-    s.complete(&w, &l0, node_output(0)).unwrap();
-    let Completion::Finishing(f) = s.complete(&w, &l1, node_output(1)).unwrap() else {
-        panic!("the last shard finishes the job")
-    };
+    let f = aggregating(&mut s, &w);
+    let job = f.job;
     s.cancel(job).unwrap();
+    // Its folder is being written: deleting it now would leave that folder behind.
+    let e = s.delete(job).unwrap_err();
+    assert!(matches!(e, SchedError::NotReady(_)), "{e}");
     let out = f.run();
     s.finished(job, out).unwrap();
     assert_eq!(job_status(&s, job).state, "cancelled");
+    s.delete(job).unwrap();
 }
 
 #[test]
@@ -527,3 +538,123 @@ fn a_restart_plans_a_prepared_job_and_aggregates_a_complete_one() {
 }
 
 mod leases;
+/// A node sweep run to the end by `w`, its results folder written: `(job, folder)`.
+fn done(s: &mut Scheduler, w: &str) -> (u64, PathBuf) {
+    let f = aggregating(s, w);
+    let job = f.job;
+    let out = f.run();
+    s.finished(job, out).unwrap();
+    assert_eq!(job_status(s, job).state, "done");
+    (job, s.results_dir(job).unwrap())
+}
+
+#[test]
+fn only_a_finished_job_can_be_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    let w = worker(&mut s, "a");
+    let running = prepared(&mut s, &w);
+    let queued = s.submit("nodes", NODES, vec![]).unwrap();
+    for (job, state) in [(running, "running"), (queued, "queued")] {
+        let e = s.delete(job).unwrap_err();
+        assert!(matches!(e, SchedError::NotFinal { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "job {job} is {state}: cancel it first (`circuit-sweep cancel {job}`), then delete it"
+            )
+        );
+    }
+    assert!(matches!(s.delete(99), Err(SchedError::UnknownJob(99))));
+    s.cancel(running).unwrap();
+    s.delete(running).unwrap();
+    assert!(matches!(
+        s.status(Some(running)),
+        Err(SchedError::UnknownJob(_))
+    ));
+    assert!(matches!(s.delete(running), Err(SchedError::UnknownJob(_))));
+    // The queued job goes on, and is leased next.
+    assert_eq!(s.lease(&w).unwrap().unwrap().job_id, queued);
+}
+
+#[test]
+fn deleting_a_done_job_frees_its_stored_rows_and_names_its_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    let w = worker(&mut s, "a");
+    let (job, folder) = done(&mut s, &w);
+    let (kept, _) = done(&mut s, &w);
+    assert!(folder.join("result.json").is_file());
+    assert!(s.store.result(job, 2).unwrap().is_some());
+    assert_eq!(s.delete(job).unwrap(), folder);
+    for shard in 0..3 {
+        assert_eq!(s.store.result(job, shard).unwrap(), None);
+    }
+    let stored: Vec<u64> = s.store.load().unwrap().iter().map(|(j, _)| j.id).collect();
+    assert_eq!(stored, [kept]);
+    assert!(s.store.result(kept, 2).unwrap().is_some());
+    let st = s.status(None).unwrap();
+    assert_eq!(st.jobs.iter().map(|j| j.job_id).collect::<Vec<_>>(), [kept]);
+    assert!(matches!(s.results_dir(job), Err(SchedError::UnknownJob(_))));
+    // A restart does not bring it back.
+    drop(s);
+    let (s, _) = open(dir.path());
+    assert!(matches!(
+        s.status(Some(job)),
+        Err(SchedError::UnknownJob(_))
+    ));
+    assert_eq!(job_status(&s, kept).state, "done");
+}
+
+#[test]
+fn a_deleted_job_s_id_is_never_given_again_even_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut s, _) = open(dir.path());
+        assert_eq!(s.submit("nodes", NODES, vec![]).unwrap(), 1);
+        assert_eq!(s.submit("nodes", NODES, vec![]).unwrap(), 2);
+        s.cancel(2).unwrap();
+        s.delete(2).unwrap();
+        assert_eq!(s.submit("nodes", NODES, vec![]).unwrap(), 3);
+        s.cancel(3).unwrap();
+        s.delete(3).unwrap();
+    }
+    let (mut s, _) = open(dir.path());
+    assert_eq!(s.submit("nodes", NODES, vec![]).unwrap(), 4);
+}
+
+#[test]
+fn the_policy_deletes_only_jobs_that_ended_longer_ago_than_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let day = Duration::from_secs(86_400);
+    let cfg = SchedConfig {
+        keep_finished: Some(day),
+        ..SchedConfig::new(dir.path().join("results"))
+    };
+    let (mut s, clock) = open_with(dir.path(), cfg);
+    let w = worker(&mut s, "a");
+    let (old, folder) = done(&mut s, &w);
+    clock.advance(day / 2);
+    let cancelled = s.submit("nodes", NODES, vec![]).unwrap();
+    s.cancel(cancelled).unwrap();
+    let queued = s.submit("nodes", NODES, vec![]).unwrap();
+    assert!(s.tick().unwrap().is_empty(), "nothing is a day old yet");
+    clock.advance(day / 2 + Duration::from_secs(1));
+    assert_eq!(s.tick().unwrap(), [folder]);
+    let ids = |s: &Scheduler| -> Vec<u64> {
+        let st = s.status(None).unwrap();
+        st.jobs.iter().map(|j| j.job_id).collect()
+    };
+    assert_eq!(ids(&s), [cancelled, queued]);
+    assert!(s.store.result(old, 0).unwrap().is_none());
+    clock.advance(day / 2);
+    let gone = s.tick().unwrap();
+    assert_eq!(
+        gone,
+        [dir.path().join("results").join(cancelled.to_string())]
+    );
+    // A job that has not ended stays, however old.
+    clock.advance(day * 30);
+    assert!(s.tick().unwrap().is_empty());
+    assert_eq!(ids(&s), [queued]);
+}
