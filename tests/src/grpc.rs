@@ -89,16 +89,23 @@ pub async fn register(c: &mut auth::Client) -> String {
         .worker_id
 }
 
-/// The next queued shard for `worker`.
+/// The next queued shard for `worker`, waiting a little for one: a job is planned after its
+/// prepare shard's result was acknowledged, so its shards are queued a moment later.
 pub async fn lease(c: &mut auth::Client, worker: &str) -> ShardLease {
-    c.lease(LeaseRequest {
-        worker_id: worker.into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .lease
-    .expect("a queued shard")
+    for _ in 0..100 {
+        let reply = c
+            .lease(LeaseRequest {
+                worker_id: worker.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(l) = reply.lease {
+            return l;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no queued shard for 5 s")
 }
 
 /// Sends `chunks` as the result of `lease`.

@@ -320,6 +320,16 @@ fn status_answers_while_a_large_job_aggregates() {
             let chunks = out.encode().iter().flat_map(|t| t.chunks(1 << 20)).collect();
             if matches!(out, ShardOutput::Prepared(_)) {
                 put(&mut c, &w, &l.lease_id, chunks).await.unwrap();
+                // The job is planned after the ack: its shards are queued a moment later.
+                while circuit_sweep_coordinator::client::status(&mut c, Some(job))
+                    .await
+                    .unwrap()
+                    .jobs[0]
+                    .state
+                    == "queued"
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
             } else if let Some((lease, chunks)) = last.replace((l.lease_id.clone(), chunks)) {
                 put(&mut c, &w, &lease, chunks).await.unwrap();
             }
