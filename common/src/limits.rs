@@ -14,5 +14,9 @@ pub const MAX_SHOTS: usize = 64;
 pub const MAX_THRESHOLDS: usize = 100;
 /// Edges of one edge sweep (a 7B model's whole graph has about 1.6 million).
 pub const MAX_EDGES: usize = 10_000_000;
+/// Layers of a model (the largest public models have about 130).
+pub const MAX_LAYERS: usize = 1024;
+/// Attention heads per layer (the largest public models have 128).
+pub const MAX_HEADS: usize = 1024;
 /// Tokens of one forward pass (`[run] batch_tokens`).
 pub const MAX_BATCH_TOKENS: usize = 1 << 22;

@@ -24,8 +24,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::incoming::{self, ConnLimits};
 use crate::scheduler::{
-    Completion, Finishing, LostReason, Partial, Planning, SchedConfig, SchedError, Scheduler,
-    SystemClock, limits,
+    Completion, Finishing, LostReason, Partial, Planning, ResultsAt, SchedConfig, SchedError,
+    Scheduler, SystemClock, limits,
 };
 
 /// Coordinator settings.
@@ -517,7 +517,26 @@ impl Coordinator for Service {
         r: Request<ResultsRequest>,
     ) -> Result<Response<Self::ResultsStream>, Status> {
         self.client_auth(&r)?;
-        let dir = self.lock().results_dir(r.into_inner().job_id)?;
+        let job = r.into_inner().job_id;
+        let at = self.lock().results(job)?;
+        let dir = match at {
+            ResultsAt::Ready(dir) => dir,
+            ResultsAt::Rebuild(f) => {
+                let s = self.clone();
+                let written = tokio::task::spawn_blocking(move || {
+                    let out = f.run();
+                    s.lock().rebuilt(job);
+                    out
+                })
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+                written.map_err(|e| {
+                    Status::data_loss(format!(
+                        "job {job}'s results folder was lost and cannot be written again: {e}"
+                    ))
+                })?
+            }
+        };
         let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map_err(|e| Status::internal(format!("{}: {e}", dir.display())))?
             .filter_map(|e| e.ok().map(|e| e.path()))

@@ -140,10 +140,17 @@ impl ShardOutput {
         match task {
             ShardTask::Prepare => {
                 let meta: JobMeta = json_of(ts, names::META)?;
-                if meta.n_layers == 0 || meta.n_heads == 0 {
+                // The coordinator plans from this shape: a worker must not make it allocate
+                // for a model no one has.
+                use circuit_sweep_common::limits::{MAX_HEADS, MAX_LAYERS};
+                if !(1..=MAX_LAYERS).contains(&meta.n_layers)
+                    || !(1..=MAX_HEADS).contains(&meta.n_heads)
+                    || meta.n_kv_heads > meta.n_heads
+                {
                     return Err(Malformed(format!(
-                        "model of {} layers and {} heads",
-                        meta.n_layers, meta.n_heads
+                        "model of {} layers, {} heads and {} key-value heads (1 to {MAX_LAYERS} \
+                         layers and 1 to {MAX_HEADS} heads, key-value heads at most the heads)",
+                        meta.n_layers, meta.n_heads, meta.n_kv_heads
                     )));
                 }
                 Ok(ShardOutput::Prepared(Box::new(meta)))
@@ -301,5 +308,11 @@ mod tests {
         empty.n_heads = 0;
         let prep = ShardOutput::Prepared(Box::new(empty));
         assert!(ShardOutput::decode(&ShardTask::Prepare, &s, None, &prep.encode()).is_err());
+        // A model no one has: the coordinator would plan (and allocate) for it.
+        let mut huge = meta();
+        huge.n_layers = 1_000_000_000;
+        let prep = ShardOutput::Prepared(Box::new(huge));
+        let e = ShardOutput::decode(&ShardTask::Prepare, &s, None, &prep.encode()).unwrap_err();
+        assert!(e.0.contains("1000000000 layers"), "{e}");
     }
 }

@@ -42,7 +42,7 @@ use ids::label;
 pub use job::{MAX_ATTEMPTS, MAX_LOSSES, MAX_REFUSALS, MIN_REFUSING_WORKERS};
 pub use plan::{PlanOutcome, Planning};
 pub use results::Received;
-pub use status::{Partial, PartialSource};
+pub use status::{Partial, PartialSource, ResultsAt};
 pub use workers::LostReason;
 
 use crate::store::{JobRecord, JobState, ShardRecord, Store, StoreError};

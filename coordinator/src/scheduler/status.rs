@@ -14,8 +14,18 @@ use circuit_sweep_proto::shard_output::ShardOutput;
 use circuit_sweep_proto::v1::{JobStatus, StatusReply};
 
 use super::job::ShardState;
-use super::{SchedError, Scheduler, finish};
+use super::{Finishing, SchedError, Scheduler, finish};
 use crate::store::{JobState, Store};
+
+/// Where a done job's results are (see [`Scheduler::results`]).
+#[derive(Debug)]
+pub enum ResultsAt {
+    /// In this folder.
+    Ready(PathBuf),
+    /// Its folder is lost: write it again (outside the lock), then call
+    /// [`Scheduler::rebuilt`].
+    Rebuild(Box<Finishing>),
+}
 
 /// A job's results so far (see [`Scheduler::partial`]).
 #[derive(Debug, Clone)]
@@ -100,8 +110,15 @@ impl Scheduler {
             .filter(|j| job.is_none_or(|id| id == j.rec.id))
             .map(|j| {
                 let done = j.done();
-                let leased = j.count(|s| matches!(s, ShardState::Leased { .. }));
-                let queued = j.count(|s| *s == ShardState::Queued);
+                // An ended job has nothing leased or queued, whatever its shards were doing.
+                let (leased, queued) = if j.rec.state.is_final() {
+                    (0, 0)
+                } else {
+                    (
+                        j.count(|s| matches!(s, ShardState::Leased { .. })),
+                        j.count(|s| *s == ShardState::Queued),
+                    )
+                };
                 // For the ETA: time in this coordinator's lifetime (shards done here).
                 let elapsed = now.duration_since(j.started).as_secs_f64();
                 // Shown: since submission, across restarts, until the job ended.
@@ -175,7 +192,40 @@ impl Scheduler {
         })
     }
 
-    /// The results folder of a finished job.
+    /// Where a done job's results are: its folder, or, when the folder was lost (removed by
+    /// hand, a disk replaced), the aggregation that writes it again from the stored shards.
+    pub fn results(&mut self, job_id: u64) -> Result<ResultsAt, SchedError> {
+        let dir = self.results_dir(job_id)?;
+        if dir.join("result.json").is_file() {
+            return Ok(ResultsAt::Ready(dir));
+        }
+        let unix = self.clock.unix();
+        let job = self.jobs.get_mut(&job_id).expect("found by results_dir");
+        if job.writing {
+            return Err(SchedError::NotReady(format!(
+                "job {job_id}'s results folder is being written again: ask in a moment"
+            )));
+        }
+        tracing::warn!("job {job_id}'s results folder is missing: writing it again");
+        job.writing = true;
+        // The folder's timing counts to when the job ended, not to now.
+        let ended = job.rec.finished_unix.unwrap_or(unix);
+        Ok(ResultsAt::Rebuild(Box::new(Finishing::new(
+            job,
+            self.store.clone(),
+            dir,
+            ended,
+        ))))
+    }
+
+    /// A results folder written again (or not): the job may be deleted again.
+    pub fn rebuilt(&mut self, job_id: u64) {
+        if let Some(job) = self.jobs.get_mut(&job_id) {
+            job.writing = false;
+        }
+    }
+
+    /// The results folder of a done job.
     pub fn results_dir(&self, job_id: u64) -> Result<PathBuf, SchedError> {
         let job = self
             .jobs

@@ -537,6 +537,7 @@ fn a_restart_plans_a_prepared_job_and_aggregates_a_complete_one() {
     );
 }
 
+mod folders;
 mod leases;
 /// A node sweep run to the end by `w`, its results folder written: `(job, folder)`.
 fn done(s: &mut Scheduler, w: &str) -> (u64, PathBuf) {
