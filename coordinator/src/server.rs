@@ -320,8 +320,8 @@ impl Coordinator for Service {
 
     async fn lease(&self, r: Request<LeaseRequest>) -> Result<Response<LeaseReply>, Status> {
         self.worker_auth(&r)?;
-        let w = r.into_inner().worker_id;
-        let lease = self.lock().lease(&w)?;
+        let r = r.into_inner();
+        let lease = self.lock().lease(&r.worker_id, &r.held_inputs)?;
         Ok(Response::new(LeaseReply {
             lease,
             retry_ms: 200,

@@ -1,6 +1,7 @@
 //! The circuit-sweep wire protocol, generated from `proto/circuit_sweep.proto`, with what both
 //! peers need around it: the token and connections (`auth`), TLS settings (`tls`) and score
-//! tensors in chunks (`tensor`), and the most a shard result may take (`output_size`).
+//! tensors in chunks (`tensor`), the most a shard result may take (`output_size`), and what
+//! names a job's inputs (`job_inputs`).
 //!
 //! Every RPC that opens a session checks [`PROTOCOL_VERSION`] and refuses a peer that speaks another.
 
@@ -14,6 +15,7 @@ pub mod v1 {
 }
 
 pub mod auth;
+pub mod job_inputs;
 pub mod output_size;
 pub mod shard_output;
 pub mod tensor;

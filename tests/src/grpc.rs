@@ -96,6 +96,7 @@ pub async fn lease(c: &mut auth::Client, worker: &str) -> ShardLease {
         let reply = c
             .lease(LeaseRequest {
                 worker_id: worker.into(),
+                ..Default::default()
             })
             .await
             .unwrap()

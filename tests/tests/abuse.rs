@@ -185,6 +185,7 @@ fn a_worker_that_hoards_leases_without_progress_loses_them() {
         let more = c
             .lease(LeaseRequest {
                 worker_id: hoarder.clone(),
+                ..Default::default()
             })
             .await
             .unwrap();

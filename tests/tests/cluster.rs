@@ -168,6 +168,7 @@ fn refused_workers_and_malformed_streams_leave_the_job_unaffected() {
         let e = c
             .lease(LeaseRequest {
                 worker_id: w.clone(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -304,6 +305,7 @@ fn status_answers_while_a_large_job_aggregates() {
         while let Some(l) = c
             .lease(LeaseRequest {
                 worker_id: w.clone(),
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -13,6 +13,7 @@ use circuit_sweep_common::shard::ShardTask;
 use circuit_sweep_common::spec::SweepSpec;
 use circuit_sweep_proto::PROTOCOL_VERSION;
 use circuit_sweep_proto::auth::{self, Client};
+use circuit_sweep_proto::job_inputs;
 use circuit_sweep_proto::tensor::{MAX_CHUNK_BYTES, WireTensor, result_messages};
 use circuit_sweep_proto::tls::ClientTls;
 use circuit_sweep_proto::v1::{
@@ -146,6 +147,7 @@ pub async fn run(
             let reply = client
                 .lease(LeaseRequest {
                     worker_id: worker_id.clone(),
+                    held_inputs: jobs.held(),
                 })
                 .await;
             let lease = match reply {
@@ -394,19 +396,27 @@ async fn heartbeats(
 #[derive(Default)]
 struct Prepared(Vec<(String, Arc<PreparedJob>)>);
 
-/// What identifies a job's inputs: its id alone is not enough, since a coordinator started
-/// afresh counts from 1 again while this worker keeps running.
+/// What identifies a job's inputs: the hash of its spec and attachments (its id alone is not
+/// enough, since a coordinator started afresh counts from 1 again while this worker keeps
+/// running). A coordinator that predates `inputs_hash` leaves it empty: computed here then.
 fn job_key(l: &ShardLease) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(l.spec_toml.as_bytes());
-    for a in &l.attachments {
-        h.update(a.name.as_bytes());
-        h.update((a.data.len() as u64).to_le_bytes());
-        h.update(&a.data);
+    if l.inputs_hash.is_empty() {
+        job_inputs::hash_of(&l.spec_toml, &l.attachments)
+    } else {
+        l.inputs_hash.clone()
     }
-    let digest: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}:{digest}", l.job_id)
+}
+
+impl Prepared {
+    /// The inputs this worker holds, newest first (what a lease request lists).
+    fn held(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .rev()
+            .take(job_inputs::MAX_HELD_INPUTS)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
 }
 
 /// Prepares the job if needed and computes the shard on a blocking thread.
@@ -437,6 +447,12 @@ async fn compute(
     let key = job_key(&l);
     let job = match jobs.0.iter().find(|(k, _)| *k == key) {
         Some((_, j)) => j.clone(),
+        None if l.spec_toml.is_empty() => {
+            // Sent without inputs this worker no longer holds: another worker will take it.
+            return Err(ShardError::Internal(format!(
+                "the lease came without the job's inputs ({key}), which this worker does not hold"
+            )));
+        }
         None => {
             let dir = cfg.work_dir.join(format!("job-{}", l.job_id));
             let (spec, copies) = materialize(&l, &dir)?;

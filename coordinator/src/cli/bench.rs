@@ -375,6 +375,7 @@ fn shards(jobs: usize) -> anyhow::Result<()> {
             while let Some(l) = c
                 .lease(LeaseRequest {
                     worker_id: w.clone(),
+                    ..Default::default()
                 })
                 .await?
                 .into_inner()

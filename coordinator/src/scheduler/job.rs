@@ -78,6 +78,9 @@ pub(super) struct Job {
     /// The longest a shard of it has taken from lease to result (in this coordinator's
     /// lifetime): what its leases' deadlines are derived from.
     pub longest: Duration,
+    /// The hash of its spec and attachments: a worker that holds them is leased shards
+    /// without them (empty for an ended job).
+    pub inputs_hash: String,
     /// A [`Planning`](super::Planning) or [`Finishing`](super::Finishing) is out writing its
     /// plan or results folder: unlike `aggregating`, still set after a cancellation, until it
     /// reports back (the job is not deleted under it).
@@ -106,6 +109,7 @@ impl Job {
             done_here: 0,
             aggregating: false,
             longest: Duration::ZERO,
+            inputs_hash: String::new(),
             writing: false,
         }
     }

@@ -32,6 +32,7 @@ use std::time::Duration;
 use circuit_sweep_common::shard::{JobMeta, ShardTask};
 use circuit_sweep_common::spec::SweepSpec;
 use circuit_sweep_proto::auth::MAX_MESSAGE_BYTES;
+use circuit_sweep_proto::job_inputs::{self, MAX_HELD_INPUTS};
 use circuit_sweep_proto::output_size::max_output_bytes;
 use circuit_sweep_proto::shard_output::ShardOutput;
 use circuit_sweep_proto::v1::{LeaseProgress, ShardLease, WorkerInfo};
@@ -189,8 +190,10 @@ impl Scheduler {
         for (rec, shard_recs) in store.load()? {
             let spec = SweepSpec::parse(&rec.spec_toml, Path::new("spec.toml"))
                 .map_err(|e| SchedError::BadSpec(format!("stored job {}: {e}", rec.id)))?;
-            let job = Job::new(rec, spec, shard_recs, clock.now());
+            let mut job = Job::new(rec, spec, shard_recs, clock.now());
             if !job.rec.state.is_final() {
+                let data = store.attachments(job.rec.id, job.rec.attachments.len())?;
+                job.inputs_hash = inputs_hash(&job.rec, &data);
                 tracing::info!(
                     "resuming job {} ({}): {} of {} shards done",
                     job.rec.id,
@@ -267,10 +270,12 @@ impl Scheduler {
         };
         let data: Vec<Vec<u8>> = attachments.into_iter().map(|(_, d)| d).collect();
         self.store.put_job(&rec, Some(&data))?;
+        let hash = inputs_hash(&rec, &data);
         let shard_rec = ShardRecord::default();
         self.store.put_shards(None, &[(id, 0, &shard_rec)])?;
         tracing::info!("job {id} ({name}) submitted: {:?} sweep", spec.sweep.kind);
-        let job = Job::new(rec, spec, vec![shard_rec], self.clock.now());
+        let mut job = Job::new(rec, spec, vec![shard_rec], self.clock.now());
+        job.inputs_hash = hash;
         self.jobs.insert(id, job);
         self.last_id = id;
         Ok(id)
@@ -314,7 +319,13 @@ impl Scheduler {
     }
 
     /// The next queued shard for `worker`, if any: oldest job first, shards in plan order.
-    pub fn lease(&mut self, worker: &str) -> Result<Option<ShardLease>, SchedError> {
+    /// The job's spec and attachments come with it unless `held` (what the worker holds)
+    /// names them.
+    pub fn lease(
+        &mut self,
+        worker: &str,
+        held: &[String],
+    ) -> Result<Option<ShardLease>, SchedError> {
         let now = self.clock.now();
         self.workers.touch(worker, now)?;
         if self.workers.held(worker) >= self.cfg.max_leases {
@@ -341,16 +352,23 @@ impl Scheduler {
         let task = job.rec.shards[i].clone();
         self.store
             .put_shards(None, &[(job_id, i as u32, &job.shards[i].rec)])?;
-        let attachments = self
-            .store
-            .attachments(job_id, job.rec.attachments.len())?
-            .into_iter()
-            .zip(&job.rec.attachments)
-            .map(|(data, name)| circuit_sweep_proto::v1::Attachment {
-                name: name.clone(),
-                data,
-            })
-            .collect();
+        let sent = !held
+            .iter()
+            .take(MAX_HELD_INPUTS)
+            .any(|h| *h == job.inputs_hash);
+        let attachments = if sent {
+            self.store
+                .attachments(job_id, job.rec.attachments.len())?
+                .into_iter()
+                .zip(&job.rec.attachments)
+                .map(|(data, name)| circuit_sweep_proto::v1::Attachment {
+                    name: name.clone(),
+                    data,
+                })
+                .collect()
+        } else {
+            vec![]
+        };
         tracing::debug!(
             "job {job_id} shard {i} ({}) leased to {}, attempt {attempt}",
             task.label(),
@@ -361,9 +379,14 @@ impl Scheduler {
             job_id,
             shard: i as u32,
             attempt,
-            spec_toml: job.rec.spec_toml.clone(),
+            spec_toml: if sent {
+                job.rec.spec_toml.clone()
+            } else {
+                String::new()
+            },
             attachments,
             task_json: serde_json::to_string(&task).expect("tasks serialize"),
+            inputs_hash: job.inputs_hash.clone(),
         }))
     }
 
@@ -695,6 +718,12 @@ impl Scheduler {
 /// [`limits::LEASE_SLACK`] times the longest shard of the job so far if that is longer.
 fn allowance(cfg: &SchedConfig, job: &Job) -> Duration {
     cfg.lease_timeout.max(job.longest * limits::LEASE_SLACK)
+}
+
+/// The hash of a job's spec and attachments, as workers compute it.
+fn inputs_hash(rec: &JobRecord, data: &[Vec<u8>]) -> String {
+    let files = rec.attachments.iter().map(String::as_str);
+    job_inputs::inputs_hash(&rec.spec_toml, files.zip(data.iter().map(Vec::as_slice)))
 }
 
 /// A job by id (a free function, so that the store stays borrowable beside it).

@@ -54,7 +54,7 @@ fn node_output(layer: usize) -> Vec<WireTensor> {
 
 /// Leases the next shard to `w`: `(lease, shard, attempt)`.
 fn lease(s: &mut Scheduler, w: &str) -> (String, u32, u32) {
-    let l = s.lease(w).unwrap().expect("a queued shard");
+    let l = s.lease(w, &[]).unwrap().expect("a queued shard");
     (l.lease_id, l.shard, l.attempt)
 }
 
@@ -102,7 +102,10 @@ fn a_shard_that_keeps_failing_fails_its_job_after_max_attempts() {
             );
         }
     }
-    assert!(s.lease(&w).unwrap().is_none(), "nothing of a failed job");
+    assert!(
+        s.lease(&w, &[]).unwrap().is_none(),
+        "nothing of a failed job"
+    );
     // A failure that retrying cannot fix fails the job at once.
     let job = prepared(&mut s, &w);
     let (l, _, _) = lease(&mut s, &w);
@@ -137,7 +140,10 @@ fn a_worker_whose_results_keep_being_refused_is_dropped_and_the_job_goes_on() {
         assert_eq!((rec.refused, rec.failures, rec.done), (n, 0, false));
     }
     // Dropped: unknown from now on, its shard back in the queue, its lease void.
-    assert!(matches!(s.lease(&bad), Err(SchedError::UnknownWorker(_))));
+    assert!(matches!(
+        s.lease(&bad, &[]),
+        Err(SchedError::UnknownWorker(_))
+    ));
     assert!(matches!(
         s.complete(&bad, &held, node_output(0)),
         Err(SchedError::NotYourLease(_))
@@ -376,7 +382,7 @@ fn cancelling_revokes_leases_and_drops_their_results() {
         s.complete(&w, &l, node_output(0)).unwrap(),
         Completion::Duplicate
     ));
-    assert!(s.lease(&w).unwrap().is_none());
+    assert!(s.lease(&w, &[]).unwrap().is_none());
     assert_eq!(job_status(&s, job).state, "cancelled");
     // A lease of another worker is refused.
     let other = worker(&mut s, "b");
@@ -575,7 +581,7 @@ fn only_a_finished_job_can_be_deleted() {
     ));
     assert!(matches!(s.delete(running), Err(SchedError::UnknownJob(_))));
     // The queued job goes on, and is leased next.
-    assert_eq!(s.lease(&w).unwrap().unwrap().job_id, queued);
+    assert_eq!(s.lease(&w, &[]).unwrap().unwrap().job_id, queued);
 }
 
 #[test]
@@ -658,4 +664,36 @@ fn the_policy_deletes_only_jobs_that_ended_longer_ago_than_kept() {
     clock.advance(day * 30);
     assert!(s.tick().unwrap().is_empty());
     assert_eq!(ids(&s), [queued]);
+}
+
+#[test]
+fn a_worker_that_holds_a_job_s_inputs_is_leased_its_shards_without_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    let w = worker(&mut s, "a");
+    let spec = "[sweep]\nkind = \"nodes\"\n\n[data]\nfile = \"p.jsonl\"\n";
+    let files = vec![("p.jsonl".to_string(), b"{}\n".to_vec())];
+    s.submit("nodes", spec, files.clone()).unwrap();
+    let first = s.lease(&w, &[]).unwrap().unwrap();
+    assert_eq!(
+        (first.spec_toml.as_str(), first.attachments.len()),
+        (spec, 1)
+    );
+    let files = files.iter().map(|(n, d)| (n.as_str(), d.as_slice()));
+    let hash = circuit_sweep_proto::job_inputs::inputs_hash(spec, files);
+    assert_eq!(first.inputs_hash, hash, "what the worker computes");
+    let out = ShardOutput::Prepared(Box::new(meta())).encode();
+    s.complete(&w, &first.lease_id, out).unwrap();
+    // Held: only the task travels. Another hash (or none) gets everything again.
+    let l = s.lease(&w, std::slice::from_ref(&hash)).unwrap().unwrap();
+    assert!(l.spec_toml.is_empty() && l.attachments.is_empty());
+    assert_eq!(l.inputs_hash, hash);
+    let l = s.lease(&w, &["0".repeat(64)]).unwrap().unwrap();
+    assert_eq!((l.spec_toml.as_str(), l.attachments.len()), (spec, 1));
+    // After a restart too.
+    drop(s);
+    let (mut s, _) = open(dir.path());
+    let w = worker(&mut s, "b");
+    let l = s.lease(&w, std::slice::from_ref(&hash)).unwrap().unwrap();
+    assert!(l.spec_toml.is_empty() && l.inputs_hash == hash);
 }

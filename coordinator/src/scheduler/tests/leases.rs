@@ -151,14 +151,17 @@ fn a_worker_holds_a_bounded_number_of_leases_and_cancel_frees_them() {
     let (hoarder, other) = (worker(&mut s, "hoarder"), worker(&mut s, "other"));
     let first = prepared(&mut s, &other);
     let (l, _, _) = lease(&mut s, &hoarder);
-    assert!(s.lease(&hoarder).unwrap().is_none(), "one lease at most");
+    assert!(
+        s.lease(&hoarder, &[]).unwrap().is_none(),
+        "one lease at most"
+    );
     let (_, shard, _) = lease(&mut s, &other);
     assert_eq!(shard, 2, "the rest of the queue goes to others");
     // A wedged worker's lease is freed by cancelling its job: it may take other work.
     let second = s.submit("nodes", NODES, vec![]).unwrap();
-    assert!(s.lease(&hoarder).unwrap().is_none());
+    assert!(s.lease(&hoarder, &[]).unwrap().is_none());
     s.cancel(first).unwrap();
-    let next = s.lease(&hoarder).unwrap().expect("free again");
+    let next = s.lease(&hoarder, &[]).unwrap().expect("free again");
     assert_eq!(next.job_id, second);
     let held = [l.clone(), next.lease_id.clone()];
     assert_eq!(s.heartbeat(&hoarder, &held, vec![], &[]).unwrap(), vec![l]);
