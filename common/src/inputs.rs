@@ -29,6 +29,20 @@ pub struct JobInputs {
     pub sets: Vec<(String, Vec<Component>)>,
 }
 
+/// Refuses an order study whose orders hold more components in all than
+/// [`limits::MAX_ORDER_COMPONENTS`].
+fn check_order_components(orders: usize, per_order: usize) -> Result<(), String> {
+    let total = orders.saturating_mul(per_order);
+    if total > limits::MAX_ORDER_COMPONENTS {
+        return Err(format!(
+            "[sweep] orders: {orders} orders of {per_order} components are {total} components, more than the cap of {}; ask for at most {} orders of this model",
+            limits::MAX_ORDER_COMPONENTS,
+            limits::MAX_ORDER_COMPONENTS / per_order.max(1)
+        ));
+    }
+    Ok(())
+}
+
 impl JobInputs {
     /// Resolves the inputs of `spec` for a model of `model` (its base graph shape, as
     /// `JobMeta::graph_shape` or the model's info gives it), reading files the spec names
@@ -39,6 +53,9 @@ impl JobInputs {
         read: &mut dyn FnMut(&Path) -> Result<String, String>,
     ) -> Result<Self, String> {
         let (n_layers, n_heads) = (model.n_layers, model.n_heads);
+        if spec.sweep.kind == SweepKind::Orders && spec.sweep.orders_file.is_none() {
+            check_order_components(spec.sweep.orders.unwrap_or(100), n_layers * (n_heads + 1))?;
+        }
         let orders = match (spec.sweep.kind, &spec.sweep.orders_file) {
             (SweepKind::Orders, Some(f)) => Some(orders::parse_orders(
                 &read(f)?,
@@ -54,6 +71,9 @@ impl JobInputs {
             )),
             _ => None,
         };
+        if let Some(o) = &orders {
+            check_order_components(o.len(), o.iter().map(Vec::len).max().unwrap_or(0))?;
+        }
         let circuit = match (&spec.sweep.circuit, &spec.sweep.circuit_file) {
             (Some(c), _) => {
                 for x in c {
@@ -190,6 +210,23 @@ mod tests {
         })
         .unwrap();
         assert_eq!(i.orders.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_order_study_beyond_the_cap_is_refused_before_its_orders_are_drawn() {
+        // 100,000 orders of a 32-layer, 32-head model: 105.6 million components.
+        let big = GraphShape {
+            n_layers: 32,
+            n_heads: 32,
+            ..model()
+        };
+        let s = spec("[sweep]\nkind = \"orders\"\norders = 100000\n");
+        let e = JobInputs::resolve(&s, big, &mut no_files).unwrap_err();
+        assert!(e.contains("more than the cap of 4000000"), "{e}");
+        assert!(e.contains("at most 3787 orders"), "{e}");
+        let s = spec("[sweep]\nkind = \"orders\"\norders = 3787\n");
+        let i = JobInputs::resolve(&s, big, &mut no_files).unwrap();
+        assert_eq!(i.orders.unwrap().len(), 3787);
     }
 
     #[test]

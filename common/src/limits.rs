@@ -6,6 +6,10 @@
 pub const MAX_PROMPTS: usize = 100_000;
 /// Orders of an order study (random or from a file), and edge orders.
 pub const MAX_ORDERS: usize = 100_000;
+/// Components of an order study's orders in all (orders times the model's components): each
+/// is stored and held in memory, and an order study of 4 million is about 15,000 orders of the
+/// default model, 3,800 of a 7B model.
+pub const MAX_ORDER_COMPONENTS: usize = 4_000_000;
 /// Random head sets of a downstream study.
 pub const MAX_RANDOM_SETS: usize = 10_000;
 /// Solved examples before a downstream question.

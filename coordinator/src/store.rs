@@ -95,28 +95,64 @@ pub struct JobRecord {
     pub circuit: Option<Vec<Component>>,
 }
 
-/// A job's plan as stored (the fields of [`JobRecord`] kept apart from it).
+/// A job's plan as stored (the fields of [`JobRecord`] kept apart from it). An order study's
+/// orders are written once: in its shards' tasks, from which they are read back.
 #[derive(Serialize)]
 struct PlanRow<'a> {
-    shards: &'a [ShardTask],
-    orders: &'a Option<Vec<Vec<Component>>>,
+    shards: Shards<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    orders: Option<&'a Vec<Vec<Component>>>,
     circuit: &'a Option<Vec<Component>>,
+}
+
+/// Shard tasks, `prepare` first when asked (written without copying the planned ones).
+struct Shards<'a> {
+    prepare: bool,
+    rest: &'a [ShardTask],
+}
+
+impl Serialize for Shards<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let prepare = ShardTask::Prepare;
+        let first = self.prepare.then_some(&prepare);
+        s.collect_seq(first.into_iter().chain(self.rest))
+    }
+}
+
+/// The orders the order tasks of `shards` hold, in study order.
+fn task_orders(shards: &[ShardTask]) -> impl Iterator<Item = &Vec<Component>> {
+    shards.iter().flat_map(|t| match t {
+        ShardTask::Orders { orders, .. } => orders.as_slice(),
+        _ => &[],
+    })
 }
 
 /// A job's plan, read back.
 #[derive(Deserialize)]
 struct Plan {
     shards: Vec<ShardTask>,
+    #[serde(default)]
     orders: Option<Vec<Vec<Component>>>,
     circuit: Option<Vec<Component>>,
 }
 
 impl<'a> PlanRow<'a> {
     fn of(job: &'a JobRecord) -> Self {
+        Self::new(false, &job.shards, &job.orders, &job.circuit)
+    }
+
+    fn new(
+        prepare: bool,
+        rest: &'a [ShardTask],
+        orders: &'a Option<Vec<Vec<Component>>>,
+        circuit: &'a Option<Vec<Component>>,
+    ) -> Self {
+        // Kept only when the tasks do not hold them already.
+        let orders = orders.as_ref().filter(|o| !task_orders(rest).eq(o.iter()));
         PlanRow {
-            shards: &job.shards,
-            orders: &job.orders,
-            circuit: &job.circuit,
+            shards: Shards { prepare, rest },
+            orders,
+            circuit,
         }
     }
 }
@@ -280,20 +316,16 @@ impl Store {
         })
     }
 
-    /// Writes a job's plan (once its prepare shard is done).
+    /// Writes a job's plan once its prepare shard is done: `prepare`, then `planned`.
     pub fn put_plan(
         &self,
         job: u64,
-        shards: &[ShardTask],
+        planned: &[ShardTask],
         orders: &Option<Vec<Vec<Component>>>,
         circuit: &Option<Vec<Component>>,
     ) -> Result<(), StoreError> {
         guarded(&self.path, || {
-            let row = PlanRow {
-                shards,
-                orders,
-                circuit,
-            };
+            let row = PlanRow::new(true, planned, orders, circuit);
             let plan = serde_json::to_string(&row).expect("plans serialize");
             let tx = self.db.begin_write().map_err(|e| self.err(e))?;
             {
@@ -410,8 +442,14 @@ impl Store {
                     .map_err(|e| self.err(e))?
                     .ok_or_else(|| self.corrupt(format!("job {} has no plan", job.id)))?;
                 let plan: Plan = serde_json::from_str(plan.value()).map_err(|e| self.corrupt(e))?;
+                job.orders = match plan.orders {
+                    Some(o) => Some(o),
+                    None if task_orders(&plan.shards).next().is_some() => {
+                        Some(task_orders(&plan.shards).cloned().collect())
+                    }
+                    None => None,
+                };
                 job.shards = plan.shards;
-                job.orders = plan.orders;
                 job.circuit = plan.circuit;
                 let mut recs = vec![ShardRecord::default(); job.shards.len()];
                 for row in shards
@@ -670,7 +708,7 @@ mod tests {
         };
         {
             let s = Store::open(dir.path()).unwrap();
-            s.put_plan(3, &job.shards, &job.orders, &job.circuit)
+            s.put_plan(3, &job.shards[1..], &job.orders, &job.circuit)
                 .unwrap();
             s.put_job(&job, None).unwrap();
             job.state = JobState::Cancelled;
@@ -699,6 +737,37 @@ mod tests {
         s.put_job(&all[1].0, None).unwrap();
         assert!(record(&s, 4).len() < 500);
         assert_eq!(s.load().unwrap()[1].0.orders.as_ref(), Some(&orders));
+    }
+
+    #[test]
+    fn an_order_study_s_orders_are_stored_once_in_its_tasks_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let orders: Vec<Vec<Component>> = (0..40)
+            .map(|i| vec![Component::Head { layer: i, head: 1 }; 30])
+            .collect();
+        let tasks: Vec<ShardTask> = orders
+            .chunks(4)
+            .enumerate()
+            .map(|(i, o)| ShardTask::Orders {
+                first: 4 * i,
+                orders: o.to_vec(),
+            })
+            .collect();
+        let s = Store::open(dir.path()).unwrap();
+        s.put_job(&running(1), Some(&[b"x".to_vec()])).unwrap();
+        s.put_plan(1, &tasks, &Some(orders.clone()), &None).unwrap();
+        let once = serde_json::to_string(&orders).unwrap().len();
+        let tx = s.db.begin_read().unwrap();
+        let row = tx.open_table(PLANS).unwrap().get(1).unwrap().unwrap();
+        assert!(
+            row.value().len() < once * 3 / 2,
+            "{} for {once}",
+            row.value().len()
+        );
+        let (job, _) = s.load().unwrap().remove(0);
+        assert_eq!(job.orders, Some(orders));
+        assert_eq!(job.shards[0], ShardTask::Prepare);
+        assert_eq!(&job.shards[1..], tasks.as_slice());
     }
 
     #[test]

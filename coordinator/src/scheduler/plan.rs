@@ -68,10 +68,8 @@ impl Planning {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
         };
-        let mut shards = vec![ShardTask::Prepare];
-        shards.extend(planned.shards.iter().cloned());
         self.store
-            .put_plan(self.job, &shards, &planned.orders, &planned.circuit)?;
+            .put_plan(self.job, &planned.shards, &planned.orders, &planned.circuit)?;
         Ok(Ok(planned))
     }
 }
