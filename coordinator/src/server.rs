@@ -283,10 +283,14 @@ type FileStream = Pin<Box<dyn Stream<Item = Result<FileChunk, Status>> + Send>>;
 impl Coordinator for Service {
     async fn register(&self, r: Request<WorkerInfo>) -> Result<Response<RegisterReply>, Status> {
         self.worker_auth(&r)?;
+        let host = r.remote_addr().map(|a| a.ip());
         let info = r.into_inner();
         check_protocol_version(info.protocol_version)?;
         let mut s = self.lock();
-        let id = s.register(info)?;
+        let id = match host {
+            Some(ip) => s.register_from(info, ip)?,
+            None => s.register(info)?,
+        };
         let (hb, lost) = s.heartbeat_settings();
         Ok(Response::new(RegisterReply {
             worker_id: id,

@@ -20,13 +20,19 @@ pub const MAX_ATTEMPTS: u32 = 3;
 pub const MAX_REFUSALS: u32 = 5;
 
 /// Distinct workers whose results of one shard must be refused before its job fails: one bad
-/// worker (dropped after a few refusals) must not fail everyone's job.
+/// worker (dropped after a few refusals) must not fail everyone's job. Workers that registered
+/// from one machine count as one, so that registering again does not make a second.
 pub const MIN_REFUSING_WORKERS: usize = 2;
 
 /// Workers lost (or leases expired) while holding one shard before its job fails: a shard that
 /// kills or wedges every worker that takes it must not loop forever, while a worker lost for
 /// its own reasons (a preempted node) costs the shard nothing.
 pub const MAX_LOSSES: u32 = 3;
+
+/// Refused results of one shard that fail its job even when they all came from one machine:
+/// a cluster of one node whose worker build is broken must not loop forever, while a client
+/// must register again and again to fail a job alone.
+pub const MAX_REFUSALS_ONE_MACHINE: u32 = 20;
 
 /// Where a shard stands.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,7 +46,8 @@ pub(super) enum ShardState {
 pub(super) struct Shard {
     pub state: ShardState,
     pub rec: ShardRecord,
-    /// Workers whose results of it were refused (since this coordinator started).
+    /// Workers (by machine, when known) whose results of it were refused (since this
+    /// coordinator started).
     pub refused_by: BTreeSet<String>,
 }
 
@@ -166,8 +173,8 @@ impl Job {
     }
 
     /// A malformed result of shard `i` from `worker`: queued again without counting a
-    /// failure, until [`MAX_REFUSALS`] refusals from [`MIN_REFUSING_WORKERS`] workers or more
-    /// fail the job.
+    /// failure, until [`MAX_REFUSALS`] refusals from [`MIN_REFUSING_WORKERS`] workers or more,
+    /// or [`MAX_REFUSALS_ONE_MACHINE`] from any, fail the job.
     pub fn refused(&mut self, i: usize, worker: &str, reason: &str, unix: f64) -> Retry {
         if !self.is_open(i) {
             return Retry::Closed;
@@ -175,7 +182,9 @@ impl Job {
         let s = &mut self.shards[i];
         s.rec.refused += 1;
         s.refused_by.insert(worker.to_string());
-        if s.rec.refused >= MAX_REFUSALS && s.refused_by.len() >= MIN_REFUSING_WORKERS {
+        if (s.rec.refused >= MAX_REFUSALS && s.refused_by.len() >= MIN_REFUSING_WORKERS)
+            || s.rec.refused >= MAX_REFUSALS_ONE_MACHINE
+        {
             let why = format!(
                 "{} malformed results from {} workers, the last: {reason}",
                 s.rec.refused,

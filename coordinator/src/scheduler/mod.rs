@@ -40,7 +40,9 @@ use circuit_sweep_proto::v1::{LeaseProgress, ShardLease, WorkerInfo};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use finish::Finishing;
 use ids::label;
-pub use job::{MAX_ATTEMPTS, MAX_LOSSES, MAX_REFUSALS, MIN_REFUSING_WORKERS};
+pub use job::{
+    MAX_ATTEMPTS, MAX_LOSSES, MAX_REFUSALS, MAX_REFUSALS_ONE_MACHINE, MIN_REFUSING_WORKERS,
+};
 pub use plan::{PlanOutcome, Planning};
 pub use results::Received;
 pub use status::{Partial, PartialSource, ResultsAt};
@@ -283,7 +285,17 @@ impl Scheduler {
 
     /// Registers a worker and returns its id (secret: the worker calls with it).
     pub fn register(&mut self, info: WorkerInfo) -> Result<String, SchedError> {
-        self.workers.register(info, self.clock.now())
+        self.workers.register(info, None, self.clock.now())
+    }
+
+    /// Registers a worker that connected from `host`: a shard's refused results are counted
+    /// by machine (see [`MIN_REFUSING_WORKERS`]).
+    pub fn register_from(
+        &mut self,
+        info: WorkerInfo,
+        host: std::net::IpAddr,
+    ) -> Result<String, SchedError> {
+        self.workers.register(info, Some(host), self.clock.now())
     }
 
     /// A heartbeat: records the progress of the worker's leases (each advance pushes the
@@ -457,8 +469,9 @@ impl Scheduler {
             label(worker)
         );
         if active {
+            let who = self.workers.refuser(worker);
             self.retry(job_id, shard, |j, unix| {
-                j.refused(shard as usize, worker, &why, unix)
+                j.refused(shard as usize, &who, &why, unix)
             })?;
         }
         let n = self.workers.refused(worker);

@@ -200,6 +200,33 @@ fn a_shard_refused_from_two_workers_fails_its_job_after_max_refusals() {
 }
 
 #[test]
+fn a_client_that_registers_again_and_again_from_one_machine_cannot_fail_a_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    let good = worker(&mut s, "good");
+    let job = prepared(&mut s, &good);
+    let ip: std::net::IpAddr = [10, 0, 0, 9].into();
+    for _ in 1..MAX_REFUSALS_ONE_MACHINE {
+        let w = s.register_from(info("hostile"), ip).unwrap();
+        let (l, shard, _) = lease(&mut s, &w);
+        assert_eq!(shard, 1);
+        s.complete(&w, &l, wrong()).unwrap_err();
+    }
+    assert_eq!(job_status(&s, job).state, "running");
+    assert_eq!(shard_rec(&s, job, 1).refused, MAX_REFUSALS_ONE_MACHINE - 1);
+    // A second machine's refusal is a second opinion: the job fails (as would one more from
+    // the same machine: a broken build on a one-node cluster must not loop forever).
+    let other = s
+        .register_from(info("other"), [10, 0, 0, 7].into())
+        .unwrap();
+    let (l, _, _) = lease(&mut s, &other);
+    s.complete(&other, &l, wrong()).unwrap_err();
+    let st = job_status(&s, job);
+    assert_eq!(st.state, "failed");
+    assert!(st.error.contains("from 2 workers"), "{}", st.error);
+}
+
+#[test]
 fn worker_ids_are_unguessable_and_status_shows_only_their_labels() {
     let dir = tempfile::tempdir().unwrap();
     let (mut s, _) = open(dir.path());

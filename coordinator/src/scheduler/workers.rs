@@ -36,6 +36,9 @@ impl fmt::Display for LostReason {
 
 pub(super) struct Worker {
     pub info: WorkerInfo,
+    /// The address it registered from, when known: refusals of a job's results are counted
+    /// by machine, so that one client registering again and again counts once.
+    pub host: Option<std::net::IpAddr>,
     pub last_seen: Instant,
     pub leases: BTreeSet<String>,
     pub shards_done: u32,
@@ -83,7 +86,12 @@ impl Workers {
 
     /// Registers a worker and returns its id, unless it says too much about itself or too
     /// many workers are registered.
-    pub fn register(&mut self, info: WorkerInfo, now: Instant) -> Result<String, SchedError> {
+    pub fn register(
+        &mut self,
+        info: WorkerInfo,
+        host: Option<std::net::IpAddr>,
+        now: Instant,
+    ) -> Result<String, SchedError> {
         limits::check_info(&info)?;
         if self.workers.len() >= self.max_workers {
             return Err(SchedError::TooManyWorkers(self.max_workers));
@@ -101,6 +109,7 @@ impl Workers {
             id.clone(),
             Worker {
                 info,
+                host,
                 last_seen: now,
                 leases: BTreeSet::new(),
                 shards_done: 0,
@@ -205,6 +214,14 @@ impl Workers {
             && let Some(w) = self.workers.get_mut(&l.worker)
         {
             w.leases.remove(lease);
+        }
+    }
+
+    /// Who `worker` counts as among a shard's refusals: its machine when known, else itself.
+    pub fn refuser(&self, worker: &str) -> String {
+        match self.workers.get(worker).and_then(|w| w.host) {
+            Some(ip) => format!("host {ip}"),
+            None => worker.to_string(),
         }
     }
 
