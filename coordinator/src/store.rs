@@ -176,6 +176,9 @@ pub struct ShardRecord {
     /// Workers lost, and leases expired, while it was leased (a drain does not count).
     #[serde(default)]
     pub losses: u32,
+    /// The numeric profile of the worker whose result was accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
     /// The last failure.
     pub last_error: Option<String>,
 }
@@ -645,6 +648,7 @@ mod tests {
                 failures: 0,
                 refused: 0,
                 losses: 1,
+                profile: None,
                 last_error: None,
             };
             s.put_result(7, 1, &rec, &ts).unwrap();
@@ -786,6 +790,7 @@ mod tests {
                     failures: 0,
                     refused: 0,
                     losses: 0,
+                    profile: None,
                     last_error: None,
                 };
                 let ts = vec![WireTensor::f64("heads", &[1, 64], &[id as f64; 64])];

@@ -213,6 +213,7 @@ fn fake_run(
             seconds: 0.0,
             shards: 0,
             shard_attempts: 0,
+            profiles: vec![],
         },
     };
     doc.write(&d).unwrap();

@@ -33,6 +33,7 @@ fn aggregate(kind: &str) -> (tempfile::TempDir, serde_json::Value) {
         seconds: 1.0,
         shards: 2,
         shard_attempts: 2,
+        profiles: vec![],
     };
     let doc = write(&spec, &inputs, &c, timing, dir.path())
         .unwrap()

@@ -62,6 +62,7 @@ pub fn info(version: u32) -> WorkerInfo {
         memory_bytes: 0,
         models: vec![],
         threads: 1,
+        profile: "cpu-test".into(),
     }
 }
 

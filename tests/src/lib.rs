@@ -38,5 +38,8 @@ pub fn one_and_two_workers(text: &str) -> (serde_json::Value, tempfile::TempDir)
         t0.elapsed().as_secs_f64() - t1.as_secs_f64()
     );
     assert_eq!(results_folder(&one), results_folder(&two));
+    // Who computed it: this machine's one numeric profile.
+    let profile = circuit_sweep_worker::profile::numeric_profile("cpu");
+    assert_eq!(doc["timing"]["profiles"], serde_json::json!([profile]));
     (doc, dir)
 }

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use crate::health::Health;
 use crate::job::{self, PreparedJob, ShardError};
 use crate::model_access::ModelAccess;
+use crate::profile;
 use crate::resident::ModelCache;
 use crate::shard;
 
@@ -287,6 +288,7 @@ async fn register(
                     memory_bytes: total_memory(),
                     models: cache.resident(),
                     threads: cfg.threads as u32,
+                    profile: profile::numeric_profile(&cfg.device),
                 };
                 match client.register(info).await {
                     Ok(r) => {

@@ -17,6 +17,7 @@ pub mod load;
 pub mod load_error;
 pub mod model;
 pub mod model_access;
+pub mod profile;
 pub mod resident;
 pub mod shard;
 pub mod sweep;

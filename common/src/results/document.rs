@@ -153,6 +153,10 @@ pub struct Timing {
     pub shards: usize,
     /// Attempts started over all shards.
     pub shard_attempts: u32,
+    /// The numeric profiles of the workers that computed the shards (one when the job
+    /// required one, or the cluster has one kind of worker).
+    #[serde(default)]
+    pub profiles: Vec<String>,
 }
 
 /// `result.json` could not be read.

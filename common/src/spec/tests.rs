@@ -165,6 +165,10 @@ fn bad_specs_name_the_field() {
             "[run] batch_tokens: must be at least 1",
         ),
         (
+            "[run]\nprofile = \"\"",
+            "[run] profile: must be a profile's name",
+        ),
+        (
             "[sweep]\nkind = \"orders\"\nschedule = \"forward\"",
             "[sweep] schedule: only applies to kind = \"prune\"",
         ),

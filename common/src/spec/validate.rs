@@ -188,6 +188,15 @@ impl SweepSpec {
                 _ => {}
             }
         }
+        if let Some(p) = &self.run.profile
+            && (p.is_empty() || p.len() > 256 || !p.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err((
+                "run",
+                "profile",
+                "must be a profile's name as workers report it (such as \"cpu-x86-64-v3\")".into(),
+            ));
+        }
         Ok(())
     }
 

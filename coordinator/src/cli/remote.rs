@@ -493,6 +493,7 @@ pub fn status(a: StatusArgs) -> anyhow::Result<()> {
                         "worker": w.worker_id, "name": w.name, "device": w.device,
                         "threads": w.threads, "leases": w.leases, "shards_done": w.shards_done,
                         "last_seen_ms": w.last_seen_ms, "models": w.models,
+                        "profile": w.profile,
                     })
                 })
                 .collect();
@@ -534,10 +535,11 @@ pub fn status(a: StatusArgs) -> anyhow::Result<()> {
         }
         for w in &r.workers {
             println!(
-                "  {} {} ({}, {} threads): {} shards done, holding {}, seen {} ms ago",
+                "  {} {} ({}, {}, {} threads): {} shards done, holding {}, seen {} ms ago",
                 w.worker_id,
                 w.name,
                 w.device,
+                w.profile,
                 w.threads,
                 w.shards_done,
                 w.leases.len(),

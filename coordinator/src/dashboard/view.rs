@@ -41,7 +41,7 @@ pub fn status_view(st: &StatusReply) -> Value {
             json!({
                 "id": w.worker_id, "name": w.name, "device": w.device, "threads": w.threads,
                 "leases": w.leases.len(), "shards_done": w.shards_done,
-                "last_seen_ms": w.last_seen_ms, "models": w.models,
+                "last_seen_ms": w.last_seen_ms, "models": w.models, "profile": w.profile,
             })
         })
         .collect();

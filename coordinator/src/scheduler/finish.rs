@@ -41,6 +41,7 @@ impl Finishing {
                 seconds: unix - job.rec.submitted_unix,
                 shards: job.shards.len(),
                 shard_attempts: attempts,
+                profiles: profiles(job),
             },
         }
     }
@@ -73,6 +74,18 @@ impl Finishing {
             .map(|_| self.out)
             .map_err(|e| e.to_string())
     }
+}
+
+/// The numeric profiles that computed a job's shards, each once, sorted (an empty profile is a
+/// worker that did not say).
+fn profiles(job: &Job) -> Vec<String> {
+    let all: std::collections::BTreeSet<&String> = job
+        .shards
+        .iter()
+        .filter_map(|s| s.rec.profile.as_ref())
+        .filter(|p| !p.is_empty())
+        .collect();
+    all.into_iter().cloned().collect()
 }
 
 /// The stored output of shard `i` of a job, decoded again: it was checked when it arrived, so

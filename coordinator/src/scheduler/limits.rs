@@ -45,7 +45,11 @@ pub const LEASE_SLACK: u32 = 4;
 
 /// Refuses a registration whose texts are too long or models too many.
 pub fn check_info(info: &WorkerInfo) -> Result<(), SchedError> {
-    for (what, text) in [("name", &info.name), ("device", &info.device)] {
+    for (what, text) in [
+        ("name", &info.name),
+        ("device", &info.device),
+        ("profile", &info.profile),
+    ] {
         check_text(what, text)?;
     }
     check_models(&info.models)

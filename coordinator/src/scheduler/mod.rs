@@ -330,8 +330,8 @@ impl Scheduler {
         Ok(revoked)
     }
 
-    /// The next queued shard for `worker`, if any: oldest job first, shards in plan order.
-    /// The job's spec and attachments come with it unless `held` (what the worker holds)
+    /// The next queued shard for `worker`, if any: oldest job first, shards in plan order,
+    /// of the jobs that accept the worker's numeric profile. The job's spec and attachments come with it unless `held` (what the worker holds)
     /// names them.
     pub fn lease(
         &mut self,
@@ -348,9 +348,11 @@ impl Scheduler {
             );
             return Ok(None);
         }
+        let profile = self.workers.profile(worker);
         let Some((job_id, i)) = self
             .jobs
             .iter()
+            .filter(|(_, j)| j.spec.run.profile.as_deref().is_none_or(|p| p == profile))
             .find_map(|(&id, j)| j.next_queued().map(|i| (id, i)))
         else {
             return Ok(None);

@@ -73,6 +73,7 @@ impl Scheduler {
         };
         let mut rec = job.shards[s].rec.clone();
         rec.done = true;
+        rec.profile = Some(self.workers.profile(worker).to_string());
         Ok(Some(Received {
             worker: worker.to_string(),
             lease: lease.to_string(),
@@ -106,6 +107,7 @@ impl Scheduler {
             return Ok(Completion::Duplicate);
         }
         job.accept(s);
+        job.shards[s].rec.profile = r.rec.profile.clone();
         self.workers.credit(&r.worker);
         tracing::debug!(
             "job {} shard {} done by {}",

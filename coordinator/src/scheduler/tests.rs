@@ -724,3 +724,50 @@ fn a_worker_that_holds_a_job_s_inputs_is_leased_its_shards_without_them() {
     let l = s.lease(&w, std::slice::from_ref(&hash)).unwrap().unwrap();
     assert!(l.spec_toml.is_empty() && l.inputs_hash == hash);
 }
+
+#[test]
+fn a_job_that_requires_a_profile_is_leased_only_to_such_workers_and_records_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    let with = |name: &str, profile: &str| WorkerInfo {
+        profile: profile.into(),
+        ..info(name)
+    };
+    let v3 = s.register(with("v3", "cpu-x86-64-v3")).unwrap();
+    let gpu = s.register(with("gpu", "cuda")).unwrap();
+    let spec = "[sweep]\nkind = \"nodes\"\n\n[run]\nprofile = \"cpu-x86-64-v3\"\n";
+    let job = s.submit("nodes", spec, vec![]).unwrap();
+    assert!(
+        s.lease(&gpu, &[]).unwrap().is_none(),
+        "not for another profile"
+    );
+    let l = s.lease(&v3, &[]).unwrap().unwrap();
+    let out = ShardOutput::Prepared(Box::new(meta())).encode();
+    s.complete(&v3, &l.lease_id, out).unwrap();
+    // A job without a requirement goes to anyone, and says who computed it.
+    let open_job = s.submit("nodes", NODES, vec![]).unwrap();
+    let l = s.lease(&gpu, &[]).unwrap().unwrap();
+    assert_eq!(l.job_id, open_job);
+    for layer in 0..2 {
+        let (l, _, _) = lease(&mut s, &v3);
+        let Completion::Finishing(f) = s.complete(&v3, &l, node_output(layer)).unwrap() else {
+            assert_eq!(layer, 0);
+            continue;
+        };
+        let out = f.run().unwrap();
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            doc["timing"]["profiles"],
+            serde_json::json!(["cpu-x86-64-v3"])
+        );
+        assert_eq!(doc["spec"]["run"]["profile"], "cpu-x86-64-v3");
+    }
+    assert_eq!(
+        shard_rec(&s, job, 1).profile.as_deref(),
+        Some("cpu-x86-64-v3")
+    );
+    let st = s.status(None).unwrap();
+    assert!(st.workers.iter().any(|w| w.profile == "cuda"));
+}

@@ -225,6 +225,13 @@ impl Workers {
         }
     }
 
+    /// The numeric profile `worker` registered with (empty when unknown).
+    pub fn profile(&self, worker: &str) -> &str {
+        self.workers
+            .get(worker)
+            .map_or("", |w| w.info.profile.as_str())
+    }
+
     /// Counts a shard done by `worker`.
     pub fn credit(&mut self, worker: &str) {
         if let Some(w) = self.workers.get_mut(worker) {
@@ -307,6 +314,7 @@ impl Workers {
                 shards_done: w.shards_done,
                 last_seen_ms: now.duration_since(w.last_seen).as_millis() as u64,
                 models: w.info.models.clone(),
+                profile: w.info.profile.clone(),
             };
             // A repeated field's element costs its length, a tag and a length prefix.
             bytes += s.encoded_len() + 6;
