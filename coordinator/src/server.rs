@@ -209,7 +209,8 @@ impl Service {
                             tracing::error!("{}: {e}", d.display());
                         }
                     }
-                    (now, dirs.map(|_| ()))
+                    // Removing folders is not a stall: the next tick counts from here.
+                    (std::time::Instant::now(), dirs.map(|_| ()))
                 })
                 .await;
                 match r {
@@ -219,7 +220,10 @@ impl Service {
                             tracing::error!("{e}");
                         }
                     }
-                    Err(e) => tracing::error!("tick: {e}"),
+                    Err(e) => {
+                        last = std::time::Instant::now();
+                        tracing::error!("tick: {e}");
+                    }
                 }
             }
         })

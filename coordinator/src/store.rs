@@ -296,14 +296,7 @@ impl Store {
             {
                 let mut t = tx.open_table(JOBS).map_err(|e| self.err(e))?;
                 t.insert(job.id, text.as_str()).map_err(|e| self.err(e))?;
-                let mut m = tx.open_table(META).map_err(|e| self.err(e))?;
-                let last = m
-                    .get(LAST_JOB_ID)
-                    .map_err(|e| self.err(e))?
-                    .map_or(0, |v| v.value());
-                if last < job.id {
-                    m.insert(LAST_JOB_ID, job.id).map_err(|e| self.err(e))?;
-                }
+                self.raise_last_job_id(&tx, job.id)?;
                 if let Some(files) = attachments {
                     let plan = serde_json::to_string(&PlanRow::of(job)).expect("plans serialize");
                     let mut p = tx.open_table(PLANS).map_err(|e| self.err(e))?;
@@ -362,6 +355,8 @@ impl Store {
     pub fn delete_job(&self, job: u64) -> Result<(), StoreError> {
         guarded(&self.path, || {
             let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+            // A database of a version before deletions has no last id yet: this one is it.
+            self.raise_last_job_id(&tx, job)?;
             // One line per table keyed by job id: a new table joins here.
             remove_job(&tx, JOBS, job).map_err(|e| self.err(e))?;
             remove_job(&tx, PLANS, job).map_err(|e| self.err(e))?;
@@ -370,6 +365,19 @@ impl Store {
             remove_rows(&tx, ATTACHMENTS, job).map_err(|e| self.err(e))?;
             tx.commit().map_err(|e| self.err(e))
         })
+    }
+
+    /// Records `id` as the highest job id ever written, unless a higher one is.
+    fn raise_last_job_id(&self, tx: &WriteTransaction, id: u64) -> Result<(), StoreError> {
+        let mut m = tx.open_table(META).map_err(|e| self.err(e))?;
+        let last = m
+            .get(LAST_JOB_ID)
+            .map_err(|e| self.err(e))?
+            .map_or(0, |v| v.value());
+        if last < id {
+            m.insert(LAST_JOB_ID, id).map_err(|e| self.err(e))?;
+        }
+        Ok(())
     }
 
     /// Writes shard records (and a job record) in one transaction.
@@ -417,6 +425,12 @@ impl Store {
             let text = serde_json::to_string(record).expect("shard records serialize");
             let tx = self.db.begin_write().map_err(|e| self.err(e))?;
             {
+                // Written outside the scheduler's lock: the job may have been deleted since.
+                let jobs = tx.open_table(JOBS).map_err(|e| self.err(e))?;
+                if jobs.get(job).map_err(|e| self.err(e))?.is_none() {
+                    return Ok(());
+                }
+                drop(jobs);
                 let mut r = tx.open_table(RESULTS).map_err(|e| self.err(e))?;
                 r.insert((job, shard), bytes.as_slice())
                     .map_err(|e| self.err(e))?;
@@ -695,6 +709,26 @@ mod tests {
         drop(s);
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.last_job_id().unwrap(), 3);
+    }
+
+    #[test]
+    fn a_deleted_job_s_id_stays_used_even_from_an_old_database_and_gets_no_late_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        // A record as a version before deletions wrote it: no last id kept.
+        let tx = s.db.begin_write().unwrap();
+        let old = serde_json::to_string(&running(5)).unwrap();
+        tx.open_table(JOBS)
+            .unwrap()
+            .insert(5, old.as_str())
+            .unwrap();
+        tx.commit().unwrap();
+        s.delete_job(5).unwrap();
+        assert_eq!(s.last_job_id().unwrap(), 5);
+        // A result stored after its job was deleted (outside the scheduler's lock) is dropped.
+        let ts = vec![WireTensor::f64("heads", &[1], &[1.0])];
+        s.put_result(5, 1, &ShardRecord::default(), &ts).unwrap();
+        assert_eq!(s.result(5, 1).unwrap(), None);
     }
 
     #[test]

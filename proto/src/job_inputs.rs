@@ -14,6 +14,7 @@ pub fn inputs_hash<'a>(
     attachments: impl IntoIterator<Item = (&'a str, &'a [u8])>,
 ) -> String {
     let mut h = Sha256::new();
+    h.update((spec_toml.len() as u64).to_le_bytes());
     h.update(spec_toml.as_bytes());
     for (name, data) in attachments {
         h.update((name.len() as u64).to_le_bytes());

@@ -225,7 +225,7 @@ impl Scheduler {
                 && let Some(p) = s.planning(id, *meta)
             {
                 let outcome = p.run();
-                s.planned(id, p.meta, outcome)?;
+                finishing.extend(s.planned(id, p.meta, outcome)?);
             }
             // A job whose last shard was stored before a crash but not aggregated.
             finishing.extend(s.finishing(id));
@@ -441,8 +441,9 @@ impl Scheduler {
             "job {job_id} shard {shard} failed on {}: {reason}",
             label(worker)
         );
-        if !active {
-            // Revoked already: the shard was re-queued or its job ended.
+        if !active || !self.holds(job_id, shard, lease) {
+            // Revoked already (the shard was re-queued or its job ended), or another lease's
+            // result is being stored for it.
             return Ok(());
         }
         self.retry(job_id, shard, |j, unix| {
@@ -450,14 +451,23 @@ impl Scheduler {
         })
     }
 
-    /// A refused (malformed) result stream: the lease ends and its shard is queued again.
-    pub fn refuse(&mut self, worker: &str, lease: &str, why: &str) -> Result<(), SchedError> {
-        let target = self.end_lease(worker, lease)?;
-        self.refused(worker, target, why)
+    /// Whether shard `shard` of `job` is leased as `lease` (not re-queued, done, or claimed by
+    /// another lease's result since).
+    fn holds(&self, job: u64, shard: u32, lease: &str) -> bool {
+        self.jobs.get(&job).is_some_and(|j| {
+            matches!(&j.shards[shard as usize].state, ShardState::Leased { lease: l } if l == lease)
+        })
     }
 
-    /// Counts a refused result of `worker` for `(job, shard, lease still active)` against the
-    /// shard (queued again) and against the worker (dropped after
+    /// A refused (malformed) result stream: the lease ends and its shard is queued again.
+    pub fn refuse(&mut self, worker: &str, lease: &str, why: &str) -> Result<(), SchedError> {
+        let (job, shard, active) = self.end_lease(worker, lease)?;
+        let holds = active && self.holds(job, shard, lease);
+        self.refused(worker, (job, shard, holds), why)
+    }
+
+    /// Counts a refused result of `worker` for `(job, shard, the lease still holds it)` against
+    /// the shard (queued again) and against the worker (dropped after
     /// [`limits::MAX_WORKER_REFUSALS`]).
     fn refused(
         &mut self,
@@ -530,10 +540,15 @@ impl Scheduler {
         }
         let counts = why != LostReason::Drained;
         let reason = format!("worker {worker} ({name}) {why}");
+        // Every shard goes back even if storing one fails: none may stay with a lost lease.
+        let mut first_error = Ok(());
         for (lease, l) in held {
-            self.shard_lost(&lease, (l.job, l.shard), counts, &reason)?;
+            let r = self.shard_lost(&lease, (l.job, l.shard), counts, &reason);
+            if first_error.is_ok() {
+                first_error = r;
+            }
         }
-        Ok(())
+        first_error
     }
 
     /// A shard whose lease ended without a result (its worker lost, or the lease expired):

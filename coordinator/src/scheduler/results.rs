@@ -63,7 +63,8 @@ impl Scheduler {
                     shard,
                     why: why.0,
                 };
-                self.refused(worker, (job_id, shard, active), &e.to_string())?;
+                let holds = active && self.holds(job_id, shard, lease);
+                self.refused(worker, (job_id, shard, holds), &e.to_string())?;
                 return Err(e);
             }
         };
@@ -103,12 +104,15 @@ impl Scheduler {
             }
             return Err(e);
         }
-        if !ours || !job.is_open(s) {
+        // Stored: the first result accepted wins, whichever lease claimed the shard last.
+        if !job.is_open(s) {
             return Ok(Completion::Duplicate);
         }
         job.accept(s);
         job.shards[s].rec.profile = r.rec.profile.clone();
         self.workers.credit(&r.worker);
+        // Another worker still computing it (leased again after this lease was revoked) stops.
+        self.workers.revoke_shard(r.job, r.shard, self.clock.now());
         tracing::debug!(
             "job {} shard {} done by {}",
             r.job,

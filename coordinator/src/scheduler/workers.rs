@@ -189,6 +189,19 @@ impl Workers {
         }
     }
 
+    /// Revokes every active lease of one shard (its result was accepted).
+    pub fn revoke_shard(&mut self, job: u64, shard: u32, now: Instant) {
+        let ids: Vec<String> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.active && l.job == job && l.shard == shard)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            self.revoke(&id, now);
+        }
+    }
+
     /// Gives back `stall`, a time during which this coordinator could not hear its workers:
     /// silences and lease deadlines do not count it.
     pub fn forgive(&mut self, stall: Duration, now: Instant) {

@@ -20,6 +20,17 @@ fn with_leases(dir: &Path, max_leases: usize, timeout_s: u64) -> (Scheduler, Arc
     open_with(dir, cfg)
 }
 
+/// `steps` of 5 s in which `workers` heartbeat without progress.
+fn outwait(s: &mut Scheduler, clock: &ManualClock, workers: &[&str], steps: usize) {
+    for _ in 0..steps {
+        clock.advance(Duration::from_secs(5));
+        for w in workers {
+            s.heartbeat(w, &[], vec![], &[]).unwrap();
+        }
+        s.tick().unwrap();
+    }
+}
+
 #[test]
 fn a_shard_that_keeps_losing_its_worker_fails_its_job_but_drains_cost_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -191,4 +202,45 @@ fn a_stall_of_the_coordinator_s_own_making_loses_no_worker_and_expires_no_lease(
         s.heartbeat(&w, &[], vec![], &[]),
         Err(SchedError::UnknownWorker(_))
     ));
+}
+
+#[test]
+fn a_revoked_lease_s_result_wins_over_the_lease_that_took_its_shard_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, clock) = with_leases(dir.path(), 4, 60);
+    let (a, b) = (worker(&mut s, "a"), worker(&mut s, "b"));
+    let job = prepared(&mut s, &a);
+    let (slow, shard, _) = lease(&mut s, &a);
+    // a's lease expires (a and b heartbeat, a reports no progress); b takes the shard again.
+    outwait(&mut s, &clock, &[&a, &b], 13);
+    let (again, shard_b, _) = lease(&mut s, &b);
+    assert_eq!(shard_b, shard);
+    // a's result arrives after all and is being stored when b reports a failure.
+    let r = s
+        .receive(&a, &slow, node_output(0))
+        .unwrap()
+        .expect("still open");
+    s.fail(&b, &again, false, "bad input").unwrap();
+    assert_eq!(job_status(&s, job).state, "running", "b no longer holds it");
+    let stored = r.store();
+    assert!(matches!(s.accept(r, stored).unwrap(), Completion::Stored));
+    assert_eq!(job_status(&s, job).shards_done, 2);
+}
+
+#[test]
+fn an_accepted_result_revokes_the_other_lease_of_its_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, clock) = with_leases(dir.path(), 4, 60);
+    let (a, b) = (worker(&mut s, "a"), worker(&mut s, "b"));
+    prepared(&mut s, &a);
+    let (slow, shard, _) = lease(&mut s, &a);
+    outwait(&mut s, &clock, &[&a, &b], 13);
+    let (again, _, _) = lease(&mut s, &b);
+    s.complete(&a, &slow, node_output(0)).unwrap();
+    let held = std::slice::from_ref(&again);
+    assert_eq!(
+        s.heartbeat(&b, held, vec![], &[]).unwrap(),
+        vec![again.clone()]
+    );
+    assert_eq!(shard_rec(&s, 1, shard).attempts, 2);
 }
