@@ -16,10 +16,7 @@ pub fn one_and_two_workers(text: &str) -> (serde_json::Value, tempfile::TempDir)
     let models = model.parent().unwrap().to_path_buf();
     let spec = dir.path().join("spec.toml");
     std::fs::write(&spec, text).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = grpc::rt();
     let (one, two) = (dir.path().join("one"), dir.path().join("two"));
     let t0 = std::time::Instant::now();
     let doc = rt

@@ -19,10 +19,7 @@ fn run_failing(dir: &Path, model: &Path, data: &Path, rest: &str) -> String {
         ),
     )
     .unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = circuit_sweep_tests::grpc::rt();
     let err = rt
         .block_on(local::run(
             &spec,

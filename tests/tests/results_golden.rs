@@ -108,10 +108,7 @@ fn every_sweep_kind_writes_the_committed_result() {
     let dir = tempfile::tempdir().unwrap();
     let (model, data) = tiny_model_with_data(dir.path(), 6);
     let models = dir.path().join("models");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = circuit_sweep_tests::grpc::rt();
     let mut failures = vec![];
     for (name, sweep) in CASES {
         let (sweep, ablation) = sweep.split_once("\n\n").unwrap_or((sweep, ""));

@@ -13,10 +13,7 @@ fn a_path_of_the_workers_disk_named_in_a_spec_is_never_read() {
     let (model, _) = tiny_model_with_data(dir.path(), 2);
     let secret = dir.path().join("secret.jsonl");
     std::fs::write(&secret, "root:x:0:0:root:/root:/bin/bash\n").unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = circuit_sweep_tests::grpc::rt();
     rt.block_on(async {
         let cluster = LocalCluster::start(LocalConfig::new(
             dir.path().join("state"),
@@ -75,10 +72,7 @@ fn a_cluster_worker_reads_models_only_under_its_folders() {
     )
     .unwrap();
     let models = dir.path().join("models");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = circuit_sweep_tests::grpc::rt();
     rt.block_on(async {
         let cluster = LocalCluster::start(LocalConfig::new(
             dir.path().join("state"),

@@ -446,7 +446,7 @@ impl Scheduler {
             // result is being stored for it.
             return Ok(());
         }
-        self.retry(job_id, shard, |j, unix| {
+        self.retry(job_id, shard, None, |j, unix| {
             j.failed(shard as usize, &reason, retryable, unix)
         })
     }
@@ -482,7 +482,7 @@ impl Scheduler {
         );
         if active {
             let who = self.workers.refuser(worker);
-            self.retry(job_id, shard, |j, unix| {
+            self.retry(job_id, shard, None, |j, unix| {
                 j.refused(shard as usize, &who, &why, unix)
             })?;
         }
@@ -495,11 +495,13 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Applies a failed or refused attempt to a shard and persists what it changed.
+    /// Applies a failed, refused or lost attempt to a shard and persists what it changed; a
+    /// re-queue is logged with `why`, or the shard's last error.
     fn retry(
         &mut self,
         job_id: u64,
         shard: u32,
+        why: Option<&str>,
         f: impl FnOnce(&mut Job, f64) -> Retry,
     ) -> Result<(), SchedError> {
         let unix = self.clock.unix();
@@ -509,11 +511,9 @@ impl Scheduler {
             Retry::Closed => {}
             Retry::Requeued => {
                 let label = job.rec.shards[shard as usize].label();
-                let why = job.shards[shard as usize].rec.last_error.clone();
-                tracing::warn!(
-                    "re-queued job {job_id} shard {shard} ({label}): {}",
-                    why.unwrap_or_default()
-                );
+                let last = job.shards[shard as usize].rec.last_error.as_deref();
+                let why = why.or(last).unwrap_or_default();
+                tracing::warn!("re-queued job {job_id} shard {shard} ({label}): {why}");
                 self.store.put_shards(None, &[(job_id, shard, &rec(job))])?;
             }
             Retry::JobFailed(why) => {
@@ -560,29 +560,12 @@ impl Scheduler {
         counts: bool,
         why: &str,
     ) -> Result<(), SchedError> {
-        let unix = self.clock.unix();
-        let Some(job) = self.jobs.get_mut(&job_id) else {
+        if !self.jobs.contains_key(&job_id) {
             return Ok(());
-        };
-        let i = shard as usize;
-        match job.lost(i, lease, counts, why, unix) {
-            Retry::Closed => {}
-            Retry::Requeued => {
-                tracing::warn!(
-                    "re-queued job {job_id} shard {shard} ({}): {why}",
-                    job.rec.shards[i].label()
-                );
-                self.store
-                    .put_shards(None, &[(job_id, shard, &job.shards[i].rec)])?;
-            }
-            Retry::JobFailed(e) => {
-                tracing::error!("job {job_id} failed: {e}");
-                self.store
-                    .put_shards(Some(&job.rec), &[(job_id, shard, &job.shards[i].rec)])?;
-                self.workers.revoke_job(job_id, self.clock.now());
-            }
         }
-        Ok(())
+        self.retry(job_id, shard, Some(why), |j, unix| {
+            j.lost(shard as usize, lease, counts, why, unix)
+        })
     }
 
     /// Declares lost every worker silent for longer than `lost_after`, expires every lease
