@@ -16,6 +16,15 @@ fn main() -> std::process::ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
+    // A forward pass allocates and frees tensors of several MiB each. By default glibc maps
+    // such blocks afresh and the kernel zeroes their pages on first touch (page faults took
+    // 5-7 % of an edge sweep); keep blocks up to 32 MiB (its maximum) in the heap instead.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: tuning the allocator before any thread starts or anything is allocated in bulk.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
     // candle's CPU kernels size their thread pool from RAYON_NUM_THREADS: set it before any
     // thread starts.
     if let cli::Command::Worker(w) = &args.command

@@ -7,7 +7,7 @@ use crate::device;
 /// The profile of computing on `device` (`cpu` or `cuda:N`) in this build on this machine.
 ///
 /// On the CPU it names the kernels the matmul library runs here, not everything the CPU has:
-/// this build's kernels go up to AVX2 with FMA (x86-64-v3), so an AVX-512 CPU is `v3` too.
+/// a build without the `avx512` feature runs AVX2 with FMA (x86-64-v3) on an AVX-512 CPU too.
 pub fn numeric_profile(device_name: &str) -> String {
     if device::cuda_ordinal(device_name).is_some() {
         return "cuda".into();
@@ -17,7 +17,10 @@ pub fn numeric_profile(device_name: &str) -> String {
 
 #[cfg(target_arch = "x86_64")]
 fn cpu_level() -> &'static str {
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    // The same tests, in the same order, as the matmul library's own choice of kernels.
+    if cfg!(feature = "avx512") && std::arch::is_x86_feature_detected!("avx512f") {
+        "x86-64-v4"
+    } else if std::arch::is_x86_feature_detected!("fma") {
         "x86-64-v3"
     } else {
         "x86-64"
@@ -43,7 +46,19 @@ mod tests {
         let cpu = numeric_profile("cpu");
         assert!(cpu.starts_with("cpu-"), "{cpu}");
         #[cfg(target_arch = "x86_64")]
-        assert!(cpu == "cpu-x86-64-v3" || cpu == "cpu-x86-64", "{cpu}");
+        {
+            // An AVX-512 CPU is v4 only in a build with the AVX-512 kernels.
+            let v4 = cfg!(feature = "avx512") && std::arch::is_x86_feature_detected!("avx512f");
+            let v3 = std::arch::is_x86_feature_detected!("fma");
+            let expected = if v4 {
+                "cpu-x86-64-v4"
+            } else if v3 {
+                "cpu-x86-64-v3"
+            } else {
+                "cpu-x86-64"
+            };
+            assert_eq!(cpu, expected);
+        }
         assert_eq!(numeric_profile("cuda:1"), "cuda");
         assert_eq!(numeric_profile("cpu"), cpu, "the same on every call");
     }

@@ -76,29 +76,61 @@ pub fn run(cmd: BenchCommand, models_dir: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Times `f32` matmuls on the CPU and prints GFLOP/s.
+/// Times `f32` matmuls on the CPU and prints GFLOP/s: `x w` with both contiguous, and `x wᵀ`
+/// with `w` stored `[N, K]`, the layout of a linear layer's weight.
 fn matmul(sizes: &[String], seconds: f64) -> anyhow::Result<()> {
     println!(
-        "{:>18}  {:>7}  {:>10}  {:>9}",
-        "MxKxN", "runs", "ms/run", "GFLOP/s"
+        "matmul kernels: {} (numeric profile {})",
+        kernels(),
+        circuit_sweep_worker::profile::numeric_profile("cpu")
+    );
+    println!(
+        "{:>18}  {:>7}  {:>10}  {:>9}  {:>12}",
+        "MxKxN", "runs", "ms/run", "GFLOP/s", "x wT GFLOP/s"
     );
     for s in sizes {
         let dims: Vec<usize> = s.split('x').filter_map(|d| d.trim().parse().ok()).collect();
         let [m, k, n] = dims[..] else {
             bail!("--sizes: `{s}` is not MxKxN");
         };
-        let (runs, per) = time_matmul(m, k, n, seconds)?;
+        let (runs, per) = time_matmul(m, k, n, false, seconds)?;
         let gflops = 2.0 * (m * k * n) as f64 / per / 1e9;
-        println!("{s:>18}  {runs:>7}  {:>10.2}  {gflops:>9.1}", per * 1e3);
+        let (_, per_t) = time_matmul(m, k, n, true, seconds)?;
+        let gflops_t = 2.0 * (m * k * n) as f64 / per_t / 1e9;
+        println!(
+            "{s:>18}  {runs:>7}  {:>10.2}  {gflops:>9.1}  {gflops_t:>12.1}",
+            per * 1e3
+        );
     }
     Ok(())
 }
 
-/// Runs and seconds per run of an `m x k` by `k x n` f32 matmul, timed for `seconds`.
-fn time_matmul(m: usize, k: usize, n: usize, seconds: f64) -> anyhow::Result<(usize, f64)> {
+/// The vector width of the matmul kernels this build runs here.
+fn kernels() -> &'static str {
+    match circuit_sweep_worker::profile::numeric_profile("cpu").as_str() {
+        "cpu-x86-64-v4" => "AVX-512",
+        "cpu-x86-64-v3" => "AVX2 + FMA",
+        "cpu-aarch64" => "NEON",
+        _ => "scalar",
+    }
+}
+
+/// Runs and seconds per run of an `m x k` by `k x n` f32 matmul (the right side stored
+/// transposed, `[n, k]`, when `transposed`), timed for `seconds`.
+fn time_matmul(
+    m: usize,
+    k: usize,
+    n: usize,
+    transposed: bool,
+    seconds: f64,
+) -> anyhow::Result<(usize, f64)> {
     use candle_core::{Device, Tensor};
     let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
-    let b = Tensor::randn(0f32, 1.0, (k, n), &Device::Cpu)?;
+    let b = if transposed {
+        Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?.t()?
+    } else {
+        Tensor::randn(0f32, 1.0, (k, n), &Device::Cpu)?
+    };
     a.matmul(&b)?; // warm-up
     let t0 = Instant::now();
     let mut runs = 0usize;
@@ -110,8 +142,8 @@ fn time_matmul(m: usize, k: usize, n: usize, seconds: f64) -> anyhow::Result<(us
 }
 
 /// GFLOP/s of an `m x k` by `k x n` f32 matmul.
-fn matmul_rate(m: usize, k: usize, n: usize, seconds: f64) -> anyhow::Result<f64> {
-    let (_, per) = time_matmul(m, k, n, seconds)?;
+pub(super) fn matmul_rate(m: usize, k: usize, n: usize, seconds: f64) -> anyhow::Result<f64> {
+    let (_, per) = time_matmul(m, k, n, false, seconds)?;
     Ok(2.0 * (m * k * n) as f64 / per / 1e9)
 }
 
@@ -162,9 +194,20 @@ fn forward(a: ForwardArgs, models_dir: &Path) -> anyhow::Result<()> {
         a.model.dtype.as_str(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    // The peak is this CPU's f32 matmul rate: MFU means nothing against it elsewhere.
+    let peak = if a.model.device == "cpu" && a.model.dtype == DType::F32 {
+        let p = matmul_rate(1024, i.d_model, i.d_mlp, 2.0)?;
+        println!(
+            "matmul peak of this machine (1024x{}x{}): {p:.1} GFLOP/s",
+            i.d_model, i.d_mlp
+        );
+        Some(p)
+    } else {
+        None
+    };
     println!(
-        "{:>8}  {:>7}  {:>10}  {:>10}  {:>12}",
-        "batch", "passes", "ms/pass", "tokens/s", "logits"
+        "{:>8}  {:>7}  {:>10}  {:>10}  {:>9}  {:>5}  {:>12}",
+        "batch", "passes", "ms/pass", "tokens/s", "GFLOP/s", "MFU%", "logits"
     );
     for (b, t) in shapes {
         let ids = tokens(model, b, t)?;
@@ -182,12 +225,18 @@ fn forward(a: ForwardArgs, models_dir: &Path) -> anyhow::Result<()> {
             }
             let secs = t0.elapsed().as_secs_f64();
             let per = secs / passes as f64;
+            // The blocks at every position, the unembedding at the last one.
+            let work = block_flops(i, (b * t) as f64, i.n_layers as f64)
+                + 2.0 * (i.d_model * i.vocab_size * b) as f64;
+            let gflops = work / per / 1e9;
             println!(
-                "{:>8}  {:>7}  {:>10.2}  {:>10.0}  {:>12}",
+                "{:>8}  {:>7}  {:>10.2}  {:>10.0}  {:>9.1}  {:>5}  {:>12}",
                 format!("{b}x{t}"),
                 passes,
                 per * 1e3,
                 (b * t) as f64 / per,
+                gflops,
+                peak.map_or("-".into(), |p| format!("{:.0}", 100.0 * gflops / p)),
                 name
             );
         }
@@ -215,11 +264,17 @@ pub struct SweepArgs {
     naive_logits: String,
 }
 
-/// Multiply-adds of the blocks for `tokens` tokens run through `layers` blocks (matmuls only).
-fn block_flops(i: &circuit_sweep_worker::ModelInfo, tokens: f64, layers: f64) -> f64 {
+/// FLOPs of the blocks' matmuls for `tokens` tokens run through `layers` blocks.
+pub(super) fn block_flops(i: &circuit_sweep_worker::ModelInfo, tokens: f64, layers: f64) -> f64 {
+    use circuit_sweep_worker::Architecture;
     let d = i.d_model as f64;
     let attn = d * (i.n_heads * i.d_head) as f64 * 2.0 + d * (2 * i.n_kv_heads * i.d_head) as f64;
-    let mlp = 3.0 * d * i.d_mlp as f64;
+    // Llama's MLP is gated (gate, up, down); GPT-2's and NeoX's have two matrices.
+    let matrices = match i.architecture {
+        Architecture::Llama => 3.0,
+        Architecture::Gpt2 | Architecture::GptNeox => 2.0,
+    };
+    let mlp = matrices * d * i.d_mlp as f64;
     2.0 * (attn + mlp) * tokens * layers
 }
 

@@ -134,16 +134,32 @@ fn measure(
         std::ops::ControlFlow::Continue(())
     })?;
     let secs = t0.elapsed().as_secs_f64();
+    // Useful work: each edge's variant runs the blocks from its receiver's layer up, the final
+    // block at the last position only (as the node sweep counts it).
+    let i = model.info();
+    let (p, t) = (prompts.clean.len() as f64, prompts.clean[0].len() as f64);
+    let work: f64 = edges
+        .iter()
+        .map(|e| {
+            let from = e.receiver.layer(i.n_layers).min(i.n_layers - 1);
+            super::bench::block_flops(i, p * t, (i.n_layers - 1 - from) as f64)
+                + super::bench::block_flops(i, p, 1.0)
+        })
+        .sum();
+    let peak = super::bench::matmul_rate(1024, i.d_model, i.d_mlp, 2.0)?;
+    let mfu = 100.0 * work / secs / 1e9 / peak;
     let rate = edges.len() as f64 / secs;
     let full = all.len() as f64 / rate;
     let moved = scores.iter().filter(|s| (*s - 100.0).abs() > 1e-6).count();
     println!(
-        "{name:>34}  {:>7}  {:>8}  {:>7}  {:>8.1}  {:>8.1}  {:>7}  {:>12}",
+        "{name:>34}  {:>7}  {:>8}  {:>7}  {:>8.1}  {:>8.1}  {:>7.1}  {:>4.0}  {:>7}  {:>12}",
         all.len(),
         edges.len(),
         format!("{}x{}", prompts.clean.len(), prompts.clean[0].len()),
         secs,
         rate,
+        work / secs / 1e9,
+        mfu,
         ev.forward_passes() - before,
         if every <= 1 {
             format!("{:.0} s", secs)
@@ -168,8 +184,17 @@ pub fn edges(a: EdgesArgs, models_dir: &Path) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(
-        "{:>34}  {:>7}  {:>8}  {:>7}  {:>8}  {:>8}  {:>7}  {:>12}",
-        "model", "edges", "scored", "PxT", "seconds", "edges/s", "passes", "full sweep"
+        "{:>34}  {:>7}  {:>8}  {:>7}  {:>8}  {:>8}  {:>7}  {:>4}  {:>7}  {:>12}",
+        "model",
+        "edges",
+        "scored",
+        "PxT",
+        "seconds",
+        "edges/s",
+        "GFLOP/s",
+        "MFU%",
+        "passes",
+        "full sweep"
     );
     let dir = tempfile::tempdir()?;
     let gpt2 = random_gpt2(dir.path(), a.layers, a.heads)?;

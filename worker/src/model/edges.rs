@@ -518,7 +518,7 @@ pub(crate) fn patch_qkv(
     inputs: &[ReceiverInput],
     d_head: usize,
     col: impl Fn(Qkv, usize) -> usize,
-    fused: &candle_nn::Linear,
+    fused: &super::layers::Dense,
     norm: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
 ) -> Result<Tensor, ModelError> {
     let mut qkv = qkv;

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
-use candle_nn::{LayerNorm, Linear};
+use candle_nn::LayerNorm;
 
 use circuit_sweep_common::edge::Qkv;
 
@@ -109,11 +109,11 @@ impl Gpt2Config {
 
 struct Gpt2Layer {
     ln1: LayerNorm,
-    qkv: Linear,
-    proj: Linear,
+    qkv: layers::Dense,
+    proj: layers::Dense,
     ln2: LayerNorm,
-    fc: Linear,
-    fc_proj: Linear,
+    fc: layers::Dense,
+    fc_proj: layers::Dense,
 }
 
 /// A GPT-2 model.
@@ -260,13 +260,13 @@ impl Blocks for Gpt2 {
         &self.wte
     }
 
-    fn out_proj(&self, layer: usize) -> &Tensor {
+    fn out_proj(&self, layer: usize) -> candle_core::Result<Tensor> {
         self.layers[layer].proj.weight()
     }
 
     fn value_bias(&self, layer: usize) -> candle_core::Result<Option<Tensor>> {
         let l = &self.layers[layer];
-        let d = l.proj.weight().dim(0)?;
+        let d = l.proj.out_dim()?;
         let dh = d / self.n_heads;
         l.qkv
             .bias()
@@ -276,7 +276,7 @@ impl Blocks for Gpt2 {
 
     fn value(&self, layer: usize, kv_head: usize, x: &Tensor) -> candle_core::Result<Tensor> {
         let l = &self.layers[layer];
-        let d = l.proj.weight().dim(0)?;
+        let d = l.proj.out_dim()?;
         let dh = d / self.n_heads;
         layers::dense_cols(&l.qkv, &l.ln1.forward(x)?, 2 * d + kv_head * dh, dh)
     }

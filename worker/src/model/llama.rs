@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Linear, RmsNorm};
+use candle_nn::RmsNorm;
 
 use circuit_sweep_common::edge::Qkv;
 
@@ -246,12 +246,12 @@ impl LlamaConfig {
 struct LlamaLayer {
     ln1: RmsNorm,
     /// q, k and v projections fused: rows `[q (h*dh) | k (kv*dh) | v (kv*dh)]`.
-    qkv: Linear,
-    o: Linear,
+    qkv: layers::Dense,
+    o: layers::Dense,
     ln2: RmsNorm,
     /// gate and up projections fused: rows `[gate (f) | up (f)]`.
-    gate_up: Linear,
-    down: Linear,
+    gate_up: layers::Dense,
+    down: layers::Dense,
 }
 
 /// A Llama-family model.
@@ -432,7 +432,7 @@ impl Blocks for Llama {
         &self.lm_head
     }
 
-    fn out_proj(&self, layer: usize) -> &Tensor {
+    fn out_proj(&self, layer: usize) -> candle_core::Result<Tensor> {
         self.layers[layer].o.weight()
     }
 

@@ -275,7 +275,7 @@ pub(crate) trait Blocks: Send + Sync {
     /// Unembedding matrix `[vocab, d_model]`.
     fn unembed(&self) -> &Tensor;
     /// The output projection's weight `[d_model, n_heads * d_head]` of `layer` (bias excluded).
-    fn out_proj(&self, layer: usize) -> &Tensor;
+    fn out_proj(&self, layer: usize) -> candle_core::Result<Tensor>;
     /// The value vectors `[.., d_head]` of key/value head `kv_head` of `layer` for the residual
     /// stream `x` (`[.., d_model]`): the attention's input norm, then the head's value
     /// projection with its bias.
@@ -290,7 +290,7 @@ pub(crate) trait Blocks: Send + Sync {
     fn head_out(&self, layer: usize, head: usize, z: &Tensor) -> candle_core::Result<Tensor> {
         let dh = z.dim(2)?;
         let w = self
-            .out_proj(layer)
+            .out_proj(layer)?
             .narrow(1, head * dh, dh)?
             .t()?
             .contiguous()?;

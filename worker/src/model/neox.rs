@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{LayerNorm, Linear};
+use candle_nn::LayerNorm;
 
 use circuit_sweep_common::edge::Qkv;
 
@@ -165,11 +165,11 @@ impl NeoxConfig {
 
 struct NeoxLayer {
     ln1: LayerNorm,
-    qkv: Linear,
-    dense: Linear,
+    qkv: layers::Dense,
+    dense: layers::Dense,
     ln2: LayerNorm,
-    up: Linear,
-    down: Linear,
+    up: layers::Dense,
+    down: layers::Dense,
 }
 
 /// A GPT-NeoX model.
@@ -327,13 +327,13 @@ impl Blocks for Neox {
         &self.unembed
     }
 
-    fn out_proj(&self, layer: usize) -> &Tensor {
+    fn out_proj(&self, layer: usize) -> candle_core::Result<Tensor> {
         self.layers[layer].dense.weight()
     }
 
     fn value_bias(&self, layer: usize) -> candle_core::Result<Option<Tensor>> {
         let l = &self.layers[layer];
-        let dh = l.dense.weight().dim(0)? / self.n_heads;
+        let dh = l.dense.out_dim()? / self.n_heads;
         // Fused per head: [q, k, v] of head 0, then of head 1, ...
         l.qkv
             .bias()
@@ -347,7 +347,7 @@ impl Blocks for Neox {
 
     fn value(&self, layer: usize, kv_head: usize, x: &Tensor) -> candle_core::Result<Tensor> {
         let l = &self.layers[layer];
-        let dh = l.dense.weight().dim(0)? / self.n_heads;
+        let dh = l.dense.out_dim()? / self.n_heads;
         layers::dense_cols(&l.qkv, &l.ln1.forward(x)?, kv_head * 3 * dh + 2 * dh, dh)
     }
 }
