@@ -8,24 +8,26 @@
 # The loops run one forward pass of all prompts per component (scripts/bench_peers.py). Prints one
 # table: seconds, the speed-up over each peer, and the largest score difference in pp. A benchmark,
 # not part of CI; the first run makes a venv (PyTorch, transformers, TransformerLens<3) in
-# target/bench-peers.
+# target/bench-peers: PyPI's torch wheel brings its CUDA libraries, several GB to download.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${THREADS:-2}
 export THREADS=$threads OMP_NUM_THREADS=$threads RAYON_NUM_THREADS=$threads
 work=target/bench-peers
 bin=target/release/circuit-sweep
-[ -x "$bin" ] || cargo build --release --locked
+cargo build --release --locked
 "$bin" model fetch >/dev/null
+gguf=${CIRCUIT_SWEEP_MODELS:-models}/SmolLM2-135M-Instruct.Q4_1.gguf
 mkdir -p "$work"
 if [ ! -x "$work/venv/bin/python" ]; then
-  python3 -m venv "$work/venv"
+  python3 -m venv "$work/venv" \
+    || { echo "python3 -m venv failed (Debian: apt-get install python3-venv)" >&2; exit 1; }
 fi
 py=$work/venv/bin/python
 "$py" -c 'import torch, transformers, transformer_lens, gguf' 2>/dev/null \
   || "$work/venv/bin/pip" install -q torch transformers 'transformer_lens<3' gguf 'pyarrow<21'
 [ -f "$work/smollm2/config.json" ] \
-  || "$py" scripts/bench_peers.py prepare-smollm2 models/SmolLM2-135M-Instruct.Q4_1.gguf "$work/smollm2"
+  || "$py" scripts/bench_peers.py prepare-smollm2 "$gguf" "$work/smollm2"
 [ -f "$work/gpt2/config.json" ] \
   || "$py" scripts/bench_peers.py prepare-gpt2 "$work/gpt2" tests/fixtures/gpt2-tokenizer
 

@@ -225,8 +225,10 @@ fn forward(a: ForwardArgs, models_dir: &Path) -> anyhow::Result<()> {
             }
             let secs = t0.elapsed().as_secs_f64();
             let per = secs / passes as f64;
-            // The blocks at every position, the unembedding at the last one.
-            let work = block_flops(i, (b * t) as f64, i.n_layers as f64)
+            // The blocks at every position but the final one's at the last position only (that
+            // is all last-position logits need), and the unembedding there.
+            let work = block_flops(i, (b * t) as f64, (i.n_layers - 1) as f64)
+                + block_flops(i, b as f64, 1.0)
                 + 2.0 * (i.d_model * i.vocab_size * b) as f64;
             let gflops = work / per / 1e9;
             println!(
@@ -264,7 +266,8 @@ pub struct SweepArgs {
     naive_logits: String,
 }
 
-/// FLOPs of the blocks' matmuls for `tokens` tokens run through `layers` blocks.
+/// FLOPs of the blocks' weight matmuls for `tokens` tokens run through `layers` blocks (the
+/// attention's own products, a few percent at these lengths, are left out).
 pub(super) fn block_flops(i: &circuit_sweep_worker::ModelInfo, tokens: f64, layers: f64) -> f64 {
     use circuit_sweep_worker::Architecture;
     let d = i.d_model as f64;

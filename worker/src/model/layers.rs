@@ -151,7 +151,9 @@ impl Activation {
 
 /// A linear layer `y = x W^T + b`, its weight kept transposed (`Wᵀ`, `[in, out]`, contiguous):
 /// the CPU matmul runs faster with a contiguous right side, ten times faster on a few rows
-/// (`circuit-sweep bench matmul` prints both layouts). The products are the same either way.
+/// (`circuit-sweep bench matmul` prints both layouts). The layout decides whether the matmul
+/// packs its right side, not the order of its sums, except on its small-product path (see
+/// [`dense_cols`]), so the scores keep their last bits.
 #[derive(Clone, Debug)]
 pub(crate) struct Dense {
     wt: Tensor,

@@ -245,11 +245,11 @@ impl LlamaConfig {
 
 struct LlamaLayer {
     ln1: RmsNorm,
-    /// q, k and v projections fused: rows `[q (h*dh) | k (kv*dh) | v (kv*dh)]`.
+    /// q, k and v projections fused: outputs `[q (h*dh) | k (kv*dh) | v (kv*dh)]`.
     qkv: layers::Dense,
     o: layers::Dense,
     ln2: RmsNorm,
-    /// gate and up projections fused: rows `[gate (f) | up (f)]`.
+    /// gate and up projections fused: outputs `[gate (f) | up (f)]`.
     gate_up: layers::Dense,
     down: layers::Dense,
 }
