@@ -321,13 +321,7 @@ pub(crate) fn dense_cols(
     // `[out, in]` weight always took, so the scores keep their last bits.
     let w = l.wt.narrow(1, start, len)?.t()?.contiguous()?;
     let b = l.bias().map(|b| b.narrow(0, start, len)).transpose()?;
-    by_rows(x, |r| {
-        let y = r.matmul(&w.t()?)?;
-        match &b {
-            Some(b) => y.broadcast_add(b),
-            None => Ok(y),
-        }
-    })
+    dense(&Dense::from_t(w.t()?, b), x)
 }
 
 #[cfg(test)]
