@@ -190,11 +190,6 @@ impl EdgePruner {
         self.greedy.is_done()
     }
 
-    /// Whether the last decision removed its edge.
-    pub fn last_removed(&self) -> bool {
-        self.greedy.last_removed()
-    }
-
     /// Edges kept now, in graph order.
     pub fn kept(&self) -> Vec<Edge> {
         let kept: Vec<usize> = (0..self.edges.len())
@@ -208,12 +203,7 @@ impl EdgePruner {
         self.greedy
             .propose(k)
             .into_iter()
-            .map(|c| {
-                (
-                    self.edges[c],
-                    self.edges_of(&self.greedy.ablated_without(c)),
-                )
-            })
+            .map(|(c, ablated)| (self.edges[c], self.edges_of(&ablated)))
             .collect()
     }
 

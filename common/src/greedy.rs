@@ -4,10 +4,10 @@
 //! kept, and itself, ablated, and removed at once when its [`Rule`] says so: the score stays
 //! above a % threshold, or (KL) the divergence grows by less than `tau` nats.
 //! Passes repeat (cycling through the given orders) until one removes nothing. To batch, the
-//! search may propose the next `k` candidates of a pass at once, assuming none is removed: the
-//! decisions are then taken in order and the proposals after the first removal are discarded
-//! (they were scored against a circuit that no longer exists), so the result equals
-//! one-at-a-time pruning.
+//! search may propose the next `k` candidates of a pass at once, guessing how the earlier ones
+//! are decided (as the last decision was: decisions come in runs): the decisions are then
+//! taken in order and the proposals after the first wrong guess are discarded (they were
+//! scored against a circuit that does not exist), so the result equals one-at-a-time pruning.
 
 /// When a candidate is removed.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -89,6 +89,8 @@ pub struct Greedy {
     score: f64,
     steps: Vec<Step>,
     done: bool,
+    /// The last proposal guessed that its candidates are removed (else kept).
+    guess_removed: bool,
 }
 
 impl Greedy {
@@ -106,6 +108,7 @@ impl Greedy {
             score: start_score,
             steps: vec![],
             done: false,
+            guess_removed: false,
         }
     }
 
@@ -119,7 +122,7 @@ impl Greedy {
     }
 
     /// Whether the last decision removed its item.
-    pub fn last_removed(&self) -> bool {
+    fn last_removed(&self) -> bool {
         self.steps.last().is_some_and(|d| d.removed)
     }
 
@@ -172,28 +175,39 @@ impl Greedy {
         }
     }
 
-    /// Up to `k` next candidates of the current pass (assuming none is removed).
-    pub fn propose(&mut self, k: usize) -> Vec<usize> {
+    /// Up to `k` next candidates of the current pass, each with the items ablated to score it.
+    /// The batch is speculative: it guesses that every candidate but the last goes the way the
+    /// last decision went (kept after a keep, removed after a removal: pruning decides in
+    /// runs), and [`Greedy::record`] keeps the decisions up to the first wrong guess, each
+    /// scored with the very items the search one at a time would have ablated.
+    pub fn propose(&mut self, k: usize) -> Vec<(usize, Vec<usize>)> {
         let Some((start, _)) = self.advance() else {
             return vec![];
         };
-        self.order()[start..]
+        self.guess_removed = self.last_removed();
+        let items: Vec<usize> = self.order()[start..]
             .iter()
             .copied()
             .filter(|&c| self.kept[c])
             .take(k.max(1))
+            .collect();
+        let ablated: Vec<usize> = (0..self.kept.len()).filter(|&x| !self.kept[x]).collect();
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| {
+                let earlier = if self.guess_removed { &items[..i] } else { &[] };
+                let mut a: Vec<usize> =
+                    ablated.iter().chain(earlier).chain([&c]).copied().collect();
+                a.sort_unstable();
+                (c, a)
+            })
             .collect()
     }
 
-    /// The items ablated to score candidate `c`: every item not kept, and `c`.
-    pub fn ablated_without(&self, c: usize) -> Vec<usize> {
-        (0..self.kept.len())
-            .filter(|&x| x == c || !self.kept[x])
-            .collect()
-    }
-
-    /// Takes the scores of proposed candidates in order; stops after the first removal.
-    /// Returns how many scores were used (the rest must be proposed again).
+    /// Takes the scores of the last proposal's candidates in order, up to the first decision
+    /// that is not what the proposal guessed. Returns how many scores were used (the rest must
+    /// be proposed again).
     pub fn record(&mut self, proposed: &[usize], scores: &[f64]) -> usize {
         let mut used = 0;
         for (&c, &s) in proposed.iter().zip(scores) {
@@ -214,6 +228,8 @@ impl Greedy {
                 self.kept[c] = false;
                 self.removed_this_pass = true;
                 self.score = s;
+            }
+            if removed != self.guess_removed {
                 break;
             }
         }
@@ -248,9 +264,10 @@ mod tests {
             }
             let s: Vec<f64> = p
                 .iter()
-                .map(|&c| g.ablated_without(c).iter().map(|&i| cost[i]).sum())
+                .map(|(_, a)| a.iter().map(|&i| cost[i]).sum())
                 .collect();
-            g.record(&p, &s);
+            let items: Vec<usize> = p.iter().map(|(c, _)| *c).collect();
+            g.record(&items, &s);
         }
         assert_eq!(g.kept(), &[true, false, false]);
         assert!((g.score() - 0.003).abs() < 1e-12);

@@ -140,11 +140,6 @@ impl Pruner {
         self.greedy.is_done()
     }
 
-    /// Whether the last recorded decision removed its component.
-    pub fn last_removed(&self) -> bool {
-        self.greedy.last_removed()
-    }
-
     /// Components in the circuit now.
     pub fn circuit(&self) -> Vec<Component> {
         let kept: Vec<usize> = (0..self.n_layers * (self.n_heads + 1))
@@ -153,22 +148,18 @@ impl Pruner {
         self.components(&kept)
     }
 
-    /// Up to `k` next candidates of the current pass (assuming none is removed), each as the
-    /// component and the set of components ablated to score it.
+    /// Up to `k` next candidates of the current pass (a speculative batch, see
+    /// [`Greedy::propose`]), each as the component and the set of components ablated to score
+    /// it.
     pub fn propose(&mut self, k: usize) -> Vec<(Component, Vec<Component>)> {
         self.greedy
             .propose(k)
             .into_iter()
-            .map(|c| {
-                (
-                    self.component(c),
-                    self.components(&self.greedy.ablated_without(c)),
-                )
-            })
+            .map(|(c, ablated)| (self.component(c), self.components(&ablated)))
             .collect()
     }
 
-    /// Takes the scores of proposed candidates in order; stops after the first removal.
+    /// Takes the scores of proposed candidates in order, up to the first wrong guess.
     /// Returns how many scores were used (the rest must be proposed again).
     pub fn record(&mut self, proposed: &[(Component, Vec<Component>)], scores: &[f64]) -> usize {
         let n = self.n_heads + 1;

@@ -187,6 +187,7 @@ pub fn prepare(
             ev.edge_metrics(&[EdgeCandidate {
                 nodes: inputs.outside.clone(),
                 edges: inputs.edges.clone(),
+                settled: vec![],
             }])?[0]
         } else {
             ev.metrics(&[Component::all(info.n_layers, info.n_heads)])?[0]

@@ -175,6 +175,7 @@ pub fn execute(
             let start = ev.edge_scores(&[EdgeCandidate {
                 nodes: job.inputs.outside.clone(),
                 edges: vec![],
+                settled: vec![],
             }])?[0];
             let rule = job.spec.rule();
             let scores = sweep::edge_sweep(
@@ -199,6 +200,7 @@ pub fn execute(
             let score = ev.edge_scores(&[EdgeCandidate {
                 nodes: job.inputs.outside.clone(),
                 edges: removed,
+                settled: vec![],
             }])?[0];
             let r = EdgePruneResult::one_pass(&job.inputs.edges, &scores, rule, start, score);
             tracing::info!(
@@ -214,6 +216,7 @@ pub fn execute(
             let start = job.ev()?.edge_scores(&[EdgeCandidate {
                 nodes: job.inputs.outside.clone(),
                 edges: vec![],
+                settled: vec![],
             }])?[0];
             let rule = job.spec.rule();
             let orders: Vec<Option<Vec<_>>> = match task {

@@ -9,6 +9,7 @@ use circuit_sweep_common::prune::Pruner;
 use circuit_sweep_common::results::NodeScores;
 use circuit_sweep_common::spec::EdgeMethod;
 
+use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
 use crate::eval::{EdgeCandidate, Evaluator};
@@ -76,11 +77,9 @@ pub fn node_sweep_layers(
 /// takes their scores: node pruning and edge pruning.
 pub trait Search {
     /// What is pruned.
-    type Item: Clone;
+    type Item: Clone + Ord;
     /// Whether the search is over.
     fn is_done(&self) -> bool;
-    /// Whether the last decision removed its item.
-    fn last_removed(&self) -> bool;
     /// Up to `k` next candidates.
     fn propose(&mut self, k: usize) -> Vec<(Self::Item, Vec<Self::Item>)>;
     /// Takes scores of proposed candidates in order; returns how many were used.
@@ -91,9 +90,6 @@ impl Search for Pruner {
     type Item = Component;
     fn is_done(&self) -> bool {
         Pruner::is_done(self)
-    }
-    fn last_removed(&self) -> bool {
-        Pruner::last_removed(self)
     }
     fn propose(&mut self, k: usize) -> Vec<(Component, Vec<Component>)> {
         Pruner::propose(self, k)
@@ -108,9 +104,6 @@ impl Search for EdgePruner {
     fn is_done(&self) -> bool {
         EdgePruner::is_done(self)
     }
-    fn last_removed(&self) -> bool {
-        EdgePruner::last_removed(self)
-    }
     fn propose(&mut self, k: usize) -> Vec<(Edge, Vec<Edge>)> {
         EdgePruner::propose(self, k)
     }
@@ -119,8 +112,18 @@ impl Search for EdgePruner {
     }
 }
 
-/// Scores candidates, each given as its ablated items.
-pub type ScoreFn<'a, T> = &'a dyn Fn(&[Vec<T>]) -> Result<Vec<f64>, ModelError>;
+/// A candidate of a search step: what its evaluation ablates.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate<T> {
+    /// Items ablated to score it.
+    pub ablated: Vec<T>,
+    /// Items of `ablated` that every candidate of its search's step ablates besides its own
+    /// (the circuit so far): one run with them ablated can serve them all.
+    pub shared: Vec<T>,
+}
+
+/// Scores candidates.
+pub type ScoreFn<'a, T> = &'a dyn Fn(&[Candidate<T>]) -> Result<Vec<f64>, ModelError>;
 
 /// Called after each lockstep step with the runs and the decisions so far; `Break` stops.
 pub type OnStep<'a, S> = &'a mut dyn FnMut(&[S], u64) -> ControlFlow<()>;
@@ -134,7 +137,11 @@ pub fn prune_lockstep(
     pruners: &mut [Pruner],
     on_step: OnStep<'_, Pruner>,
 ) -> Result<(), SweepError> {
-    lockstep(pruners, &|c| ev.scores(c), on_step)
+    let score = |cands: &[Candidate<Component>]| {
+        let c: Vec<Vec<Component>> = cands.iter().map(|c| c.ablated.clone()).collect();
+        ev.scores(&c)
+    };
+    lockstep(pruners, &score, on_step)
 }
 
 /// Runs edge pruning runs to the end in lockstep, with `nodes` (outside the node circuit the
@@ -145,12 +152,13 @@ pub fn edge_prune_lockstep(
     pruners: &mut [EdgePruner],
     on_step: OnStep<'_, EdgePruner>,
 ) -> Result<(), SweepError> {
-    let score = |cands: &[Vec<Edge>]| {
+    let score = |cands: &[Candidate<Edge>]| {
         let c: Vec<EdgeCandidate> = cands
             .iter()
-            .map(|edges| EdgeCandidate {
+            .map(|c| EdgeCandidate {
                 nodes: nodes.to_vec(),
-                edges: edges.clone(),
+                edges: c.ablated.clone(),
+                settled: c.shared.clone(),
             })
             .collect();
         ev.edge_scores(&c)
@@ -159,9 +167,9 @@ pub fn edge_prune_lockstep(
 }
 
 /// Runs searches to the end in lockstep. Each step, every unfinished search proposes its next
-/// candidates (one after a removal, twice as many after a step without one) and all are scored
-/// together by `score`. `on_step` gets the searches and the decisions taken so far, and may stop
-/// them.
+/// candidates (a speculative batch: twice as many after a step whose guesses all held, one
+/// after a wrong guess) and all are scored together by `score`. `on_step` gets the searches
+/// and the decisions taken so far, and may stop them.
 pub fn lockstep<S: Search>(
     pruners: &mut [S],
     score: ScoreFn<'_, S::Item>,
@@ -182,24 +190,44 @@ pub fn lockstep<S: Search>(
         if props.is_empty() {
             return Ok(());
         }
-        let cands: Vec<Vec<S::Item>> = props
+        let cands: Vec<Candidate<S::Item>> = props
             .iter()
-            .flat_map(|(_, pr)| pr.iter().map(|(_, a)| a.clone()))
+            .flat_map(|(_, pr)| {
+                let shared = shared_part(pr);
+                pr.iter().map(move |(_, a)| Candidate {
+                    ablated: a.clone(),
+                    shared: shared.clone(),
+                })
+            })
             .collect();
         let scores = score(&cands)?;
         let mut off = 0;
         for (i, pr) in &props {
-            decisions += pruners[*i].record(pr, &scores[off..off + pr.len()]) as u64;
+            let used = pruners[*i].record(pr, &scores[off..off + pr.len()]);
+            decisions += used as u64;
             off += pr.len();
-            // After a removal the circuit changed: propose one at a time again.
-            ks[*i] = if pruners[*i].last_removed() {
-                1
-            } else {
+            // While the guesses hold, batches grow; after a wrong one, one at a time again.
+            ks[*i] = if used == pr.len() {
                 (ks[*i] * 2).min(MAX_SPECULATION)
+            } else {
+                1
             };
         }
         go_on(on_step(pruners, decisions))?;
     }
+}
+
+/// What every proposed candidate ablates besides its own item.
+fn shared_part<T: Clone + Ord>(proposed: &[(T, Vec<T>)]) -> Vec<T> {
+    let mut shared: Option<BTreeSet<&T>> = None;
+    for (item, ablated) in proposed {
+        let mine: BTreeSet<&T> = ablated.iter().filter(|a| *a != item).collect();
+        shared = Some(match shared {
+            None => mine,
+            Some(s) => s.intersection(&mine).copied().collect(),
+        });
+    }
+    shared.into_iter().flatten().cloned().collect()
 }
 
 /// Every edge of `edges` ablated alone (directly, or by path patching), with `nodes` ablated in
@@ -222,6 +250,7 @@ pub fn edge_sweep(
                     .map(|e| EdgeCandidate {
                         nodes: nodes.to_vec(),
                         edges: vec![*e],
+                        settled: vec![],
                     })
                     .collect();
                 out.extend(ev.edge_scores(&c)?);

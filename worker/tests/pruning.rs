@@ -325,3 +325,68 @@ fn kl_pruning_follows_acdcs_rule_and_keeps_what_matters() {
         "{sizes:?}"
     );
 }
+
+#[test]
+fn edge_pruning_in_speculative_lockstep_equals_one_candidate_at_a_time() {
+    // Edge pruning batches guesses (runs of removals, runs of keeps) and starts passes from
+    // cached runs of each search's circuit so far; one candidate at a time, each scored from
+    // the node base alone, must take the same decisions on the same scores, bit for bit. Eight
+    // orders in lockstep also outnumber the cached runs.
+    use circuit_sweep_common::edge::Edge;
+    use circuit_sweep_common::edge_prune::{EdgePruner, random_edge_order};
+    use circuit_sweep_worker::eval::EdgeCandidate;
+    let m = load_fixture("gpt2").model;
+    let ev = Evaluator::new(&m, &prompts(&m), AblationSpec::default(), 4096).unwrap();
+    let nodes = vec![
+        Component::Mlp { layer: 0 },
+        Component::Head { layer: 2, head: 1 },
+    ];
+    let edges: Vec<Edge> = m
+        .info()
+        .graph_shape()
+        .edges()
+        .into_iter()
+        .filter(|e| !nodes.iter().any(|n| e.to_string().contains(&n.to_string())))
+        .collect();
+    let score = |ablated: &[Edge]| {
+        ev.edge_scores(&[EdgeCandidate {
+            nodes: nodes.clone(),
+            edges: ablated.to_vec(),
+            settled: vec![],
+        }])
+        .unwrap()[0]
+    };
+    let start = score(&[]);
+    // A threshold some way below the restricted graph's own score: runs of both decisions.
+    let rule = Rule::Threshold(start - 8.0);
+    let orders: Vec<Option<Vec<Edge>>> = std::iter::once(None)
+        .chain((0..7).map(|i| Some(random_edge_order(&edges, 4, i))))
+        .collect();
+    let mut pruners: Vec<EdgePruner> = orders
+        .iter()
+        .map(|o| EdgePruner::new(edges.clone(), o.as_deref(), rule, start).unwrap())
+        .collect();
+    sweep::edge_prune_lockstep(&ev, &nodes, &mut pruners, &mut |_, _| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    for (o, p) in orders.iter().zip(&pruners) {
+        let mut alone = EdgePruner::new(edges.clone(), o.as_deref(), rule, start).unwrap();
+        while !alone.is_done() {
+            let prop = alone.propose(1);
+            if prop.is_empty() {
+                break;
+            }
+            let s: Vec<f64> = prop.iter().map(|(_, a)| score(a)).collect();
+            alone.record(&prop, &s);
+        }
+        let (a, b) = (alone.result(), p.result());
+        assert_eq!(a, b);
+        let removed = a.decisions.iter().filter(|d| d.removed).count();
+        assert!(
+            removed > 3 && a.edges.len() > 3,
+            "{removed} removed, {} kept",
+            a.edges.len()
+        );
+    }
+}

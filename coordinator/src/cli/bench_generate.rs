@@ -61,8 +61,15 @@ pub fn generate_bench(a: GenerateArgs, models_dir: &Path) -> anyhow::Result<()> 
         prompts.len() * variants.len(),
         loaded.source.display()
     );
-    println!("| new tokens | KV cache | rerun each step | speed-up | same tokens |");
-    println!("|---|---|---|---|---|");
+    let peak = super::bench::matmul_rate(1024, info.d_model, info.d_mlp, 2.0)?;
+    println!(
+        "matmul peak of this machine (1024x{}x{}): {peak:.1} GFLOP/s",
+        info.d_model, info.d_mlp
+    );
+    println!("| new tokens | KV cache | MFU | rerun each step | MFU | speed-up | same tokens |");
+    println!("|---|---|---|---|---|---|---|");
+    let rows = prompts.len() * variants.len();
+    let mfu = |flops: f64, secs: f64| 100.0 * flops / secs / 1e9 / peak;
     for &n in &a.new {
         let t0 = Instant::now();
         let cached = generate(model, &prompts, &values, &variants, n)?;
@@ -71,10 +78,36 @@ pub fn generate_bench(a: GenerateArgs, models_dir: &Path) -> anyhow::Result<()> 
         let plain = generate_uncached(model, &prompts, &values, &variants, n)?;
         let tu = t0.elapsed().as_secs_f64();
         println!(
-            "| {n} | {tc:.2} s | {tu:.2} s | {:.2}x | {} |",
+            "| {n} | {tc:.2} s | {:.0} % | {tu:.2} s | {:.0} % | {:.2}x | {} |",
+            mfu(generation_flops(info, rows, len, n, true), tc),
+            mfu(generation_flops(info, rows, len, n, false), tu),
             tu / tc,
             if cached == plain { "yes" } else { "NO" }
         );
     }
     Ok(())
+}
+
+/// Matmul FLOPs of generating `new` tokens for `rows` sequences of `len` tokens: with the KV
+/// cache, the prompt once and then one position per step; without, every position every step.
+/// Each step reads the logits of the whole vocabulary at the last position.
+fn generation_flops(
+    info: &circuit_sweep_worker::ModelInfo,
+    rows: usize,
+    len: usize,
+    new: usize,
+    cached: bool,
+) -> f64 {
+    let layers = info.n_layers as f64;
+    let unembed = 2.0 * (rows * info.d_model * info.vocab_size) as f64;
+    (0..new)
+        .map(|step| {
+            let positions = match (cached, step) {
+                (true, 0) => len,
+                (true, _) => 1,
+                (false, _) => len + step,
+            };
+            super::bench::block_flops(info, (rows * positions) as f64, layers) + unembed
+        })
+        .sum()
 }

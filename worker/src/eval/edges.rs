@@ -27,6 +27,12 @@ pub(super) struct Base {
     pub(super) mlp_in: Vec<Tensor>,
 }
 
+/// Base runs kept for reuse (a pruning run's circuit so far, and the node bases).
+const KEPT_BASES: usize = 6;
+
+/// What a base run ablates: nodes, and edges (sorted).
+pub(super) type BaseKey = (Vec<Component>, Vec<Edge>);
+
 /// A candidate for edge ablation: nodes ablated as a whole, and edges ablated.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EdgeCandidate {
@@ -34,6 +40,19 @@ pub struct EdgeCandidate {
     pub nodes: Vec<Component>,
     /// Edges ablated.
     pub edges: Vec<Edge>,
+    /// Edges of `edges` that other candidates ablate too (a pruning run's circuit so far): the
+    /// run with them ablated is computed once, cached, and the candidates' passes start from
+    /// it at their first other receiver. Empty: passes start from the run with `nodes` ablated.
+    pub settled: Vec<Edge>,
+}
+
+/// The lowest layer any of `edges` patches (`n_layers`: the logits, or none).
+fn lowest<'e>(edges: impl IntoIterator<Item = &'e Edge>, n_layers: usize) -> usize {
+    edges
+        .into_iter()
+        .map(|e| e.receiver.layer(n_layers))
+        .min()
+        .unwrap_or(n_layers)
 }
 
 fn distinct_senders(edges: &[Edge]) -> usize {
@@ -94,29 +113,37 @@ impl Evaluator {
         let info = self.model.info();
         let n_layers = info.n_layers;
         // Candidates that ablate the same nodes (everything outside the circuit a graph is
-        // restricted to) start from the same base run.
-        let mut bases: BTreeMap<Vec<Component>, Vec<usize>> = BTreeMap::new();
+        // restricted to) and settle the same edges start from the same base run.
+        let mut bases: BTreeMap<BaseKey, Vec<usize>> = BTreeMap::new();
         for (i, c) in candidates.iter().enumerate() {
-            let mut nodes = c.nodes.clone();
-            nodes.sort();
-            nodes.dedup();
-            bases.entry(nodes).or_default().push(i);
+            let mine: std::collections::BTreeSet<&Edge> = c.edges.iter().collect();
+            if let Some(e) = c.settled.iter().find(|e| !mine.contains(e)) {
+                return Err(ModelError::InvalidRequest(format!(
+                    "candidate {i} settles {e}, which it does not ablate"
+                )));
+            }
+            bases
+                .entry(base_key(&c.nodes, &c.settled))
+                .or_default()
+                .push(i);
         }
         let per_variant = (self.prompts * self.seq_len).max(1);
         let row_bytes = per_variant * info.d_model * info.dtype.size_in_bytes();
         let mut out = vec![0.0; candidates.len()];
-        for (nodes, idx) in bases {
-            let base = self.base(&nodes)?;
-            // Then by the first receiver: the pass starts from the base's residual there.
+        for ((nodes, settled), idx) in bases {
+            let settled =
+                if self.settling_pays(&nodes, &settled, idx.iter().map(|&i| &candidates[i])) {
+                    settled
+                } else {
+                    vec![]
+                };
+            let base = self.edge_base(&nodes, &settled)?;
+            // Then by the first receiver the base has not settled: the pass starts from the
+            // base's residual there.
             let mut groups: Vec<Vec<usize>> = vec![vec![]; n_layers + 1];
             for i in idx {
-                let start = candidates[i]
-                    .edges
-                    .iter()
-                    .map(|e| e.receiver.layer(n_layers))
-                    .min()
-                    .unwrap_or(n_layers);
-                groups[start].push(i);
+                let own = candidates[i].edges.iter().filter(|e| !has(&settled, e));
+                groups[lowest(own, n_layers)].push(i);
             }
             for (start, idx) in groups.iter().enumerate() {
                 // The base's residual stream is cached at block inputs; nothing patched before
@@ -133,7 +160,16 @@ impl Evaluator {
                     }
                     let iv = Interventions {
                         variants: part.iter().map(|_| at(&nodes)).collect(),
-                        edges: part.iter().map(|&i| candidates[i].edges.clone()).collect(),
+                        // Settled edges below the start are in the base's residual stream.
+                        edges: part
+                            .iter()
+                            .map(|&i| {
+                                let es = candidates[i].edges.iter();
+                                es.filter(|e| e.receiver.layer(n_layers) >= layer)
+                                    .copied()
+                                    .collect()
+                            })
+                            .collect(),
                         inputs: vec![],
                         cached: Some(&base.acts),
                         values: &self.values,
@@ -193,10 +229,57 @@ impl Evaluator {
     }
 
     /// The unpatched run with `nodes` ablated (residual stream at each block's input and the
-    /// activations): where edge candidates that ablate those nodes start. Kept for reuse, the
-    /// last two.
+    /// activations): where edge candidates that ablate those nodes start. Kept for reuse.
     pub(super) fn base(&self, nodes: &[Component]) -> Result<Arc<Base>, ModelError> {
-        if nodes.is_empty() {
+        self.edge_base(nodes, &[])
+    }
+
+    /// Whether a base run with `settled` ablated (besides `nodes`) saves more blocks over the
+    /// passes of `candidates` than it costs to compute.
+    fn settling_pays<'c>(
+        &self,
+        nodes: &[Component],
+        settled: &[Edge],
+        candidates: impl Iterator<Item = &'c EdgeCandidate>,
+    ) -> bool {
+        if settled.is_empty() {
+            return false;
+        }
+        let n_layers = self.model.info().n_layers;
+        let floor = lowest(settled, n_layers);
+        let saved: usize = candidates
+            .map(|c| lowest(c.edges.iter().filter(|e| !has(settled, e)), n_layers))
+            .map(|start| start.saturating_sub(floor))
+            .sum();
+        let cost = match self.nearest_base(nodes, settled) {
+            (_, from) if from >= n_layers => 0,
+            (_, from) => n_layers - from,
+        };
+        saved > cost
+    }
+
+    /// The kept base of `nodes` whose edges are the largest part of `settled` below which
+    /// nothing else is ablated, and the first layer `settled` patches beyond it.
+    fn nearest_base(&self, nodes: &[Component], settled: &[Edge]) -> (Option<Arc<Base>>, usize) {
+        let n_layers = self.model.info().n_layers;
+        let cache = self.bases.lock().unwrap_or_else(|p| p.into_inner());
+        let mut best: (Option<Arc<Base>>, usize) = (None, 0);
+        for ((n, es), b) in cache.iter() {
+            if n != nodes || !es.iter().all(|e| has(settled, e)) {
+                continue;
+            }
+            let from = lowest(settled.iter().filter(|e| !has(es, e)), n_layers);
+            if best.0.is_none() || from > best.1 {
+                best = (Some(b.clone()), from);
+            }
+        }
+        best
+    }
+
+    /// The unpatched run with `nodes` and the edges `settled` ablated, computed from the kept
+    /// base that shares most of it (from the tokens when none does), and kept.
+    fn edge_base(&self, nodes: &[Component], settled: &[Edge]) -> Result<Arc<Base>, ModelError> {
+        if nodes.is_empty() && settled.is_empty() {
             let acts = self.clean.clone().expect("noising has clean activations");
             return Ok(Arc::new(Base {
                 resid: self.resid.clone(),
@@ -204,12 +287,98 @@ impl Evaluator {
                 mlp_in: self.mlp_in.clone(),
             }));
         }
+        let n_layers = self.model.info().n_layers;
+        let key = base_key(nodes, settled);
+        let (from, start) = match self.nearest_base(&key.0, &key.1) {
+            (Some(b), s) if s >= n_layers => (Some(b), n_layers),
+            (Some(b), s) => (Some(b), s),
+            (None, _) if key.0.is_empty() => {
+                (Some(self.edge_base(&[], &[])?), lowest(settled, n_layers))
+            }
+            (None, _) => (None, 0),
+        };
+        let b = match from {
+            // Only the logits read what is left: every block's input and output are the same.
+            Some(b) if start >= n_layers => b,
+            Some(b) if start > 0 => {
+                let run =
+                    self.capture_run(self.base_start(&b, start), start, &key, Some(&b.acts))?;
+                let keep = |mine: &[Tensor], new: Vec<Option<Tensor>>| -> Vec<Tensor> {
+                    new.into_iter()
+                        .zip(mine)
+                        .map(|(n, m)| n.unwrap_or_else(|| m.clone()))
+                        .collect()
+                };
+                let c = run.captured;
+                Arc::new(Base {
+                    resid: keep(&b.resid, c.resid),
+                    acts: Activations {
+                        z: keep(&b.acts.z, c.z),
+                        mlp: keep(&b.acts.mlp, c.mlp),
+                        embed: b.acts.embed.clone(),
+                    },
+                    mlp_in: keep(&b.mlp_in, c.mlp_in),
+                })
+            }
+            _ => {
+                let run = self.capture_run(Start::Tokens(self.input.clone()), 0, &key, None)?;
+                let acts = Activations::from_captured(&run.captured)?;
+                let all = |v: Vec<Option<Tensor>>| -> Vec<Tensor> {
+                    v.into_iter().map(|r| r.expect("captured")).collect()
+                };
+                Arc::new(Base {
+                    resid: all(run.captured.resid),
+                    acts,
+                    mlp_in: all(run.captured.mlp_in),
+                })
+            }
+        };
         let mut cache = self.bases.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, b)) = cache.iter().find(|(n, _)| n == nodes) {
-            return Ok(b.clone());
+        if let Some(i) = cache.iter().position(|(k, _)| *k == key) {
+            cache.remove(i);
         }
+        if cache.len() >= KEPT_BASES {
+            // The least recently made edge base goes first; node bases (every edge base is
+            // built on one) last.
+            let i = cache.iter().position(|((_, es), _)| !es.is_empty());
+            cache.remove(i.unwrap_or(0));
+        }
+        cache.push((key, b.clone()));
+        Ok(b)
+    }
+
+    /// One unpatched run from `start` (block `layer`) with the nodes and edges of `key` ablated,
+    /// capturing what a base keeps; `cached`: what senders below `layer` wrote.
+    fn capture_run(
+        &self,
+        start: Start,
+        layer: usize,
+        (nodes, edges): &BaseKey,
+        cached: Option<&Activations>,
+    ) -> Result<crate::model::RunOutput, ModelError> {
+        let n_layers = self.model.info().n_layers;
+        let edges: Vec<Edge> = edges
+            .iter()
+            .filter(|e| e.receiver.layer(n_layers) >= layer)
+            .copied()
+            .collect();
+        let nodes: Vec<Component> = nodes
+            .iter()
+            .copied()
+            .filter(|c| c.layer() >= layer)
+            .collect();
         let run = self.model.run(&RunRequest {
-            interventions: Some(Interventions::nodes(&self.values, vec![nodes.to_vec()])),
+            interventions: Some(Interventions {
+                edges: if edges.is_empty() {
+                    vec![]
+                } else {
+                    vec![edges]
+                },
+                cached,
+                positions: self.edge_positions.clone(),
+                kv_per_query: self.kv_per_query,
+                ..Interventions::nodes(&self.values, vec![nodes])
+            }),
             capture: Capture {
                 resid: true,
                 z: true,
@@ -217,25 +386,11 @@ impl Evaluator {
                 mlp_in: true,
                 ..Default::default()
             },
-            ..RunRequest::new(Start::Tokens(self.input.clone()))
+            ..RunRequest::new(start)
         })?;
         self.forward_passes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let acts = Activations::from_captured(&run.captured)?;
-        let c = run.captured;
-        let all = |v: Vec<Option<Tensor>>| -> Vec<Tensor> {
-            v.into_iter().map(|r| r.expect("captured")).collect()
-        };
-        let b = Arc::new(Base {
-            resid: all(c.resid),
-            acts,
-            mlp_in: all(c.mlp_in),
-        });
-        if cache.len() >= 2 {
-            cache.remove(0);
-        }
-        cache.push((nodes.to_vec(), b.clone()));
-        Ok(b)
+        Ok(run)
     }
 
     /// The reference path of one ablated edge: the receiver's input computed by hand from the
@@ -276,4 +431,20 @@ impl Evaluator {
         )?;
         Ok(out[0])
     }
+}
+
+/// Whether sorted `edges` hold `e`.
+fn has(edges: &[Edge], e: &Edge) -> bool {
+    edges.binary_search(e).is_ok()
+}
+
+/// The key of a base run: nodes and edges sorted, without repeats.
+fn base_key(nodes: &[Component], edges: &[Edge]) -> BaseKey {
+    let mut n = nodes.to_vec();
+    n.sort();
+    n.dedup();
+    let mut e = edges.to_vec();
+    e.sort();
+    e.dedup();
+    (n, e)
 }

@@ -57,8 +57,9 @@ pub struct Evaluator {
     pub empty: Option<f64>,
     batch_tokens: usize,
     forward_passes: std::sync::atomic::AtomicUsize,
-    /// Base runs of edge candidates with nodes ablated (see [`Evaluator::edge_metrics`]).
-    bases: Mutex<Vec<(Vec<Component>, Arc<Base>)>>,
+    /// Base runs of edge candidates with nodes and settled edges ablated, the last used last
+    /// (see [`Evaluator::edge_metrics`]).
+    bases: Mutex<Vec<(edges::BaseKey, Arc<Base>)>>,
     /// Positions where edges are ablated (all when `None`).
     edge_positions: Option<Vec<usize>>,
     /// Key and value receivers are per query head (else per key/value head).

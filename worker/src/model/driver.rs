@@ -188,7 +188,7 @@ impl HookedModel {
                 let h = self
                     .blocks
                     .final_norm(&x.i((.., t - 1, ..))?.contiguous()?)?;
-                super::layers::by_rows(&h, |r| r.matmul(&w.t()?))?
+                super::layers::by_rows(&h, w.dim(0)?, |r| r.matmul(&w.t()?))?
             }
             LogitSelection::LastIds(ids) => {
                 let vocab = self.info.vocab_size;
@@ -202,11 +202,11 @@ impl HookedModel {
                 let h = self
                     .blocks
                     .final_norm(&x.i((.., t - 1, ..))?.contiguous()?)?;
-                super::layers::by_rows(&h, |r| r.matmul(&rows.t()?))?
+                super::layers::by_rows(&h, ids.len(), |r| r.matmul(&rows.t()?))?
             }
             LogitSelection::All => {
                 let h = self.blocks.final_norm(x)?;
-                super::layers::by_rows(&h, |r| r.matmul(&w.t()?))?
+                super::layers::by_rows(&h, w.dim(0)?, |r| r.matmul(&w.t()?))?
             }
         };
         Ok(Some(out.to_dtype(DType::F32)?))

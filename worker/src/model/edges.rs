@@ -4,10 +4,10 @@
 //! into the residual stream: a head through its slice of the output projection, bias excluded).
 //!
 //! Many edges run in one pass. Each variant keeps a block of rows in one tensor, one row per
-//! sender it ablates (the sender's write minus its ablated write, over every position); the
-//! deltas of a layer's receivers are one small matmul per variant, `mask [receivers, senders] x
-//! rows [senders, positions * d_model]`. A variant that touches no receiver of a layer adds
-//! nothing there, and every other row of the batch is computed as usual, bit for bit.
+//! sender it ablates (the sender's write minus its ablated write, over every position); a
+//! receiver's delta in a variant is the sum of its senders' rows. A variant that touches no
+//! receiver of a layer adds nothing there, and every other row of the batch is computed as
+//! usual, bit for bit.
 
 use std::collections::BTreeMap;
 
@@ -59,13 +59,11 @@ pub(crate) struct EdgeState<'a> {
     dtype: DType,
     /// Senders some variant ablates an edge from, with the rows they write: `(variant, row)`.
     senders: BTreeMap<Sender, Vec<(usize, usize)>>,
-    /// Per variant, its first row and its number of rows.
-    blocks_of: Vec<(usize, usize)>,
     /// Touched receivers by layer (`n_layers`: the logits).
     touched: Vec<Vec<Touched>>,
-    /// Per layer, per variant: the mask `[touched receivers, variant's rows]`, if the variant
-    /// touches any receiver there.
-    masks: Vec<Vec<Option<Tensor>>>,
+    /// Per layer, per touched receiver, per variant: the rows (senders) whose sum is the
+    /// receiver's delta, in row order.
+    feeds: Vec<Vec<Vec<Vec<usize>>>>,
     /// Sender rows `[rows, T * d]`, filled as senders are computed.
     rows: Tensor,
     /// `[1, T, 1]`: 1 at the positions where edges are ablated.
@@ -106,7 +104,6 @@ impl<'a> EdgeState<'a> {
         let mut given: Vec<(usize, &Tensor)> = vec![];
         let mut next = 0;
         for (vi, es) in edges.iter().enumerate() {
-            let mut own: BTreeMap<Sender, usize> = BTreeMap::new();
             for e in es {
                 shape
                     .check(e)
@@ -118,9 +115,23 @@ impl<'a> EdgeState<'a> {
                          {start_layer}"
                     )));
                 }
-                let k = own.len();
-                let row = *own.entry(e.sender).or_insert(k);
-                per_variant[vi].entry(e.receiver).or_default().push(row);
+            }
+            // Rows in sender order, whatever the order of the edges: a receiver's delta sums
+            // its senders in that order, so it is the same number in any pass that ablates
+            // the same edges into it.
+            let own: BTreeMap<Sender, usize> = es
+                .iter()
+                .map(|e| e.sender)
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .enumerate()
+                .map(|(row, s)| (s, row))
+                .collect();
+            for e in es {
+                per_variant[vi]
+                    .entry(e.receiver)
+                    .or_default()
+                    .push(own[&e.sender]);
             }
             for (s, row) in &own {
                 senders.entry(*s).or_default().push((vi, next + row));
@@ -173,27 +184,28 @@ impl<'a> EdgeState<'a> {
                 input: Some(t.to_dtype(info.dtype)?),
             });
         }
+        let feeds: Vec<Vec<Vec<Vec<usize>>>> = touched
+            .iter()
+            .map(|ts| {
+                ts.iter()
+                    .map(|t| {
+                        per_variant
+                            .iter()
+                            .zip(&blocks_of)
+                            .map(|(recv, &(first, _))| {
+                                let mut rows: Vec<usize> = recv
+                                    .get(&t.receiver)
+                                    .map_or(vec![], |rs| rs.iter().map(|r| first + r).collect());
+                                rows.sort_unstable();
+                                rows.dedup();
+                                rows
+                            })
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
         let dtype = info.dtype;
-        let mut masks: Vec<Vec<Option<Tensor>>> = vec![vec![None; v]; n_layers + 1];
-        for (l, ts) in touched.iter().enumerate() {
-            for (vi, recv) in per_variant.iter().enumerate() {
-                let (_, n_rows) = blocks_of[vi];
-                let mut m = vec![0f32; ts.len() * n_rows];
-                let mut any = false;
-                for (ri, t) in ts.iter().enumerate() {
-                    if let Some(rows) = recv.get(&t.receiver) {
-                        for &row in rows {
-                            m[ri * n_rows + row] = 1.0;
-                            any = true;
-                        }
-                    }
-                }
-                if any {
-                    masks[l][vi] =
-                        Some(Tensor::from_vec(m, (ts.len(), n_rows), device)?.to_dtype(dtype)?);
-                }
-            }
-        }
         let width = prompts * seq_len * info.d_model;
         let rows = Tensor::zeros((next.max(1), width), dtype, device)?;
         let positions = match iv.positions.as_deref() {
@@ -220,9 +232,8 @@ impl<'a> EdgeState<'a> {
             d_model: info.d_model,
             dtype,
             senders,
-            blocks_of,
             touched,
-            masks,
+            feeds,
             rows,
             positions,
         };
@@ -371,39 +382,97 @@ impl<'a> EdgeState<'a> {
         Ok(())
     }
 
-    /// Deltas of the touched receivers of `layer`, `[V, receivers, T * d]`.
-    fn deltas(&self, layer: usize) -> Result<Option<Tensor>, ModelError> {
-        let ts = &self.touched[layer];
-        if ts.iter().all(|t| t.input.is_some()) {
-            return Ok(None);
-        }
+    /// The delta of touched receiver `ri` of `layer` as `[V * prompts, T, d]`, trailing
+    /// positions as in `like`: per variant, the sum of its senders' rows added one by one in
+    /// row order, so that it depends on nothing else in the pass (which receivers other
+    /// variants touch, which other senders this variant ablates).
+    fn delta_of(&self, layer: usize, ri: usize, like: &Tensor) -> Result<Tensor, ModelError> {
         let width = self.prompts * self.seq_len * self.d_model;
-        let zeros = Tensor::zeros((ts.len(), width), self.dtype, self.rows.device())?;
-        let per_variant = (0..self.n_variants)
-            .map(|v| match &self.masks[layer][v] {
-                Some(m) => {
-                    let (first, n) = self.blocks_of[v];
-                    Ok(m.matmul(&self.rows.narrow(0, first, n)?)?)
-                }
-                None => Ok(zeros.clone()),
-            })
-            .collect::<Result<Vec<_>, ModelError>>()?;
-        Ok(Some(Tensor::stack(&per_variant, 0)?))
-    }
-
-    /// Receiver `ri`'s delta as `[V * prompts, T, d]`, trailing positions as in `like`.
-    fn delta_of(&self, all: &Tensor, ri: usize, like: &Tensor) -> Result<Tensor, ModelError> {
-        let d = all.narrow(1, ri, 1)?.reshape((
-            self.n_variants * self.prompts,
-            self.seq_len,
-            self.d_model,
-        ))?;
+        let d = match self.sum_rows_on_cpu(&self.feeds[layer][ri], width)? {
+            Some(d) => d,
+            None => self.sum_rows(&self.feeds[layer][ri], width)?,
+        };
+        let d = d.reshape((self.n_variants * self.prompts, self.seq_len, self.d_model))?;
         let t = like.dim(1)?;
         Ok(if t < self.seq_len {
             d.narrow(1, self.seq_len - t, t)?.contiguous()?
         } else {
             d
         })
+    }
+
+    /// Per variant, the sum of the rows `feeds[v]` (zeros for none), `[V, width]`.
+    fn sum_rows(&self, feeds: &[Vec<usize>], width: usize) -> Result<Tensor, ModelError> {
+        let mut zero: Option<Tensor> = None;
+        let per_variant = feeds
+            .iter()
+            .map(|rows| {
+                let Some((&first, rest)) = rows.split_first() else {
+                    let z = match &zero {
+                        Some(z) => z.clone(),
+                        None => Tensor::zeros((1, width), self.dtype, self.rows.device())?,
+                    };
+                    zero = Some(z.clone());
+                    return Ok(z);
+                };
+                // Summed in f32 whatever the model's dtype (many senders may feed a receiver).
+                let row = |r: usize| self.rows.narrow(0, r, 1)?.to_dtype(DType::F32);
+                let mut sum = row(first)?;
+                for &r in rest {
+                    sum = (sum + row(r)?)?;
+                }
+                Ok(sum.to_dtype(self.dtype)?)
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        Ok(Tensor::cat(&per_variant, 0)?)
+    }
+
+    /// [`EdgeState::sum_rows`] for f32 rows on the CPU, added in place over the rows' own
+    /// memory (the same additions in the same order, so the same bits): a receiver fed by a
+    /// thousand ablated edges would otherwise allocate a thousand tensors. `None` elsewhere.
+    fn sum_rows_on_cpu(
+        &self,
+        feeds: &[Vec<usize>],
+        width: usize,
+    ) -> Result<Option<Tensor>, ModelError> {
+        if self.dtype != DType::F32 || !self.rows.device().is_cpu() || !self.rows.is_contiguous() {
+            return Ok(None);
+        }
+        let (storage, layout) = self.rows.storage_and_layout();
+        let candle_core::Storage::Cpu(cpu) = &*storage else {
+            return Ok(None);
+        };
+        let rows = &cpu.as_slice::<f32>()?[layout.start_offset()..];
+        let mut out = vec![0f32; feeds.len() * width];
+        let sum = |dst: &mut [f32], feed: &[usize]| {
+            let Some((&first, rest)) = feed.split_first() else {
+                return;
+            };
+            dst.copy_from_slice(&rows[first * width..(first + 1) * width]);
+            for &r in rest {
+                for (d, s) in dst.iter_mut().zip(&rows[r * width..(r + 1) * width]) {
+                    *d += s;
+                }
+            }
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per = feeds.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            for (dst, fs) in out.chunks_mut(per * width).zip(feeds.chunks(per)) {
+                let sum = &sum;
+                scope.spawn(move || {
+                    for (d, f) in dst.chunks_mut(width).zip(fs) {
+                        sum(d, f);
+                    }
+                });
+            }
+        });
+        drop(storage);
+        Ok(Some(Tensor::from_vec(
+            out,
+            (feeds.len(), width),
+            self.rows.device(),
+        )?))
     }
 
     /// The given input of a receiver, broadcast to every row.
@@ -446,16 +515,14 @@ impl<'a> EdgeState<'a> {
         {
             return Ok(vec![]);
         }
-        let all = self.deltas(layer)?;
         let mut out = vec![];
         for (ri, t) in ts.iter().enumerate() {
             let Receiver::Attn { index, which, .. } = t.receiver else {
                 continue;
             };
-            let input = match (&t.input, &all) {
-                (Some(given), _) => self.given(given, x)?,
-                (None, Some(all)) => (x - self.delta_of(all, ri, x)?)?,
-                (None, None) => unreachable!("deltas exist when an edge is ablated"),
+            let input = match &t.input {
+                Some(given) => self.given(given, x)?,
+                None => (x - self.delta_of(layer, ri, x)?)?,
             };
             let (keep, put) = self.keep_put(t, x.device())?;
             out.push(ReceiverInput {
@@ -483,11 +550,8 @@ impl<'a> EdgeState<'a> {
         let t = &ts[ri];
         match &t.input {
             Some(given) => self.given(given, x),
-            None => {
-                let all = self.deltas(layer)?.expect("an edge is ablated");
-                // Rows of untouched variants subtract exact zeros: they equal `x` bit for bit.
-                Ok((x - self.delta_of(&all, ri, x)?)?)
-            }
+            // Rows of untouched variants subtract exact zeros: they equal `x` bit for bit.
+            None => Ok((x - self.delta_of(layer, ri, x)?)?),
         }
     }
 }

@@ -124,6 +124,7 @@ pub(crate) struct Gpt2 {
     ln_f: LayerNorm,
     act: Activation,
     n_heads: usize,
+    d_head: usize,
     device: Device,
 }
 
@@ -181,6 +182,7 @@ impl Gpt2 {
             ln_f,
             act: Activation::parse(&cfg.activation_function).unwrap_or(Activation::GeluTanh),
             n_heads: cfg.n_head,
+            d_head: cfg.n_embd / cfg.n_head,
             device: device.clone(),
         };
         Ok((model, info))
@@ -188,6 +190,38 @@ impl Gpt2 {
 }
 
 impl Blocks for Gpt2 {
+    fn attn_z(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        ctx: &SeqCtx,
+        hooks: &mut dyn LayerHooks,
+    ) -> Result<Tensor, ModelError> {
+        let l = &self.layers[layer];
+        let (b, t, d) = x.dims3()?;
+        let h = self.n_heads;
+        let dh = d / h;
+        let qkv = layers::dense(&l.qkv, &l.ln1.forward(x)?)?;
+        let col = |w: Qkv, i: usize| match w {
+            Qkv::Q => i * dh,
+            Qkv::K => d + i * dh,
+            Qkv::V => 2 * d + i * dh,
+        };
+        let rx = hooks.attn_inputs(layer, x)?;
+        let qkv = edges::patch_qkv(qkv, &rx, dh, col, &l.qkv, |t| l.ln1.forward(t))?;
+        let split = |i: usize| -> candle_core::Result<Tensor> {
+            qkv.narrow(2, i * d, d)?
+                .reshape((b, t, h, dh))?
+                .transpose(1, 2)
+        };
+        let q = ctx.queries_of(&split(0)?, 2)?;
+        layers::attention(layer, &q, split(1)?, split(2)?, &[], ctx, hooks)
+    }
+
+    fn heads(&self) -> (usize, usize) {
+        (self.n_heads, self.d_head)
+    }
+
     fn embed(&self, ids: &Tensor, pos0: usize) -> candle_core::Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let n_pos = self.wpe.dim(0)?;
@@ -216,29 +250,11 @@ impl Blocks for Gpt2 {
         hooks: &mut dyn LayerHooks,
     ) -> Result<Tensor, ModelError> {
         let l = &self.layers[layer];
-        let (b, t, d) = x.dims3()?;
-        let h = self.n_heads;
-        let dh = d / h;
-        let qkv = layers::dense(&l.qkv, &l.ln1.forward(x)?)?;
-        let col = |w: Qkv, i: usize| match w {
-            Qkv::Q => i * dh,
-            Qkv::K => d + i * dh,
-            Qkv::V => 2 * d + i * dh,
-        };
-        let rx = hooks.attn_inputs(layer, x)?;
-        let qkv = edges::patch_qkv(qkv, &rx, dh, col, &l.qkv, |t| l.ln1.forward(t))?;
-        let split = |i: usize| -> candle_core::Result<Tensor> {
-            qkv.narrow(2, i * d, d)?
-                .reshape((b, t, h, dh))?
-                .transpose(1, 2)
-        };
-        let q = ctx.queries_of(&split(0)?, 2)?;
-        let z = layers::attention(layer, &q, split(1)?, split(2)?, &[], ctx, hooks)?;
-        let z = hooks.z(layer, z)?;
+        let (b, _, d) = x.dims3()?;
+        let z = self.hooked_z(layer, x, ctx, hooks)?;
         let a = layers::dense(&l.proj, &z.reshape((b, ctx.queries, d))?)?;
         let x = (ctx.queries_of(x, 1)? + a)?;
-        let m = self.mlp_out(layer, &hooks.mlp_input(layer, &x)?)?;
-        let m = hooks.mlp(layer, m)?;
+        let m = self.hooked_mlp(layer, &x, hooks)?;
         Ok((x + m)?)
     }
 

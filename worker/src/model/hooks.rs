@@ -62,6 +62,12 @@ pub(crate) trait LayerHooks {
     fn attn_inputs(&mut self, layer: usize, x: &Tensor) -> Result<Vec<ReceiverInput>, ModelError>;
     /// The input of the MLP of `layer`, given the residual stream `x` it would read.
     fn mlp_input(&mut self, layer: usize, x: &Tensor) -> Result<Tensor, ModelError>;
+    /// Whether every variant replaces the MLP output of `layer` (it need not be computed).
+    fn mlp_replaced(&self, layer: usize) -> bool;
+    /// Whether every variant replaces every head output of `layer`, and nothing else reads the
+    /// attention (a KV cache, a captured pattern): its keys, queries and values need not be
+    /// computed.
+    fn heads_replaced(&self, layer: usize) -> bool;
     /// Keys and values of the input's positions `[B, H_kv, T, d]`; returns those of every
     /// position (joined with a KV cache).
     fn kv(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor), ModelError>;
@@ -74,6 +80,8 @@ pub(crate) trait LayerHooks {
 struct LayerMask {
     keep: Tensor,
     put: Tensor,
+    /// Every variant puts the replacement.
+    all: bool,
 }
 
 /// The driver's hooks: applies interventions, then captures.
@@ -144,6 +152,7 @@ impl<'a> RunHooks<'a> {
                 let build = |put: Vec<f32>, shape: &[usize]| -> candle_core::Result<LayerMask> {
                     let keep: Vec<f32> = put.iter().map(|p| 1.0 - p).collect();
                     Ok(LayerMask {
+                        all: put.iter().all(|&p| p == 1.0),
                         keep: Tensor::from_vec(keep, shape, device)?.to_dtype(dtype)?,
                         put: Tensor::from_vec(put, shape, device)?.to_dtype(dtype)?,
                     })
@@ -338,6 +347,17 @@ impl LayerHooks for RunHooks<'_> {
             Some(e) => e.stream_input(layer, x),
             None => Ok(x.clone()),
         }
+    }
+
+    fn mlp_replaced(&self, layer: usize) -> bool {
+        self.values.is_some() && self.mlp_masks[layer].as_ref().is_some_and(|m| m.all)
+    }
+
+    fn heads_replaced(&self, layer: usize) -> bool {
+        self.values.is_some()
+            && self.cache.is_none()
+            && !self.capture.pattern
+            && self.z_masks[layer].as_ref().is_some_and(|m| m.all)
     }
 
     fn kv(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor), ModelError> {

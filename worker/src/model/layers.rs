@@ -283,20 +283,32 @@ pub(crate) fn rms_norm(
 /// (ablation variants, prompts) share its forward pass.
 const MIN_ROWS: usize = 16;
 
+/// The CPU gemm also takes its small-size path (which, among other things, splits a long sum
+/// differently) while both rows and columns are at most this many: a product with this few
+/// columns (a head's slice, a few logits) runs with more rows.
+const SMALL_SIDE: usize = 64;
+
 /// `f` (a map of rows `[rows, in] -> [rows, out]`) on the rows of `x` (`[.., in]`), padded with
-/// zero rows to at least [`MIN_ROWS`], so every row's result is the same in any batch.
+/// zero rows to at least [`MIN_ROWS`] (more than [`SMALL_SIDE`] when `out` is at most that),
+/// so every row's result is the same in any batch.
 pub(crate) fn by_rows(
     x: &Tensor,
+    out: usize,
     f: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
 ) -> candle_core::Result<Tensor> {
+    let min_rows = if out <= SMALL_SIDE {
+        SMALL_SIDE + 1
+    } else {
+        MIN_ROWS
+    };
     let dims = x.dims().to_vec();
     let d_in = *dims.last().expect("at least one dim");
     let rows = x.elem_count() / d_in.max(1);
     let flat = x.reshape((rows, d_in))?;
-    let y = if rows >= MIN_ROWS {
+    let y = if rows >= min_rows {
         f(&flat)?
     } else {
-        let pad = Tensor::zeros((MIN_ROWS - rows, d_in), x.dtype(), x.device())?;
+        let pad = Tensor::zeros((min_rows - rows, d_in), x.dtype(), x.device())?;
         f(&Tensor::cat(&[&flat, &pad], 0)?)?.narrow(0, 0, rows)?
     };
     let mut out = dims;
@@ -306,7 +318,7 @@ pub(crate) fn by_rows(
 
 /// A linear layer on `[.., in]` whose rows do not depend on the batch (see [`by_rows`]).
 pub(crate) fn dense(l: &Dense, x: &Tensor) -> candle_core::Result<Tensor> {
-    by_rows(x, |r| l.forward(r))
+    by_rows(x, l.out_dim()?, |r| l.forward(r))
 }
 
 /// Columns `start..start + len` of a linear layer on `x` (one head's slice of a fused

@@ -341,15 +341,7 @@ impl Llama {
 }
 
 impl Blocks for Llama {
-    fn embed(&self, ids: &Tensor, _pos0: usize) -> candle_core::Result<Tensor> {
-        self.embed.forward(ids)
-    }
-
-    fn seq_ctx(&self, seq_len: usize) -> candle_core::Result<SeqCtx> {
-        SeqCtx::new(seq_len, Some(&self.rotary), &self.device)
-    }
-
-    fn block(
+    fn attn_z(
         &self,
         layer: usize,
         x: &Tensor,
@@ -406,13 +398,36 @@ impl Blocks for Llama {
                 })
             })
             .collect::<Result<Vec<_>, ModelError>>()?;
-        let z = layers::attention(layer, &q, k, v, &per_head, ctx, hooks)?;
-        let z = hooks.z(layer, z)?;
+        layers::attention(layer, &q, k, v, &per_head, ctx, hooks)
+    }
+
+    fn heads(&self) -> (usize, usize) {
+        (self.n_heads, self.d_head)
+    }
+
+    fn embed(&self, ids: &Tensor, _pos0: usize) -> candle_core::Result<Tensor> {
+        self.embed.forward(ids)
+    }
+
+    fn seq_ctx(&self, seq_len: usize) -> candle_core::Result<SeqCtx> {
+        SeqCtx::new(seq_len, Some(&self.rotary), &self.device)
+    }
+
+    fn block(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        ctx: &SeqCtx,
+        hooks: &mut dyn LayerHooks,
+    ) -> Result<Tensor, ModelError> {
+        let l = &self.layers[layer];
+        let b = x.dim(0)?;
+        let (h, dh) = (self.n_heads, self.d_head);
+        let z = self.hooked_z(layer, x, ctx, hooks)?;
         let tq = ctx.queries;
         let a = layers::dense(&l.o, &z.reshape((b, tq, h * dh))?)?;
         let x = (ctx.queries_of(x, 1)? + a)?;
-        let m = self.mlp_out(layer, &hooks.mlp_input(layer, &x)?)?;
-        let m = hooks.mlp(layer, m)?;
+        let m = self.hooked_mlp(layer, &x, hooks)?;
         Ok((x + m)?)
     }
 

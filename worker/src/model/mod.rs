@@ -267,9 +267,55 @@ pub(crate) trait Blocks: Send + Sync {
         ctx: &seq_ctx::SeqCtx,
         hooks: &mut dyn hooks::LayerHooks,
     ) -> Result<Tensor, ModelError>;
+    /// The head outputs `z` (`[B, T_q, n_heads, d_head]`) of block `layer` for its input `x`,
+    /// before any hook.
+    fn attn_z(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        ctx: &seq_ctx::SeqCtx,
+        hooks: &mut dyn hooks::LayerHooks,
+    ) -> Result<Tensor, ModelError>;
+    /// Query heads per layer and their width.
+    fn heads(&self) -> (usize, usize);
+    /// The head outputs of block `layer` as a block continues with them (through the hooks).
+    /// Not computed where every variant replaces every head: zeros, which the replacement
+    /// turns into its value bit for bit.
+    fn hooked_z(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        ctx: &seq_ctx::SeqCtx,
+        hooks: &mut dyn hooks::LayerHooks,
+    ) -> Result<Tensor, ModelError> {
+        let z = if hooks.heads_replaced(layer) {
+            let (h, dh) = self.heads();
+            Tensor::zeros((x.dim(0)?, ctx.queries, h, dh), x.dtype(), x.device())?
+        } else {
+            self.attn_z(layer, x, ctx, hooks)?
+        };
+        hooks.z(layer, z)
+    }
     /// The MLP of `layer` (its norm included) on the residual stream `x` it reads,
     /// `[rows, T, d_model]`: what the block adds to the stream before any hook.
     fn mlp_out(&self, layer: usize, x: &Tensor) -> candle_core::Result<Tensor>;
+    /// The MLP of `layer` as a block runs it: its input through the hooks, its output through
+    /// the hooks. Not computed where every variant replaces its output (node-ablated MLPs of
+    /// a pruned circuit): that replacement gives the same value bit for bit.
+    fn hooked_mlp(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        hooks: &mut dyn hooks::LayerHooks,
+    ) -> Result<Tensor, ModelError> {
+        let input = hooks.mlp_input(layer, x)?;
+        let m = if hooks.mlp_replaced(layer) {
+            input.zeros_like()?
+        } else {
+            self.mlp_out(layer, &input)?
+        };
+        hooks.mlp(layer, m)
+    }
     /// Final normalisation of the residual stream.
     fn final_norm(&self, x: &Tensor) -> candle_core::Result<Tensor>;
     /// Unembedding matrix `[vocab, d_model]`.
@@ -294,7 +340,7 @@ pub(crate) trait Blocks: Send + Sync {
             .narrow(1, head * dh, dh)?
             .t()?
             .contiguous()?;
-        layers::by_rows(z, |r| r.matmul(&w))
+        layers::by_rows(z, w.dim(1)?, |r| r.matmul(&w))
     }
 }
 

@@ -182,6 +182,7 @@ pub(crate) struct Neox {
     act: Activation,
     parallel: bool,
     n_heads: usize,
+    d_head: usize,
     device: Device,
 }
 
@@ -245,6 +246,7 @@ impl Neox {
             act: Activation::parse(&cfg.hidden_act).unwrap_or(Activation::GeluErf),
             parallel: cfg.use_parallel_residual,
             n_heads: h,
+            d_head: d / h,
             device: device.clone(),
         };
         Ok((model, info))
@@ -252,15 +254,7 @@ impl Neox {
 }
 
 impl Blocks for Neox {
-    fn embed(&self, ids: &Tensor, _pos0: usize) -> candle_core::Result<Tensor> {
-        self.embed.forward(ids)
-    }
-
-    fn seq_ctx(&self, seq_len: usize) -> candle_core::Result<SeqCtx> {
-        SeqCtx::new(seq_len, Some(&self.rotary), &self.device)
-    }
-
-    fn block(
+    fn attn_z(
         &self,
         layer: usize,
         x: &Tensor,
@@ -295,13 +289,35 @@ impl Blocks for Neox {
             ),
             _ => (q, k),
         };
-        let z = layers::attention(layer, &q, k, v, &[], ctx, hooks)?;
-        let z = hooks.z(layer, z)?;
+        layers::attention(layer, &q, k, v, &[], ctx, hooks)
+    }
+
+    fn heads(&self) -> (usize, usize) {
+        (self.n_heads, self.d_head)
+    }
+
+    fn embed(&self, ids: &Tensor, _pos0: usize) -> candle_core::Result<Tensor> {
+        self.embed.forward(ids)
+    }
+
+    fn seq_ctx(&self, seq_len: usize) -> candle_core::Result<SeqCtx> {
+        SeqCtx::new(seq_len, Some(&self.rotary), &self.device)
+    }
+
+    fn block(
+        &self,
+        layer: usize,
+        x: &Tensor,
+        ctx: &SeqCtx,
+        hooks: &mut dyn LayerHooks,
+    ) -> Result<Tensor, ModelError> {
+        let l = &self.layers[layer];
+        let (b, _, d) = x.dims3()?;
+        let z = self.hooked_z(layer, x, ctx, hooks)?;
         let a = layers::dense(&l.dense, &z.reshape((b, ctx.queries, d))?)?;
         let x = &ctx.queries_of(x, 1)?;
         let mlp_in = if self.parallel { x.clone() } else { (x + &a)? };
-        let m = self.mlp_out(layer, &hooks.mlp_input(layer, &mlp_in)?)?;
-        let m = hooks.mlp(layer, m)?;
+        let m = self.hooked_mlp(layer, &mlp_in, hooks)?;
         Ok(if self.parallel {
             ((m + a)? + x)?
         } else {

@@ -18,7 +18,7 @@ impl HookedModel {
         }
         let h = self.blocks.final_norm(&x.to_dtype(self.info.dtype)?)?;
         let w = self.blocks.unembed().t()?;
-        Ok(layers::by_rows(&h, |r| r.matmul(&w))?.to_dtype(DType::F32)?)
+        Ok(layers::by_rows(&h, w.dim(1)?, |r| r.matmul(&w))?.to_dtype(DType::F32)?)
     }
 
     /// What head `head` of `layer` writes (`[rows, d_model]`) when every position it attends
