@@ -9,6 +9,8 @@ tokenizer the repository ships.
 corrupt prompts (heads: the head's slice of the attention output before the output projection).
 `lens DIR DATA CHECK RESULT`: the same loop with TransformerLens (`hook_z` and `hook_mlp_out`).
 Each prints one JSON line: seconds, components, and how far its scores are from circuit-sweep's.
+`naive` runs on DEVICE (default cpu) in DTYPE (default float32); with LIMIT=N it times only the
+first N components and gives the whole loop's time extrapolated from them.
 """
 
 import json
@@ -19,7 +21,12 @@ from pathlib import Path
 
 import torch
 
-torch.set_num_threads(int(__import__("os").environ.get("THREADS", "2")))
+import os
+
+torch.set_num_threads(int(os.environ.get("THREADS", "2")))
+DEVICE = torch.device(os.environ.get("DEVICE", "cpu"))
+DTYPE = getattr(torch, os.environ.get("DTYPE", "float32"))
+LIMIT = int(os.environ.get("LIMIT", "0"))
 
 
 def prepare_smollm2(gguf, out):
@@ -70,18 +77,25 @@ def ours(result):
     return [v for row in r["nodes"]["heads"] for v in row] + r["nodes"]["mlps"]
 
 
-def report(name, seconds, scores, result, full):
-    ref = ours(result)
-    r = json.load(open(result))
+def report(name, seconds, scores, result, full, total=None):
+    """`result` is circuit-sweep's result.json on the same data, or "-" for none."""
+    ref = ours(result) if result != "-" else None
+    r = json.load(open(result)) if result != "-" else {"full": None}
+    total = total or len(scores)
     print(
         json.dumps(
             {
                 "tool": name,
-                "seconds": seconds,
-                "components": len(scores),
+                "device": str(DEVICE),
+                "dtype": str(DTYPE).removeprefix("torch."),
+                "seconds": seconds * total / len(scores),
+                "timed_components": len(scores),
+                "components": total,
                 "full": full,
                 "full_ours": r["full"],
-                "max_abs_diff_pp": max(abs(a - b) for a, b in zip(scores, ref)),
+                "max_abs_diff_pp": None
+                if ref is None
+                else max(abs(a - b) for a, b in zip(scores, ref)),
             }
         )
     )
@@ -92,8 +106,8 @@ def naive(model_dir, data, check, result):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    clean, corrupt, answer, wrong = load_data(data, check, tok)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPE).eval().to(DEVICE)
+    clean, corrupt, answer, wrong = (t.to(DEVICE) for t in load_data(data, check, tok))
     cfg = model.config
     n_heads = cfg.num_attention_heads
     d_head = cfg.hidden_size // n_heads
@@ -122,8 +136,12 @@ def naive(model_dir, data, check, result):
     full = logit_diff(model(clean).logits, answer, wrong)
 
     scores = []
+    total = len(blocks) * (n_heads + 1)
+    limit = LIMIT or total
     for layer, b in enumerate(blocks):
         for head in range(n_heads):
+            if len(scores) >= limit:
+                break
             cols = slice(head * d_head, (head + 1) * d_head)
 
             def replace(m, a, layer=layer, cols=cols):
@@ -135,12 +153,14 @@ def naive(model_dir, data, check, result):
             scores.append(100 * logit_diff(model(clean).logits, answer, wrong) / full)
             h.remove()
     for layer, b in enumerate(blocks):
+        if len(scores) >= limit:
+            break
         h = b.mlp.register_forward_hook(
             lambda m, a, o, layer=layer: mlp_mean[layer].expand_as(o).clone()
         )
         scores.append(100 * logit_diff(model(clean).logits, answer, wrong) / full)
         h.remove()
-    report("transformers", time.perf_counter() - start, scores, result, full)
+    report("transformers", time.perf_counter() - start, scores, result, full, total)
 
 
 @torch.inference_mode()

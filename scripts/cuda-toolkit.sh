@@ -22,11 +22,19 @@ for f in "$root"/lib/lib*.so.*; do
   base="${f%%.so.*}.so"
   [ -e "$base" ] || ln -s "$(basename "$f")" "$base"
 done
-# No libcuda link stub comes with them (the driver provides libcuda): make one for the linker,
-# named like the driver's library so the binary loads the real one on the GPU machine.
-if [ ! -e "$root/lib/stubs/libcuda.so" ]; then
+# No libcuda link stub comes with them (the driver provides libcuda): make one for the linker
+# that defines every driver function of cuda.h under the name the driver exports (the header's
+# macros give the versioned ones, cuMemAlloc -> cuMemAlloc_v2), named like the driver's library
+# so the binary loads the real one on the GPU machine. A stub function that were ever called
+# would return CUDA_ERROR_UNKNOWN.
+stub=$root/lib/stubs/libcuda.so
+if ! nm -D "$stub" 2>/dev/null | grep -q ' T cuEventCreate$'; then
   mkdir -p "$root/lib/stubs"
-  echo 'void cuInit(void) {}' | cc -shared -x c - -Wl,-soname,libcuda.so.1 -o "$root/lib/stubs/libcuda.so"
+  names=$(grep -oE 'CUDAAPI cu[A-Za-z0-9_]+\(' "$root/include/cuda.h" | sed 's/CUDAAPI //; s/($//' | sort -u)
+  versioned=$(awk '{print "@@ " $0}' <<<"$names" | cc -E -P -include cuda.h -I"$root/include" -x c - \
+    | sed -n 's/^@@ //p')
+  printf '%s\n%s\n' "$names" "$versioned" | sort -u | sed 's/.*/int &(void) { return 999; }/' \
+    | cc -shared -x c - -Wl,-soname,libcuda.so.1 -o "$stub"
 fi
 echo "export CUDA_ROOT=$root CUDA_PATH=$root CUDA_HOME=$root"
 echo "export PATH=$root/bin:\$PATH"

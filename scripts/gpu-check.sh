@@ -1,74 +1,330 @@
 #!/usr/bin/env bash
-# On a GPU machine: the CUDA build against the CPU on the default model, then sweeps timed on
-# the GPU; prints a table. Give a prebuilt CUDA binary as BIN (built here with
-# `eval "$(scripts/cuda-toolkit.sh)"; cargo build --release --features cuda` and copied over
-# with models/), or let it build one. Meant to fit in 8 minutes on one H100.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-BIN=${BIN:-target/release/circuit-sweep}
+# The GPU check, in one call on a GPU machine that has no Rust toolchain and no network:
+#
+#   scripts/gpu-build.sh                      # here: carry/circuit-sweep.xz
+#   scripts/gpu-check.sh                      # there (carry: carry), about 8 minutes on an H200
+#   DEV=cpu scripts/gpu-check.sh              # rehearsal on a CPU: small shapes, no GPU rows
+#
+# Models are made on the spot (`model init`): nothing is downloaded. It checks the GPU against
+# the CPU (logits and node scores on GPT-2, NeoX and Llama/GQA shapes), measures the matmul
+# peak through candle, times node sweeps, an edge sweep and an order study (MFU against that
+# peak), and the naive per-head PyTorch loop with the machine's own torch. Every step runs
+# even when an earlier one fails; the table goes to $OUT/gpu-check.md, every command's output
+# to $OUT/gpu-check.log. Exits 1 when a check failed.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
 DEV=${DEV:-cuda:0}
-export CIRCUIT_SWEEP_LOG=${CIRCUIT_SWEEP_LOG:-warn}
-if [ ! -x "$BIN" ]; then
-  eval "$(scripts/cuda-toolkit.sh)"
-  cargo build --release --features cuda
+PYTHON=${PYTHON:-python3}
+OUT=${OUT:-$(mktemp -d)}
+WORK=${WORK:-$(mktemp -d)}
+mkdir -p "$OUT" "$WORK"
+# The CUDA build (carried xz-compressed) needs the driver's libcuda even to start: a rehearsal
+# runs the CPU build.
+if [ -z "${BIN:-}" ]; then
+  if [ "$DEV" != cpu ] && [ -f carry/circuit-sweep.xz ]; then
+    BIN=$WORK/circuit-sweep
+    "$PYTHON" -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+      carry/circuit-sweep.xz "$BIN" && chmod +x "$BIN"
+  else
+    BIN=target/release/circuit-sweep
+  fi
 fi
-work=$(mktemp -d)
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-"$BIN" model fetch >/dev/null
+SCALE=${SCALE:-$([ "$DEV" = cpu ] && echo small || echo full)}
+export CIRCUIT_SWEEP_LOG=${CIRCUIT_SWEEP_LOG:-warn}
+log=$OUT/gpu-check.log
+table=$OUT/gpu-check.md
+: >"$log"
+failed=0
+start=$(date +%s)
 
-echo "## logits, CPU against $DEV (top 10 next tokens, f32)"
-for p in "1 2 3 4 " "January February March April" "Mary born in 3. Mary born in 4. Mary born in"; do
-  "$BIN" predict --json --top 10 "$p" > "$work/cpu.json"
-  "$BIN" predict --json --top 10 --device "$DEV" "$p" > "$work/gpu.json"
-  python3 - "$work/cpu.json" "$work/gpu.json" "$p" <<'PY'
-import json, sys
-a, b = (json.load(open(f)) for f in sys.argv[1:3])
-la = {t["id"]: t["logit"] for t in a["top"]}
-lb = {t["id"]: t["logit"] for t in b["top"]}
-common = set(la) & set(lb)
-rel = max(abs(la[i] - lb[i]) / max(abs(la[i]), 1e-6) for i in common)
-same = [t["id"] for t in a["top"]] == [t["id"] for t in b["top"]]
-print(f"{sys.argv[3]!r:50} same top-10 order: {same}, max relative logit error {rel:.2e}")
-PY
-done
-
-sweep() { # name, device, dtype, prompts, kind, extra
-  cat > "$work/$1.toml" <<TOML
-[model]
-device = "$2"
-dtype = "$3"
-[data]
-task = "digits"
-n = $4
-seed = 0
-[sweep]
-kind = "$5"
-$6
-TOML
-  local t0
+say() { echo "$*" | tee -a "$table"; }
+elapsed() { echo $(( $(date +%s) - start )); }
+# Runs a command with its output in the log; returns its status.
+step() {
+  echo "=== [$(elapsed) s] $*" >>"$log"
+  "$@" >>"$log.step" 2>&1
+  local rc=$?
+  cat "$log.step" >>"$log"
+  return $rc
+}
+fail() {
+  say "| FAIL | $* |"
+}
+# Runs a command with its standard output into a file (errors in the log).
+to_file() {
+  local f=$1
+  shift
+  echo "=== [$(elapsed) s] $* > $f" >>"$log"
+  "$@" >"$f" 2>>"$log"
+}
+# Seconds a command takes (its output in the log), or FAIL.
+timed() {
+  local t0 rc
   t0=$(date +%s.%N)
-  "$BIN" run "$work/$1.toml" --out "$work/$1" --quiet >/dev/null
-  python3 -c "print(f'{$(date +%s.%N) - $t0:.1f}')"
+  : >"$log.step"
+  step "$@"
+  rc=$?
+  if [ $rc -ne 0 ]; then
+    echo "FAIL"
+    return $rc
+  fi
+  "$PYTHON" -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$t0" "$(date +%s.%N)"
 }
 
-echo "## node sweeps and an order study"
-echo "| run | wall s |"
-echo "|---|---|"
-echo "| node sweep, 16 prompts, cpu f32 | $(sweep cpu16 cpu f32 16 nodes '') |"
-echo "| node sweep, 16 prompts, $DEV f32 | $(sweep gpu16 "$DEV" f32 16 nodes '') |"
-echo "| node sweep, 16 prompts, $DEV bf16 | $(sweep bf16 "$DEV" bf16 16 nodes '') |"
-echo "| node sweep, 512 prompts, $DEV f32 | $(sweep gpu512 "$DEV" f32 512 nodes '') |"
-echo "| order study, 8 orders, 16 prompts, $DEV f32 | $(sweep orders "$DEV" f32 16 orders 'orders = 8') |"
+[ -x "$BIN" ] || { echo "gpu-check: no binary at $BIN (build it with scripts/gpu-build.sh)" >&2; exit 1; }
+: >"$table"
+say "# GPU check: $DEV, scale $SCALE"
+say ""
+say "- date: $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+[ -f carry/BUILD.txt ] && say "- binary: $(head -2 carry/BUILD.txt | tr '\n' ' ')"
+if [ "$DEV" != cpu ]; then
+  if command -v nvidia-smi >/dev/null; then
+    say "- GPU: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)"
+  fi
+  if env_line=$(scripts/gpu-env.sh "$BIN" 2>>"$log"); then
+    eval "$env_line"
+    say "- CUDA libraries: ${LD_LIBRARY_PATH%%:\$*}"
+  else
+    fail "CUDA libraries missing (see gpu-env lines in the log)"
+  fi
+fi
+say "- CPU: $(nproc) cores; $("$BIN" --version 2>>"$log")"
+say ""
 
-python3 - "$work" <<'PY'
+# Shapes: correctness runs on every architecture with few layers (the CPU side must be quick),
+# benchmarks on the real shapes.
+if [ "$SCALE" = full ]; then
+  small=(--layers 2)
+  sweep_prompts=512; llama_prompts=128; edge_every=20; orders=16
+  bench_gpt2=(--shape gpt2-small); bench_smol=(--shape smollm2-135m)
+  bench_llama=(--shape llama-2-7b --dtype bf16)
+  peak_sizes=8192x8192x8192; peak_f32_sizes=4096x4096x4096; seconds=1
+  edge_shape=(--layers 12 --heads 12 --shape 2x8)
+else
+  small=(--layers 2 --heads 4 --d-model 64)
+  sweep_prompts=8; llama_prompts=4; edge_every=50; orders=2
+  bench_gpt2=(--shape gpt2-small --layers 2 --heads 4 --d-model 64)
+  bench_smol=(--shape smollm2-135m --layers 2 --heads 4 --kv-heads 2 --d-model 64)
+  bench_llama=(--shape llama-2-7b --layers 2 --heads 4 --d-model 64 --dtype bf16)
+  peak_sizes=256x256x256; peak_f32_sizes=256x256x256; seconds=0.2
+  edge_shape=(--layers 2 --heads 2 --shape 2x8)
+fi
+m=$WORK/models
+rm -rf "$m" && mkdir -p "$m"
+say "## Models made on the spot"
+say ""
+say "| model | shape | seconds |"
+say "|---|---|---|"
+for spec in "gpt2:gpt2-small" "neox:pythia-160m" "llama:smollm2-135m"; do
+  name=${spec%%:*}
+  extra=()
+  [ "$name" = llama ] && [ "$SCALE" != full ] && extra=(--kv-heads 2)
+  say "| $name (check) | ${spec#*:} ${small[*]} ${extra[*]} | $(timed "$BIN" model init --shape "${spec#*:}" "${small[@]}" "${extra[@]}" -o "$m/$name") |"
+done
+say "| gpt2-small | ${bench_gpt2[*]} | $(timed "$BIN" model init "${bench_gpt2[@]}" -o "$m/gpt2-small") |"
+say "| smollm2-135m | ${bench_smol[*]} | $(timed "$BIN" model init "${bench_smol[@]}" -o "$m/smollm2") |"
+say "| llama-2-7b | ${bench_llama[*]} | $(timed "$BIN" model init "${bench_llama[@]}" -o "$m/llama-2-7b") |"
+say ""
+
+# ---------------------------------------------------------------------------------------------
+say "## $DEV against the CPU"
+say ""
+say "| model | check | result | allowed | verdict |"
+say "|---|---|---|---|---|"
+# numerals prompts for a model in DIR/data.jsonl, with DIR/check.json. A random model prefers
+# `wrong` to `answer` in about half the prompts, and a sweep refuses a model whose mean logit
+# difference is not positive: each prompt the model (checked in f32 on the CPU) gets wrong has
+# its two swapped, so the mean stays well above 0 whatever the device and dtype.
+dataset() { # model dir, prompts, out dir
+  mkdir -p "$3"
+  step "$BIN" prompts gen numerals --model "$1" --n "$2" --seed 0 -o "$3/data.jsonl" \
+    && to_file "$3/check.json" "$BIN" prompts check "$3/data.jsonl" --model "$1" --json \
+    && "$PYTHON" - "$3" <<'PY' \
+    && to_file "$3/check.json" "$BIN" prompts check "$3/data.jsonl" --model "$1" --json
 import json, sys
-w = sys.argv[1]
-def heads(name):
-    d = json.load(open(f"{w}/{name}/result.json"))
-    return [x for row in d["nodes"]["heads"] for x in row] + d["nodes"]["mlps"]
-cpu = heads("cpu16")
-for name, tol in (("gpu16", 1e-3), ("bf16", 0.5)):
-    diff = max(abs(a - b) for a, b in zip(cpu, heads(name)))
-    print(f"{name}: max node-score difference from cpu {diff:.2e} pp (allowed {tol}) -> {'ok' if diff <= tol else 'FAIL'}")
+out = sys.argv[1]
+checked = json.load(open(f"{out}/check.json"))["prompts"]
+rows = [json.loads(l) for l in open(f"{out}/data.jsonl")]
+with open(f"{out}/data.jsonl", "w") as f:
+    for r, c in zip(rows, checked):
+        if c["model"]["logit_diff"] < 0:
+            r["answer"], r["wrong"] = r["wrong"], r["answer"]
+        f.write(json.dumps(r) + "\n")
 PY
-rm -rf "$work"
+}
+spec_file() { # model dir, device, dtype, data file, kind, extra -> spec path
+  local f=$WORK/spec-$RANDOM.toml
+  printf '[model]\npath = "%s"\ndevice = "%s"\ndtype = "%s"\n[data]\nfile = "%s"\n[sweep]\nkind = "%s"\n%s\n' \
+    "$(realpath "$1")" "$2" "$3" "$(realpath "$4")" "$5" "$6" >"$f"
+  echo "$f"
+}
+# Node scores of two runs: the largest difference in percentage points, and in logits (the
+# points times the full logit difference: a random model's is small, so bf16's rounding shows
+# larger in points than on a trained model). f32 is held to points, bf16 to logits.
+compare_nodes() { # a.json b.json allowed unit(pp|logits) -> "result | allowed | verdict"
+  "$PYTHON" - "$1" "$2" "$3" "$4" <<'PY'
+import json, sys
+def load(p):
+    r = json.load(open(p))
+    return r, [x for row in r["nodes"]["heads"] for x in row] + r["nodes"]["mlps"]
+(ra, a), (_, b) = load(sys.argv[1]), load(sys.argv[2])
+pp = max(abs(x - y) for x, y in zip(a, b))
+logits = pp * abs(ra["full"]) / 100
+got = pp if sys.argv[4] == "pp" else logits
+ok = got <= float(sys.argv[3]) and len(a) == len(b)
+print(f"{pp:.2e} pp ({logits:.1e} logits; full {ra['full']:.3f}) | {float(sys.argv[3]):g} {sys.argv[4]} | {'ok' if ok else 'FAIL'}")
+PY
+}
+for name in gpt2 neox llama; do
+  for p in "Mary born in 3. Mary born in 4. Mary born in" "1 2 3 4 5"; do
+    if step "$BIN" predict --model "$m/$name" --json --top 10 "$p" && cp "$log.step" "$WORK/cpu.json" \
+      && : >"$log.step" && step "$BIN" predict --model "$m/$name" --device "$DEV" --json --top 10 "$p" \
+      && cp "$log.step" "$WORK/dev.json"; then
+      line=$("$PYTHON" - "$WORK/cpu.json" "$WORK/dev.json" <<'PY'
+import json, sys
+def last_json(p):
+    return json.loads([l for l in open(p) if l.startswith("{")][-1])
+a, b = (last_json(p) for p in sys.argv[1:3])
+la = {t["id"]: t["logit"] for t in a["top"]}
+lb = {t["id"]: t["logit"] for t in b["top"]}
+same = [t["id"] for t in a["top"]] == [t["id"] for t in b["top"]]
+err = max(abs(la[i] - lb[i]) for i in set(la) & set(lb))
+print(f"top-10 same order: {same}, max logit error {err:.1e} | same order, 1e-3 | {'ok' if same and err <= 1e-3 else 'FAIL'}")
+PY
+)
+      say "| $name | logits of \"${p:0:24}...\" | $line |"
+      [[ "$line" == *FAIL* ]] && failed=1
+    else
+      fail "$name predict on $DEV"
+    fi
+    : >"$log.step"
+  done
+  # Node scores: f32 on both, and bf16 on the device against f32 on the CPU.
+  if dataset "$m/$name" 16 "$WORK/data-$name" \
+    && step "$BIN" run "$(spec_file "$m/$name" cpu f32 "$WORK/data-$name/data.jsonl" nodes "")" \
+      --out "$WORK/$name-cpu" --quiet; then
+    for dt in f32 bf16; do
+      allowed=$([ $dt = f32 ] && echo "1e-3 pp" || echo "0.02 logits")
+      s=$(spec_file "$m/$name" "$DEV" $dt "$WORK/data-$name/data.jsonl" nodes "")
+      if step "$BIN" run "$s" --out "$WORK/$name-$dt" --quiet; then
+        # shellcheck disable=SC2086 # value and unit
+        line=$(compare_nodes "$WORK/$name-cpu/result.json" "$WORK/$name-$dt/result.json" $allowed)
+        say "| $name | node scores, $dt | $line |"
+      else
+        fail "$name node sweep on $DEV in $dt"
+      fi
+    done
+  else
+    fail "$name node sweep on the CPU"
+  fi
+done
+say ""
+
+# ---------------------------------------------------------------------------------------------
+say "## Matmul peak through candle on $DEV"
+say ""
+peak() { # dtype sizes -> GFLOP/s of x w
+  : >"$log.step"
+  step "$BIN" bench matmul --device "$DEV" --dtype "$1" --sizes "$2" --seconds "$seconds" \
+    && awk -v s="$2" '$1 == s {print $4}' "$log.step"
+}
+peak_bf16=$(peak bf16 "$peak_sizes"); peak_f32=$(peak f32 "$peak_f32_sizes")
+say "| dtype | size | GFLOP/s |"
+say "|---|---|---|"
+say "| bf16 | $peak_sizes | ${peak_bf16:-FAIL} |"
+say "| f32 | $peak_f32_sizes | ${peak_f32:-FAIL} |"
+peak_bf16=${peak_bf16:-1}; peak_f32=${peak_f32:-1}
+say ""
+
+# ---------------------------------------------------------------------------------------------
+say "## Sweeps on $DEV (model resident; MFU against the peak above)"
+say ""
+say "| run | components x prompts x tokens | seconds | GFLOP/s | MFU % |"
+say "|---|---|---|---|---|"
+sweep_row() { # label, model dir, dtype, prompts, peak
+  : >"$log.step"
+  if step "$BIN" bench sweep --model "$2" --device "$DEV" --dtype "$3" --task numerals \
+    --prompts "$4" --no-naive --peak "$5"; then
+    local head row
+    head=$(grep -m1 '^node sweep of' "$log.step")
+    row=$(awk '$1 == "batched" {print $3, $5, $6}' "$log.step")
+    read -r secs gflops mfu <<<"$row"
+    say "| $1 | $(echo "$head" | sed -E 's/node sweep of ([0-9]+) components, ([0-9]+) prompts x ([0-9.]+) tokens.*/\1 x \2 x \3/') | $secs | $gflops | $mfu |"
+    echo "$secs" >"$WORK/secs-$1"
+  else
+    fail "$1 node sweep"
+  fi
+}
+sweep_row "gpt2-small f32" "$m/gpt2-small" f32 "$sweep_prompts" "$peak_f32"
+sweep_row "gpt2-small bf16" "$m/gpt2-small" bf16 "$sweep_prompts" "$peak_bf16"
+sweep_row "smollm2-135m bf16" "$m/smollm2" bf16 "$sweep_prompts" "$peak_bf16"
+sweep_row "llama-2-7b bf16" "$m/llama-2-7b" bf16 "$llama_prompts" "$peak_bf16"
+: >"$log.step"
+if step "$BIN" bench edges "${edge_shape[@]}" --every "$edge_every" --default-every 0 \
+  --device "$DEV" --dtype f32 --peak "$peak_f32"; then
+  read -r edges scored _ secs rate gflops mfu _ <<<"$(awk '$1 == "random" {$1=$2=$3=$4=""; print}' "$log.step")"
+  say "| edge sweep, random GPT-2 (every ${edge_every}th edge) f32 | $scored of $edges edges, $rate edges/s | $secs | $gflops | $mfu |"
+else
+  fail "edge sweep"
+fi
+secs=FAIL
+if dataset "$m/gpt2-small" 16 "$WORK/data-orders"; then
+  s=$(spec_file "$m/gpt2-small" "$DEV" f32 "$WORK/data-orders/data.jsonl" orders "orders = $orders")
+  secs=$(timed "$BIN" run "$s" --out "$WORK/orders" --quiet)
+fi
+if [ "$secs" != FAIL ]; then
+  say "| order study, $orders orders, gpt2-small f32 (run, load included) | 16 prompts | $secs | $("$PYTHON" -c "print(f'{$orders * 60 / max($secs, 1e-9):.1f} orders/min')") | |"
+else
+  fail "order study"
+fi
+say ""
+
+# ---------------------------------------------------------------------------------------------
+say "## The naive per-head loop in PyTorch on $DEV (the machine's own torch)"
+say ""
+if "$PYTHON" -c 'import torch, transformers' >>"$log" 2>&1; then
+  tdev=$([ "$DEV" = cpu ] && echo cpu || echo "cuda:${DEV#cuda:}")
+  say "| model | dtype | components | naive loop s | circuit-sweep s | circuit-sweep is | max abs diff pp |"
+  say "|---|---|---|---|---|---|---|"
+  for c in "gpt2-small gpt2-small f32 float32 $sweep_prompts 0" \
+    "smollm2-135m smollm2 bf16 bfloat16 $sweep_prompts 0" \
+    "llama-2-7b llama-2-7b bf16 bfloat16 $llama_prompts 64"; do
+    read -r label dir dt tdt n limit <<<"$c"
+    d=$WORK/naive-$label && mkdir -p "$d"
+    ours=$(cat "$WORK/secs-$label $dt" 2>/dev/null || echo "")
+    # Scores are compared with circuit-sweep's on the same data, except on the biggest model
+    # (its sweep is timed above; a second load would cost more than the comparison tells).
+    result=-
+    if dataset "$m/$dir" "$n" "$d" \
+      && if [ "$limit" = 0 ]; then
+        step "$BIN" run "$(spec_file "$m/$dir" "$DEV" "$dt" "$d/data.jsonl" nodes "")" \
+          --out "$d/ours" --quiet && result=$d/ours/result.json
+      fi \
+      && : >"$log.step" \
+      && step env DEVICE="$tdev" DTYPE="$tdt" LIMIT="$limit" THREADS="$(nproc)" \
+        "$PYTHON" scripts/bench_peers.py naive "$m/$dir" "$d/data.jsonl" "$d/check.json" "$result"; then
+      line=$("$PYTHON" - "$log.step" "${ours:-0}" <<'PY'
+import json, sys
+r = json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])
+ours = float(sys.argv[2])
+timed = "" if r["timed_components"] == r["components"] else f" ({r['timed_components']} timed)"
+ratio = f"{r['seconds'] / ours:.1f}x" if ours > 0 else "-"
+diff = "-" if r["max_abs_diff_pp"] is None else f"{r['max_abs_diff_pp']:.2e}"
+print(f"{r['dtype']} | {r['components']}{timed} | {r['seconds']:.1f} | {ours or '-'} | {ratio} | {diff} |")
+PY
+)
+      say "| $label | $line"
+    else
+      fail "naive loop of $label"
+    fi
+  done
+else
+  say "(skipped: $PYTHON has no torch and transformers here)"
+fi
+say ""
+say "Not measured yet: batch sizes from free GPU memory with shrink-and-retry, NCCL."
+say ""
+grep -q FAIL "$table" && failed=1
+say "Finished in $(elapsed) s; $([ $failed = 0 ] && echo 'every check passed' || echo 'SOME CHECKS FAILED (see the log)')."
+rm -f "$log.step"
+exit $failed

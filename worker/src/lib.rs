@@ -18,6 +18,7 @@ pub mod load_error;
 pub mod model;
 pub mod model_access;
 pub mod profile;
+pub mod random_model;
 pub mod resident;
 pub mod shard;
 pub mod sweep;

@@ -8,7 +8,7 @@ use candle_core::DType;
 use circuit_sweep_worker::{HookedModel, LogitSelection, RunRequest, Start};
 use clap::{Args, Subcommand};
 
-use super::resolve::{self, ModelArgs, ModelPath};
+use super::resolve::{self, ModelArgs};
 
 /// Benchmarks.
 #[derive(Debug, Subcommand)]
@@ -30,8 +30,15 @@ pub enum BenchCommand {
         #[arg(long, env = "CIRCUIT_SWEEP_BENCH_JOBS", default_value_t = 20)]
         jobs: usize,
     },
-    /// This machine's f32 matrix-multiply rate (GFLOP/s), the peak the forward pass is held to.
+    /// This machine's matrix-multiply rate (GFLOP/s), the peak the forward pass is held to:
+    /// f32 on the CPU by default, any device and dtype with `--device` and `--dtype`.
     Matmul {
+        /// Device to multiply on (`cpu`, `cuda:N` in CUDA builds).
+        #[arg(long, env = "CIRCUIT_SWEEP_DEVICE", default_value = "cpu")]
+        device: String,
+        /// Dtype of both operands.
+        #[arg(long, env = "CIRCUIT_SWEEP_DTYPE", default_value = "f32", value_parser = circuit_sweep_worker::job::parse_dtype)]
+        dtype: DType,
         /// Sizes as MxKxN, comma-separated.
         #[arg(
             long,
@@ -68,7 +75,12 @@ pub struct ForwardArgs {
 pub fn run(cmd: BenchCommand, models_dir: &Path) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Forward(a) => forward(a, models_dir),
-        BenchCommand::Matmul { sizes, seconds } => matmul(&sizes, seconds),
+        BenchCommand::Matmul {
+            device,
+            dtype,
+            sizes,
+            seconds,
+        } => matmul(&sizes, seconds, &device, dtype),
         BenchCommand::Sweep(a) => sweep(a, models_dir),
         BenchCommand::Shards { jobs } => shards(jobs),
         BenchCommand::Edges(a) => super::bench_edges::edges(a, models_dir),
@@ -76,13 +88,15 @@ pub fn run(cmd: BenchCommand, models_dir: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Times `f32` matmuls on the CPU and prints GFLOP/s: `x w` with both contiguous, and `x wᵀ`
-/// with `w` stored `[N, K]`, the layout of a linear layer's weight.
-fn matmul(sizes: &[String], seconds: f64) -> anyhow::Result<()> {
+/// Times matmuls and prints GFLOP/s: `x w` with both contiguous, and `x wᵀ` with `w` stored
+/// `[N, K]`, the layout of a linear layer's weight.
+fn matmul(sizes: &[String], seconds: f64, device: &str, dtype: DType) -> anyhow::Result<()> {
+    let dev = circuit_sweep_worker::device::open(device)?;
     println!(
-        "matmul kernels: {} (numeric profile {})",
-        kernels(),
-        circuit_sweep_worker::profile::numeric_profile("cpu")
+        "matmul on {device}, {}: {} (numeric profile {})",
+        dtype.as_str(),
+        if dev.is_cpu() { kernels() } else { "cuBLAS" },
+        circuit_sweep_worker::profile::numeric_profile(device)
     );
     println!(
         "{:>18}  {:>7}  {:>10}  {:>9}  {:>12}",
@@ -93,9 +107,9 @@ fn matmul(sizes: &[String], seconds: f64) -> anyhow::Result<()> {
         let [m, k, n] = dims[..] else {
             bail!("--sizes: `{s}` is not MxKxN");
         };
-        let (runs, per) = time_matmul(m, k, n, false, seconds)?;
+        let (runs, per) = time_matmul(m, k, n, false, seconds, &dev, dtype)?;
         let gflops = 2.0 * (m * k * n) as f64 / per / 1e9;
-        let (_, per_t) = time_matmul(m, k, n, true, seconds)?;
+        let (_, per_t) = time_matmul(m, k, n, true, seconds, &dev, dtype)?;
         let gflops_t = 2.0 * (m * k * n) as f64 / per_t / 1e9;
         println!(
             "{s:>18}  {runs:>7}  {:>10.2}  {gflops:>9.1}  {gflops_t:>12.1}",
@@ -115,35 +129,53 @@ fn kernels() -> &'static str {
     }
 }
 
-/// Runs and seconds per run of an `m x k` by `k x n` f32 matmul (the right side stored
-/// transposed, `[n, k]`, when `transposed`), timed for `seconds`.
+/// Runs and seconds per run of an `m x k` by `k x n` matmul on `dev` in `dtype` (the right side
+/// stored transposed, `[n, k]`, when `transposed`), timed for `seconds`. A GPU is synchronised
+/// before the clock starts and after the last run.
 fn time_matmul(
     m: usize,
     k: usize,
     n: usize,
     transposed: bool,
     seconds: f64,
+    dev: &candle_core::Device,
+    dtype: DType,
 ) -> anyhow::Result<(usize, f64)> {
-    use candle_core::{Device, Tensor};
-    let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
+    use candle_core::Tensor;
+    let a = Tensor::randn(0f32, 1.0, (m, k), dev)?.to_dtype(dtype)?;
     let b = if transposed {
-        Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?.t()?
+        Tensor::randn(0f32, 1.0, (n, k), dev)?
+            .to_dtype(dtype)?
+            .t()?
     } else {
-        Tensor::randn(0f32, 1.0, (k, n), &Device::Cpu)?
+        Tensor::randn(0f32, 1.0, (k, n), dev)?.to_dtype(dtype)?
     };
     a.matmul(&b)?; // warm-up
+    dev.synchronize()?;
     let t0 = Instant::now();
     let mut runs = 0usize;
     while runs < 2 || t0.elapsed().as_secs_f64() < seconds {
-        a.matmul(&b)?;
-        runs += 1;
+        // Queued work is timed in batches, so the GPU never waits on the host.
+        for _ in 0..if dev.is_cpu() { 1 } else { 20 } {
+            a.matmul(&b)?;
+            runs += 1;
+        }
+        dev.synchronize()?;
     }
     Ok((runs, t0.elapsed().as_secs_f64() / runs as f64))
 }
 
-/// GFLOP/s of an `m x k` by `k x n` f32 matmul.
+/// GFLOP/s of an `m x k` by `k x n` f32 matmul on this CPU.
 pub(super) fn matmul_rate(m: usize, k: usize, n: usize, seconds: f64) -> anyhow::Result<f64> {
-    let (_, per) = time_matmul(m, k, n, false, seconds)?;
+    let (_, per) = time_matmul(
+        m,
+        k,
+        n,
+        false,
+        seconds,
+        &candle_core::Device::Cpu,
+        DType::F32,
+    )?;
     Ok(2.0 * (m * k * n) as f64 / per / 1e9)
 }
 
@@ -246,14 +278,21 @@ fn forward(a: ForwardArgs, models_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Arguments of `bench sweep` (f32 on the CPU, the matmul peak it is held to).
+/// Arguments of `bench sweep`.
 #[derive(Debug, Args)]
 pub struct SweepArgs {
     #[command(flatten)]
-    model: ModelPath,
-    /// Prompts in the digits dataset.
+    model: ModelArgs,
+    /// Task of the dataset.
+    #[arg(long, env = "CIRCUIT_SWEEP_BENCH_TASK", default_value = "digits")]
+    task: String,
+    /// Prompts in the dataset.
     #[arg(long, env = "CIRCUIT_SWEEP_BENCH_PROMPTS", default_value_t = 16)]
     prompts: usize,
+    /// The peak (GFLOP/s) MFU is held to: by default this CPU's f32 matmul rate, measured
+    /// (on a GPU give the rate `bench matmul --device` measured in the model's dtype).
+    #[arg(long, env = "CIRCUIT_SWEEP_BENCH_PEAK")]
+    peak: Option<f64>,
     /// Token budget of one batched forward pass.
     #[arg(long, env = "CIRCUIT_SWEEP_BATCH_TOKENS", default_value_t = 16384)]
     batch_tokens: usize,
@@ -281,22 +320,25 @@ pub(super) fn block_flops(i: &circuit_sweep_worker::ModelInfo, tokens: f64, laye
     2.0 * (attn + mlp) * tokens * layers
 }
 
-/// A model (the default one unless given) and `n` digits prompts made for its tokenizer.
-pub(super) fn digits(
+/// A model (the default one unless given) on `device` in `dtype`, and `n` prompts of `task`
+/// made for its tokenizer.
+pub(super) fn dataset(
     model: Option<&Path>,
     models_dir: &Path,
+    (device, dtype): (&str, DType),
+    task: &str,
     n: usize,
 ) -> anyhow::Result<(
     circuit_sweep_worker::LoadedModel,
     circuit_sweep_worker::PromptSet,
 )> {
     use circuit_sweep_common::tasks::{self, GenSpec};
-    let loaded = resolve::load(model, models_dir, DType::F32, "cpu")?;
+    let loaded = resolve::load(model, models_dir, dtype, device)?;
     let tok = loaded
         .tokenizer
         .as_ref()
         .context("the model has no tokenizer")?;
-    let pairs = tasks::generate(&GenSpec::new("digits".parse()?, n, 0), tok)?;
+    let pairs = tasks::generate(&GenSpec::new(task.parse()?, n, 0), tok)?;
     let prompts =
         circuit_sweep_worker::PromptSet::from_pairs(&pairs, tok).map_err(anyhow::Error::msg)?;
     Ok((loaded, prompts))
@@ -307,7 +349,13 @@ fn sweep(a: SweepArgs, models_dir: &Path) -> anyhow::Result<()> {
     use circuit_sweep_common::spec::AblationSpec;
     use circuit_sweep_worker::Evaluator;
 
-    let (loaded, prompts) = digits(a.model.model.as_deref(), models_dir, a.prompts)?;
+    let (loaded, prompts) = dataset(
+        a.model.path.model.as_deref(),
+        models_dir,
+        (&a.model.device, a.model.dtype),
+        &a.task,
+        a.prompts,
+    )?;
     let m = &loaded.model;
     let i = m.info().clone();
     let t = prompts.clean[0].len() as f64;
@@ -318,19 +366,38 @@ fn sweep(a: SweepArgs, models_dir: &Path) -> anyhow::Result<()> {
         .map(|c| vec![c])
         .collect();
     println!(
-        "node sweep of {} components, {} prompts x {} tokens, {} ({} layers), {} CPU threads",
+        "node sweep of {} components, {} prompts x {} tokens of {}, {} ({} layers, {}) on {}, {} CPU threads",
         comps.len(),
         a.prompts,
         t,
+        a.task,
         loaded.source.display(),
         i.n_layers,
+        a.model.dtype.as_str(),
+        a.model.device,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    let peak = matmul_rate(1024, i.d_model, i.d_mlp, 2.0)?;
-    println!(
-        "matmul peak of this machine (1024x{}x{}): {peak:.1} GFLOP/s",
-        i.d_model, i.d_mlp
-    );
+    let peak = match a.peak {
+        Some(p) => {
+            println!("peak given: {p:.1} GFLOP/s");
+            p
+        }
+        None if a.model.device == "cpu" && a.model.dtype == DType::F32 => {
+            let p = matmul_rate(1024, i.d_model, i.d_mlp, 2.0)?;
+            println!(
+                "matmul peak of this machine (1024x{}x{}): {p:.1} GFLOP/s",
+                i.d_model, i.d_mlp
+            );
+            p
+        }
+        None => bail!(
+            "on {} in {} give --peak (what `bench matmul --device {} --dtype {}` measures)",
+            a.model.device,
+            a.model.dtype.as_str(),
+            a.model.device,
+            a.model.dtype.as_str()
+        ),
+    };
     println!(
         "{:>10}  {:>8}  {:>10}  {:>12}  {:>9}  {:>7}  {:>8}",
         "path", "passes", "seconds", "passes/s", "GFLOP/s", "% peak", "speed-up"

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
-use candle_core::{DType, Device, Tensor};
+use candle_core::DType;
 use circuit_sweep_common::spec::{AblationSpec, EdgeMethod};
 use circuit_sweep_worker::{Evaluator, PromptSet};
 use circuit_sweep_worker::{HookedModel, LoadOptions, load_model, sweep};
@@ -35,65 +35,40 @@ pub struct EdgesArgs {
     /// Score every N-th edge of the default model's graph (0: skip the default model).
     #[arg(long, env = "CIRCUIT_SWEEP_BENCH_DEFAULT_EVERY", default_value_t = 128)]
     default_every: usize,
+    /// Device to run on (`cpu`, `cuda:N` in CUDA builds).
+    #[arg(long, env = "CIRCUIT_SWEEP_DEVICE", default_value = "cpu")]
+    device: String,
+    /// Dtype of the weights and activations.
+    #[arg(long, env = "CIRCUIT_SWEEP_DTYPE", default_value = "f32", value_parser = circuit_sweep_worker::job::parse_dtype)]
+    dtype: DType,
+    /// The peak (GFLOP/s) MFU is held to: by default this CPU's f32 matmul rate, measured.
+    #[arg(long, env = "CIRCUIT_SWEEP_BENCH_PEAK")]
+    peak: Option<f64>,
+    /// Token budget of one batched forward pass.
+    #[arg(long, env = "CIRCUIT_SWEEP_BATCH_TOKENS", default_value_t = 16384)]
+    batch_tokens: usize,
     #[command(flatten)]
     model: ModelPath,
 }
 
-/// A GPT-2 model with weights drawn from N(0, 0.02) (norms 1, biases 0) in `dir`.
-fn random_gpt2(dir: &Path, layers: usize, heads: usize) -> anyhow::Result<HookedModel> {
-    let (d, v, ctx) = (64 * heads, 50257usize, 1024usize);
-    let dev = Device::Cpu;
-    let mut w: Vec<(String, Tensor)> = vec![
-        (
-            "wte.weight".into(),
-            Tensor::randn(0f32, 0.02, (v, d), &dev)?,
-        ),
-        (
-            "wpe.weight".into(),
-            Tensor::randn(0f32, 0.02, (ctx, d), &dev)?,
-        ),
-        ("ln_f.weight".into(), Tensor::ones(d, DType::F32, &dev)?),
-        ("ln_f.bias".into(), Tensor::zeros(d, DType::F32, &dev)?),
-    ];
-    for l in 0..layers {
-        let p = format!("h.{l}");
-        for (name, shape) in [
-            ("attn.c_attn", (d, 3 * d)),
-            ("attn.c_proj", (d, d)),
-            ("mlp.c_fc", (d, 4 * d)),
-            ("mlp.c_proj", (4 * d, d)),
-        ] {
-            w.push((
-                format!("{p}.{name}.weight"),
-                Tensor::randn(0f32, 0.02, shape, &dev)?,
-            ));
-            w.push((
-                format!("{p}.{name}.bias"),
-                Tensor::zeros(shape.1, DType::F32, &dev)?,
-            ));
-        }
-        for ln in ["ln_1", "ln_2"] {
-            w.push((
-                format!("{p}.{ln}.weight"),
-                Tensor::ones(d, DType::F32, &dev)?,
-            ));
-            w.push((
-                format!("{p}.{ln}.bias"),
-                Tensor::zeros(d, DType::F32, &dev)?,
-            ));
-        }
-    }
-    candle_core::safetensors::save(
-        &w.into_iter().collect::<std::collections::HashMap<_, _>>(),
-        dir.join("model.safetensors"),
-    )?;
-    let config = serde_json::json!({
-        "model_type": "gpt2", "n_layer": layers, "n_head": heads, "n_embd": d,
-        "vocab_size": v, "n_positions": ctx, "layer_norm_epsilon": 1e-5,
-        "activation_function": "gelu_new"
-    });
-    std::fs::write(dir.join("config.json"), config.to_string())?;
-    Ok(load_model(dir, &LoadOptions::default())?.model)
+/// A GPT-2-small-shaped model with `layers` blocks of `heads` heads (d_model = 64 per head),
+/// random weights (`model init`), written to `dir` and loaded.
+fn random_gpt2(
+    dir: &Path,
+    layers: usize,
+    heads: usize,
+    opts: LoadOptions,
+) -> anyhow::Result<HookedModel> {
+    use circuit_sweep_worker::random_model::{self as rm, InitOptions, Overrides, Shape};
+    let over = Overrides {
+        layers: Some(layers),
+        heads: Some(heads),
+        d_model: Some(64 * heads),
+        ..Overrides::default()
+    };
+    let shape = Shape::preset("gpt2-small", &over)?;
+    rm::make(dir, &shape, &InitOptions::default(), &mut |_| {})?;
+    Ok(load_model(dir, &opts)?.model)
 }
 
 /// Random prompt pairs (fixed LCG) for a model without a task.
@@ -124,8 +99,9 @@ fn measure(
     model: &HookedModel,
     prompts: &PromptSet,
     every: usize,
+    (peak, batch_tokens): (Option<f64>, usize),
 ) -> anyhow::Result<()> {
-    let ev = Evaluator::new(model, prompts, AblationSpec::default(), 16384)?;
+    let ev = Evaluator::new(model, prompts, AblationSpec::default(), batch_tokens)?;
     let all = model.info().graph_shape().edges();
     let edges: Vec<_> = all.iter().step_by(every.max(1)).copied().collect();
     let before = ev.forward_passes();
@@ -146,7 +122,10 @@ fn measure(
                 + super::bench::block_flops(i, p, 1.0)
         })
         .sum();
-    let peak = super::bench::matmul_rate(1024, i.d_model, i.d_mlp, 2.0)?;
+    let peak = match peak {
+        Some(p) => p,
+        None => super::bench::matmul_rate(1024, i.d_model, i.d_mlp, 2.0)?,
+    };
     let mfu = 100.0 * work / secs / 1e9 / peak;
     let rate = edges.len() as f64 / secs;
     let full = all.len() as f64 / rate;
@@ -179,8 +158,23 @@ pub fn edges(a: EdgesArgs, models_dir: &Path) -> anyhow::Result<()> {
         .and_then(|(p, t)| Some((p.parse::<usize>().ok()?, t.parse::<usize>().ok()?)))
         .filter(|(p, t)| *p > 0 && *t > 0)
         .with_context(|| format!("--shape `{}` is not PROMPTSxTOKENS", a.shape))?;
+    if a.peak.is_none() && (a.device != "cpu" || a.dtype != DType::F32) {
+        anyhow::bail!(
+            "on {} in {} give --peak (what `bench matmul --device {} --dtype {}` measures)",
+            a.device,
+            a.dtype.as_str(),
+            a.device,
+            a.dtype.as_str()
+        );
+    }
+    let opts = LoadOptions {
+        dtype: a.dtype,
+        device: circuit_sweep_worker::device::open(&a.device)?,
+    };
     println!(
-        "edge sweeps (mean ablation, logit difference), {} CPU threads",
+        "edge sweeps (mean ablation, logit difference) on {} in {}, {} CPU threads",
+        a.device,
+        a.dtype.as_str(),
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(
@@ -197,17 +191,23 @@ pub fn edges(a: EdgesArgs, models_dir: &Path) -> anyhow::Result<()> {
         "full sweep"
     );
     let dir = tempfile::tempdir()?;
-    let gpt2 = random_gpt2(dir.path(), a.layers, a.heads)?;
+    let gpt2 = random_gpt2(dir.path(), a.layers, a.heads, opts)?;
     let name = format!("random GPT-2 {}x{} heads", a.layers, a.heads);
     measure(
         &name,
         &gpt2,
         &random_prompts(gpt2.info().vocab_size, p, t),
         a.every,
+        (a.peak, a.batch_tokens),
     )?;
     if a.default_every > 0 {
-        let (loaded, prompts) =
-            super::bench::digits(a.model.model.as_deref(), models_dir, a.prompts)?;
+        let (loaded, prompts) = super::bench::dataset(
+            a.model.model.as_deref(),
+            models_dir,
+            (&a.device, a.dtype),
+            "digits",
+            a.prompts,
+        )?;
         let name = format!(
             "{} (digits)",
             loaded
@@ -216,7 +216,13 @@ pub fn edges(a: EdgesArgs, models_dir: &Path) -> anyhow::Result<()> {
                 .unwrap_or_default()
                 .to_string_lossy()
         );
-        measure(&name, &loaded.model, &prompts, a.default_every)?;
+        measure(
+            &name,
+            &loaded.model,
+            &prompts,
+            a.default_every,
+            (a.peak, a.batch_tokens),
+        )?;
     }
     Ok(())
 }
