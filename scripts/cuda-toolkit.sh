@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Installs a CUDA 13.0 compiler toolchain (nvcc, cicc, headers, runtime, cuBLAS, cuRAND) from
-# PyPI wheels into DIR (default: .cuda in the repository), so the CUDA binary builds on a
-# machine without a GPU or a system toolkit, and prints the environment to build with:
+# Installs a CUDA 13.0 compiler toolchain (nvcc, cicc, headers, runtime, cuBLAS, cuRAND) and
+# NCCL from PyPI wheels into DIR (default: .cuda in the repository), so the CUDA binary builds
+# on a machine without a GPU or a system toolkit, and prints the environment to build with:
 #
 #   eval "$(scripts/cuda-toolkit.sh)"
-#   cargo build --release --features cuda
+#   cargo build --release --features cuda        # or cuda,nccl
 #
-# 13.0 stays within what the GPU machines' driver (580) runs. About 1.2 GB.
+# 13.0 stays within what the GPU machines' driver (580) runs. About 1.5 GB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=$(realpath -m "${1:-.cuda}")
@@ -17,8 +17,14 @@ if [ ! -x "$root/bin/nvcc" ]; then
     "nvidia-cuda-runtime==13.0.*" "nvidia-cuda-nvrtc==13.0.*" "nvidia-cuda-cccl==13.0.*" \
     "nvidia-cublas==13.0.*" "nvidia-curand==10.4.0.*" >&2
 fi
+# NCCL in a folder of its own: pip does not add a package into an existing --target tree.
+nccl="$dir/nccl/nvidia/nccl"
+if [ ! -e "$nccl/lib/libnccl.so.2" ]; then
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$dir/nccl" \
+    "nvidia-nccl-cu13==2.*" >&2
+fi
 # The wheels ship only versioned libraries: the linker wants the plain names.
-for f in "$root"/lib/lib*.so.*; do
+for f in "$root"/lib/lib*.so.* "$nccl"/lib/lib*.so.*; do
   base="${f%%.so.*}.so"
   [ -e "$base" ] || ln -s "$(basename "$f")" "$base"
 done
@@ -38,5 +44,5 @@ if ! nm -D "$stub" 2>/dev/null | grep -q ' T cuEventCreate$'; then
 fi
 echo "export CUDA_ROOT=$root CUDA_PATH=$root CUDA_HOME=$root"
 echo "export PATH=$root/bin:\$PATH"
-echo "export LIBRARY_PATH=$root/lib:$root/lib/stubs\${LIBRARY_PATH:+:\$LIBRARY_PATH}"
+echo "export LIBRARY_PATH=$root/lib:$root/lib/stubs:$nccl/lib\${LIBRARY_PATH:+:\$LIBRARY_PATH}"
 echo "export CUDA_COMPUTE_CAP=\${CUDA_COMPUTE_CAP:-90}"

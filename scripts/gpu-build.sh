@@ -6,8 +6,8 @@
 #
 # The stripped binary is about 70 MiB (candle's compiled CUDA kernels), more than may travel,
 # so it travels xz-compressed (about 11 MiB); scripts/gpu-check.sh unpacks it with python3.
-# The binary links libcuda from the GPU machine's driver and loads cuBLAS, cuRAND and NVRTC
-# from its CUDA libraries (scripts/gpu-env.sh finds them there); candle's kernels are compiled
+# The binary (features cuda and nccl) links libcuda from the GPU machine's driver and cuBLAS,
+# cuRAND, the CUDA runtime and NCCL from its CUDA libraries (scripts/gpu-env.sh finds them); candle's kernels are compiled
 # for compute capability 9.0 (Hopper) unless CUDA_COMPUTE_CAP says otherwise. The working tree
 # and everything carried must stay under LIMIT_MB (64 MiB by default) in all.
 set -euo pipefail
@@ -19,7 +19,7 @@ export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 # Its own target folder: the CPU binary in target/release stays as it is.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/cuda}
 start=$(date +%s)
-cargo build --release --locked --features cuda --bin circuit-sweep
+cargo build --release --locked --features cuda,nccl --bin circuit-sweep
 secs=$(( $(date +%s) - start ))
 mkdir -p "$OUT_DIR"
 bin="$CARGO_TARGET_DIR/circuit-sweep.stripped"
@@ -41,7 +41,7 @@ tree_mb=$(( $( { git ls-files -z --cached --others --exclude-standard | xargs -0
 total=$(( packed_mb + tree_mb ))
 {
   echo "built: $(date -u +%FT%TZ) from $(git rev-parse --short HEAD)$(git diff --quiet || echo ' (with local changes)')"
-  echo "build time: ${secs} s (cargo build --release --features cuda, CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP)"
+  echo "build time: ${secs} s (cargo build --release --features cuda,nccl, CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP)"
   echo "nvcc: $(nvcc --version | tail -1)"
   echo "binary: ${bin_mb} MiB stripped, $packed ${packed_mb} MiB"
   echo "working tree: ${tree_mb} MiB; with the packed binary ${total} MiB of ${LIMIT_MB}"

@@ -42,10 +42,7 @@ elapsed() { echo $(( $(date +%s) - start )); }
 # Runs a command with its output in the log; returns its status.
 step() {
   echo "=== [$(elapsed) s] $*" >>"$log"
-  "$@" >>"$log.step" 2>&1
-  local rc=$?
-  cat "$log.step" >>"$log"
-  return $rc
+  "$@" 2>&1 | tee -a "$log.step" >>"$log"
 }
 fail() {
   say "| FAIL | $* |"
@@ -83,7 +80,7 @@ if [ "$DEV" != cpu ]; then
   fi
   if env_line=$(scripts/gpu-env.sh "$BIN" 2>>"$log"); then
     eval "$env_line"
-    say "- CUDA libraries: ${LD_LIBRARY_PATH%%:\$*}"
+    say "- CUDA libraries: $LD_LIBRARY_PATH"
   else
     fail "CUDA libraries missing (see gpu-env lines in the log)"
   fi
@@ -100,6 +97,7 @@ if [ "$SCALE" = full ]; then
   bench_llama=(--shape llama-2-7b --dtype bf16)
   peak_sizes=8192x8192x8192; peak_f32_sizes=4096x4096x4096; seconds=1
   edge_shape=(--layers 12 --heads 12 --shape 2x8)
+  mem_prompts=128; mem_caps="3000 2400 2000 1700 1500"
 else
   small=(--layers 2 --heads 4 --d-model 64)
   sweep_prompts=8; llama_prompts=4; edge_every=50; orders=2
@@ -108,6 +106,7 @@ else
   bench_llama=(--shape llama-2-7b --layers 2 --heads 4 --d-model 64 --dtype bf16)
   peak_sizes=256x256x256; peak_f32_sizes=256x256x256; seconds=0.2
   edge_shape=(--layers 2 --heads 2 --shape 2x8)
+  mem_prompts=8; mem_caps="64"
 fi
 m=$WORK/models
 rm -rf "$m" && mkdir -p "$m"
@@ -134,22 +133,26 @@ say "|---|---|---|---|---|"
 # numerals prompts for a model in DIR/data.jsonl, with DIR/check.json. A random model prefers
 # `wrong` to `answer` in about half the prompts, and a sweep refuses a model whose mean logit
 # difference is not positive: each prompt the model (checked in f32 on the CPU) gets wrong has
-# its two swapped, so the mean stays well above 0 whatever the device and dtype.
-dataset() { # model dir, prompts, out dir
+# its two swapped, so the mean stays well above 0 whatever the device and dtype. A big model
+# is checked on the device in the dtype it runs in instead.
+dataset() { # model dir, prompts, out dir [, device, dtype]
+  local on=(--device "${4:-cpu}" --dtype "${5:-f32}")
   mkdir -p "$3"
   step "$BIN" prompts gen numerals --model "$1" --n "$2" --seed 0 -o "$3/data.jsonl" \
-    && to_file "$3/check.json" "$BIN" prompts check "$3/data.jsonl" --model "$1" --json \
-    && "$PYTHON" - "$3" <<'PY' \
-    && to_file "$3/check.json" "$BIN" prompts check "$3/data.jsonl" --model "$1" --json
+    && to_file "$3/check.json" "$BIN" prompts check "$3/data.jsonl" --model "$1" --json "${on[@]}" \
+    && "$PYTHON" - "$3" <<'PY'
 import json, sys
 out = sys.argv[1]
-checked = json.load(open(f"{out}/check.json"))["prompts"]
+check = json.load(open(f"{out}/check.json"))
 rows = [json.loads(l) for l in open(f"{out}/data.jsonl")]
 with open(f"{out}/data.jsonl", "w") as f:
-    for r, c in zip(rows, checked):
+    for r, c in zip(rows, check["prompts"]):
         if c["model"]["logit_diff"] < 0:
             r["answer"], r["wrong"] = r["wrong"], r["answer"]
+            c["answer_ids"], c["wrong_ids"] = c["wrong_ids"], c["answer_ids"]
+            c["model"]["logit_diff"] = -c["model"]["logit_diff"]
         f.write(json.dumps(r) + "\n")
+json.dump(check, open(f"{out}/check.json", "w"))
 PY
 }
 spec_file() { # model dir, device, dtype, data file, kind, extra -> spec path
@@ -248,6 +251,7 @@ sweep_row() { # label, model dir, dtype, prompts, peak
     local head row
     head=$(grep -m1 '^node sweep of' "$log.step")
     row=$(awk '$1 == "batched" {print $3, $5, $6}' "$log.step")
+    [ -n "$row" ] || { fail "$1 node sweep printed no batched row"; return; }
     read -r secs gflops mfu <<<"$row"
     say "| $1 | $(echo "$head" | sed -E 's/node sweep of ([0-9]+) components, ([0-9]+) prompts x ([0-9.]+) tokens.*/\1 x \2 x \3/') | $secs | $gflops | $mfu |"
     echo "$secs" >"$WORK/secs-$1"
@@ -263,6 +267,7 @@ sweep_row "llama-2-7b bf16" "$m/llama-2-7b" bf16 "$llama_prompts" "$peak_bf16"
 if step "$BIN" bench edges "${edge_shape[@]}" --every "$edge_every" --default-every 0 \
   --device "$DEV" --dtype f32 --peak "$peak_f32"; then
   read -r edges scored _ secs rate gflops mfu _ <<<"$(awk '$1 == "random" {$1=$2=$3=$4=""; print}' "$log.step")"
+  [ -n "${mfu:-}" ] || fail "edge sweep printed no row"
   say "| edge sweep, random GPT-2 (every ${edge_every}th edge) f32 | $scored of $edges edges, $rate edges/s | $secs | $gflops | $mfu |"
 else
   fail "edge sweep"
@@ -295,7 +300,7 @@ if "$PYTHON" -c 'import torch, transformers' >>"$log" 2>&1; then
     # Scores are compared with circuit-sweep's on the same data, except on the biggest model
     # (its sweep is timed above; a second load would cost more than the comparison tells).
     result=-
-    if dataset "$m/$dir" "$n" "$d" \
+    if dataset "$m/$dir" "$n" "$d" "$DEV" "$dt" \
       && if [ "$limit" = 0 ]; then
         step "$BIN" run "$(spec_file "$m/$dir" "$DEV" "$dt" "$d/data.jsonl" nodes "")" \
           --out "$d/ours" --quiet && result=$d/ours/result.json
@@ -322,7 +327,80 @@ else
   say "(skipped: $PYTHON has no torch and transformers here)"
 fi
 say ""
-say "Not measured yet: batch sizes from free GPU memory with shrink-and-retry, NCCL."
+say "## Memory on $DEV"
+say ""
+if [ "$DEV" != cpu ]; then
+  # The same sweep sized from free memory, then with the card capped and passes as big as a
+  # layer's variants: they run out of memory, are split, and the scores must not move. The
+  # cap must leave room for the model and the evaluator's cached runs but not for a whole
+  # pass: the largest of these caps under which a pass was split is the row.
+  say "| run | passes | seconds | scores |"
+  say "|---|---|---|---|"
+  mem_sweep() { # scores file, extra args...
+    local f=$1
+    shift
+    : >"$log.step"
+    step "$BIN" "$@" bench sweep --model "$m/gpt2-small" --device "$DEV" --dtype f32 \
+      --task numerals --prompts "$mem_prompts" --no-naive --peak "$peak_f32" --scores "$f"
+  }
+  if mem_sweep "$WORK/mem-free.json"; then
+    say "| gpt2-small f32, $mem_prompts prompts, sized from free memory | $(grep -m1 '^passes of up to' "$log.step" | cut -c17-) | $(awk '$1 == "batched" {print $3}' "$log.step") | reference |"
+    done_cap=""
+    for cap in $mem_caps; do
+      if ! mem_sweep "$WORK/mem-capped.json" --gpu-memory-mb "$cap" --batch-tokens 4000000 --fixed-batch; then
+        echo "(cap $cap MiB: the sweep did not run; a larger cap is the row)" >>"$log"
+        break
+      fi
+      splits=$(sed -n 's/.*after \([0-9]*\) split.*/\1/p' "$log.step")
+      cp "$log.step" "$WORK/mem-capped.log"
+      done_cap=$cap
+      [ "${splits:-0}" -gt 0 ] && break
+    done
+    if [ -n "$done_cap" ]; then
+      # Identical on the CPU's kernels; cuBLAS may pick other kernels for other pass sizes.
+      verdict=$("$PYTHON" - "$WORK/mem-free.json" "$WORK/mem-capped.json" 2>>"$log" <<'PY' || echo FAIL
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+d = max(abs(x - y) for x, y in zip(a, b)) if len(a) == len(b) else float("inf")
+print("identical" if a == b else f"differ by up to {d:.1e} pp" + ("" if d <= 1e-3 else ": FAIL"))
+PY
+)
+      [ "${splits:-0}" -gt 0 ] || verdict="$verdict; no pass ran out of memory under any cap: FAIL"
+      say "| same, $done_cap MiB usable, passes of a layer's variants | $(grep -m1 '^passes of up to' "$WORK/mem-capped.log" | cut -c17-) | $(awk '$1 == "batched" {print $3}' "$WORK/mem-capped.log") | $verdict |"
+    else
+      fail "sweep under every cap in: $mem_caps MiB"
+    fi
+  else
+    fail "sweep sized from free memory"
+  fi
+  # A 7B model resident while a job's shards stream through the in-process coordinator (the
+  # first 32 prompts of the naive loop's data: no other load of the model to check them).
+  d7=$WORK/naive-llama-2-7b
+  if [ -f "$d7/data.jsonl" ] || dataset "$m/llama-2-7b" 32 "$d7" "$DEV" bf16; then
+    head -32 "$d7/data.jsonl" >"$WORK/data-7b.jsonl"
+    s=$(spec_file "$m/llama-2-7b" "$DEV" bf16 "$WORK/data-7b.jsonl" nodes "")
+    say "| llama-2-7b bf16 resident, a node sweep's shards through \`run\`, 32 prompts | - | $(timed "$BIN" run "$s" --out "$WORK/run-7b" --quiet) (load included) | - |"
+  else
+    fail "7B dataset"
+  fi
+else
+  say "(GPU only: the CPU cannot be capped, and runs out of memory by aborting.)"
+fi
+say ""
+say "## NCCL on $DEV"
+say ""
+if [ "$DEV" != cpu ]; then
+  : >"$log.step"
+  if step "$BIN" bench nccl --device "$DEV"; then
+    say "- $(grep -m1 '^NCCL' "$log.step")"
+  else
+    fail "NCCL one-rank all-reduce: $(tail -1 "$log.step")"
+  fi
+else
+  say "(GPU only.)"
+fi
+say ""
+say "Not built yet: a tensor-parallel worker group for models larger than one GPU."
 say ""
 grep -q FAIL "$table" && failed=1
 say "Finished in $(elapsed) s; $([ $failed = 0 ] && echo 'every check passed' || echo 'SOME CHECKS FAILED (see the log)')."

@@ -54,7 +54,8 @@ for lib in $libs; do
   for d in "${dirs[@]}"; do
     if [ -e "$d/$lib" ]; then hit=$d; break; fi
   done
-  if [ -z "$hit" ] && ldconfig -p 2>/dev/null | grep -q " $lib "; then
+  # (grep -q may stop reading early: with pipefail a pipe would then fail.)
+  if [ -z "$hit" ] && grep -q " $lib " < <(ldconfig -p 2>/dev/null); then
     hit=system
   fi
   if [ -z "$hit" ]; then
@@ -69,4 +70,4 @@ if [ ${#missing[@]} -gt 0 ]; then
   exit 1
 fi
 path=$(printf '%s\n' "${found[@]}" | awk 'NF && !seen[$0]++' | paste -sd: -)
-echo "export LD_LIBRARY_PATH=${path}${path:+:}\${LD_LIBRARY_PATH:-}"
+echo "export LD_LIBRARY_PATH=${path}\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"

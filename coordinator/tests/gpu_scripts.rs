@@ -95,7 +95,7 @@ fn gpu_env_finds_the_libraries_in_pythons_nvidia_packages() {
     let nccl = site.join("nvidia/nccl/lib").display().to_string();
     assert_eq!(
         stdout.trim(),
-        format!("export LD_LIBRARY_PATH={cu13}:{nccl}:${{LD_LIBRARY_PATH:-}}")
+        format!("export LD_LIBRARY_PATH={cu13}:{nccl}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}")
     );
     // The line works in a shell.
     let check = Command::new("bash")
@@ -107,6 +107,18 @@ fn gpu_env_finds_the_libraries_in_pythons_nvidia_packages() {
     assert_eq!(
         String::from_utf8_lossy(&check.stdout).trim(),
         format!("{cu13}:{nccl}:/before")
+    );
+    // Unset before: no empty entry (the current folder) at the end.
+    let check = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "unset LD_LIBRARY_PATH\n{stdout}\necho \"$LD_LIBRARY_PATH\""
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout).trim(),
+        format!("{cu13}:{nccl}")
     );
 }
 

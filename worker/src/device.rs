@@ -24,6 +24,16 @@ pub fn cuda_ordinal(name: &str) -> Option<usize> {
         .and_then(|n| n.parse().ok())
 }
 
+/// Usable memory (MiB) of each GPU this process opens (`--gpu-memory-mb`), and the ordinals
+/// already capped.
+static GPU_CAP: std::sync::Mutex<(Option<u64>, Vec<usize>)> = std::sync::Mutex::new((None, vec![]));
+
+/// From now on, each GPU this process opens keeps at most `mb` MiB usable (see
+/// [`crate::gpu_memory::cap_usable`]).
+pub fn cap_gpu_memory(mb: u64) {
+    GPU_CAP.lock().unwrap_or_else(|e| e.into_inner()).0 = Some(mb);
+}
+
 /// Opens the device `name`.
 pub fn open(name: &str) -> Result<Device, DeviceError> {
     if name == "cpu" {
@@ -32,7 +42,16 @@ pub fn open(name: &str) -> Result<Device, DeviceError> {
     let Some(ordinal) = cuda_ordinal(name) else {
         return Err(DeviceError::Name(name.into()));
     };
-    open_cuda(name, ordinal)
+    let dev = open_cuda(name, ordinal)?;
+    let mut cap = GPU_CAP.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(mb) = cap.0
+        && !cap.1.contains(&ordinal)
+    {
+        crate::gpu_memory::cap_usable(&dev, mb)
+            .map_err(|e| DeviceError::Cuda(name.into(), format!("capping its memory: {e}")))?;
+        cap.1.push(ordinal);
+    }
+    Ok(dev)
 }
 
 /// The GPUs of `--gpus`: `all` (every GPU the driver shows, which honours

@@ -9,7 +9,7 @@ use circuit_sweep_common::Component;
 use circuit_sweep_common::dataset::{self, PromptPair};
 use circuit_sweep_common::inputs::JobInputs;
 use circuit_sweep_common::shard::JobMeta;
-use circuit_sweep_common::spec::{Direction, KvEdges, Normalize, SweepSpec};
+use circuit_sweep_common::spec::{Direction, KvEdges, Metric, Normalize, SweepSpec};
 use circuit_sweep_common::{check, metric};
 use sha2::{Digest, Sha256};
 
@@ -169,12 +169,16 @@ pub fn prepare(
             pairs[i].line
         )));
     }
-    let mut ev = Evaluator::new(
-        &loaded.model,
-        &prompts,
-        spec.ablation,
+    let seq_len = prompts.clean.first().map_or(1, Vec::len);
+    let batch_tokens = crate::gpu_memory::pass_tokens(
+        loaded.model.device(),
+        info,
+        (seq_len, prompts.clean.len() * seq_len),
+        spec.ablation.metric != Metric::LogitDiff,
         spec.run.batch_tokens,
-    )?;
+        circuit_sweep_common::limits::MAX_BATCH_TOKENS,
+    );
+    let mut ev = Evaluator::new(&loaded.model, &prompts, spec.ablation, batch_tokens)?;
     ev.set_kv_per_query(spec.sweep.kv_edges == KvEdges::QueryHead);
     let positions = spec
         .edge_positions(prompts.clean[0].len())
@@ -264,7 +268,11 @@ fn prepare_downstream(
         tasks,
         spec.ablation.kind,
         spec.ablation.fold_value_bias,
-        spec.run.batch_tokens,
+        // Generation keeps a KV cache and full-vocabulary logits per row, which the memory
+        // estimate of a pass does not count: the CPU's default unless the spec sets a size.
+        spec.run
+            .batch_tokens
+            .unwrap_or(circuit_sweep_common::spec::CPU_BATCH_TOKENS),
     )
     .map_err(|e| match e {
         DownstreamError::Model(m) => ShardError::Model(m),

@@ -167,6 +167,15 @@ fn bad_shapes_and_folders_are_refused_with_the_reason() {
         },
     );
     assert!(e.contains("no grouped keys and values"), "{e}");
+    // A NeoX head of 12 features would turn 3 of them.
+    let e = err(
+        "pythia-160m",
+        Overrides {
+            heads: Some(64),
+            ..Overrides::default()
+        },
+    );
+    assert!(e.contains("a head width of 12 gives 3 (a quarter)"), "{e}");
     let e = err(
         "smollm2-135m",
         Overrides {

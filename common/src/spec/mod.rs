@@ -114,30 +114,21 @@ impl Default for ModelSpec {
 
 /// `[run]`: how the work is executed (never changes the numbers, except through the kernels of
 /// the workers that run it: `profile` pins them).
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RunSpec {
-    /// Upper bound of tokens (variants x prompts x positions) in one forward pass.
-    #[serde(default = "default_batch_tokens")]
-    pub batch_tokens: usize,
+    /// Upper bound of tokens (variants x prompts x positions) in one forward pass. Unset:
+    /// [`CPU_BATCH_TOKENS`] on a CPU, and on a GPU what its free memory holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_tokens: Option<usize>,
     /// Only workers of this numeric profile (`cpu-x86-64-v3`, `cuda`, ...: what `status`
     /// shows) compute the job, so that its numbers are those of one kind of kernel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
 }
 
-fn default_batch_tokens() -> usize {
-    16384
-}
-
-impl Default for RunSpec {
-    fn default() -> Self {
-        RunSpec {
-            batch_tokens: default_batch_tokens(),
-            profile: None,
-        }
-    }
-}
+/// Tokens of a pass on a CPU when the spec sets none: larger passes are no faster there.
+pub const CPU_BATCH_TOKENS: usize = 16384;
 
 /// A spec that cannot be used, naming the field.
 #[derive(Debug, thiserror::Error)]

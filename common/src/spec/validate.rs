@@ -172,7 +172,7 @@ impl SweepSpec {
             (
                 "run",
                 "batch_tokens",
-                Some(self.run.batch_tokens),
+                self.run.batch_tokens,
                 1,
                 limits::MAX_BATCH_TOKENS,
             ),

@@ -30,6 +30,19 @@ pub enum BenchCommand {
         #[arg(long, env = "CIRCUIT_SWEEP_BENCH_JOBS", default_value_t = 20)]
         jobs: usize,
     },
+    /// NCCL (builds with `--features nccl`): a one-rank communicator on a GPU and all-reduces
+    /// of a score tensor, timed and checked (one rank's sum is its own input).
+    Nccl {
+        /// The GPU.
+        #[arg(long, env = "CIRCUIT_SWEEP_DEVICE", default_value = "cuda:0")]
+        device: String,
+        /// f32 scores per all-reduce.
+        #[arg(long, env = "CIRCUIT_SWEEP_BENCH_ELEMENTS", default_value_t = 1 << 24)]
+        elements: usize,
+        /// Timed all-reduces.
+        #[arg(long, env = "CIRCUIT_SWEEP_BENCH_RUNS", default_value_t = 20)]
+        runs: usize,
+    },
     /// This machine's matrix-multiply rate (GFLOP/s), the peak the forward pass is held to:
     /// f32 on the CPU by default, any device and dtype with `--device` and `--dtype`.
     Matmul {
@@ -82,6 +95,24 @@ pub fn run(cmd: BenchCommand, models_dir: &Path) -> anyhow::Result<()> {
             seconds,
         } => matmul(&sizes, seconds, &device, dtype),
         BenchCommand::Sweep(a) => sweep(a, models_dir),
+        BenchCommand::Nccl {
+            device,
+            elements,
+            runs,
+        } => {
+            let r = circuit_sweep_worker::nccl::one_rank_all_reduce(&device, elements, runs)?;
+            println!(
+                "NCCL one-rank all-reduce on {device}: {} f32 in {:.3} ms ({:.1} GB/s), result {}",
+                r.elements,
+                r.seconds * 1e3,
+                (r.elements * 4) as f64 / r.seconds / 1e9,
+                if r.exact { "exact" } else { "WRONG" }
+            );
+            if !r.exact {
+                bail!("the all-reduce of one rank changed its input");
+            }
+            Ok(())
+        }
         BenchCommand::Shards { jobs } => shards(jobs),
         BenchCommand::Edges(a) => super::bench_edges::edges(a, models_dir),
         BenchCommand::Generate(a) => super::bench_generate::generate_bench(a, models_dir),
@@ -293,9 +324,22 @@ pub struct SweepArgs {
     /// (on a GPU give the rate `bench matmul --device` measured in the model's dtype).
     #[arg(long, env = "CIRCUIT_SWEEP_BENCH_PEAK")]
     peak: Option<f64>,
-    /// Token budget of one batched forward pass.
-    #[arg(long, env = "CIRCUIT_SWEEP_BATCH_TOKENS", default_value_t = 16384)]
-    batch_tokens: usize,
+    /// Token budget of one batched forward pass (default: 16384 on a CPU, what free memory
+    /// holds on a GPU).
+    #[arg(long, env = "CIRCUIT_SWEEP_BATCH_TOKENS")]
+    batch_tokens: Option<usize>,
+    /// Take --batch-tokens as it is, not bounded by the GPU's free memory: with
+    /// --gpu-memory-mb, passes run out of memory and are split (the retries under test).
+    #[arg(
+        long,
+        env = "CIRCUIT_SWEEP_BENCH_FIXED_BATCH",
+        requires = "batch_tokens"
+    )]
+    fixed_batch: bool,
+    /// Write the batched sweep's scores (percent of the full model, one per component, heads
+    /// then MLPs) to this JSON file.
+    #[arg(long, env = "CIRCUIT_SWEEP_BENCH_SCORES")]
+    scores: Option<std::path::PathBuf>,
     /// Skip the naive baseline (it takes several minutes).
     #[arg(long, env = "CIRCUIT_SWEEP_BENCH_NO_NAIVE")]
     no_naive: bool,
@@ -360,7 +404,18 @@ fn sweep(a: SweepArgs, models_dir: &Path) -> anyhow::Result<()> {
     let i = m.info().clone();
     let t = prompts.clean[0].len() as f64;
     let p = a.prompts as f64;
-    let ev = Evaluator::new(m, &prompts, AblationSpec::default(), a.batch_tokens)?;
+    let batch = match a.batch_tokens {
+        Some(b) if a.fixed_batch => b,
+        requested => circuit_sweep_worker::gpu_memory::pass_tokens(
+            m.device(),
+            &i,
+            (t as usize, (p * t) as usize),
+            false,
+            requested,
+            circuit_sweep_common::limits::MAX_BATCH_TOKENS,
+        ),
+    };
+    let ev = Evaluator::new(m, &prompts, AblationSpec::default(), batch)?;
     let comps: Vec<Vec<Component>> = Component::all(i.n_layers, i.n_heads)
         .into_iter()
         .map(|c| vec![c])
@@ -427,6 +482,18 @@ fn sweep(a: SweepArgs, models_dir: &Path) -> anyhow::Result<()> {
             100.0 * work / secs / 1e9 / peak
         );
     };
+    if let Some(path) = &a.scores {
+        let scores: Vec<f64> = fast.iter().map(|&x| ev.score_of(x)).collect();
+        std::fs::write(path, serde_json::to_string(&scores)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let budget = ev.pass_budget();
+    println!(
+        "passes of up to {} tokens ({} variants) after {} split on running out of memory",
+        budget.tokens(),
+        budget.variants((p * t) as usize),
+        budget.splits()
+    );
     if a.no_naive {
         row("batched", fast_passes, fast_s, fast_work, "-".into());
         return Ok(());

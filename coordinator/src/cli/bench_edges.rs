@@ -44,9 +44,10 @@ pub struct EdgesArgs {
     /// The peak (GFLOP/s) MFU is held to: by default this CPU's f32 matmul rate, measured.
     #[arg(long, env = "CIRCUIT_SWEEP_BENCH_PEAK")]
     peak: Option<f64>,
-    /// Token budget of one batched forward pass.
-    #[arg(long, env = "CIRCUIT_SWEEP_BATCH_TOKENS", default_value_t = 16384)]
-    batch_tokens: usize,
+    /// Token budget of one batched forward pass (default: 16384 on a CPU, what free memory
+    /// holds on a GPU).
+    #[arg(long, env = "CIRCUIT_SWEEP_BATCH_TOKENS")]
+    batch_tokens: Option<usize>,
     #[command(flatten)]
     model: ModelPath,
 }
@@ -99,9 +100,18 @@ fn measure(
     model: &HookedModel,
     prompts: &PromptSet,
     every: usize,
-    (peak, batch_tokens): (Option<f64>, usize),
+    (peak, batch_tokens): (Option<f64>, Option<usize>),
 ) -> anyhow::Result<()> {
-    let ev = Evaluator::new(model, prompts, AblationSpec::default(), batch_tokens)?;
+    let (p, t) = (prompts.clean.len(), prompts.clean[0].len());
+    let batch = circuit_sweep_worker::gpu_memory::pass_tokens(
+        model.device(),
+        model.info(),
+        (t, p * t),
+        false,
+        batch_tokens,
+        circuit_sweep_common::limits::MAX_BATCH_TOKENS,
+    );
+    let ev = Evaluator::new(model, prompts, AblationSpec::default(), batch)?;
     let all = model.info().graph_shape().edges();
     let edges: Vec<_> = all.iter().step_by(every.max(1)).copied().collect();
     let before = ev.forward_passes();

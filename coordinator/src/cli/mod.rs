@@ -30,6 +30,10 @@ pub struct Cli {
         default_value = "models"
     )]
     pub models_dir: PathBuf,
+    /// Keep at most this many MiB of each GPU usable (the rest is held from the start): a
+    /// smaller card's batch sizes and out-of-memory retries on a big one.
+    #[arg(long, global = true, env = "CIRCUIT_SWEEP_GPU_MEMORY_MB")]
+    pub gpu_memory_mb: Option<u64>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -96,6 +100,9 @@ pub fn init_logging(filter: &str) {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(mb) = cli.gpu_memory_mb {
+        circuit_sweep_worker::device::cap_gpu_memory(mb);
+    }
     match cli.command {
         Command::Model(cmd) => model::run(cmd, &cli.models_dir),
         Command::Run(args) => run::run(args, &cli.models_dir),

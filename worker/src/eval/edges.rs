@@ -102,8 +102,8 @@ impl Evaluator {
 
     /// Metric values of edge candidates, each a set of ablated nodes and ablated edges, many per
     /// forward pass: grouped by the first layer they patch (each group starts from the cached
-    /// residual stream there) and cut into passes by `batch_tokens` and by the memory of the
-    /// senders' rows.
+    /// residual stream there) and cut into passes by the token budget (which shrinks when a
+    /// pass runs out of device memory) and by the memory of the senders' rows.
     pub fn edge_metrics(&self, candidates: &[EdgeCandidate]) -> Result<Vec<f64>, ModelError> {
         if self.ablation.direction != Direction::Noising {
             return Err(ModelError::InvalidRequest(
@@ -152,12 +152,7 @@ impl Evaluator {
                 let at = |n: &Vec<Component>| -> Vec<Component> {
                     n.iter().copied().filter(|c| c.layer() >= layer).collect()
                 };
-                let mut part: Vec<usize> = vec![];
-                let mut rows = 0usize;
-                let flush = |part: &mut Vec<usize>, out: &mut Vec<f64>| -> Result<(), ModelError> {
-                    if part.is_empty() {
-                        return Ok(());
-                    }
+                let mut pass = |part: &[usize]| -> Result<Vec<f64>, ModelError> {
                     let iv = Interventions {
                         variants: part.iter().map(|_| at(&nodes)).collect(),
                         // Settled edges below the start are in the base's residual stream.
@@ -177,16 +172,23 @@ impl Evaluator {
                         deltas: vec![],
                         kv_per_query: self.kv_per_query,
                     };
-                    let values = self.run_pass(self.base_start(&base, layer), iv)?;
-                    for (&i, v) in part.iter().zip(values) {
-                        out[i] = v;
-                    }
-                    part.clear();
-                    Ok(())
+                    self.run_pass(self.base_start(&base, layer), iv)
                 };
+                let mut flush = |part: &mut Vec<usize>, out: &mut Vec<f64>| {
+                    if !part.is_empty() {
+                        let values = self.budget.split_on_oom(part, per_variant, &mut pass)?;
+                        for (&i, v) in part.iter().zip(values) {
+                            out[i] = v;
+                        }
+                        part.clear();
+                    }
+                    Ok::<(), ModelError>(())
+                };
+                let mut part: Vec<usize> = vec![];
+                let mut rows = 0usize;
                 for &i in idx {
                     let senders = distinct_senders(&candidates[i].edges);
-                    let full = (part.len() + 1) * per_variant > self.batch_tokens
+                    let full = (part.len() + 1) * per_variant > self.budget.tokens()
                         || (rows + senders) * row_bytes > EDGE_ROWS_BYTES;
                     if full && !part.is_empty() {
                         flush(&mut part, &mut out)?;

@@ -17,6 +17,7 @@ use crate::model::{
     Activations, Capture, HookedModel, Interventions, LogitSelection, ModelError, RunRequest, Start,
 };
 
+mod budget;
 mod edges;
 mod path;
 mod prompts;
@@ -55,7 +56,7 @@ pub struct Evaluator {
     pub corrupt: f64,
     /// Metric of the empty circuit (everything ablated), where scores are normalised by it.
     pub empty: Option<f64>,
-    batch_tokens: usize,
+    budget: budget::PassBudget,
     forward_passes: std::sync::atomic::AtomicUsize,
     /// Base runs of edge candidates with nodes and settled edges ablated, the last used last
     /// (see [`Evaluator::edge_metrics`]).
@@ -210,7 +211,7 @@ impl Evaluator {
             full: 0.0,
             corrupt: 0.0,
             empty: None,
-            batch_tokens: batch_tokens.max(1),
+            budget: budget::PassBudget::new(batch_tokens),
             forward_passes: std::sync::atomic::AtomicUsize::new(3),
             bases: Mutex::new(vec![]),
             edge_positions: None,
@@ -234,6 +235,11 @@ impl Evaluator {
             }
         }
         Ok(ev)
+    }
+
+    /// The token budget of a pass, which shrinks when a pass runs out of device memory.
+    pub fn pass_budget(&self) -> &budget::PassBudget {
+        &self.budget
     }
 
     /// Sets the empty circuit's metric, the zero of `normalize = "empty"` scores.
@@ -320,16 +326,15 @@ impl Evaluator {
             groups[start].push(i);
         }
         let per_variant = (self.prompts * self.seq_len).max(1);
-        let chunk = (self.batch_tokens / per_variant).max(1);
         let mut out = vec![0.0; candidates.len()];
         for (start, idx) in groups.iter().enumerate() {
-            for part in idx.chunks(chunk) {
+            let values = self.budget.run_sliced(idx, per_variant, &mut |part| {
                 let variants: Vec<Vec<Component>> =
                     part.iter().map(|&i| patched[i].clone()).collect();
-                let values = self.run_variants(start, variants)?;
-                for (&i, v) in part.iter().zip(values) {
-                    out[i] = v;
-                }
+                self.run_variants(start, variants)
+            })?;
+            for (&i, v) in idx.iter().zip(values) {
+                out[i] = v;
             }
         }
         Ok(out)

@@ -71,16 +71,9 @@ impl Evaluator {
         let mut order: Vec<usize> = (0..edges.len()).collect();
         order.sort_by_key(|&i| (start_of(i), edges[i].sender, i));
         let per_variant = (self.prompts * self.seq_len).max(1);
-        let chunk = (self.batch_tokens / per_variant).max(1);
         let mut out = vec![0.0; edges.len()];
-        let mut start = 0;
-        while start < order.len() {
-            let layer = start_of(order[start]);
-            let mut end = start;
-            while end < order.len() && end - start < chunk && start_of(order[end]) == layer {
-                end += 1;
-            }
-            let part = &order[start..end];
+        let mut pass = |part: &[usize]| -> Result<Vec<f64>, ModelError> {
+            let layer = start_of(part[0]);
             let mut memo: BTreeMap<(Sender, Point), Tensor> = BTreeMap::new();
             let mut deltas = Vec::with_capacity(part.len());
             for &i in part {
@@ -106,9 +99,20 @@ impl Evaluator {
                 kv_per_query: self.kv_per_query,
                 ..Interventions::nodes(&self.values, vec![])
             };
-            for (&i, v) in part
-                .iter()
-                .zip(self.run_pass(self.base_start(&base, layer), iv)?)
+            self.run_pass(self.base_start(&base, layer), iv)
+        };
+        let mut start = 0;
+        while start < order.len() {
+            let layer = start_of(order[start]);
+            let chunk = self.budget.variants(per_variant);
+            let mut end = start;
+            while end < order.len() && end - start < chunk && start_of(order[end]) == layer {
+                end += 1;
+            }
+            let part = &order[start..end];
+            for (&i, v) in
+                part.iter()
+                    .zip(self.budget.split_on_oom(part, per_variant, &mut pass)?)
             {
                 out[i] = v;
             }

@@ -46,10 +46,13 @@ pub enum ModelError {
 impl From<candle_core::Error> for ModelError {
     fn from(e: candle_core::Error) -> Self {
         // candle reports a device allocation failure only as text (CUDA's
-        // `CUDA_ERROR_OUT_OF_MEMORY`, "out of memory" from other backends): the one place that
-        // reads it, so that callers match a variant.
+        // `CUDA_ERROR_OUT_OF_MEMORY`, cuBLAS's `CUBLAS_STATUS_ALLOC_FAILED`, "out of memory"
+        // from other backends): the one place that reads it, so that callers match a variant.
         let text = e.to_string().to_lowercase();
-        if text.contains("out_of_memory") || text.contains("out of memory") {
+        if text.contains("out_of_memory")
+            || text.contains("out of memory")
+            || text.contains("alloc_failed")
+        {
             ModelError::OutOfMemory(e)
         } else {
             ModelError::Candle(e)

@@ -289,8 +289,22 @@ impl Shape {
             ));
         }
         let d_head = self.d_model / self.heads;
-        if self.architecture != Architecture::Gpt2 && !d_head.is_multiple_of(2) {
-            return bad(format!("rotary needs an even head width, got {d_head}"));
+        // Rotary turns pairs of features: all of a Llama head's, a quarter of a NeoX head's.
+        let (rotated, whole) = match self.architecture {
+            // Learned positions: nothing turns.
+            Architecture::Gpt2 => (2, true),
+            Architecture::Llama => (d_head, true),
+            Architecture::GptNeox => (d_head / 4, d_head.is_multiple_of(4)),
+        };
+        if !(whole && rotated > 0 && rotated.is_multiple_of(2)) {
+            return bad(format!(
+                "rotary turns pairs of features, and a head width of {d_head} gives {} to turn",
+                if self.architecture == Architecture::GptNeox {
+                    format!("{} (a quarter)", d_head as f64 / 4.0)
+                } else {
+                    d_head.to_string()
+                }
+            ));
         }
         Ok(())
     }
