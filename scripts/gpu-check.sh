@@ -40,9 +40,15 @@ start=$(date +%s)
 say() { echo "$*" | tee -a "$table"; }
 elapsed() { echo $(( $(date +%s) - start )); }
 # Runs a command with its output in the log; returns its status.
+# A step that hangs (a driver call, a collective) is stopped after STEP_S seconds, so that the
+# steps after it still run inside the device call's limit.
+STEP_S=${STEP_S:-240}
 step() {
   echo "=== [$(elapsed) s] $*" >>"$log"
-  "$@" 2>&1 | tee -a "$log.step" >>"$log"
+  timeout --kill-after=10 "$STEP_S" "$@" 2>&1 | tee -a "$log.step" >>"$log"
+  local rc=$?
+  [ $rc -eq 124 ] && echo "(stopped after $STEP_S s)" | tee -a "$log.step" >>"$log"
+  return $rc
 }
 fail() {
   say "| FAIL | $* |"
