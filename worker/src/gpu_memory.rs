@@ -67,7 +67,8 @@ pub fn pass_tokens(
     requested: Option<usize>,
     limit: usize,
 ) -> usize {
-    let fit = free_bytes(dev).map(|free| {
+    let free = free_bytes(dev);
+    let fit = free.map(|free| {
         (free as f64 * FILL) as u64 / bytes_per_token(info, seq_len, full_vocab).max(1)
     });
     let tokens = match (requested, fit) {
@@ -77,11 +78,11 @@ pub fn pass_tokens(
         (None, None) => circuit_sweep_common::spec::CPU_BATCH_TOKENS,
     };
     let tokens = tokens.min(limit).max(per_variant.max(1));
-    if fit.is_some() {
+    if let Some(free) = free {
         tracing::info!(
             "passes of up to {tokens} tokens ({} variants): {:.0} MiB free on the GPU",
             tokens / per_variant.max(1),
-            free_bytes(dev).unwrap_or(0) as f64 / 1048576.0
+            free as f64 / 1048576.0
         );
     }
     tokens

@@ -22,6 +22,7 @@ mod edges;
 mod path;
 mod prompts;
 
+pub use budget::PassBudget;
 use edges::Base;
 pub use edges::EdgeCandidate;
 pub use prompts::PromptSet;
@@ -56,7 +57,7 @@ pub struct Evaluator {
     pub corrupt: f64,
     /// Metric of the empty circuit (everything ablated), where scores are normalised by it.
     pub empty: Option<f64>,
-    budget: budget::PassBudget,
+    budget: PassBudget,
     forward_passes: std::sync::atomic::AtomicUsize,
     /// Base runs of edge candidates with nodes and settled edges ablated, the last used last
     /// (see [`Evaluator::edge_metrics`]).
@@ -211,7 +212,7 @@ impl Evaluator {
             full: 0.0,
             corrupt: 0.0,
             empty: None,
-            budget: budget::PassBudget::new(batch_tokens),
+            budget: PassBudget::new(batch_tokens),
             forward_passes: std::sync::atomic::AtomicUsize::new(3),
             bases: Mutex::new(vec![]),
             edge_positions: None,
@@ -238,7 +239,7 @@ impl Evaluator {
     }
 
     /// The token budget of a pass, which shrinks when a pass runs out of device memory.
-    pub fn pass_budget(&self) -> &budget::PassBudget {
+    pub fn pass_budget(&self) -> &PassBudget {
         &self.budget
     }
 
