@@ -278,6 +278,21 @@ if step "$BIN" bench edges "${edge_shape[@]}" --every "$edge_every" --default-ev
 else
   fail "edge sweep"
 fi
+attr_rows() { # label, model dir, dtype
+  : >"$log.step"
+  if step "$BIN" bench attribution --model "$2" --device "$DEV" --dtype "$3" --task numerals \
+    --prompts 8 --every 0 --shape 0; then
+    local method edges secs
+    while read -r method edges secs; do
+      say "| attribution $method of every edge, $1 | $edges edges, 8 prompts | $secs | | |"
+    done < <(awk '$(NF-5) ~ /^EAP/ {print $(NF-5), $(NF-4), $(NF-2)}' "$log.step")
+    grep -q 'EAP-IG' "$log.step" || fail "$1 attribution printed no EAP-IG row"
+  else
+    fail "$1 attribution"
+  fi
+}
+attr_rows "gpt2-small f32" "$m/gpt2-small" f32
+attr_rows "llama-2-7b bf16" "$m/llama-2-7b" bf16
 secs=FAIL
 if dataset "$m/gpt2-small" 16 "$WORK/data-orders"; then
   s=$(spec_file "$m/gpt2-small" "$DEV" f32 "$WORK/data-orders/data.jsonl" orders "orders = $orders")

@@ -110,6 +110,27 @@ pub enum EdgeError {
     },
 }
 
+impl Qkv {
+    /// The three inputs in the order the model (and the edge graph) reads them.
+    pub const ALL: [Qkv; 3] = [Qkv::Q, Qkv::K, Qkv::V];
+
+    /// The input's letter in edge names (`q`, `k`, `v`).
+    pub fn letter(self) -> char {
+        match self {
+            Qkv::Q => 'q',
+            Qkv::K => 'k',
+            Qkv::V => 'v',
+        }
+    }
+
+    /// The input a letter names.
+    pub fn from_letter(s: &str) -> Option<Self> {
+        Qkv::ALL
+            .into_iter()
+            .find(|w| s.len() == 1 && s.starts_with(w.letter()))
+    }
+}
+
 impl Sender {
     /// The layer the sender writes in (`embed` before layer 0: `None`).
     pub fn layer(&self) -> Option<usize> {
@@ -316,14 +337,7 @@ impl fmt::Display for Receiver {
                 layer,
                 index,
                 which,
-            } => {
-                let w = match which {
-                    Qkv::Q => "q",
-                    Qkv::K => "k",
-                    Qkv::V => "v",
-                };
-                write!(f, "h{layer}.{index}.{w}")
-            }
+            } => write!(f, "h{layer}.{index}.{}", which.letter()),
             Receiver::Mlp { layer } => write!(f, "m{layer}"),
             Receiver::Logits => f.write_str("logits"),
         }
@@ -357,12 +371,7 @@ impl FromStr for Edge {
         let receiver = if b == "logits" {
             Receiver::Logits
         } else if let Some((head, w)) = b.rsplit_once('.').filter(|(h, _)| h.starts_with('h')) {
-            let which = match w {
-                "q" => Qkv::Q,
-                "k" => Qkv::K,
-                "v" => Qkv::V,
-                _ => return Err(syntax()),
-            };
+            let which = Qkv::from_letter(w).ok_or_else(syntax)?;
             match component(head)? {
                 Component::Head { layer, head } => Receiver::Attn {
                     layer,

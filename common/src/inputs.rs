@@ -27,6 +27,9 @@ pub struct JobInputs {
     pub outside: Vec<Component>,
     /// Downstream studies: the head sets, named, in shard order.
     pub sets: Vec<(String, Vec<Component>)>,
+    /// Faithfulness: the curves' circuits (resolved from the score files; not kept with the
+    /// job, so absent from [`JobInputs::from_resolved`]).
+    pub curves: Option<crate::curves::Curves>,
 }
 
 /// Refuses an order study whose orders hold more components in all than
@@ -90,7 +93,7 @@ impl JobInputs {
             )?),
             (None, None) => None,
         };
-        if spec.sweep.kind.is_edges() {
+        if spec.sweep.scores_edges() {
             let n = spec.graph(model).edge_count(circuit.as_deref());
             if n > limits::MAX_EDGES {
                 return Err(format!(
@@ -100,7 +103,21 @@ impl JobInputs {
                 ));
             }
         }
-        Ok(Self::from_resolved(spec, model, circuit, orders))
+        let mut inputs = Self::from_resolved(spec, model, circuit, orders);
+        if spec.sweep.kind == SweepKind::Faithfulness {
+            let files = spec
+                .sweep
+                .scores_files
+                .iter()
+                .flatten()
+                .map(|f| Ok((f.display().to_string(), read(f)?)))
+                .collect::<Result<Vec<_>, String>>()?;
+            inputs.curves = Some(
+                crate::curves::build(&files, &inputs.graph, &spec.sweep.fractions())
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        Ok(inputs)
     }
 
     /// The inputs from an already resolved circuit and orders (as the coordinator stores them
@@ -113,7 +130,7 @@ impl JobInputs {
     ) -> Self {
         let graph = spec.graph(model);
         let (n_layers, n_heads) = (graph.n_layers, graph.n_heads);
-        let (edges, outside) = match (spec.sweep.kind.is_edges(), &circuit) {
+        let (edges, outside) = match (spec.sweep.scores_edges(), &circuit) {
             (false, _) => (vec![], vec![]),
             (true, Some(c)) => (
                 graph.edges_within(c),
@@ -137,11 +154,12 @@ impl JobInputs {
             edges,
             outside,
             sets,
+            curves: None,
         }
     }
 
-    /// The sweep's shards after `prepare` (see [`shard::plan`]).
-    pub fn plan(&self, spec: &SweepSpec) -> Vec<ShardTask> {
+    /// The sweep's shards after `prepare` of `prompts` prompt pairs (see [`shard::plan`]).
+    pub fn plan(&self, spec: &SweepSpec, prompts: usize) -> Vec<ShardTask> {
         let edge_orders = match spec.sweep.kind {
             SweepKind::EdgePrune => spec.sweep.orders,
             _ => None,
@@ -152,7 +170,7 @@ impl JobInputs {
             self.orders.as_deref(),
             self.edges.len(),
             edge_orders,
-            self.sets.len(),
+            (self.sets.len(), prompts, spec.sweep.faithfulness_circuits()),
         )
     }
 }
@@ -188,7 +206,7 @@ mod tests {
         assert_eq!(i.edges, i.graph.edges_within(i.circuit.as_ref().unwrap()));
         assert_eq!(i.outside.len(), 2 * 4 + 2 - 2);
         assert!(
-            i.plan(&s)
+            i.plan(&s, 1)
                 .iter()
                 .all(|t| matches!(t, ShardTask::Edges { .. }))
         );
@@ -256,6 +274,6 @@ mod tests {
         let s = spec("[sweep]\nkind = \"downstream\"\nrandom_sets = 3\nset_size = 2\n");
         let d = JobInputs::resolve(&s, model(), &mut no_files).unwrap();
         assert_eq!(d.sets.len(), 4);
-        assert_eq!(d.plan(&s).len(), 1);
+        assert_eq!(d.plan(&s, 1).len(), 1);
     }
 }

@@ -18,6 +18,10 @@ pub const MAX_SHOTS: usize = 64;
 pub const MAX_THRESHOLDS: usize = 100;
 /// Edges of one edge sweep (a 7B model's whole graph has about 1.6 million).
 pub const MAX_EDGES: usize = 10_000_000;
+/// Files of edge scores of one faithfulness run (two curves each).
+pub const MAX_SCORE_FILES: usize = 16;
+/// Integration steps of EAP-IG (each a forward and backward pass per prompt).
+pub const MAX_IG_STEPS: usize = 1000;
 /// Layers of a model (the largest public models have about 130).
 pub const MAX_LAYERS: usize = 1024;
 /// Attention heads per layer (the largest public models have 128).

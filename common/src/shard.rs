@@ -56,6 +56,21 @@ pub enum ShardTask {
         /// Number of sets.
         count: usize,
     },
+    /// Faithfulness: the metric of circuits `first..first + count` of the job's curves (the
+    /// empty circuit and the full graph first), each with every edge outside it ablated.
+    Circuits {
+        /// First circuit.
+        first: usize,
+        /// Number of circuits.
+        count: usize,
+    },
+    /// Attribution sums of prompts `first..first + count` (sums over prompts add up).
+    Attribution {
+        /// First prompt.
+        first: usize,
+        /// Number of prompts.
+        count: usize,
+    },
 }
 
 impl ShardTask {
@@ -79,6 +94,12 @@ impl ShardTask {
             }
             ShardTask::Downstream { first, count } => {
                 format!("downstream sets {first}..{}", first + count)
+            }
+            ShardTask::Attribution { first, count } => {
+                format!("attribution of prompts {first}..{}", first + count)
+            }
+            ShardTask::Circuits { first, count } => {
+                format!("circuits {first}..{}", first + count)
             }
         }
     }
@@ -127,6 +148,15 @@ pub const ORDERS_PER_SHARD: usize = 4;
 
 /// Head sets per downstream shard.
 pub const SETS_PER_SHARD: usize = 4;
+
+/// Circuits per faithfulness shard.
+pub const CIRCUITS_PER_SHARD: usize = 4;
+
+/// Prompts per attribution shard: about 16 shards per sweep, a multiple of the 4 prompts a
+/// worker differentiates per pass (so no shard runs a part-empty pass but its last).
+pub fn prompts_per_shard(n_prompts: usize) -> usize {
+    n_prompts.div_ceil(16).max(4).next_multiple_of(4)
+}
 
 /// Edges per edge shard: about 64 shards per sweep, at least 64 edges each.
 pub fn edges_per_shard(n_edges: usize) -> usize {
@@ -179,15 +209,16 @@ impl JobMeta {
 /// The sweep's shards after `prepare`: node shards of whole layers (a prune job gets them too,
 /// for its heatmap), one pruning shard, groups of orders, or ranges of the `n_edges` edges of
 /// the graph (an edge pruning job gets them too, for the widths of its drawing) and one edge
-/// pruning shard or, for `edge_orders` orders, groups of edge orders; or groups of the
-/// `n_sets` head sets of a downstream study.
+/// pruning shard or, for `edge_orders` orders, groups of edge orders; groups of the
+/// `n_sets` head sets of a downstream study; ranges of the `n_prompts` prompts of an
+/// attribution; or groups of the `n_circuits` circuits of faithfulness curves.
 pub fn plan(
     kind: SweepKind,
     n_layers: usize,
     orders: Option<&[Vec<Component>]>,
     n_edges: usize,
     edge_orders: Option<usize>,
-    n_sets: usize,
+    (n_sets, n_prompts, n_circuits): (usize, usize, usize),
 ) -> Vec<ShardTask> {
     let mut shards = vec![];
     if matches!(kind, SweepKind::Nodes | SweepKind::Prune) {
@@ -210,6 +241,23 @@ pub fn plan(
     }
     match kind {
         SweepKind::Nodes | SweepKind::Edges => {}
+        SweepKind::Faithfulness => {
+            for first in (0..n_circuits).step_by(CIRCUITS_PER_SHARD) {
+                shards.push(ShardTask::Circuits {
+                    first,
+                    count: CIRCUITS_PER_SHARD.min(n_circuits - first),
+                });
+            }
+        }
+        SweepKind::Attribution => {
+            let per = prompts_per_shard(n_prompts);
+            for first in (0..n_prompts).step_by(per) {
+                shards.push(ShardTask::Attribution {
+                    first,
+                    count: per.min(n_prompts - first),
+                });
+            }
+        }
         SweepKind::Downstream => {
             for first in (0..n_sets).step_by(SETS_PER_SHARD) {
                 shards.push(ShardTask::Downstream {
@@ -263,7 +311,7 @@ mod tests {
     #[test]
     fn node_shards_cover_every_layer_once() {
         for n in [1, 2, 12, 30, 32, 80] {
-            let shards = plan(SweepKind::Nodes, n, None, 0, None, 0);
+            let shards = plan(SweepKind::Nodes, n, None, 0, None, (0, 0, 0));
             let mut seen: Vec<usize> = vec![];
             for s in &shards {
                 let ShardTask::Nodes { layers } = s else {
@@ -278,7 +326,7 @@ mod tests {
 
     #[test]
     fn prune_is_one_shard_after_the_node_shards() {
-        let shards = plan(SweepKind::Prune, 30, None, 0, None, 0);
+        let shards = plan(SweepKind::Prune, 30, None, 0, None, (0, 0, 0));
         assert_eq!(shards.last(), Some(&ShardTask::Prune));
         assert_eq!(shards.iter().filter(|s| **s == ShardTask::Prune).count(), 1);
     }
@@ -286,7 +334,7 @@ mod tests {
     #[test]
     fn edge_shards_cover_every_edge_once() {
         for n in [1, 63, 64, 65, 1000, 32_000] {
-            let shards = plan(SweepKind::EdgePrune, 12, None, n, None, 0);
+            let shards = plan(SweepKind::EdgePrune, 12, None, n, None, (0, 0, 0));
             assert_eq!(shards.last(), Some(&ShardTask::EdgePrune));
             let mut next = 0;
             for s in &shards[..shards.len() - 1] {
@@ -300,7 +348,7 @@ mod tests {
             assert_eq!(next, n);
             assert!(shards.len() <= 65, "{n}: {}", shards.len());
         }
-        let study = plan(SweepKind::EdgePrune, 12, None, 100, Some(10), 0);
+        let study = plan(SweepKind::EdgePrune, 12, None, 100, Some(10), (0, 0, 0));
         let groups: Vec<&ShardTask> = study
             .iter()
             .filter(|s| matches!(s, ShardTask::EdgeOrders { .. }))
@@ -316,8 +364,27 @@ mod tests {
     }
 
     #[test]
+    fn attribution_cuts_the_prompts_into_contiguous_ranges() {
+        for n in [1, 4, 5, 63, 64, 65, 1000] {
+            let shards = plan(SweepKind::Attribution, 30, None, 5000, None, (0, n, 0));
+            let mut next = 0;
+            for s in &shards {
+                let ShardTask::Attribution { first, count } = *s else {
+                    panic!("{s:?}");
+                };
+                assert_eq!(first, next);
+                assert!(count >= 1 && count <= prompts_per_shard(n));
+                next = first + count;
+            }
+            assert_eq!(next, n);
+            assert!(shards.len() <= 16, "{n}: {}", shards.len());
+            assert_eq!(prompts_per_shard(n) % 4, 0);
+        }
+    }
+
+    #[test]
     fn downstream_sets_are_grouped_by_four() {
-        let shards = plan(SweepKind::Downstream, 30, None, 0, None, 22);
+        let shards = plan(SweepKind::Downstream, 30, None, 0, None, (22, 0, 0));
         assert_eq!(shards.len(), 6);
         assert_eq!(
             shards[5],
@@ -332,7 +399,7 @@ mod tests {
     #[test]
     fn orders_are_grouped_in_order() {
         let orders = crate::orders::random_orders(2, 2, 10, 7);
-        let shards = plan(SweepKind::Orders, 2, Some(&orders), 0, None, 0);
+        let shards = plan(SweepKind::Orders, 2, Some(&orders), 0, None, (0, 0, 0));
         assert_eq!(shards.len(), 3);
         let mut back = vec![];
         for s in &shards {

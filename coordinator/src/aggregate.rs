@@ -9,15 +9,16 @@ use circuit_sweep_common::downstream;
 use circuit_sweep_common::edge::{Edge, GraphShape};
 use circuit_sweep_common::edge_prune::{self, EdgeOrderStudy, EdgePruneResult};
 use circuit_sweep_common::inputs::JobInputs;
-use circuit_sweep_common::metric::Unit;
+use circuit_sweep_common::metric::{self, Unit};
 use circuit_sweep_common::orders;
 use circuit_sweep_common::prune::PruneResult;
 use circuit_sweep_common::results::{
-    self, DownstreamSet, DownstreamStudy, EdgeScores, ModelRecord, NodeScores, PruneRuns,
-    ResultDoc, Timing, WriteError,
+    self, AttributionScores, DownstreamSet, DownstreamStudy, EdgeScores, FaithfulnessCurve,
+    FaithfulnessCurves, ModelRecord, NamedScores, NodeScores, PruneRuns, ResultDoc, Timing,
+    WriteError,
 };
 use circuit_sweep_common::shard::{JobMeta, NodeShard, ShardTask};
-use circuit_sweep_common::spec::{SweepKind, SweepSpec};
+use circuit_sweep_common::spec::{AttributionMethod, SweepKind, SweepSpec};
 use circuit_sweep_proto::shard_output::ShardOutput;
 
 /// Everything the shards returned, in plan order.
@@ -37,6 +38,21 @@ pub struct Collected {
     pub edge_prune: Vec<EdgePruneResult>,
     /// Downstream accuracy `[set][task]` in % (sets in study order).
     pub downstream: Vec<Vec<f64>>,
+    /// Attribution sums over the prompts, added shard by shard in plan order.
+    pub attribution: Option<AttributionSums>,
+    /// Attribution shards added.
+    pub attribution_shards: usize,
+    /// Faithfulness: every circuit's metric and kept edges, in circuit order.
+    pub circuits: Vec<(f64, u64)>,
+}
+
+/// Attribution sums: estimated metric changes per edge and per node.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AttributionSums {
+    /// Per edge of the graph.
+    pub edges: Vec<f64>,
+    /// Per node (the embedding, heads and MLPs).
+    pub nodes: Vec<f64>,
 }
 
 impl Collected {
@@ -52,6 +68,23 @@ impl Collected {
             (_, ShardOutput::Edges(scores)) => self.edges.extend(scores),
             (_, ShardOutput::EdgeRuns(runs)) => self.edge_prune.extend(runs),
             (_, ShardOutput::Accuracy(acc)) => self.downstream.extend(acc),
+            (_, ShardOutput::Circuits { metrics, kept }) => {
+                self.circuits.extend(metrics.into_iter().zip(kept));
+            }
+            (_, ShardOutput::Attribution { edges, nodes }) => {
+                self.attribution_shards += 1;
+                match &mut self.attribution {
+                    None => self.attribution = Some(AttributionSums { edges, nodes }),
+                    Some(t) => {
+                        for (a, b) in t.edges.iter_mut().zip(&edges) {
+                            *a += b;
+                        }
+                        for (a, b) in t.nodes.iter_mut().zip(&nodes) {
+                            *a += b;
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -65,6 +98,9 @@ pub enum AggregateError {
     /// The shards do not add up (a planner bug, never a worker's input).
     #[error("incomplete results: {0}")]
     Incomplete(String),
+    /// The results do not make the asked-for numbers (a curve between two equal baselines).
+    #[error("{0}")]
+    Unsound(String),
 }
 
 fn model_name(p: &str) -> String {
@@ -127,15 +163,7 @@ fn write_edges(
     let unit = Unit::of(spec.ablation.metric);
     let cost = edge_cost(spec, meta);
     // The drawing of a whole graph is unreadable: the 60 edges whose ablation costs most.
-    let mut order: Vec<usize> = (0..edges.len()).collect();
-    order.sort_by(|&a, &b| {
-        let (x, y) = (cost(c.edges[a]), cost(c.edges[b]));
-        y.total_cmp(&x).then(a.cmp(&b))
-    });
-    order.truncate(60);
-    order.sort_unstable();
-    let top: Vec<Edge> = order.iter().map(|&i| edges[i]).collect();
-    let importance: Vec<f64> = order.iter().map(|&i| cost(c.edges[i])).collect();
+    let (top, importance) = costliest(edges, &c.edges, cost, 60);
     let title = format!(
         "{name}: the {} most important of {} edges ({:?} ablation)",
         top.len(),
@@ -158,6 +186,24 @@ fn write_edges(
         circuit: inputs.circuit.clone(),
         circuit_score: meta.circuit_score,
     })
+}
+
+/// The `n` edges whose scores cost most (ties to the earlier edge), in graph order, with their
+/// costs.
+fn costliest(
+    edges: &[Edge],
+    scores: &[f64],
+    cost: impl Fn(f64) -> f64,
+    n: usize,
+) -> (Vec<Edge>, Vec<f64>) {
+    let mut order: Vec<usize> = (0..edges.len()).collect();
+    order.sort_by(|&a, &b| cost(scores[b]).total_cmp(&cost(scores[a])).then(a.cmp(&b)));
+    order.truncate(n);
+    order.sort_unstable();
+    (
+        order.iter().map(|&i| edges[i]).collect(),
+        order.iter().map(|&i| cost(scores[i])).collect(),
+    )
 }
 
 /// What an edge's single-edge score costs: `|100 - score|` in %, or the KL it adds (nats) to
@@ -315,6 +361,211 @@ fn write_edge_drawing(
     Ok(())
 }
 
+/// Writes `attribution.csv` (and with edges `attribution-nodes.csv` and a drawing of the 60
+/// edges estimated to matter most); returns `result.json`'s `attribution`: sums of estimated
+/// metric changes turned into scores as exact ones are (`full + change`).
+fn write_attribution(
+    spec: &SweepSpec,
+    inputs: &JobInputs,
+    c: &Collected,
+    meta: &JobMeta,
+    name: &str,
+    out: &Path,
+) -> Result<AttributionScores, AggregateError> {
+    let sums = c
+        .attribution
+        .as_ref()
+        .ok_or_else(|| AggregateError::Incomplete("no attribution shard".into()))?;
+    let prompts = meta.dataset["prompts"].as_u64().unwrap_or(0) as usize;
+    let shards = circuit_sweep_common::shard::prompts_per_shard(prompts);
+    if c.attribution_shards != prompts.div_ceil(shards) {
+        return Err(AggregateError::Incomplete(format!(
+            "{} attribution shards of {}",
+            c.attribution_shards,
+            prompts.div_ceil(shards)
+        )));
+    }
+    let a = &spec.ablation;
+    let score = |d: &f64| {
+        metric::score(
+            a.metric,
+            a.normalize,
+            meta.full + d,
+            meta.full,
+            meta.corrupt,
+            meta.empty,
+        )
+    };
+    let (method, steps) = spec.sweep.attribution_steps();
+    let senders = GraphShape {
+        embed: true,
+        ..inputs.graph
+    }
+    .senders();
+    if sums.nodes.len() != senders.len() {
+        return Err(AggregateError::Incomplete(format!(
+            "{} node sums for {} nodes",
+            sums.nodes.len(),
+            senders.len()
+        )));
+    }
+    let nodes = NamedScores {
+        names: senders.iter().map(|s| s.to_string()).collect(),
+        scores: sums.nodes.iter().map(score).collect(),
+    };
+    let node_csv = |n: &NamedScores| {
+        let mut csv = String::from("node,score\n");
+        for (x, s) in n.names.iter().zip(&n.scores) {
+            csv.push_str(&format!("{x},{s}\n"));
+        }
+        csv
+    };
+    if !spec.sweep.scores_edges() {
+        results::write_file(out, "attribution.csv", &node_csv(&nodes))?;
+        return Ok(AttributionScores {
+            method,
+            steps,
+            names: nodes.names,
+            scores: nodes.scores,
+            nodes: None,
+        });
+    }
+    let edges = &inputs.edges;
+    if edges.len() != sums.edges.len() {
+        return Err(AggregateError::Incomplete(format!(
+            "{} attribution sums for a graph of {} edges",
+            sums.edges.len(),
+            edges.len()
+        )));
+    }
+    let scores: Vec<f64> = sums.edges.iter().map(score).collect();
+    results::write_file(out, "attribution.csv", &results::edges_csv(edges, &scores))?;
+    results::write_file(out, "attribution-nodes.csv", &node_csv(&nodes))?;
+    let unit = Unit::of(a.metric);
+    let cost = edge_cost(spec, meta);
+    let (top, importance) = costliest(edges, &scores, cost, 60);
+    let title = format!(
+        "{name}: the {} of {} edges {} estimates to matter most ({:?} ablation)",
+        top.len(),
+        edges.len(),
+        match method {
+            AttributionMethod::Eap => "EAP".to_string(),
+            AttributionMethod::EapIg => format!("EAP-IG ({steps} steps)"),
+        },
+        a.kind
+    );
+    let sub = format!("width: estimated {}", width_legend(unit));
+    write_edge_drawing(
+        out,
+        "attribution",
+        &inputs.graph,
+        &top,
+        &importance,
+        &title,
+        &sub,
+    )?;
+    Ok(AttributionScores {
+        method,
+        steps,
+        names: edges.iter().map(Edge::to_string).collect(),
+        scores,
+        nodes: Some(nodes),
+    })
+}
+
+/// Writes `faithfulness.csv` and `faithfulness.svg`; returns `result.json`'s `faithfulness`.
+fn write_faithfulness(
+    spec: &SweepSpec,
+    c: &Collected,
+    name: &str,
+    out: &Path,
+) -> Result<FaithfulnessCurves, AggregateError> {
+    use circuit_sweep_common::faithfulness as fa;
+    let want = spec.sweep.faithfulness_circuits();
+    if c.circuits.len() != want {
+        return Err(AggregateError::Incomplete(format!(
+            "{} circuit results of {want}",
+            c.circuits.len()
+        )));
+    }
+    let fractions = spec.sweep.fractions();
+    let (empty, full) = (c.circuits[0].0, c.circuits[1].0);
+    let total = c.circuits[1].1 as usize;
+    let files = spec.sweep.scores_files.as_deref().unwrap_or_default();
+    let mut curves = vec![];
+    let mut csv = String::from("file,selection,fraction,edges,metric,faithfulness\n");
+    let mut rest = c.circuits[2..].chunks(fractions.len());
+    for file in files {
+        for absolute in [false, true] {
+            let part = rest.next().ok_or_else(|| {
+                AggregateError::Incomplete("fewer curves than score files".into())
+            })?;
+            let f: Vec<f64> = part
+                .iter()
+                .map(|(m, _)| fa::faithfulness(*m, empty, full))
+                .collect::<Result<_, _>>()
+                .map_err(|e| AggregateError::Unsound(e.to_string()))?;
+            let points: Vec<(f64, f64)> =
+                fractions.iter().copied().zip(f.iter().copied()).collect();
+            let file = file.display().to_string();
+            for ((x, fx), (m, k)) in points.iter().zip(part) {
+                csv.push_str(&format!(
+                    "{file},{},{x},{k},{m},{fx}\n",
+                    if absolute { "absolute" } else { "signed" }
+                ));
+            }
+            curves.push(FaithfulnessCurve {
+                file,
+                absolute,
+                edges: part.iter().map(|p| p.1).collect(),
+                metrics: part.iter().map(|p| p.0).collect(),
+                cpr: fa::cpr(&points),
+                cmd: fa::cmd(&points),
+                faithfulness: f,
+            });
+        }
+    }
+    results::write_file(out, "faithfulness.csv", &csv)?;
+    let lines: Vec<results::CurveLine> = curves
+        .iter()
+        .map(|cv| {
+            let label = if cv.absolute {
+                format!("{} |score| (CMD {:.3})", cv.file, cv.cmd)
+            } else {
+                format!("{} (CPR {:.3})", cv.file, cv.cpr)
+            };
+            let pts = fractions
+                .iter()
+                .copied()
+                .zip(cv.faithfulness.iter().copied());
+            (label, cv.absolute, pts.collect())
+        })
+        .collect();
+    let sub = format!(
+        "faithfulness (m(C) - m(empty)) / (m(full) - m(empty)) by exact patching; {total} edges; empty {empty:.4}, full {full:.4}; dashed: by absolute score"
+    );
+    results::write_file(
+        out,
+        "faithfulness.svg",
+        &results::curves_svg(
+            &lines,
+            "edges kept (share of the graph)",
+            &format!(
+                "{name}: faithfulness curves ({:?} ablation)",
+                spec.ablation.kind
+            ),
+            &sub,
+        ),
+    )?;
+    Ok(FaithfulnessCurves {
+        fractions,
+        graph_edges: total,
+        empty,
+        full,
+        curves,
+    })
+}
+
 /// Writes `downstream.csv` and `downstream.svg`; returns `result.json`'s `downstream`: the
 /// ablation (and for mean ablation what the mean is over), every set with its components and
 /// accuracy per task, the random sets' spread per task, and per task the share of random sets
@@ -451,6 +702,8 @@ pub fn write(
         edge_prune: None,
         edge_orders: None,
         downstream: None,
+        attribution: None,
+        faithfulness: None,
         timing,
     };
     std::fs::create_dir_all(out).map_err(|e| WriteError {
@@ -483,6 +736,12 @@ pub fn write(
     }
     match spec.sweep.kind {
         SweepKind::Nodes => {}
+        SweepKind::Attribution => {
+            doc.attribution = Some(write_attribution(spec, inputs, c, meta, &name, out)?);
+        }
+        SweepKind::Faithfulness => {
+            doc.faithfulness = Some(write_faithfulness(spec, c, &name, out)?);
+        }
         SweepKind::Downstream => {
             doc.downstream = Some(write_downstream(spec, inputs, c, &name, out)?);
         }

@@ -209,6 +209,8 @@ fn fake_run(
         edge_prune: None,
         edge_orders: None,
         downstream: None,
+        attribution: None,
+        faithfulness: None,
         timing: Timing {
             seconds: 0.0,
             shards: 0,

@@ -38,6 +38,8 @@ fn the_gpu_check_runs_end_to_end_on_the_cpu() {
         "## Matmul peak through candle on cpu",
         "| llama-2-7b bf16 | 10 x 4 x",
         "| edge sweep, random GPT-2",
+        "| attribution EAP of every edge, gpt2-small f32 |",
+        "| attribution EAP-IG(5) of every edge, llama-2-7b bf16 |",
         "| order study, 2 orders",
         "every check passed",
     ] {

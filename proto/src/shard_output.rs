@@ -30,6 +30,22 @@ pub enum ShardOutput {
     EdgeRuns(Vec<EdgePruneResult>),
     /// Downstream accuracy `[set][task]` in %.
     Accuracy(Vec<Vec<f64>>),
+    /// Attribution sums of a range of prompts: estimated metric changes per edge (graph
+    /// order; none when nodes are scored) and per node (the embedding, then every head and
+    /// MLP in order).
+    Attribution {
+        /// Per edge.
+        edges: Vec<f64>,
+        /// Per node.
+        nodes: Vec<f64>,
+    },
+    /// Faithfulness: per circuit of the shard, its metric and how many edges it keeps.
+    Circuits {
+        /// Metric with every edge outside the circuit ablated.
+        metrics: Vec<f64>,
+        /// Edges kept.
+        kept: Vec<u64>,
+    },
 }
 
 /// A result that does not fit its shard.
@@ -53,6 +69,20 @@ mod names {
     pub const EDGES: &str = "edges";
     pub const EDGE_RUNS: &str = "edge_runs";
     pub const ACCURACY: &str = "accuracy";
+    pub const ATTRIBUTION_EDGES: &str = "attribution_edges";
+    pub const ATTRIBUTION_NODES: &str = "attribution_nodes";
+    pub const METRICS: &str = "metrics";
+    pub const KEPT: &str = "kept";
+}
+
+/// Edges and nodes an attribution shard of a job of `spec` reports.
+pub fn attribution_counts(spec: &SweepSpec, meta: &JobMeta) -> (usize, usize) {
+    let edges = if spec.sweep.scores_edges() {
+        meta.graph_shape(spec).edge_count(None)
+    } else {
+        0
+    };
+    (edges, 1 + meta.n_layers * (meta.n_heads + 1))
 }
 
 fn json_tensor<T: serde::Serialize + ?Sized>(name: &str, value: &T) -> WireTensor {
@@ -123,6 +153,17 @@ impl ShardOutput {
                 let flat: Vec<f64> = acc.iter().flatten().copied().collect();
                 vec![WireTensor::f64(names::ACCURACY, &[acc.len(), tasks], &flat)]
             }
+            ShardOutput::Circuits { metrics, kept } => {
+                let k: Vec<f64> = kept.iter().map(|&x| x as f64).collect();
+                vec![
+                    WireTensor::f64(names::METRICS, &[metrics.len()], metrics),
+                    WireTensor::f64(names::KEPT, &[kept.len()], &k),
+                ]
+            }
+            ShardOutput::Attribution { edges, nodes } => vec![
+                WireTensor::f64(names::ATTRIBUTION_EDGES, &[edges.len()], edges),
+                WireTensor::f64(names::ATTRIBUTION_NODES, &[nodes.len()], nodes),
+            ],
         }
     }
 
@@ -177,6 +218,33 @@ impl ShardOutput {
                 Ok(ShardOutput::Accuracy(
                     flat.chunks(tasks.max(1)).map(<[f64]>::to_vec).collect(),
                 ))
+            }
+            ShardTask::Circuits { count, .. } => {
+                let metrics = f64_of(ts, names::METRICS, &[*count])?;
+                let kept = f64_of(ts, names::KEPT, &[*count])?;
+                let total = shape_of(meta)?.graph_shape(spec).edge_count(None) as f64;
+                if let Some(v) = metrics.iter().find(|v| !v.is_finite()) {
+                    return Err(Malformed(format!("circuit metric {v} is not finite")));
+                }
+                if let Some(k) = kept
+                    .iter()
+                    .find(|k| !(k.fract() == 0.0 && **k >= 0.0 && **k <= total))
+                {
+                    return Err(Malformed(format!("{k} kept edges of a graph of {total}")));
+                }
+                Ok(ShardOutput::Circuits {
+                    metrics,
+                    kept: kept.into_iter().map(|k| k as u64).collect(),
+                })
+            }
+            ShardTask::Attribution { .. } => {
+                let (n_edges, n_nodes) = attribution_counts(spec, shape_of(meta)?);
+                let edges = f64_of(ts, names::ATTRIBUTION_EDGES, &[n_edges])?;
+                let nodes = f64_of(ts, names::ATTRIBUTION_NODES, &[n_nodes])?;
+                if let Some(v) = edges.iter().chain(&nodes).find(|v| !v.is_finite()) {
+                    return Err(Malformed(format!("attribution sum {v} is not finite")));
+                }
+                Ok(ShardOutput::Attribution { edges, nodes })
             }
             ShardTask::EdgePrune | ShardTask::EdgeOrders { .. } => {
                 let want = match task {

@@ -24,6 +24,12 @@ fn spec(dir: &Path, name: &str, sweep: &str) -> PathBuf {
     p
 }
 
+/// The `result.json` of a results folder in `dir`.
+fn folder_doc(dir: &Path, name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join(name).join("result.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
 #[test]
 fn three_workers_give_the_numbers_of_one_worker() {
     let dir = tempfile::tempdir().unwrap();
@@ -44,6 +50,24 @@ fn three_workers_give_the_numbers_of_one_worker() {
         (
             "edge_orders",
             "kind = \"edge_prune\"\ncircuit_file = \"prune-1/result.json\"\nthreshold = 60.0\norders = 6\nseed = 2",
+        ),
+        (
+            "attribution",
+            "kind = \"attribution\"\nmethod = \"eap_ig\"\nsteps = 3",
+        ),
+        ("eap", "kind = \"attribution\"\nmethod = \"eap\""),
+        (
+            "eap_ig_one_step",
+            "kind = \"attribution\"\nmethod = \"eap_ig\"\nsteps = 1",
+        ),
+        (
+            "attribution_nodes",
+            "kind = \"attribution\"\nover = \"nodes\"",
+        ),
+        // Curves of the attribution and the exact single-edge scores above.
+        (
+            "faithfulness",
+            "kind = \"faithfulness\"\nscores_files = [\"attribution-1/result.json\", \"edges-1/result.json\"]",
         ),
     ];
     let rt = rt();
@@ -90,6 +114,54 @@ fn three_workers_give_the_numbers_of_one_worker() {
                 let kept = r["edges"].as_array().unwrap().len();
                 assert!(kept > 0 && kept < r["graph_edges"].as_u64().unwrap() as usize);
                 assert!(three.join("edge-circuit.svg").exists());
+            }
+            "attribution" => {
+                let a = &b["attribution"];
+                let edges = b["attribution"]["names"].as_array().unwrap().len();
+                assert_eq!(a["scores"].as_array().unwrap().len(), edges);
+                assert!(edges > 200, "{edges}");
+                assert_eq!(a["steps"], 3);
+                // Prompts in ranges: two shards of the six prompts after the prepare shard.
+                assert_eq!(b["timing"]["shards"], 3);
+                let nodes = a["nodes"]["scores"].as_array().unwrap();
+                assert_eq!(nodes.len(), 1 + 3 * (8 + 1));
+                assert!(three.join("attribution.svg").exists());
+            }
+            "eap_ig_one_step" => {
+                // One integration step is EAP: the same passes, the same numbers.
+                assert_eq!(
+                    b["attribution"]["scores"],
+                    folder_doc(dir.path(), "eap-1")["attribution"]["scores"]
+                );
+            }
+            "attribution_nodes" => {
+                let names = b["attribution"]["names"].as_array().unwrap();
+                assert_eq!(names[0], "embed");
+                assert_eq!(names.len(), 1 + 3 * (8 + 1));
+                assert!(b["attribution"]["nodes"].is_null());
+            }
+            "eap" => assert_eq!(b["attribution"]["method"], "eap"),
+            "faithfulness" => {
+                let f = &b["faithfulness"];
+                let curves = f["curves"].as_array().unwrap();
+                assert_eq!(curves.len(), 4);
+                let total = f["graph_edges"].as_u64().unwrap();
+                for c in curves {
+                    let fs = c["faithfulness"].as_array().unwrap();
+                    let kept = c["edges"].as_array().unwrap();
+                    assert_eq!(fs.len(), 10);
+                    // The whole graph is the full model, no edge the empty circuit: 1 and 0
+                    // by construction.
+                    assert_eq!(kept[9].as_u64().unwrap(), total);
+                    assert_eq!(fs[9].as_f64().unwrap(), 1.0, "{c}");
+                    for (k, x) in kept.iter().zip(fs) {
+                        if k.as_u64().unwrap() == 0 {
+                            assert_eq!(x.as_f64().unwrap(), 0.0, "{c}");
+                        }
+                    }
+                    assert!(c["cpr"].as_f64().unwrap().is_finite());
+                }
+                assert!(three.join("faithfulness.svg").exists());
             }
             "edge_orders" => {
                 let st = &b["edge_orders"];

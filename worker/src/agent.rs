@@ -526,15 +526,29 @@ fn materialize(
         if spec.sweep.circuit_file.as_deref() == Some(named) {
             spec.sweep.circuit_file = Some(local.clone());
         }
+        for f in spec.sweep.scores_files.iter_mut().flatten() {
+            if f.as_path() == named {
+                *f = local.clone();
+            }
+        }
         copies.push((local, a.name.clone()));
     }
     // A worker reads only the files sent with the job, never a path of its own disk that a
     // client names.
-    for (field, f) in [
-        ("[data] file", &spec.data.file),
-        ("[sweep] orders_file", &spec.sweep.orders_file),
-        ("[sweep] circuit_file", &spec.sweep.circuit_file),
-    ] {
+    let named = [
+        ("[data] file", spec.data.file.as_ref()),
+        ("[sweep] orders_file", spec.sweep.orders_file.as_ref()),
+        ("[sweep] circuit_file", spec.sweep.circuit_file.as_ref()),
+    ]
+    .into_iter()
+    .chain(
+        spec.sweep
+            .scores_files
+            .iter()
+            .flatten()
+            .map(|f| ("[sweep] scores_files", Some(f))),
+    );
+    for (field, f) in named {
         if let Some(f) = f
             && !copies.iter().any(|(local, _)| local == f)
         {

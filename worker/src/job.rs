@@ -187,7 +187,7 @@ pub fn prepare(
     if spec.ablation.normalize == Normalize::Empty {
         // The empty circuit through the same path as every candidate: every node ablated, or
         // every edge of the graph.
-        let empty = if spec.sweep.kind.is_edges() {
+        let empty = if spec.sweep.scores_edges() {
             ev.edge_metrics(&[EdgeCandidate {
                 nodes: inputs.outside.clone(),
                 edges: inputs.edges.clone(),

@@ -140,6 +140,74 @@ pub fn execute(
                 })?;
             Ok(ShardOutput::Edges(scores))
         }
+        ShardTask::Circuits { first, count } => {
+            let curves = job.inputs.curves.as_ref().ok_or_else(|| {
+                ShardError::BadInput("a circuits shard of a job with no curves".into())
+            })?;
+            let circuits = curves.circuits();
+            let (first, count) = (*first, *count);
+            if first + count > circuits.len() {
+                return Err(ShardError::BadInput(format!(
+                    "shard asks for circuits {first}..{} of {}",
+                    first + count,
+                    circuits.len()
+                )));
+            }
+            let edges = &job.inputs.edges;
+            let ev = job.ev()?;
+            let (mut metrics, mut kept) = (vec![], vec![]);
+            for (i, keep) in circuits[first..first + count].iter().enumerate() {
+                // The full graph (circuit 1) keeps every edge; every other circuit, its own.
+                let ablated = if first + i == 1 {
+                    vec![]
+                } else {
+                    let mut inside = vec![false; edges.len()];
+                    for &k in keep.iter() {
+                        inside[k as usize] = true;
+                    }
+                    edges
+                        .iter()
+                        .zip(&inside)
+                        .filter(|(_, k)| !**k)
+                        .map(|(e, _)| *e)
+                        .collect()
+                };
+                kept.push((edges.len() - ablated.len()) as u64);
+                metrics.push(
+                    ev.edge_metrics(&[EdgeCandidate {
+                        nodes: vec![],
+                        edges: ablated,
+                        settled: vec![],
+                    }])?[0],
+                );
+                progress(i as u64 + 1, count as u64);
+                if check().is_break() {
+                    return Err(ShardError::Cancelled);
+                }
+            }
+            Ok(ShardOutput::Circuits { metrics, kept })
+        }
+        ShardTask::Attribution { first, count } => {
+            let ev = job.ev()?;
+            let (first, count) = (*first, *count);
+            if count == 0 || first + count > ev.prompts() {
+                return Err(ShardError::BadInput(format!(
+                    "shard asks for prompts {first}..{} of {}",
+                    first + count,
+                    ev.prompts()
+                )));
+            }
+            let (_, steps) = job.spec.sweep.attribution_steps();
+            let edges = job.spec.sweep.scores_edges();
+            let sums = sweep::attribution(ev, steps, edges, first..first + count, &mut |done| {
+                progress(done as u64, count as u64);
+                check()
+            })?;
+            Ok(ShardOutput::Attribution {
+                edges: sums.edges,
+                nodes: sums.nodes,
+            })
+        }
         ShardTask::Downstream { first, count } => {
             let ds = job.downstream.as_ref().ok_or_else(|| {
                 ShardError::BadInput("a downstream shard of a job with no downstream tasks".into())

@@ -261,3 +261,22 @@ pub fn edge_sweep(
     }
     Ok(out)
 }
+
+/// Attribution sums (see [`Evaluator::attribute`]) of the prompts `prompts`, a pass's worth of
+/// prompts at a time, summed in order; `on_pass` hears how many prompts are done.
+pub fn attribution(
+    ev: &Evaluator,
+    steps: usize,
+    edges: bool,
+    prompts: std::ops::Range<usize>,
+    on_pass: OnProgress<'_>,
+) -> Result<crate::model::AttributionSums, SweepError> {
+    let mut total = crate::model::AttributionSums::default();
+    let per = crate::eval::ATTRIBUTION_PROMPTS_PER_PASS;
+    for lo in prompts.clone().step_by(per) {
+        let hi = (lo + per).min(prompts.end);
+        total.add(&ev.attribute(steps, edges, lo..hi)?, 1.0);
+        go_on(on_pass(hi - prompts.start))?;
+    }
+    Ok(total)
+}

@@ -5,7 +5,6 @@
 
 mod common;
 
-use candle_core::Device;
 use circuit_sweep_common::Component;
 use circuit_sweep_common::edge::Edge;
 use circuit_sweep_common::spec::AblationSpec;
@@ -187,27 +186,8 @@ fn candidates_score_the_same_from_a_run_with_their_settled_edges() {
 
 #[test]
 fn an_edge_with_no_path_to_the_logits_scores_exactly_100() {
-    // The llama fixture with head 1.2's slice of the output projection set to zero: nothing
-    // that head reads can reach the logits.
     let dir = tempfile::tempdir().unwrap();
-    let src = fixtures().join("models/llama");
-    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
-    let mut w =
-        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
-    let name = "model.layers.1.self_attn.o_proj.weight";
-    let o = w[name].clone();
-    let (d, hd) = o.dims2().unwrap();
-    let dh = hd / 8;
-    let mut cols = o.to_vec2::<f32>().unwrap();
-    for row in cols.iter_mut() {
-        row[2 * dh..3 * dh].fill(0.0);
-    }
-    let flat: Vec<f32> = cols.into_iter().flatten().collect();
-    w.insert(
-        name.into(),
-        candle_core::Tensor::from_vec(flat, (d, hd), &Device::Cpu).unwrap(),
-    );
-    candle_core::safetensors::save(&w, dir.path().join("model.safetensors")).unwrap();
+    llama_with_head_1_2_cut(dir.path());
     let m = load_model(dir.path(), &LoadOptions::default())
         .unwrap()
         .model;

@@ -153,6 +153,95 @@ fn trim(v: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
+/// One line of [`curves_svg`]: its name, whether it is dashed, its points `(x, y)`.
+pub type CurveLine = (String, bool, Vec<(f64, f64)>);
+
+/// A line chart of curves `(name, points (x, y))` with x on a log scale (shares of a graph from
+/// 0.1 % to 100 %) and y from the lowest to the highest value (0 and 1 always shown); a legend
+/// names each curve, dashed where `dashed` says so.
+pub fn curves_svg(curves: &[CurveLine], x_label: &str, title: &str, sub: &str) -> String {
+    let (left, top, plot_w, plot_h): (f64, f64, f64, f64) = (60.0, 60.0, 420.0, 240.0);
+    let width = (left + plot_w + 260.0).max(20.0 + 7.0 * title.len().max(sub.len()) as f64);
+    let height = (top + plot_h + 60.0).max(top + 16.0 * curves.len() as f64 + 20.0);
+    let xs = curves.iter().flat_map(|c| c.2.iter().map(|p| p.0));
+    let (x_lo, x_hi) = xs.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+        (a.min(x), b.max(x))
+    });
+    let (x_lo, x_hi) = if x_lo.is_finite() && x_lo > 0.0 && x_hi > x_lo {
+        (x_lo.log10(), x_hi.log10())
+    } else {
+        (-3.0, 0.0)
+    };
+    let ys = curves.iter().flat_map(|c| c.2.iter().map(|p| p.1));
+    let (y_lo, y_hi) = ys
+        .filter(|y| y.is_finite())
+        .fold((0.0f64, 1.0f64), |(a, b), y| (a.min(y), b.max(y)));
+    let px = |x: f64| left + plot_w * (x.max(1e-12).log10() - x_lo) / (x_hi - x_lo);
+    let py = |y: f64| top + plot_h * (1.0 - (y - y_lo) / (y_hi - y_lo));
+    let mut out = svg_header(width, height, 10.0, title, sub);
+    for y in [y_lo, 0.0, 1.0, y_hi] {
+        out.push_str(&format!(
+            "<line x1=\"{left}\" y1=\"{0}\" x2=\"{1}\" y2=\"{0}\" stroke=\"#eee\"/><text x=\"{2}\" y=\"{3}\" text-anchor=\"end\">{4}</text>\n",
+            py(y),
+            left + plot_w,
+            left - 4.0,
+            py(y) + 3.0,
+            trim(y)
+        ));
+    }
+    let mut decade = x_lo.floor() as i32;
+    while f64::from(decade) <= x_hi + 1e-9 {
+        let x = 10f64.powi(decade);
+        if f64::from(decade) >= x_lo - 1e-9 {
+            out.push_str(&format!(
+                "<line x1=\"{0}\" y1=\"{top}\" x2=\"{0}\" y2=\"{1}\" stroke=\"#eee\"/><text x=\"{0}\" y=\"{2}\" text-anchor=\"middle\">{3}%</text>\n",
+                px(x),
+                top + plot_h,
+                top + plot_h + 14.0,
+                trim(100.0 * x)
+            ));
+        }
+        decade += 1;
+    }
+    out.push_str(&format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{x_label}</text>\n",
+        left + plot_w / 2.0,
+        top + plot_h + 32.0
+    ));
+    const COLOURS: [&str; 8] = [
+        "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+    ];
+    for (i, (name, dashed, points)) in curves.iter().enumerate() {
+        let colour = COLOURS[i / 2 % COLOURS.len()];
+        let dash = if *dashed {
+            " stroke-dasharray=\"5,3\""
+        } else {
+            ""
+        };
+        let path: Vec<String> = points
+            .iter()
+            .filter(|p| p.1.is_finite())
+            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+            .collect();
+        out.push_str(&format!(
+            "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"{dash}><title>{}</title></polyline>\n",
+            path.join(" "),
+            esc(name)
+        ));
+        let ly = top + 16.0 * i as f64;
+        out.push_str(&format!(
+            "<line x1=\"{0}\" y1=\"{ly}\" x2=\"{1}\" y2=\"{ly}\" stroke=\"{colour}\" stroke-width=\"2\"{dash}/><text x=\"{2}\" y=\"{3}\">{4}</text>\n",
+            left + plot_w + 16.0,
+            left + plot_w + 40.0,
+            left + plot_w + 46.0,
+            ly + 4.0,
+            esc(name)
+        ));
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,5 +270,30 @@ mod tests {
         );
         assert_eq!(svg.matches("<title>random set").count(), 2);
         assert!(svg.contains("circuit: 5.0%"));
+    }
+
+    #[test]
+    fn curves_draw_every_point_on_a_log_axis() {
+        let pts = |ys: [f64; 3]| vec![(0.001, ys[0]), (0.1, ys[1]), (1.0, ys[2])];
+        let svg = curves_svg(
+            &[
+                ("eap <signed>".into(), false, pts([0.0, 0.5, 1.0])),
+                ("eap |score|".into(), true, pts([0.2, 1.4, 1.0])),
+            ],
+            "edges kept",
+            "t",
+            "s",
+        );
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert_eq!(svg.matches("stroke-dasharray").count(), 2);
+        assert!(svg.contains("eap &lt;signed&gt;"));
+        // Decades of the log axis: 0.1 %, 1 %, 10 %, 100 %.
+        for label in [">0.1%<", ">1%<", ">10%<", ">100%<"] {
+            assert!(svg.contains(label), "{label}");
+        }
+        // The first point of each line sits at the left edge, the last at the right.
+        let first = svg.split("points=\"").nth(1).unwrap();
+        assert!(first.starts_with("60.0,"), "{first}");
+        assert!(first.contains(" 480.0,"), "{first}");
     }
 }

@@ -57,6 +57,12 @@ pub struct ResultDoc {
     /// Downstream studies: accuracy of every head set on every task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downstream: Option<DownstreamStudy>,
+    /// Attribution: estimated scores of every edge (or node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<AttributionScores>,
+    /// Faithfulness curves of edge scores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faithfulness: Option<FaithfulnessCurves>,
     /// Wall time and shard counts: the only part that differs between two runs of one spec.
     pub timing: Timing,
 }
@@ -115,6 +121,69 @@ pub struct EdgeScores {
     pub circuit: Option<Vec<Component>>,
     /// That circuit's score.
     pub circuit_score: Option<f64>,
+}
+
+/// Attribution's estimated scores, in the unit of exact ones (% of the full model, or KL in
+/// nats): the score each edge (node) would get ablated alone, to first order (EAP) or along
+/// the path where everything is ablated together (EAP-IG).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttributionScores {
+    /// `eap` or `eap_ig`.
+    pub method: crate::spec::AttributionMethod,
+    /// Passes per prompt (integration steps; 1 for EAP).
+    pub steps: usize,
+    /// Edge names in graph order (`over = "edges"`), or node names (`embed`, heads, MLPs).
+    pub names: Vec<String>,
+    /// Estimated score of each.
+    pub scores: Vec<f64>,
+    /// With edges: every node's score too (`embed`, then heads and MLPs in order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<NamedScores>,
+}
+
+/// Faithfulness curves: circuits of the top edges of each file's scores at shares of the
+/// graph, evaluated by exact patching, `f = (m(C) - m(empty)) / (m(full) - m(empty))`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaithfulnessCurves {
+    /// Shares of the graph's edges, as fractions.
+    pub fractions: Vec<f64>,
+    /// Edges in the graph.
+    pub graph_edges: usize,
+    /// Metric of the empty circuit (every edge ablated).
+    pub empty: f64,
+    /// Metric of the full graph (nothing ablated).
+    pub full: f64,
+    /// Two curves per file: by signed score (the edges the behaviour needs most first), then
+    /// by absolute score.
+    pub curves: Vec<FaithfulnessCurve>,
+}
+
+/// One curve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaithfulnessCurve {
+    /// The file of edge scores, as the spec names it.
+    pub file: String,
+    /// Edges selected by absolute score.
+    pub absolute: bool,
+    /// Edges each circuit keeps (after keeping only those on input-to-logits paths).
+    pub edges: Vec<u64>,
+    /// Metric of each circuit.
+    pub metrics: Vec<f64>,
+    /// Faithfulness of each circuit.
+    pub faithfulness: Vec<f64>,
+    /// Area under the curve (MIB's CPR, of the signed curve; higher is better).
+    pub cpr: f64,
+    /// Area between the curve and 1 (MIB's CMD, of the absolute curve; lower is better).
+    pub cmd: f64,
+}
+
+/// Names and their scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamedScores {
+    /// Names.
+    pub names: Vec<String>,
+    /// Scores.
+    pub scores: Vec<f64>,
 }
 
 /// A downstream study.

@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use charts::{bars_svg, strip_svg};
+pub use charts::{CurveLine, bars_svg, curves_svg, strip_svg};
 pub use circuit::{circuit_dot, circuit_svg, frequency_svg};
 pub use document::{
-    DownstreamSet, DownstreamStudy, EdgeScores, ModelRecord, PruneRuns, ReadError, ResultDoc,
-    Timing,
+    AttributionScores, DownstreamSet, DownstreamStudy, EdgeScores, FaithfulnessCurve,
+    FaithfulnessCurves, ModelRecord, NamedScores, PruneRuns, ReadError, ResultDoc, Timing,
 };
 pub use edges::{edge_dot, edge_svg, edges_csv};
 pub use grid::{Grid, grid_svg};

@@ -18,7 +18,10 @@ mod validate;
 pub use ablation::{
     AblationKind, AblationSpec, Direction, Metric, Normalize, kind_name, metric_name,
 };
-pub use sweep::{EdgeMethod, KvEdges, Schedule, SweepKind, SweepKindSpec};
+pub use sweep::{
+    AttributionMethod, AttributionOver, DEFAULT_IG_STEPS, EdgeMethod, KvEdges, Schedule, SweepKind,
+    SweepKindSpec,
+};
 
 /// A whole sweep spec.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -183,7 +186,8 @@ impl SweepSpec {
         Self::parse(&text, path)
     }
 
-    /// The files the spec names (dataset, orders, circuit): they travel with a submission.
+    /// The files the spec names (dataset, orders, circuit, edge scores): they travel with a
+    /// submission.
     pub fn input_files(&self) -> Vec<&PathBuf> {
         [
             self.data.file.as_ref(),
@@ -192,6 +196,7 @@ impl SweepSpec {
         ]
         .into_iter()
         .flatten()
+        .chain(self.sweep.scores_files.iter().flatten())
         .collect()
     }
 

@@ -28,17 +28,25 @@ pub enum SweepKind {
     /// Generation accuracy on downstream tasks with head sets ablated (a circuit and random
     /// sets as the control).
     Downstream,
+    /// Gradient attribution (EAP, EAP-IG) of every edge or node: estimated scores from a few
+    /// forward and backward passes.
+    Attribution,
+    /// Faithfulness curves: circuits of the top edges of given edge scores at fixed shares of
+    /// the graph, each evaluated by exact patching (MIB's CPR and CMD).
+    Faithfulness,
 }
 
 impl SweepKind {
     /// Every kind, in the order the docs list them.
-    pub const ALL: [SweepKind; 6] = [
+    pub const ALL: [SweepKind; 8] = [
         SweepKind::Nodes,
         SweepKind::Prune,
         SweepKind::Orders,
         SweepKind::Edges,
         SweepKind::EdgePrune,
         SweepKind::Downstream,
+        SweepKind::Attribution,
+        SweepKind::Faithfulness,
     ];
 
     /// The kind's name as the spec spells it.
@@ -50,6 +58,8 @@ impl SweepKind {
             SweepKind::Edges => "edges",
             SweepKind::EdgePrune => "edge_prune",
             SweepKind::Downstream => "downstream",
+            SweepKind::Attribution => "attribution",
+            SweepKind::Faithfulness => "faithfulness",
         }
     }
 
@@ -76,6 +86,43 @@ pub enum Schedule {
     /// Forward passes only.
     Forward,
 }
+
+/// How attribution estimates an edge's (node's) effect.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AttributionMethod {
+    /// Edge attribution patching: the ablation difference times the gradient at the clean
+    /// run (one forward and backward pass).
+    Eap,
+    /// Integrated gradients: the gradient averaged over `steps` runs with every sender moved
+    /// `k / steps` of the way to its ablated value (`k = 0..steps`).
+    #[default]
+    EapIg,
+}
+
+impl AttributionMethod {
+    /// The method's name as the spec spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttributionMethod::Eap => "eap",
+            AttributionMethod::EapIg => "eap_ig",
+        }
+    }
+}
+
+/// What attribution scores.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AttributionOver {
+    /// Every edge of the graph (and every node, which comes with it).
+    #[default]
+    Edges,
+    /// Every node (heads, MLPs, the embedding): no per-receiver inputs, cheaper.
+    Nodes,
+}
+
+/// Default integration steps of EAP-IG.
+pub const DEFAULT_IG_STEPS: usize = 5;
 
 /// `[sweep]`, as stored and serialized (`result.json`, submissions): every kind's fields, those
 /// of other kinds left unset. Read through [`Table`], which refuses another kind's fields.
@@ -118,6 +165,57 @@ pub struct SweepKindSpec {
     pub random_sets: Option<usize>,
     /// Downstream: heads per random set (default: the circuit's heads, else 10).
     pub set_size: Option<usize>,
+    /// Attribution: `eap` or `eap_ig` (the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<AttributionMethod>,
+    /// Attribution with `eap_ig`: integration steps (default 5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    /// Attribution: score `edges` (the default) or `nodes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub over: Option<AttributionOver>,
+    /// Faithfulness: files of edge scores, one curve pair each (a `result.json` of an edge
+    /// sweep or an attribution, or a MIB circuit file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scores_files: Option<Vec<PathBuf>>,
+    /// Faithfulness: shares of the graph's edges in % (default MIB's 0.1 ... 100).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percentages: Option<Vec<f64>>,
+}
+
+impl SweepKindSpec {
+    /// Whether the sweep scores the edge graph (edge sweeps, edge pruning, attribution of
+    /// edges).
+    pub fn scores_edges(&self) -> bool {
+        self.kind.is_edges()
+            || self.kind == SweepKind::Faithfulness
+            || (self.kind == SweepKind::Attribution
+                && self.over.unwrap_or_default() == AttributionOver::Edges)
+    }
+
+    /// Faithfulness: the shares of the graph's edges, as fractions.
+    pub fn fractions(&self) -> Vec<f64> {
+        match &self.percentages {
+            Some(p) => p.iter().map(|x| x / 100.0).collect(),
+            None => crate::faithfulness::FRACTIONS.to_vec(),
+        }
+    }
+
+    /// Faithfulness: circuits evaluated (the empty one, the full graph, and per file two
+    /// curves of one circuit per share).
+    pub fn faithfulness_circuits(&self) -> usize {
+        let files = self.scores_files.as_ref().map_or(0, Vec::len);
+        2 + files * 2 * self.fractions().len()
+    }
+
+    /// Attribution: the method and its passes per prompt (1 for EAP).
+    pub fn attribution_steps(&self) -> (AttributionMethod, usize) {
+        let method = self.method.unwrap_or_default();
+        match method {
+            AttributionMethod::Eap => (method, 1),
+            AttributionMethod::EapIg => (method, self.steps.unwrap_or(DEFAULT_IG_STEPS)),
+        }
+    }
 }
 
 /// How an edge is ablated.
@@ -159,6 +257,8 @@ enum Table {
     Edges(EdgesTable),
     EdgePrune(EdgePruneTable),
     Downstream(DownstreamTable),
+    Attribution(AttributionTable),
+    Faithfulness(FaithfulnessTable),
 }
 
 #[derive(Deserialize)]
@@ -226,6 +326,27 @@ struct DownstreamTable {
     seed: u64,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttributionTable {
+    method: Option<AttributionMethod>,
+    steps: Option<usize>,
+    over: Option<AttributionOver>,
+    positions: Option<Vec<i64>>,
+    #[serde(default)]
+    kv_edges: KvEdges,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaithfulnessTable {
+    scores_files: Vec<PathBuf>,
+    percentages: Option<Vec<f64>>,
+    positions: Option<Vec<i64>>,
+    #[serde(default)]
+    kv_edges: KvEdges,
+}
+
 impl From<Table> for SweepKindSpec {
     fn from(t: Table) -> Self {
         let d = SweepKindSpec::default();
@@ -268,6 +389,23 @@ impl From<Table> for SweepKindSpec {
                 positions: e.positions,
                 edge_method: e.edge_method,
                 kv_edges: e.kv_edges,
+                ..d
+            },
+            Table::Attribution(a) => SweepKindSpec {
+                kind: SweepKind::Attribution,
+                method: a.method,
+                steps: a.steps,
+                over: a.over,
+                positions: a.positions,
+                kv_edges: a.kv_edges,
+                ..d
+            },
+            Table::Faithfulness(f) => SweepKindSpec {
+                kind: SweepKind::Faithfulness,
+                scores_files: Some(f.scores_files),
+                percentages: f.percentages,
+                positions: f.positions,
+                kv_edges: f.kv_edges,
                 ..d
             },
             Table::Downstream(s) => SweepKindSpec {

@@ -120,7 +120,60 @@ fn bad_specs_name_the_field() {
         ),
         (
             "[sweep]\nkv_edges = \"kv_head\"",
-            "[sweep] kv_edges: only applies to kind = \"edges\" or \"edge_prune\"",
+            "[sweep] kv_edges: only applies to kind = \"edges\", \"edge_prune\", \"attribution\" or \"faithfulness\"",
+        ),
+        (
+            "[sweep]\nkind = \"attribution\"\ncircuit = [\"h0.1\"]",
+            "[sweep] circuit: only applies",
+        ),
+        (
+            "[ablation]\nmetric = \"kl\"\n[sweep]\nkind = \"attribution\"\nmethod = \"eap\"",
+            "[ablation] metric: KL from the full model is smallest at the full model",
+        ),
+        (
+            "[ablation]\nnormalize = \"empty\"\n[sweep]\nkind = \"faithfulness\"\nscores_files = [\"a.json\"]",
+            "[ablation] normalize: faithfulness is normalised by its own",
+        ),
+        (
+            "[sweep]\nkind = \"faithfulness\"",
+            "missing field `scores_files`",
+        ),
+        (
+            "[sweep]\nkind = \"faithfulness\"\nscores_files = []",
+            "[sweep] scores_files: give 1 to 16 files",
+        ),
+        (
+            "[sweep]\nkind = \"faithfulness\"\nscores_files = [\"a.json\"]\npercentages = [1, 0.5]",
+            "[sweep] percentages: must increase",
+        ),
+        (
+            "[sweep]\nkind = \"faithfulness\"\nscores_files = [\"a.json\"]\npercentages = [0, 100]",
+            "[sweep] percentages: 0 is outside (0, 100]",
+        ),
+        (
+            "[sweep]\nkind = \"faithfulness\"\nscores_files = [\"a.json\"]\nthreshold = 80",
+            "[sweep] threshold: only applies",
+        ),
+        (
+            "[sweep]\nsteps = 3",
+            "[sweep] steps: only applies to kind = \"attribution\"",
+        ),
+        (
+            "[sweep]\nkind = \"attribution\"\nmethod = \"eap\"\nsteps = 5",
+            "[sweep] steps: method = \"eap\" is one pass",
+        ),
+        (
+            "[sweep]\nkind = \"attribution\"\nsteps = 0",
+            "[sweep] steps",
+        ),
+        ("[sweep]\nkind = \"attribution\"\nmethod = \"ig\"", "ig"),
+        (
+            "[ablation]\nmetric = \"accuracy\"\n[sweep]\nkind = \"attribution\"",
+            "[ablation] metric: attribution differentiates the metric",
+        ),
+        (
+            "[ablation]\nkind = \"resample\"\ndirection = \"denoising\"\n[sweep]\nkind = \"attribution\"",
+            "[ablation] direction: attribution is implemented for noising",
         ),
         (
             "[sweep]\nkind = \"edge_prune\"\nedge_method = \"path\"\norders = 4",
@@ -255,6 +308,8 @@ fn the_stored_forms_read_back_for_every_kind() {
         "[sweep]\nkind = \"edges\"\ncircuit = [\"h0.1\", \"m1\"]\npositions = [-1]\nkv_edges = \"kv_head\"",
         "[sweep]\nkind = \"edge_prune\"\nedge_method = \"path\"\nthreshold = 70",
         "[sweep]\nkind = \"downstream\"\nrandom_sets = 4\nseed = 2",
+        "[sweep]\nkind = \"attribution\"\nmethod = \"eap_ig\"\nsteps = 9\nover = \"nodes\"\npositions = [-1]",
+        "[sweep]\nkind = \"faithfulness\"\nscores_files = [\"a/result.json\", \"m.json\"]\npercentages = [1, 10, 100]",
     ];
     for text in specs {
         let s = parse(text).unwrap();

@@ -97,6 +97,13 @@ impl SweepSpec {
         if self.sweep.circuit.as_ref().is_some_and(Vec::is_empty) {
             return Err(bad("sweep", "circuit", "is empty".into()));
         }
+        if self.sweep.kind == SweepKind::Attribution {
+            self.check_attribution().map_err(|(t, f, r)| bad(t, f, r))?;
+        }
+        if self.sweep.kind == SweepKind::Faithfulness {
+            self.check_faithfulness()
+                .map_err(|(t, f, r)| bad(t, f, r))?;
+        }
         if self.sweep.kind.is_edges() && self.ablation.direction == Direction::Denoising {
             return Err(bad(
                 "ablation",
@@ -135,6 +142,93 @@ impl SweepSpec {
         Ok(())
     }
 
+    /// Attribution differentiates the metric of the noising run.
+    fn check_attribution(&self) -> Result<(), (&'static str, &'static str, String)> {
+        if self.ablation.metric == Metric::Accuracy {
+            return Err((
+                "ablation",
+                "metric",
+                "attribution differentiates the metric, and accuracy is a step function whose gradient is zero almost everywhere; use logit_diff or kl".into(),
+            ));
+        }
+        if self.ablation.direction == Direction::Denoising {
+            return Err((
+                "ablation",
+                "direction",
+                "attribution is implemented for noising".into(),
+            ));
+        }
+        if self.ablation.metric == Metric::Kl && self.sweep.attribution_steps().1 == 1 {
+            return Err((
+                "ablation",
+                "metric",
+                "KL from the full model is smallest at the full model, so its gradient there is zero and one pass at the clean run (EAP, or EAP-IG with one step) scores every edge 0 up to rounding; use method = \"eap_ig\" with steps > 1, or metric = \"logit_diff\"".into(),
+            ));
+        }
+        if self.sweep.method == Some(super::AttributionMethod::Eap)
+            && self.sweep.steps.is_some_and(|s| s != 1)
+        {
+            return Err((
+                "sweep",
+                "steps",
+                "method = \"eap\" is one pass at the clean run; steps apply to method = \"eap_ig\""
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Faithfulness curves need score files and shares that make a curve.
+    fn check_faithfulness(&self) -> Result<(), (&'static str, &'static str, String)> {
+        let files = self.sweep.scores_files.as_deref().unwrap_or_default();
+        if files.is_empty() || files.len() > limits::MAX_SCORE_FILES {
+            return Err((
+                "sweep",
+                "scores_files",
+                format!(
+                    "give 1 to {} files of edge scores (a result.json of kind = \"edges\" or \"attribution\", or a MIB circuit file)",
+                    limits::MAX_SCORE_FILES
+                ),
+            ));
+        }
+        if let Some(p) = &self.sweep.percentages {
+            if p.is_empty() || p.len() > limits::MAX_THRESHOLDS {
+                return Err((
+                    "sweep",
+                    "percentages",
+                    format!("give 1 to {} shares", limits::MAX_THRESHOLDS),
+                ));
+            }
+            if let Some(x) = p.iter().find(|x| !(**x > 0.0 && **x <= 100.0)) {
+                return Err(("sweep", "percentages", format!("{x} is outside (0, 100]")));
+            }
+            if p.windows(2).any(|w| w[1] <= w[0]) {
+                return Err((
+                    "sweep",
+                    "percentages",
+                    "must increase (the curve's areas are trapezoids between consecutive shares)"
+                        .into(),
+                ));
+            }
+        }
+        if self.ablation.normalize != Normalize::Full {
+            return Err((
+                "ablation",
+                "normalize",
+                "faithfulness is normalised by its own empty circuit and full graph, f = (m(C) - m(empty)) / (m(full) - m(empty)); leave normalize unset".into(),
+            ));
+        }
+        if self.ablation.direction == Direction::Denoising {
+            return Err((
+                "ablation",
+                "direction",
+                "faithfulness ablates the edges outside each circuit, implemented for noising"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Every count between 1 (where 0 means nothing) and its cap in [`limits`].
     fn check_counts(&self) -> Result<(), (&'static str, &'static str, String)> {
         let counts = [
@@ -148,6 +242,7 @@ impl SweepSpec {
                 limits::MAX_RANDOM_SETS,
             ),
             ("sweep", "set_size", self.sweep.set_size, 1, usize::MAX),
+            ("sweep", "steps", self.sweep.steps, 1, limits::MAX_IG_STEPS),
             (
                 "sweep",
                 "thresholds",

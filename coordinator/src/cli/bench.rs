@@ -21,6 +21,9 @@ pub enum BenchCommand {
     /// Edge-sweep throughput (edges/s) on a random-weight GPT-2-small-shaped model and on the
     /// default model, with the time a full sweep of each takes on this machine.
     Edges(super::bench_edges::EdgesArgs),
+    /// EAP and EAP-IG of every edge against exact patching of a sample: seconds, the exact
+    /// sweep's time, rank correlation.
+    Attribution(super::bench_attribution::AttributionArgs),
     /// Greedy generation with the KV cache against rerunning the sequence at every step.
     Generate(super::bench_generate::GenerateArgs),
     /// The coordinator's overhead per shard: lease, result stream, database commit and
@@ -115,6 +118,7 @@ pub fn run(cmd: BenchCommand, models_dir: &Path) -> anyhow::Result<()> {
         }
         BenchCommand::Shards { jobs } => shards(jobs),
         BenchCommand::Edges(a) => super::bench_edges::edges(a, models_dir),
+        BenchCommand::Attribution(a) => super::bench_attribution::attribution(a, models_dir),
         BenchCommand::Generate(a) => super::bench_generate::generate_bench(a, models_dir),
     }
 }

@@ -54,7 +54,7 @@ pub struct EdgesArgs {
 
 /// A GPT-2-small-shaped model with `layers` blocks of `heads` heads (d_model = 64 per head),
 /// random weights (`model init`), written to `dir` and loaded.
-fn random_gpt2(
+pub(super) fn random_gpt2(
     dir: &Path,
     layers: usize,
     heads: usize,
@@ -73,7 +73,7 @@ fn random_gpt2(
 }
 
 /// Random prompt pairs (fixed LCG) for a model without a task.
-fn random_prompts(vocab: usize, p: usize, t: usize) -> PromptSet {
+pub(super) fn random_prompts(vocab: usize, p: usize, t: usize) -> PromptSet {
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     let mut next = || {
         state = state
@@ -94,14 +94,13 @@ fn random_prompts(vocab: usize, p: usize, t: usize) -> PromptSet {
     }
 }
 
-/// One row of the table: scores every `every`-th edge and extrapolates to the whole graph.
-fn measure(
-    name: &str,
+/// The evaluator of a benchmark (mean ablation, logit difference), its passes sized as a
+/// sweep's (what `batch_tokens` allows, else the CPU default or the GPU's free memory).
+pub(super) fn evaluator(
     model: &HookedModel,
     prompts: &PromptSet,
-    every: usize,
-    (peak, batch_tokens): (Option<f64>, Option<usize>),
-) -> anyhow::Result<()> {
+    batch_tokens: Option<usize>,
+) -> anyhow::Result<Evaluator> {
     let (p, t) = (prompts.clean.len(), prompts.clean[0].len());
     let batch = circuit_sweep_worker::gpu_memory::pass_tokens(
         model.device(),
@@ -111,7 +110,23 @@ fn measure(
         batch_tokens,
         circuit_sweep_common::limits::MAX_BATCH_TOKENS,
     );
-    let ev = Evaluator::new(model, prompts, AblationSpec::default(), batch)?;
+    Ok(Evaluator::new(
+        model,
+        prompts,
+        AblationSpec::default(),
+        batch,
+    )?)
+}
+
+/// One row of the table: scores every `every`-th edge and extrapolates to the whole graph.
+fn measure(
+    name: &str,
+    model: &HookedModel,
+    prompts: &PromptSet,
+    every: usize,
+    (peak, batch_tokens): (Option<f64>, Option<usize>),
+) -> anyhow::Result<()> {
+    let ev = evaluator(model, prompts, batch_tokens)?;
     let all = model.info().graph_shape().edges();
     let edges: Vec<_> = all.iter().step_by(every.max(1)).copied().collect();
     let before = ev.forward_passes();

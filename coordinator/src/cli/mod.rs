@@ -2,8 +2,10 @@
 
 mod analyze;
 mod bench;
+mod bench_attribution;
 mod bench_edges;
 mod bench_generate;
+mod mib;
 mod model;
 mod predict;
 mod prompts;
@@ -71,6 +73,10 @@ pub enum Command {
     /// Mechanism analyses: cross-task circuits, OV successor scores, attention, logit lens.
     #[command(subcommand)]
     Analyze(analyze::AnalyzeCommand),
+    /// MIB's circuit files: select a circuit from edge scores by MIB's rule, import one as
+    /// ours, export a run's edge scores.
+    #[command(subcommand)]
+    Mib(mib::MibCommand),
     /// Benchmarks that print a table.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -81,7 +87,11 @@ impl Command {
     pub fn only_prints(&self) -> bool {
         matches!(
             self,
-            Command::Model(_) | Command::Predict(_) | Command::Prompts(_) | Command::Analyze(_)
+            Command::Model(_)
+                | Command::Predict(_)
+                | Command::Prompts(_)
+                | Command::Analyze(_)
+                | Command::Mib(_)
         )
     }
 }
@@ -117,6 +127,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Predict(args) => predict::run(args, &cli.models_dir),
         Command::Prompts(cmd) => prompts::run(cmd, &cli.models_dir),
         Command::Analyze(cmd) => analyze::run(cmd, &cli.models_dir),
+        Command::Mib(cmd) => mib::run(cmd),
         Command::Bench(cmd) => bench::run(cmd, &cli.models_dir),
     }
 }

@@ -89,8 +89,12 @@ pub(super) fn plan(
             .ok_or_else(|| format!("{name}: not submitted with the job"))
     };
     let inputs = JobInputs::resolve(spec, meta.model_shape(), &mut read)?;
+    let prompts = meta.dataset["prompts"].as_u64().unwrap_or(0) as usize;
+    if spec.sweep.kind == circuit_sweep_common::spec::SweepKind::Attribution && prompts == 0 {
+        return Err("the prepare shard reported no prompts to attribute over".into());
+    }
     Ok(Planned {
-        shards: inputs.plan(spec),
+        shards: inputs.plan(spec, prompts),
         orders: inputs.orders,
         circuit: inputs.circuit,
     })

@@ -399,6 +399,13 @@ impl Evaluator {
     /// unpatched run (its residual stream minus the sender's write plus the sender's ablated
     /// write), given to one full forward pass from the tokens. For tests and benchmarks.
     pub fn edge_metric_reference(&self, edge: Edge) -> Result<f64, ModelError> {
+        self.edge_metric_partial(edge, 1.0)
+    }
+
+    /// [`Evaluator::edge_metric_reference`] with the edge ablated `coefficient` of the way: the
+    /// receiver reads its stream plus `coefficient` times the sender's ablated write minus its
+    /// write (the derivative attribution estimates, by finite differences).
+    pub fn edge_metric_partial(&self, edge: Edge, coefficient: f64) -> Result<f64, ModelError> {
         let clean = self.clean.as_ref().ok_or_else(|| {
             ModelError::InvalidRequest("edge ablation is implemented for noising".into())
         })?;
@@ -422,7 +429,11 @@ impl Evaluator {
             })
         };
         let delta = self.at_edge_positions(&(write(clean)? - write(&self.values)?)?)?;
-        let input = (stream.clone() - delta)?;
+        let input = if coefficient == 1.0 {
+            (stream.clone() - delta)?
+        } else {
+            (stream.clone() - (delta * coefficient)?)?
+        };
         let out = self.run_pass(
             Start::Tokens(self.input.clone()),
             Interventions {

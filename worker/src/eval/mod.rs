@@ -17,11 +17,13 @@ use crate::model::{
     Activations, Capture, HookedModel, Interventions, LogitSelection, ModelError, RunRequest, Start,
 };
 
+mod attribution;
 mod budget;
 mod edges;
 mod path;
 mod prompts;
 
+pub use attribution::PROMPTS_PER_PASS as ATTRIBUTION_PROMPTS_PER_PASS;
 pub use budget::PassBudget;
 use edges::Base;
 pub use edges::EdgeCandidate;

@@ -51,13 +51,14 @@ pub fn load_model(path: &Path, opts: &LoadOptions) -> Result<LoadedModel, LoadEr
         });
     }
     match opts.dtype {
-        DType::F32 | DType::F16 | DType::BF16 => {}
+        // f64 on the CPU too: exact checks (finite differences) run in it.
+        DType::F32 | DType::F64 | DType::F16 | DType::BF16 => {}
         other => {
             return Err(LoadError::Config {
                 file: path.to_path_buf(),
                 field: "dtype".into(),
                 reason: format!(
-                    "{} is not a compute dtype (use f32, f16 or bf16)",
+                    "{} is not a compute dtype (use f32, f16, bf16 or f64)",
                     other.as_str()
                 ),
             });

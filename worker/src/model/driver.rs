@@ -143,7 +143,7 @@ impl HookedModel {
     }
 
     /// The mask and rotary tables for `seq_len` positions, built once per length.
-    fn seq_ctx(&self, seq_len: usize) -> candle_core::Result<SeqCtx> {
+    pub(super) fn seq_ctx(&self, seq_len: usize) -> candle_core::Result<SeqCtx> {
         self.seq_ctxs
             .get_or_build(seq_len, |n| self.blocks.seq_ctx(n))
     }
@@ -179,7 +179,11 @@ impl HookedModel {
     }
 
     /// Final norm and unembedding of only what `sel` asks for, returned in f32.
-    fn logits(&self, x: &Tensor, sel: &LogitSelection) -> Result<Option<Tensor>, ModelError> {
+    pub(super) fn logits(
+        &self,
+        x: &Tensor,
+        sel: &LogitSelection,
+    ) -> Result<Option<Tensor>, ModelError> {
         let (_, t, _) = x.dims3()?;
         let w = self.blocks.unembed();
         let out = match sel {

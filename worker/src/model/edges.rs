@@ -208,20 +208,7 @@ impl<'a> EdgeState<'a> {
         let dtype = info.dtype;
         let width = prompts * seq_len * info.d_model;
         let rows = Tensor::zeros((next.max(1), width), dtype, device)?;
-        let positions = match iv.positions.as_deref() {
-            None => None,
-            Some(ps) => {
-                let mut m = vec![0f32; seq_len];
-                for &p in ps {
-                    *m.get_mut(p).ok_or_else(|| {
-                        ModelError::InvalidRequest(format!(
-                            "edge position {p} is outside the {seq_len} positions"
-                        ))
-                    })? = 1.0;
-                }
-                Some(Tensor::from_vec(m, (1, seq_len, 1), device)?.to_dtype(dtype)?)
-            }
-        };
+        let positions = position_mask(iv.positions.as_deref(), seq_len, dtype, device)?;
         let mut st = EdgeState {
             values,
             blocks,
@@ -554,6 +541,29 @@ impl<'a> EdgeState<'a> {
             None => Ok((x - self.delta_of(layer, ri, x)?)?),
         }
     }
+}
+
+/// `[1, seq_len, 1]`: 1 at `positions` (where edges are ablated), or `None` for every position.
+pub(crate) fn position_mask(
+    positions: Option<&[usize]>,
+    seq_len: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<Option<Tensor>, ModelError> {
+    let Some(ps) = positions else {
+        return Ok(None);
+    };
+    let mut m = vec![0f32; seq_len];
+    for &p in ps {
+        *m.get_mut(p).ok_or_else(|| {
+            ModelError::InvalidRequest(format!(
+                "edge position {p} is outside the {seq_len} positions"
+            ))
+        })? = 1.0;
+    }
+    Ok(Some(
+        Tensor::from_vec(m, (1, seq_len, 1), device)?.to_dtype(dtype)?,
+    ))
 }
 
 /// `out - abl` where `out` has whole variants of `abl.dim(0)` rows (or `abl` has one row).

@@ -3,8 +3,7 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, IndexOp, Module, Tensor};
-use candle_nn::LayerNorm;
+use candle_core::{DType, Device, IndexOp, Tensor};
 
 use circuit_sweep_common::edge::Qkv;
 
@@ -108,10 +107,10 @@ impl Gpt2Config {
 }
 
 struct Gpt2Layer {
-    ln1: LayerNorm,
+    ln1: layers::Norm,
     qkv: layers::Dense,
     proj: layers::Dense,
-    ln2: LayerNorm,
+    ln2: layers::Norm,
     fc: layers::Dense,
     fc_proj: layers::Dense,
 }
@@ -121,7 +120,7 @@ pub(crate) struct Gpt2 {
     wte: Tensor,
     wpe: Tensor,
     layers: Vec<Gpt2Layer>,
-    ln_f: LayerNorm,
+    ln_f: layers::Norm,
     act: Activation,
     n_heads: usize,
     d_head: usize,

@@ -1,23 +1,102 @@
 //! Building blocks shared by the architectures: norms, activations, rotary, attention.
 
+use std::cell::Cell;
+
 use candle_core::{D, DType, Tensor};
-use candle_nn::{LayerNorm, RmsNorm};
+use candle_nn::{LayerNorm, Module, RmsNorm};
 
 use super::seq_ctx::SeqCtx;
 use crate::load_error::LoadError;
 use crate::weights::WeightSource;
+
+thread_local! {
+    /// Whether this thread's passes are differentiated (see [`Differentiable`]).
+    static DIFFERENTIABLE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// While alive, forward passes on this thread run norms, softmax and rotary as compositions of
+/// candle's differentiable ops: its fused kernels for them have no backward pass. Attribution
+/// holds one around the passes it differentiates; every other pass keeps the fused kernels.
+pub(crate) struct Differentiable {
+    was: bool,
+}
+
+impl Differentiable {
+    /// Turns differentiable passes on for this thread until dropped.
+    pub fn on() -> Self {
+        Differentiable {
+            was: DIFFERENTIABLE.with(|d| d.replace(true)),
+        }
+    }
+}
+
+impl Drop for Differentiable {
+    fn drop(&mut self) {
+        DIFFERENTIABLE.with(|d| d.set(self.was));
+    }
+}
+
+/// Whether to run norms, softmax and rotary as composed ops: in differentiated passes, and in
+/// f64 (exact checks), which the fused kernels do not take.
+fn composed(dtype: DType) -> bool {
+    dtype == DType::F64 || DIFFERENTIABLE.with(Cell::get)
+}
+
+/// LayerNorm (mean removed, weight and bias) or RMSNorm (weight only), with its fused kernel
+/// and, for differentiated passes, the same arithmetic in composed ops.
+#[derive(Clone, Debug)]
+pub(crate) struct Norm {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    eps: f64,
+}
+
+impl Norm {
+    /// The norm of the last dimension of `x`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if !composed(x.dtype()) {
+            return match &self.bias {
+                Some(b) => LayerNorm::new(self.weight.clone(), b.clone(), self.eps).forward(x),
+                None => RmsNorm::new(self.weight.clone(), self.eps).forward(x),
+            };
+        }
+        let dtype = x.dtype();
+        let x = match dtype {
+            DType::F16 | DType::BF16 => x.to_dtype(DType::F32)?,
+            _ => x.clone(),
+        };
+        let x = match self.bias {
+            Some(_) => x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?,
+            None => x,
+        };
+        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let y = x
+            .broadcast_div(&(ms + self.eps)?.sqrt()?)?
+            .to_dtype(dtype)?
+            .broadcast_mul(&self.weight)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
 
 /// Applies rotary embedding to the first `cos.dim(1) * 2` features of each head of `x`
 /// (`[B, H, T, d_head]`), leaving the rest as is (partial rotary, as in GPT-NeoX).
 pub(crate) fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
     let d_head = x.dim(D::Minus1)?;
     let rot = cos.dim(1)? * 2;
+    let rope = if composed(x.dtype()) {
+        candle_nn::rotary_emb::rope_slow
+    } else {
+        candle_nn::rotary_emb::rope
+    };
     if rot == d_head {
-        return candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin);
+        return rope(&x.contiguous()?, cos, sin);
     }
     let x_rot = x.narrow(D::Minus1, 0, rot)?.contiguous()?;
     let x_pass = x.narrow(D::Minus1, rot, d_head - rot)?;
-    let x_rot = candle_nn::rotary_emb::rope(&x_rot, cos, sin)?;
+    let x_rot = rope(&x_rot, cos, sin)?;
     Tensor::cat(&[&x_rot, &x_pass], D::Minus1)?.contiguous()
 }
 
@@ -34,7 +113,11 @@ pub(crate) fn attend(
     let scale = 1.0 / (d_head as f64).sqrt();
     let scores = (q.contiguous()?.matmul(&k.contiguous()?.t()?)? * scale)?;
     let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let probs = if composed(scores.dtype()) {
+        candle_nn::ops::softmax(&scores, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores)?
+    };
     let z = probs
         .to_dtype(v.dtype())?
         .matmul(&v.contiguous()?)?
@@ -261,10 +344,14 @@ pub(crate) fn layer_norm(
     prefix: &str,
     dim: usize,
     eps: f64,
-) -> Result<LayerNorm, LoadError> {
+) -> Result<Norm, LoadError> {
     let weight = w.get(&format!("{prefix}.weight"), &[dim])?;
     let bias = w.get(&format!("{prefix}.bias"), &[dim])?;
-    Ok(LayerNorm::new(weight, bias, eps))
+    Ok(Norm {
+        weight,
+        bias: Some(bias),
+        eps,
+    })
 }
 
 /// RMSNorm with weight.
@@ -273,9 +360,13 @@ pub(crate) fn rms_norm(
     prefix: &str,
     dim: usize,
     eps: f64,
-) -> Result<RmsNorm, LoadError> {
+) -> Result<Norm, LoadError> {
     let weight = w.get(&format!("{prefix}.weight"), &[dim])?;
-    Ok(RmsNorm::new(weight, eps))
+    Ok(Norm {
+        weight,
+        bias: None,
+        eps,
+    })
 }
 
 /// Fewest rows a matmul is run with. The CPU gemm takes a differently rounded path for a

@@ -4,7 +4,6 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::RmsNorm;
 
 use circuit_sweep_common::edge::Qkv;
 
@@ -244,11 +243,11 @@ impl LlamaConfig {
 }
 
 struct LlamaLayer {
-    ln1: RmsNorm,
+    ln1: layers::Norm,
     /// q, k and v projections fused: outputs `[q (h*dh) | k (kv*dh) | v (kv*dh)]`.
     qkv: layers::Dense,
     o: layers::Dense,
-    ln2: RmsNorm,
+    ln2: layers::Norm,
     /// gate and up projections fused: outputs `[gate (f) | up (f)]`.
     gate_up: layers::Dense,
     down: layers::Dense,
@@ -258,7 +257,7 @@ struct LlamaLayer {
 pub(crate) struct Llama {
     embed: candle_nn::Embedding,
     layers: Vec<LlamaLayer>,
-    norm: RmsNorm,
+    norm: layers::Norm,
     lm_head: Tensor,
     rotary: Rotary,
     act: Activation,

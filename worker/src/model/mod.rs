@@ -3,6 +3,7 @@
 //! residual stream, and compute only the logits a metric needs.
 
 mod activations;
+mod attribution;
 mod driver;
 mod edges;
 mod gpt2;
@@ -19,6 +20,7 @@ use std::fmt;
 use candle_core::{DType, Device, Tensor};
 
 pub use activations::Activations;
+pub use attribution::{AttributionPass, AttributionSums};
 pub use gpt2::Gpt2Config;
 pub use hooks::Interventions;
 pub use kv_cache::KvCache;

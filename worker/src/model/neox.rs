@@ -4,7 +4,6 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::LayerNorm;
 
 use circuit_sweep_common::edge::Qkv;
 
@@ -164,10 +163,10 @@ impl NeoxConfig {
 }
 
 struct NeoxLayer {
-    ln1: LayerNorm,
+    ln1: layers::Norm,
     qkv: layers::Dense,
     dense: layers::Dense,
-    ln2: LayerNorm,
+    ln2: layers::Norm,
     up: layers::Dense,
     down: layers::Dense,
 }
@@ -176,7 +175,7 @@ struct NeoxLayer {
 pub(crate) struct Neox {
     embed: candle_nn::Embedding,
     layers: Vec<NeoxLayer>,
-    ln_f: LayerNorm,
+    ln_f: layers::Norm,
     unembed: Tensor,
     rotary: Rotary,
     act: Activation,

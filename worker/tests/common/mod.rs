@@ -86,3 +86,26 @@ pub fn fixture_prompts_keep_last(name: &str) -> circuit_sweep_worker::PromptSet 
     }
     p
 }
+
+/// The llama fixture written to `dir` with head 1.2's slice of the output projection set to
+/// zero: nothing that head reads can reach the logits.
+pub fn llama_with_head_1_2_cut(dir: &std::path::Path) {
+    let src = fixtures().join("models/llama");
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    let mut w =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let name = "model.layers.1.self_attn.o_proj.weight";
+    let o = w[name].to_dtype(candle_core::DType::F32).unwrap();
+    let (d, hd) = o.dims2().unwrap();
+    let dh = hd / 8;
+    let mut cols = o.to_vec2::<f32>().unwrap();
+    for row in cols.iter_mut() {
+        row[2 * dh..3 * dh].fill(0.0);
+    }
+    let flat: Vec<f32> = cols.into_iter().flatten().collect();
+    w.insert(
+        name.into(),
+        Tensor::from_vec(flat, (d, hd), &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&w, dir.join("model.safetensors")).unwrap();
+}
