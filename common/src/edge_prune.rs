@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 
 use crate::edge::Edge;
 use crate::greedy::{Greedy, Rule};
+use crate::guided::{Guidance, Guided, Search};
 use crate::orders::{SetStats, set_stats};
 use crate::rng::Rng;
 
@@ -87,12 +88,15 @@ pub struct EdgePruneResult {
     pub graph_edges: usize,
     /// Score of the final circuit.
     pub score: f64,
-    /// Candidate evaluations (decisions).
+    /// Exact evaluations (plain greedy: one per decision).
     pub evaluations: usize,
     /// Passes run (the last removed nothing).
     pub passes: usize,
     /// Every decision in order.
     pub decisions: Vec<EdgeDecision>,
+    /// With `candidates = "attribution"`: the attribution and what it saved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guided: Option<Guidance>,
 }
 
 impl EdgePruneResult {
@@ -128,6 +132,7 @@ impl EdgePruneResult {
             evaluations: edges.len(),
             passes: 1,
             decisions,
+            guided: None,
         }
     }
 }
@@ -136,7 +141,7 @@ impl EdgePruneResult {
 #[derive(Debug, Clone)]
 pub struct EdgePruner {
     edges: Vec<Edge>,
-    greedy: Greedy,
+    greedy: Search,
 }
 
 impl EdgePruner {
@@ -177,8 +182,33 @@ impl EdgePruner {
         let n = edges.len();
         Ok(EdgePruner {
             edges,
-            greedy: Greedy::new(vec![numbered], rule, vec![true; n], start_score),
+            greedy: Search::Greedy(Greedy::new(
+                vec![numbered],
+                rule,
+                vec![true; n],
+                start_score,
+            )),
         })
+    }
+
+    /// Attribute, then verify: a run over `edges` visiting them by `cost` (per edge: the
+    /// estimated harm of ablating it, lowest first) and removing them in blocks, each verified
+    /// by an exact evaluation (see [`crate::guided`]).
+    pub fn guided(edges: Vec<Edge>, cost: &[f64], rule: Rule, start_score: f64) -> Self {
+        assert_eq!(cost.len(), edges.len(), "a cost per edge");
+        let n = edges.len();
+        EdgePruner {
+            edges,
+            greedy: Search::Guided(Guided::new(cost, rule, vec![true; n], start_score)),
+        }
+    }
+
+    /// Blocks removed at once by a guided run (0 for plain greedy).
+    pub fn blocks(&self) -> usize {
+        match &self.greedy {
+            Search::Guided(g) => g.blocks(),
+            Search::Greedy(_) => 0,
+        }
     }
 
     fn edges_of(&self, items: &[usize]) -> Vec<Edge> {
@@ -209,6 +239,9 @@ impl EdgePruner {
 
     /// Takes the scores of proposed candidates in order; returns how many were used.
     pub fn record(&mut self, proposed: &[(Edge, Vec<Edge>)], scores: &[f64]) -> usize {
+        if let Search::Guided(g) = &mut self.greedy {
+            return g.record(scores);
+        }
         let items: Vec<usize> = proposed
             .iter()
             .map(|(e, _)| {
@@ -229,7 +262,7 @@ impl EdgePruner {
             edges: self.kept().iter().map(Edge::to_string).collect(),
             graph_edges: self.edges.len(),
             score: self.greedy.score(),
-            evaluations: self.greedy.steps().len(),
+            evaluations: self.greedy.evaluations(),
             passes: self.greedy.passes(),
             decisions: self
                 .greedy
@@ -242,6 +275,7 @@ impl EdgePruner {
                     pass: s.pass,
                 })
                 .collect(),
+            guided: None,
         }
     }
 }

@@ -164,11 +164,15 @@ impl JobInputs {
             SweepKind::EdgePrune => spec.sweep.orders,
             _ => None,
         };
+        // Guided edge pruning skips the sweep of single-edge scores: it would cost an
+        // evaluation per edge, the very cost the guidance saves.
+        let guided = spec.sweep.kind == SweepKind::EdgePrune
+            && spec.sweep.candidates == crate::spec::Candidates::Attribution;
         shard::plan(
             spec.sweep.kind,
             self.graph.n_layers,
             self.orders.as_deref(),
-            self.edges.len(),
+            if guided { 0 } else { self.edges.len() },
             edge_orders,
             (self.sets.len(), prompts, spec.sweep.faithfulness_circuits()),
         )

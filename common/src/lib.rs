@@ -16,6 +16,7 @@ pub mod edge;
 pub mod edge_prune;
 pub mod faithfulness;
 pub mod greedy;
+pub mod guided;
 pub mod inputs;
 pub mod limits;
 pub mod metric;

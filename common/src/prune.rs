@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::component::Component;
 use crate::greedy::{Greedy, Rule};
+use crate::guided::{Guidance, Guided, Search};
 use crate::spec::Schedule;
 
 /// The order of one pass.
@@ -69,12 +70,23 @@ pub struct PruneResult {
     pub mlps: Vec<String>,
     /// Score of the final circuit.
     pub score: f64,
-    /// Candidate evaluations (decisions).
+    /// Exact evaluations (plain greedy: one per decision).
     pub evaluations: usize,
     /// Passes run (the last removed nothing).
     pub passes: usize,
     /// Every decision in order.
     pub decisions: Vec<Decision>,
+    /// With `candidates = "attribution"`: the attribution and what it saved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guided: Option<Guidance>,
+}
+
+/// A component's item number: its place in [`Component::all`].
+fn number(n_heads: usize, c: &Component) -> usize {
+    match *c {
+        Component::Head { layer, head } => layer * (n_heads + 1) + head,
+        Component::Mlp { layer } => layer * (n_heads + 1) + n_heads,
+    }
 }
 
 /// A pruning run in progress.
@@ -83,7 +95,7 @@ pub struct Pruner {
     n_layers: usize,
     n_heads: usize,
     /// Over components numbered as in [`Component::all`].
-    greedy: Greedy,
+    greedy: Search,
 }
 
 impl Pruner {
@@ -97,11 +109,8 @@ impl Pruner {
         start: Option<&[Component]>,
         start_score: f64,
     ) -> Self {
-        let index = |c: &Component| match *c {
-            Component::Head { layer, head } => layer * (n_heads + 1) + head,
-            Component::Mlp { layer } => layer * (n_heads + 1) + n_heads,
-        };
-        let numbered = |cs: Vec<Component>| -> Vec<usize> { cs.iter().map(index).collect() };
+        let numbered =
+            |cs: Vec<Component>| -> Vec<usize> { cs.iter().map(|c| number(n_heads, c)).collect() };
         let orders = match order {
             PassOrder::Fixed(o) => vec![numbered(o)],
             PassOrder::Schedule(Schedule::Backward) => vec![numbered(backward(n_layers, n_heads))],
@@ -111,14 +120,56 @@ impl Pruner {
                 numbered(forward(n_layers, n_heads)),
             ],
         };
-        let mut kept = vec![start.is_none(); n_layers * (n_heads + 1)];
-        for c in start.unwrap_or(&[]) {
-            kept[index(c)] = true;
-        }
         Pruner {
             n_layers,
             n_heads,
-            greedy: Greedy::new(orders, rule, kept, start_score),
+            greedy: Search::Greedy(Greedy::new(
+                orders,
+                rule,
+                Self::start(n_layers, n_heads, start),
+                start_score,
+            )),
+        }
+    }
+
+    /// Attribute, then verify: a run visiting components by `cost` (per component in
+    /// [`Component::all`] order: the estimated harm of ablating it, lowest first) and removing
+    /// them in blocks, each verified by an exact evaluation (see [`crate::guided`]).
+    pub fn guided(
+        n_layers: usize,
+        n_heads: usize,
+        cost: &[f64],
+        rule: Rule,
+        start: Option<&[Component]>,
+        start_score: f64,
+    ) -> Self {
+        assert_eq!(cost.len(), n_layers * (n_heads + 1), "a cost per component");
+        Pruner {
+            n_layers,
+            n_heads,
+            greedy: Search::Guided(Guided::new(
+                cost,
+                rule,
+                Self::start(n_layers, n_heads, start),
+                start_score,
+            )),
+        }
+    }
+
+    /// Which components a run from `start` keeps at first.
+    fn start(n_layers: usize, n_heads: usize, start: Option<&[Component]>) -> Vec<bool> {
+        let mut kept = vec![start.is_none(); n_layers * (n_heads + 1)];
+        for c in start.unwrap_or(&[]) {
+            kept[number(n_heads, c)] = true;
+        }
+        kept
+    }
+
+    /// Blocks removed at once by a guided run (0 for plain greedy).
+    pub fn blocks(&self) -> usize {
+        match &self.greedy {
+            Search::Guided(g) => g.blocks(),
+            Search::Greedy(_) => 0,
         }
     }
 
@@ -162,13 +213,9 @@ impl Pruner {
     /// Takes the scores of proposed candidates in order, up to the first wrong guess.
     /// Returns how many scores were used (the rest must be proposed again).
     pub fn record(&mut self, proposed: &[(Component, Vec<Component>)], scores: &[f64]) -> usize {
-        let n = self.n_heads + 1;
         let items: Vec<usize> = proposed
             .iter()
-            .map(|(c, _)| match *c {
-                Component::Head { layer, head } => layer * n + head,
-                Component::Mlp { layer } => layer * n + self.n_heads,
-            })
+            .map(|(c, _)| number(self.n_heads, c))
             .collect();
         self.greedy.record(&items, scores)
     }
@@ -189,7 +236,7 @@ impl Pruner {
             heads: names(true),
             mlps: names(false),
             score: self.greedy.score(),
-            evaluations: self.greedy.steps().len(),
+            evaluations: self.greedy.evaluations(),
             passes: self.greedy.passes(),
             decisions: self
                 .greedy
@@ -202,6 +249,7 @@ impl Pruner {
                     pass: s.pass,
                 })
                 .collect(),
+            guided: None,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Aggregation: the shards' results of a finished job become the results folder:
 //! `result.json`, the prompts, score tables and plots.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use circuit_sweep_common::Component;
@@ -18,7 +18,7 @@ use circuit_sweep_common::results::{
     WriteError,
 };
 use circuit_sweep_common::shard::{JobMeta, NodeShard, ShardTask};
-use circuit_sweep_common::spec::{AttributionMethod, SweepKind, SweepSpec};
+use circuit_sweep_common::spec::{AttributionMethod, Candidates, SweepKind, SweepSpec};
 use circuit_sweep_proto::shard_output::ShardOutput;
 
 /// Everything the shards returned, in plan order.
@@ -243,15 +243,28 @@ fn write_edge_circuit(
         .collect();
     let unit = Unit::of(spec.ablation.metric);
     let cost = edge_cost(spec, meta);
-    let importance: Vec<f64> = kept
-        .iter()
-        .map(|k| {
-            edges
-                .iter()
-                .position(|e| e == k)
-                .map_or(0.0, |i| cost(c.edges[i]))
-        })
-        .collect();
+    let importance: Vec<f64> = if r.guided.is_some() {
+        // No single-edge sweep: the last pass scored every kept edge removed from the final
+        // circuit, exactly.
+        let last: HashMap<&str, f64> = r
+            .decisions
+            .iter()
+            .map(|d| (d.edge.as_str(), d.score))
+            .collect();
+        r.edges
+            .iter()
+            .map(|k| last.get(k.as_str()).map_or(0.0, |&s| unit.cost(s, r.score)))
+            .collect()
+    } else {
+        kept.iter()
+            .map(|k| {
+                edges
+                    .iter()
+                    .position(|e| e == k)
+                    .map_or(0.0, |i| cost(c.edges[i]))
+            })
+            .collect()
+    };
     let title = format!(
         "{name}: edge circuit at {} ({} of {} edges, score {})",
         r.rule().describe(),
@@ -259,12 +272,25 @@ fn write_edge_circuit(
         r.graph_edges,
         unit.show(r.score)
     );
-    let sub = format!(
-        "{} evaluations, {} passes; width: {}",
-        r.evaluations,
-        r.passes,
-        width_legend(unit)
-    );
+    let sub = match &r.guided {
+        Some(g) => format!(
+            "{} evaluations in {} passes, candidates by {} ({} blocks); width: {}",
+            r.evaluations,
+            r.passes,
+            g.method,
+            g.blocks,
+            match unit {
+                Unit::Percent => "score lost when removed from the circuit",
+                Unit::Nats => "KL (nats) added when removed from the circuit",
+            }
+        ),
+        None => format!(
+            "{} evaluations, {} passes; width: {}",
+            r.evaluations,
+            r.passes,
+            width_legend(unit)
+        ),
+    };
     write_edge_drawing(
         out,
         "edge-circuit",
@@ -759,10 +785,16 @@ pub fn write(
                     r.mlps.len(),
                     unit.show(r.score)
                 );
-                let sub = format!(
-                    "{:?} schedule, {} evaluations, {} passes",
-                    spec.sweep.schedule, r.evaluations, r.passes
-                );
+                let sub = match &r.guided {
+                    Some(g) => format!(
+                        "candidates by {} ({} blocks), {} evaluations, {} passes",
+                        g.method, g.blocks, r.evaluations, r.passes
+                    ),
+                    None => format!(
+                        "{:?} schedule, {} evaluations, {} passes",
+                        spec.sweep.schedule, r.evaluations, r.passes
+                    ),
+                };
                 // Nested thresholds each get their own drawing; KL runs have one rule.
                 if let Some(t) = r.threshold {
                     write_circuit(out, &format!("circuit-{t}"), &circuit, meta, &title, &sub)?;
@@ -772,7 +804,9 @@ pub fn write(
             doc.prune = Some(PruneRuns::of(c.prune.clone()));
         }
         SweepKind::Edges | SweepKind::EdgePrune => {
-            doc.edges = Some(write_edges(spec, inputs, c, meta, &name, out)?);
+            if spec.sweep.candidates == Candidates::All {
+                doc.edges = Some(write_edges(spec, inputs, c, meta, &name, out)?);
+            }
             match (spec.sweep.kind, spec.sweep.orders) {
                 (SweepKind::EdgePrune, None) => {
                     let r = c.edge_prune.first().ok_or_else(|| {

@@ -190,6 +190,7 @@ fn fake_run(
         evaluations: 0,
         passes: 0,
         decisions: vec![],
+        guided: None,
     };
     let doc = ResultDoc {
         schema: circuit_sweep_common::results::SCHEMA,

@@ -302,3 +302,79 @@ fn an_out_path_that_is_a_file_is_refused_before_the_sweep() {
     assert!(err.contains("taken: exists and is not a folder"), "{err}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a folder");
 }
+
+/// Attribute, then verify, against plain greedy edge pruning on the same graph and rule, and
+/// `compare` of the two runs.
+#[test]
+fn guided_edge_pruning_and_compare_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    // KL with ACDC's rule: the estimates rank by nats gained.
+    let common = "[data]\ntask = \"digits\"\nn = 4\nseed = 2\n[ablation]\nmetric = \"kl\"\n[sweep]\nkind = \"edge_prune\"\ncircuit = [\"h28.3\", \"m28\", \"h29.0\", \"m29\"]\npositions = [-1]\ntau = 0.005\n";
+    let plain = dir.path().join("plain.toml");
+    std::fs::write(&plain, common).unwrap();
+    let guided = dir.path().join("guided.toml");
+    std::fs::write(
+        &guided,
+        format!("{common}candidates = \"attribution\"\nsteps = 3\n"),
+    )
+    .unwrap();
+    let (po, go) = (dir.path().join("plain"), dir.path().join("guided"));
+    ok(run(&plain, &po));
+    ok(run(&guided, &go));
+    let p = without_timing(&po.join("result.json"));
+    let g = without_timing(&go.join("result.json"));
+    let r = &g["edge_prune"];
+    assert_eq!(r["guided"]["method"], "eap_ig");
+    assert_eq!(r["guided"]["steps"], 3);
+    assert_eq!(r["tau"], 0.005);
+    let kept = r["edges"].as_array().unwrap().len();
+    let graph = r["graph_edges"].as_u64().unwrap() as usize;
+    assert!(kept > 0 && kept < graph, "{kept} of {graph}");
+    // No single-edge sweep, and the drawing says how the run was guided.
+    assert!(g["edges"].is_null());
+    let svg = std::fs::read_to_string(go.join("edge-circuit.svg")).unwrap();
+    assert!(svg.contains("candidates by eap_ig"));
+    let out = support::bin()
+        .args(["compare", "--json"])
+        .arg(&po)
+        .arg(go.join("result.json"))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(out)).unwrap();
+    let kept = p["edge_prune"]["edges"].as_array().unwrap().len();
+    let o = &v["overlap"];
+    assert_eq!(
+        o["both"].as_array().unwrap().len() + o["only_first"].as_array().unwrap().len(),
+        kept
+    );
+    assert_eq!(v["first"]["evaluations"], p["edge_prune"]["evaluations"]);
+    assert_eq!(v["second"]["evaluations"], r["evaluations"]);
+    let text = ok(support::bin()
+        .arg("compare")
+        .arg(&po)
+        .arg(&go)
+        .output()
+        .unwrap());
+    assert!(
+        text.contains("Jaccard") && text.contains("attribution (eap_ig, 3 steps"),
+        "{text}"
+    );
+    // A result with no pruning run in it is refused.
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(po.join("result.json")).unwrap()).unwrap();
+    doc.as_object_mut().unwrap().remove("edge_prune");
+    let edges = dir.path().join("edges.json");
+    std::fs::write(&edges, doc.to_string()).unwrap();
+    let bad = support::bin()
+        .arg("compare")
+        .arg(&po)
+        .arg(&edges)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("holds no pruning run (kind = \"edge_prune\")"),
+        "{err}"
+    );
+}

@@ -16,7 +16,7 @@ use crate::auth::MAX_MESSAGE_BYTES;
 /// fits in one message.
 const PREPARE_BYTES: u64 = MAX_MESSAGE_BYTES as u64;
 
-/// One run's JSON besides its lists: rule, score, counters, keys.
+/// One run's JSON besides its lists: rule, score, counters, guidance, keys.
 const RUN_BYTES: u64 = 1024;
 
 /// A component or edge name in JSON, quoted, with its comma (names are short: `h31.7->m30`).
@@ -147,6 +147,12 @@ mod tests {
             evaluations: usize::MAX,
             passes: usize::MAX,
             decisions,
+            guided: Some(circuit_sweep_common::guided::Guidance {
+                method: "eap_ig".into(),
+                steps: usize::MAX,
+                blocks: usize::MAX,
+                greedy_at_least: usize::MAX,
+            }),
         };
         let out = ShardOutput::Runs(vec![run]);
         assert!(wire_bytes(&out) <= max_output_bytes(&ShardTask::Prune, &s, Some(&m)));

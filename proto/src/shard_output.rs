@@ -340,6 +340,7 @@ mod tests {
             evaluations: 1,
             passes: 1,
             decisions: vec![],
+            guided: None,
         };
         let two = ShardOutput::Runs(vec![run(vec!["h0.1"], 95.0), run(vec![], 85.0)]);
         assert!(ShardOutput::decode(&ShardTask::Prune, &s, Some(&m), &two.encode()).is_ok());

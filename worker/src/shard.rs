@@ -4,11 +4,16 @@
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::collections::{BTreeMap, HashMap};
+
 use circuit_sweep_common::Component;
+use circuit_sweep_common::edge::{Edge, GraphShape, Sender};
 use circuit_sweep_common::edge_prune::{EdgePruneResult, EdgePruner, random_edge_order};
+use circuit_sweep_common::guided::Guidance;
 use circuit_sweep_common::prune::{PassOrder, PruneResult, Pruner};
 use circuit_sweep_common::shard::NodeShard;
 use circuit_sweep_common::shard::ShardTask;
+use circuit_sweep_common::spec::Candidates;
 use circuit_sweep_common::spec::EdgeMethod;
 use circuit_sweep_proto::shard_output::ShardOutput;
 
@@ -63,14 +68,33 @@ pub fn execute(
             let mut start: Option<Vec<Component>> = None;
             let mut start_score = job.ev()?.scores(&[vec![]])?[0];
             for rule in spec.rules() {
-                let mut pruner = Pruner::new(
-                    n_layers,
-                    n_heads,
-                    PassOrder::Schedule(spec.sweep.schedule),
-                    rule,
-                    start.as_deref(),
-                    start_score,
-                );
+                let mut pruner = if spec.sweep.candidates == Candidates::Attribution {
+                    // Attribution of the circuit this rule starts from.
+                    let all = Component::all(n_layers, n_heads);
+                    let outside: Vec<Component> = match &start {
+                        Some(s) => all.iter().filter(|c| !s.contains(c)).copied().collect(),
+                        None => vec![],
+                    };
+                    let changes = node_attribution(job, &outside, &mut *progress, &check)?;
+                    let cost = sweep::estimated_harm(job.ev()?, rule, &changes);
+                    Pruner::guided(
+                        n_layers,
+                        n_heads,
+                        &cost,
+                        rule,
+                        start.as_deref(),
+                        start_score,
+                    )
+                } else {
+                    Pruner::new(
+                        n_layers,
+                        n_heads,
+                        PassOrder::Schedule(spec.sweep.schedule),
+                        rule,
+                        start.as_deref(),
+                        start_score,
+                    )
+                };
                 sweep::prune_lockstep(
                     job.ev()?,
                     std::slice::from_mut(&mut pruner),
@@ -79,7 +103,16 @@ pub fn execute(
                         check()
                     },
                 )?;
-                let r = pruner.result();
+                let mut r = pruner.result();
+                if spec.sweep.candidates == Candidates::Attribution {
+                    let (method, steps) = spec.sweep.attribution_steps();
+                    r.guided = Some(Guidance {
+                        method: method.name().into(),
+                        steps,
+                        blocks: pruner.blocks(),
+                        greedy_at_least: start.as_ref().map_or(n_layers * (n_heads + 1), Vec::len),
+                    });
+                }
                 tracing::info!(
                     "{}: {} heads, {} MLPs, score {:.4} after {} evaluations in {} passes",
                     rule.describe(),
@@ -199,10 +232,11 @@ pub fn execute(
             }
             let (_, steps) = job.spec.sweep.attribution_steps();
             let edges = job.spec.sweep.scores_edges();
-            let sums = sweep::attribution(ev, steps, edges, first..first + count, &mut |done| {
-                progress(done as u64, count as u64);
-                check()
-            })?;
+            let sums =
+                sweep::attribution(ev, steps, edges, &[], first..first + count, &mut |done| {
+                    progress(done as u64, count as u64);
+                    check()
+                })?;
             Ok(ShardOutput::Attribution {
                 edges: sums.edges,
                 nodes: sums.nodes,
@@ -293,11 +327,23 @@ pub fn execute(
                     .collect(),
                 _ => vec![None],
             };
-            let mut pruners = orders
-                .iter()
-                .map(|o| EdgePruner::new(job.inputs.edges.clone(), o.as_deref(), rule, start))
-                .collect::<Result<Vec<_>, String>>()
-                .map_err(ShardError::BadInput)?;
+            let guided = job.spec.sweep.candidates == Candidates::Attribution;
+            let mut pruners = if guided {
+                let changes = edge_attribution(job, &mut *progress, &check)?;
+                let cost = sweep::estimated_harm(job.ev()?, rule, &changes);
+                vec![EdgePruner::guided(
+                    job.inputs.edges.clone(),
+                    &cost,
+                    rule,
+                    start,
+                )]
+            } else {
+                orders
+                    .iter()
+                    .map(|o| EdgePruner::new(job.inputs.edges.clone(), o.as_deref(), rule, start))
+                    .collect::<Result<Vec<_>, String>>()
+                    .map_err(ShardError::BadInput)?
+            };
             let total = pruners.len() as u64;
             sweep::edge_prune_lockstep(
                 job.ev()?,
@@ -312,7 +358,18 @@ pub fn execute(
                     check()
                 },
             )?;
-            let runs: Vec<_> = pruners.iter().map(EdgePruner::result).collect();
+            let mut runs: Vec<_> = pruners.iter().map(EdgePruner::result).collect();
+            if guided {
+                let (method, steps) = job.spec.sweep.attribution_steps();
+                for (r, p) in runs.iter_mut().zip(&pruners) {
+                    r.guided = Some(Guidance {
+                        method: method.name().into(),
+                        steps,
+                        blocks: p.blocks(),
+                        greedy_at_least: job.inputs.edges.len(),
+                    });
+                }
+            }
             for r in &runs {
                 tracing::info!(
                     "edge pruning at {}: {} of {} edges kept, score {:.4} after {} evaluations in {} passes",
@@ -327,6 +384,70 @@ pub fn execute(
             Ok(ShardOutput::EdgeRuns(runs))
         }
     }
+}
+
+/// Estimated metric change of ablating each component alone (in [`Component::all`] order),
+/// with the nodes `outside` ablated outright, over all the job's prompts.
+fn node_attribution(
+    job: &PreparedJob,
+    outside: &[Component],
+    progress: Progress<'_>,
+    check: &dyn Fn() -> ControlFlow<()>,
+) -> Result<Vec<f64>, ShardError> {
+    let ev = job.ev()?;
+    let info = job.loaded.model.info();
+    let (_, steps) = job.spec.sweep.attribution_steps();
+    let n = ev.prompts();
+    let sums = sweep::attribution(ev, steps, false, outside, 0..n, &mut |done| {
+        progress(done as u64, n as u64);
+        check()
+    })?;
+    let row: BTreeMap<Sender, usize> = GraphShape {
+        embed: true,
+        ..info.graph_shape()
+    }
+    .senders()
+    .into_iter()
+    .enumerate()
+    .map(|(i, s)| (s, i))
+    .collect();
+    Ok(Component::all(info.n_layers, info.n_heads)
+        .into_iter()
+        .map(|c| sums.nodes[row[&Sender::Node(c)]])
+        .collect())
+}
+
+/// Estimated metric change of ablating each edge of the job's graph alone (with every node
+/// outside its node circuit ablated outright), over all the job's prompts.
+fn edge_attribution(
+    job: &PreparedJob,
+    progress: Progress<'_>,
+    check: &dyn Fn() -> ControlFlow<()>,
+) -> Result<Vec<f64>, ShardError> {
+    let ev = job.ev()?;
+    let (_, steps) = job.spec.sweep.attribution_steps();
+    let n = ev.prompts();
+    let outside = &job.inputs.outside;
+    let sums = sweep::attribution(ev, steps, true, outside, 0..n, &mut |done| {
+        progress(done as u64, n as u64);
+        check()
+    })?;
+    let at: HashMap<Edge, usize> = ev
+        .graph_shape()
+        .edges()
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| (e, i))
+        .collect();
+    job.inputs
+        .edges
+        .iter()
+        .map(|e| {
+            at.get(e).map(|&i| sums.edges[i]).ok_or_else(|| {
+                ShardError::BadInput(format!("edge {e} is not in the model's graph"))
+            })
+        })
+        .collect()
 }
 
 impl From<SweepError> for ShardError {

@@ -5,6 +5,7 @@
 use circuit_sweep_common::Component;
 use circuit_sweep_common::edge::Edge;
 use circuit_sweep_common::edge_prune::EdgePruner;
+use circuit_sweep_common::greedy::Rule;
 use circuit_sweep_common::prune::Pruner;
 use circuit_sweep_common::results::NodeScores;
 use circuit_sweep_common::spec::EdgeMethod;
@@ -263,11 +264,13 @@ pub fn edge_sweep(
 }
 
 /// Attribution sums (see [`Evaluator::attribute`]) of the prompts `prompts`, a pass's worth of
-/// prompts at a time, summed in order; `on_pass` hears how many prompts are done.
+/// prompts at a time, summed in order, with the nodes `outside` ablated outright; `on_pass`
+/// hears how many prompts are done.
 pub fn attribution(
     ev: &Evaluator,
     steps: usize,
     edges: bool,
+    outside: &[Component],
     prompts: std::ops::Range<usize>,
     on_pass: OnProgress<'_>,
 ) -> Result<crate::model::AttributionSums, SweepError> {
@@ -275,8 +278,20 @@ pub fn attribution(
     let per = crate::eval::ATTRIBUTION_PROMPTS_PER_PASS;
     for lo in prompts.clone().step_by(per) {
         let hi = (lo + per).min(prompts.end);
-        total.add(&ev.attribute(steps, edges, lo..hi)?, 1.0);
+        total.add(&ev.attribute(steps, edges, outside, lo..hi)?, 1.0);
         go_on(on_pass(hi - prompts.start))?;
     }
     Ok(total)
+}
+
+/// Estimated harm of ablating each item alone, from its attribution sum (an estimated metric
+/// change): how far the estimated score falls (or, under the KL rule, the divergence rises).
+/// Only the order matters, so any base metric does.
+pub fn estimated_harm(ev: &Evaluator, rule: Rule, changes: &[f64]) -> Vec<f64> {
+    let base = ev.score_of(ev.full);
+    let sign = if rule.tau().is_some() { 1.0 } else { -1.0 };
+    changes
+        .iter()
+        .map(|d| sign * (ev.score_of(ev.full + d) - base))
+        .collect()
 }

@@ -8,8 +8,9 @@
 mod common;
 
 use candle_core::{DType, Device};
-use circuit_sweep_common::edge::{Edge, Receiver, Sender};
-use circuit_sweep_common::spec::{AblationSpec, Metric};
+use circuit_sweep_common::Component;
+use circuit_sweep_common::edge::{Edge, GraphShape, Receiver, Sender};
+use circuit_sweep_common::spec::{AblationKind, AblationSpec, Metric};
 use circuit_sweep_worker::eval::EdgeCandidate;
 use circuit_sweep_worker::{Evaluator, HookedModel, LoadOptions, load_model};
 use common::*;
@@ -48,7 +49,7 @@ fn derivative(ev: &Evaluator, e: Edge) -> f64 {
 /// Checks every edge's EAP score against the finite difference; returns how many mattered.
 fn eap_against_derivatives(ev: &Evaluator, what: &str) -> usize {
     let edges = ev.graph_shape().edges();
-    let eap = ev.attribute(1, true, 0..ev.prompts()).unwrap();
+    let eap = ev.attribute(1, true, &[], 0..ev.prompts()).unwrap();
     assert_eq!(eap.edges.len(), edges.len(), "{what}");
     let mut nonzero = 0;
     for (e, a) in edges.iter().zip(&eap.edges) {
@@ -91,7 +92,7 @@ fn a_node_scores_the_sum_of_the_edges_out_of_it() {
         let ev = evaluator(&m, name, Metric::LogitDiff);
         let graph = ev.graph_shape();
         for steps in [1, 3] {
-            let a = ev.attribute(steps, true, 0..ev.prompts()).unwrap();
+            let a = ev.attribute(steps, true, &[], 0..ev.prompts()).unwrap();
             let senders = graph.senders();
             assert_eq!(a.nodes.len(), senders.len());
             for (s, node) in senders.iter().zip(&a.nodes) {
@@ -108,7 +109,7 @@ fn a_node_scores_the_sum_of_the_edges_out_of_it() {
                 );
             }
             // Nodes alone (no receiver inputs) give the same node scores.
-            let alone = ev.attribute(steps, false, 0..ev.prompts()).unwrap();
+            let alone = ev.attribute(steps, false, &[], 0..ev.prompts()).unwrap();
             assert!(alone.edges.is_empty());
             for (x, y) in alone.nodes.iter().zip(&a.nodes) {
                 assert!(
@@ -126,9 +127,9 @@ fn shards_of_prompts_add_up_to_the_whole() {
     let ev = evaluator(&m, "gpt2", Metric::LogitDiff);
     let n = ev.prompts();
     assert!(n >= 2);
-    let whole = ev.attribute(2, true, 0..n).unwrap();
-    let a = ev.attribute(2, true, 0..1).unwrap();
-    let b = ev.attribute(2, true, 1..n).unwrap();
+    let whole = ev.attribute(2, true, &[], 0..n).unwrap();
+    let a = ev.attribute(2, true, &[], 0..1).unwrap();
+    let b = ev.attribute(2, true, &[], 1..n).unwrap();
     assert!(!whole.edges.is_empty());
     assert_eq!(
         (a.edges.len(), b.edges.len()),
@@ -161,7 +162,7 @@ fn integrated_gradients_add_up_to_ablating_everything() {
             .unwrap()[0];
         let change = everything - ev.full;
         let error = |steps: usize| {
-            let a = ev.attribute(steps, true, 0..ev.prompts()).unwrap();
+            let a = ev.attribute(steps, true, &[], 0..ev.prompts()).unwrap();
             (a.edges.iter().sum::<f64>() - change).abs() / change.abs()
         };
         // The rule (left Riemann sums, so that one step is EAP) converges at first order: four
@@ -180,9 +181,9 @@ fn eap_of_kl_is_zero_at_the_full_model() {
     // KL from the full model is smallest there: its gradient vanishes, the reason EAP-IG exists.
     let m = load_f64(&fixtures().join("models/neox"));
     let ev = evaluator(&m, "neox", Metric::Kl);
-    let a = ev.attribute(1, true, 0..ev.prompts()).unwrap();
+    let a = ev.attribute(1, true, &[], 0..ev.prompts()).unwrap();
     let largest = |v: &[f64]| v.iter().fold(0f64, |w, x| w.max(x.abs()));
-    let ig = ev.attribute(5, true, 0..ev.prompts()).unwrap();
+    let ig = ev.attribute(5, true, &[], 0..ev.prompts()).unwrap();
     // Not exactly 0: the full model's distribution is kept from f32 logits.
     assert!(
         largest(&a.edges) < 1e-4 * largest(&ig.edges),
@@ -199,7 +200,7 @@ fn an_edge_with_no_path_to_the_logits_gets_exactly_zero() {
     let m = load_f64(dir.path());
     let ev = evaluator(&m, "llama", Metric::LogitDiff);
     let graph = ev.graph_shape();
-    let a = ev.attribute(3, true, 0..ev.prompts()).unwrap();
+    let a = ev.attribute(3, true, &[], 0..ev.prompts()).unwrap();
     let mut into = 0;
     for (e, v) in graph.edges().iter().zip(&a.edges) {
         if matches!(
@@ -222,4 +223,51 @@ fn an_edge_with_no_path_to_the_logits_gets_exactly_zero() {
         .unwrap();
     assert_eq!(a.nodes[head], 0.0);
     assert!(a.edges.iter().any(|v| v.abs() > 1e-6));
+}
+
+#[test]
+fn nodes_ablated_outright_score_as_a_model_without_them() {
+    // Zero-ablating head h1.2 outright must give the attribution of the same model with that
+    // head's output projection cut, in every step of the integration.
+    let zero = |m: &HookedModel| {
+        let ablation = AblationSpec {
+            kind: AblationKind::Zero,
+            ..AblationSpec::default()
+        };
+        Evaluator::new(m, &fixture_prompts("llama"), ablation, 1 << 14).unwrap()
+    };
+    let m = load_f64(&fixtures().join("models/llama"));
+    let dir = tempfile::tempdir().unwrap();
+    llama_with_head_1_2_cut(dir.path());
+    let cut = load_f64(dir.path());
+    let (ev, ev_cut) = (zero(&m), zero(&cut));
+    let head: Component = "h1.2".parse().unwrap();
+    for steps in [1, 3] {
+        let a = ev.attribute(steps, true, &[head], 0..ev.prompts()).unwrap();
+        let b = ev_cut.attribute(steps, true, &[], 0..ev.prompts()).unwrap();
+        let graph = ev.graph_shape();
+        for ((e, x), y) in graph.edges().iter().zip(&a.edges).zip(&b.edges) {
+            assert!(
+                (x - y).abs() <= 1e-9 * y.abs() + 1e-12,
+                "{steps} steps, {e}: {x} outright, {y} cut"
+            );
+            if e.sender == Sender::Node(head) {
+                assert_eq!(*x, 0.0, "{e}");
+            }
+        }
+        assert!(a.edges.iter().any(|v| v.abs() > 1e-6));
+        // A head ablated outright has no effect left to estimate.
+        let row = GraphShape {
+            embed: true,
+            ..graph
+        }
+        .senders()
+        .iter()
+        .position(|s| *s == Sender::Node(head))
+        .unwrap();
+        assert_eq!(a.nodes[row], 0.0);
+        // Without it, the head's own edges have estimates.
+        let whole = ev.attribute(steps, true, &[], 0..ev.prompts()).unwrap();
+        assert!(whole.nodes[row].abs() > 1e-9);
+    }
 }

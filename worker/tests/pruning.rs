@@ -326,6 +326,28 @@ fn kl_pruning_follows_acdcs_rule_and_keeps_what_matters() {
     );
 }
 
+/// The score with `nodes` and the edges `ablated` ablated, alone in its pass.
+fn restricted_score(
+    ev: &Evaluator,
+    nodes: &[Component],
+    ablated: &[circuit_sweep_common::edge::Edge],
+) -> f64 {
+    ev.edge_scores(&[circuit_sweep_worker::eval::EdgeCandidate {
+        nodes: nodes.to_vec(),
+        edges: ablated.to_vec(),
+        settled: vec![],
+    }])
+    .unwrap()[0]
+}
+
+/// Nodes ablated outright in the edge pruning tests: the graph is restricted to the others.
+fn outside_nodes() -> Vec<Component> {
+    vec![
+        Component::Mlp { layer: 0 },
+        Component::Head { layer: 2, head: 1 },
+    ]
+}
+
 #[test]
 fn edge_pruning_in_speculative_lockstep_equals_one_candidate_at_a_time() {
     // Edge pruning batches guesses (runs of removals, runs of keeps) and starts passes from
@@ -334,13 +356,9 @@ fn edge_pruning_in_speculative_lockstep_equals_one_candidate_at_a_time() {
     // orders in lockstep also outnumber the cached runs.
     use circuit_sweep_common::edge::Edge;
     use circuit_sweep_common::edge_prune::{EdgePruner, random_edge_order};
-    use circuit_sweep_worker::eval::EdgeCandidate;
     let m = load_fixture("gpt2").model;
     let ev = Evaluator::new(&m, &prompts(&m), AblationSpec::default(), 4096).unwrap();
-    let nodes = vec![
-        Component::Mlp { layer: 0 },
-        Component::Head { layer: 2, head: 1 },
-    ];
+    let nodes = outside_nodes();
     let edges: Vec<Edge> = m
         .info()
         .graph_shape()
@@ -348,14 +366,7 @@ fn edge_pruning_in_speculative_lockstep_equals_one_candidate_at_a_time() {
         .into_iter()
         .filter(|e| !nodes.iter().any(|n| e.to_string().contains(&n.to_string())))
         .collect();
-    let score = |ablated: &[Edge]| {
-        ev.edge_scores(&[EdgeCandidate {
-            nodes: nodes.clone(),
-            edges: ablated.to_vec(),
-            settled: vec![],
-        }])
-        .unwrap()[0]
-    };
+    let score = |ablated: &[Edge]| restricted_score(&ev, &nodes, ablated);
     let start = score(&[]);
     // A threshold some way below the restricted graph's own score: runs of both decisions.
     let rule = Rule::Threshold(start - 8.0);
@@ -389,4 +400,122 @@ fn edge_pruning_in_speculative_lockstep_equals_one_candidate_at_a_time() {
             a.edges.len()
         );
     }
+}
+
+#[test]
+fn guided_edge_pruning_equals_one_test_at_a_time_and_saves_evaluations() {
+    // Attribute, then verify: edges in EAP-IG order, removed in blocks. In speculative lockstep
+    // it must take the decisions of one test at a time; its circuit must satisfy the rule by
+    // its own exact score; and it must need fewer evaluations than plain greedy.
+    use circuit_sweep_common::edge::Edge;
+    use circuit_sweep_common::edge_prune::EdgePruner;
+    let m = load_fixture("gpt2").model;
+    let ev = Evaluator::new(&m, &prompts(&m), AblationSpec::default(), 4096).unwrap();
+    let nodes = outside_nodes();
+    let all = m.info().graph_shape().edges();
+    let inside: Vec<usize> = (0..all.len())
+        .filter(|&i| {
+            !nodes
+                .iter()
+                .any(|n| all[i].to_string().contains(&n.to_string()))
+        })
+        .collect();
+    let edges: Vec<Edge> = inside.iter().map(|&i| all[i]).collect();
+    let score = |ablated: &[Edge]| restricted_score(&ev, &nodes, ablated);
+    let start = score(&[]);
+    let rule = Rule::Threshold(start - 8.0);
+    let sums = sweep::attribution(&ev, 3, true, &nodes, 0..ev.prompts(), &mut |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    let changes: Vec<f64> = inside.iter().map(|&i| sums.edges[i]).collect();
+    let cost = sweep::estimated_harm(&ev, rule, &changes);
+    let mut guided = [EdgePruner::guided(edges.clone(), &cost, rule, start)];
+    sweep::edge_prune_lockstep(&ev, &nodes, &mut guided, &mut |_, _| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    let mut alone = EdgePruner::guided(edges.clone(), &cost, rule, start);
+    while !alone.is_done() {
+        let prop = alone.propose(1);
+        if prop.is_empty() {
+            break;
+        }
+        let s: Vec<f64> = prop.iter().map(|(_, a)| score(a)).collect();
+        alone.record(&prop, &s);
+    }
+    let (g, a) = (guided[0].result(), alone.result());
+    assert_eq!(g, a);
+    let kept: Vec<Edge> = g.edges.iter().map(|e| e.parse().unwrap()).collect();
+    let removed: Vec<Edge> = edges
+        .iter()
+        .filter(|e| !kept.contains(e))
+        .copied()
+        .collect();
+    assert!(!kept.is_empty() && !removed.is_empty());
+    assert_eq!(
+        score(&removed),
+        g.score,
+        "the recorded score is the circuit's own"
+    );
+    assert!(rule.removes(g.score, start), "{} at {rule:?}", g.score);
+    let mut plain = [EdgePruner::new(edges.clone(), None, rule, start).unwrap()];
+    sweep::edge_prune_lockstep(&ev, &nodes, &mut plain, &mut |_, _| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    let p = plain[0].result();
+    assert!(
+        g.evaluations < edges.len() && g.evaluations < p.evaluations,
+        "guided {} evaluations, plain {}, {} edges",
+        g.evaluations,
+        p.evaluations,
+        edges.len()
+    );
+    assert!(guided[0].blocks() > 0);
+}
+
+#[test]
+fn guided_node_pruning_keeps_a_circuit_above_the_threshold() {
+    let m = load_fixture("gpt2").model;
+    let ev = Evaluator::new(&m, &prompts(&m), AblationSpec::default(), 4096).unwrap();
+    let (l, h) = (m.info().n_layers, m.info().n_heads);
+    let sums = sweep::attribution(&ev, 3, false, &[], 0..ev.prompts(), &mut |_| {
+        std::ops::ControlFlow::Continue(())
+    })
+    .unwrap();
+    // Node sums come with the embedding first, then each layer's heads and MLP.
+    let changes = sums.nodes[1..].to_vec();
+    assert_eq!(changes.len(), l * (h + 1));
+    let rule = Rule::Threshold(80.0);
+    let cost = sweep::estimated_harm(&ev, rule, &changes);
+    let run = |k: usize| {
+        let mut p = Pruner::guided(l, h, &cost, rule, None, 100.0);
+        while !p.is_done() {
+            let prop = p.propose(k);
+            if prop.is_empty() {
+                break;
+            }
+            let c: Vec<Vec<Component>> = prop.iter().map(|(_, a)| a.clone()).collect();
+            let s = ev.scores(&c).unwrap();
+            p.record(&prop, &s);
+        }
+        p
+    };
+    let p = run(1);
+    let r = p.result();
+    assert_eq!(run(8).result(), r);
+    assert!(r.score > 80.0);
+    let circuit = p.circuit();
+    assert!(!circuit.is_empty() && circuit.len() < l * (h + 1));
+    let ablated: Vec<Component> = Component::all(l, h)
+        .into_iter()
+        .filter(|c| !circuit.contains(c))
+        .collect();
+    assert!((ev.scores(&[ablated]).unwrap()[0] - r.score).abs() < 1e-9);
+    let mut replayed = prune::replay(l, h, None, &r.decisions).unwrap();
+    replayed.sort();
+    let mut want = circuit.clone();
+    want.sort();
+    assert_eq!(replayed, want);
 }

@@ -168,6 +168,7 @@ mod tests {
             evaluations: 1,
             passes: 1,
             decisions: vec![],
+            guided: None,
         };
         let pruned = |scores: &[f64]| {
             let runs = PruneRuns::of(scores.iter().map(|&s| run(s)).collect());

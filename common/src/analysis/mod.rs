@@ -3,6 +3,7 @@
 //! answer appears (logit lens). This module holds the model-free parts: token sets, set algebra,
 //! logit-lens counts.
 
+pub mod compare;
 pub mod cross_task;
 pub mod lens;
 pub mod token_sets;

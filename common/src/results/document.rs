@@ -301,6 +301,7 @@ mod tests {
             evaluations: 3,
             passes: 2,
             decisions: vec![],
+            guided: None,
         }
     }
 

@@ -19,8 +19,8 @@ pub use ablation::{
     AblationKind, AblationSpec, Direction, Metric, Normalize, kind_name, metric_name,
 };
 pub use sweep::{
-    AttributionMethod, AttributionOver, DEFAULT_IG_STEPS, EdgeMethod, KvEdges, Schedule, SweepKind,
-    SweepKindSpec,
+    AttributionMethod, AttributionOver, Candidates, DEFAULT_IG_STEPS, EdgeMethod, KvEdges,
+    Schedule, SweepKind, SweepKindSpec,
 };
 
 /// A whole sweep spec.

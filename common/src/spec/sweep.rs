@@ -121,6 +121,19 @@ pub enum AttributionOver {
     Nodes,
 }
 
+/// Which candidates pruning decides one at a time.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Candidates {
+    /// Every candidate, one exact evaluation each, in the pass orders (plain greedy).
+    #[default]
+    All,
+    /// Attribute, then verify: candidates visited by attribution (`method`, `steps`), the
+    /// estimated harmless first, and removed in blocks, each block by one exact evaluation
+    /// under the same rule.
+    Attribution,
+}
+
 /// Default integration steps of EAP-IG.
 pub const DEFAULT_IG_STEPS: usize = 5;
 
@@ -165,7 +178,12 @@ pub struct SweepKindSpec {
     pub random_sets: Option<usize>,
     /// Downstream: heads per random set (default: the circuit's heads, else 10).
     pub set_size: Option<usize>,
-    /// Attribution: `eap` or `eap_ig` (the default).
+    /// Pruning (`prune`, `edge_prune`): `all` candidates one at a time (the default) or
+    /// ordered by `attribution` and removed in verified blocks.
+    #[serde(skip_serializing_if = "is_default")]
+    pub candidates: Candidates,
+    /// Attribution (and pruning with `candidates = "attribution"`): `eap` or `eap_ig` (the
+    /// default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<AttributionMethod>,
     /// Attribution with `eap_ig`: integration steps (default 5).
@@ -273,6 +291,10 @@ struct PruneTable {
     thresholds: Option<Vec<f64>>,
     #[serde(default)]
     schedule: Schedule,
+    #[serde(default)]
+    candidates: Candidates,
+    method: Option<AttributionMethod>,
+    steps: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -313,6 +335,10 @@ struct EdgePruneTable {
     edge_method: EdgeMethod,
     #[serde(default)]
     kv_edges: KvEdges,
+    #[serde(default)]
+    candidates: Candidates,
+    method: Option<AttributionMethod>,
+    steps: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -358,6 +384,9 @@ impl From<Table> for SweepKindSpec {
                 tau: p.tau,
                 thresholds: p.thresholds,
                 schedule: p.schedule,
+                candidates: p.candidates,
+                method: p.method,
+                steps: p.steps,
                 ..d
             },
             Table::Orders(o) => SweepKindSpec {
@@ -389,6 +418,9 @@ impl From<Table> for SweepKindSpec {
                 positions: e.positions,
                 edge_method: e.edge_method,
                 kv_edges: e.kv_edges,
+                candidates: e.candidates,
+                method: e.method,
+                steps: e.steps,
                 ..d
             },
             Table::Attribution(a) => SweepKindSpec {

@@ -156,7 +156,35 @@ fn bad_specs_name_the_field() {
         ),
         (
             "[sweep]\nsteps = 3",
-            "[sweep] steps: only applies to kind = \"attribution\"",
+            "[sweep] steps: only applies to kind = \"prune\", \"edge_prune\" or \"attribution\"",
+        ),
+        (
+            "[sweep]\nkind = \"edge_prune\"\nmethod = \"eap\"",
+            "[sweep] method: chooses the attribution that orders candidates; it applies with candidates = \"attribution\"",
+        ),
+        (
+            "[sweep]\nkind = \"edge_prune\"\ncandidates = \"attribution\"\norders = 4",
+            "[sweep] orders: an order study visits candidates in random orders",
+        ),
+        (
+            "[sweep]\nkind = \"edge_prune\"\ncandidates = \"attribution\"\nedge_method = \"path\"",
+            "[sweep] edge_method: edge_method = \"path\" prunes in one pass",
+        ),
+        (
+            "[sweep]\nkind = \"prune\"\ncandidates = \"attribution\"\nschedule = \"backward\"",
+            "[sweep] schedule: the schedule orders plain greedy's passes",
+        ),
+        (
+            "[ablation]\nmetric = \"accuracy\"\n[sweep]\nkind = \"prune\"\ncandidates = \"attribution\"",
+            "[ablation] metric: attribution differentiates the metric",
+        ),
+        (
+            "[ablation]\nmetric = \"kl\"\n[sweep]\nkind = \"edge_prune\"\ncandidates = \"attribution\"\nmethod = \"eap\"",
+            "[ablation] metric: KL from the full model is smallest at the full model",
+        ),
+        (
+            "[sweep]\nkind = \"edges\"\ncandidates = \"attribution\"",
+            "[sweep] candidates: only applies to kind = \"prune\" or \"edge_prune\"",
         ),
         (
             "[sweep]\nkind = \"attribution\"\nmethod = \"eap\"\nsteps = 5",

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use super::{
-    AblationKind, DownstreamSpec, EdgeMethod, Metric, Normalize, SpecError, SweepKind, SweepSpec,
-    kind_name, metric_name,
+    AblationKind, Candidates, DownstreamSpec, EdgeMethod, Metric, Normalize, SpecError, SweepKind,
+    SweepSpec, kind_name, metric_name,
 };
 use crate::data_spec::DataSpec;
 use crate::limits;
@@ -100,6 +100,7 @@ impl SweepSpec {
         if self.sweep.kind == SweepKind::Attribution {
             self.check_attribution().map_err(|(t, f, r)| bad(t, f, r))?;
         }
+        self.check_candidates().map_err(|(t, f, r)| bad(t, f, r))?;
         if self.sweep.kind == SweepKind::Faithfulness {
             self.check_faithfulness()
                 .map_err(|(t, f, r)| bad(t, f, r))?;
@@ -176,6 +177,52 @@ impl SweepSpec {
             ));
         }
         Ok(())
+    }
+
+    /// Pruning guided by attribution: the attribution's own rules, and no setting that visits
+    /// candidates in another order.
+    fn check_candidates(&self) -> Result<(), (&'static str, &'static str, String)> {
+        let kind = self.sweep.kind;
+        if !matches!(kind, SweepKind::Prune | SweepKind::EdgePrune) {
+            return Ok(());
+        }
+        if self.sweep.candidates == Candidates::All {
+            if self.sweep.method.is_some() || self.sweep.steps.is_some() {
+                let field = if self.sweep.method.is_some() {
+                    "method"
+                } else {
+                    "steps"
+                };
+                return Err((
+                    "sweep",
+                    field,
+                    "chooses the attribution that orders candidates; it applies with candidates = \"attribution\"".into(),
+                ));
+            }
+            return Ok(());
+        }
+        if self.sweep.orders.is_some() {
+            return Err((
+                "sweep",
+                "orders",
+                "an order study visits candidates in random orders, and candidates = \"attribution\" visits them in the attribution's order: give one or the other".into(),
+            ));
+        }
+        if self.sweep.edge_method == EdgeMethod::Path {
+            return Err((
+                "sweep",
+                "edge_method",
+                "edge_method = \"path\" prunes in one pass over single-edge scores, with no greedy decisions to guide; candidates = \"attribution\" applies to direct edges".into(),
+            ));
+        }
+        if self.sweep.schedule != super::Schedule::default() {
+            return Err((
+                "sweep",
+                "schedule",
+                "the schedule orders plain greedy's passes; candidates = \"attribution\" visits components in the attribution's order".into(),
+            ));
+        }
+        self.check_attribution()
     }
 
     /// Faithfulness curves need score files and shares that make a curve.

@@ -106,7 +106,7 @@ fn measure(
     };
     for (method, steps) in [("EAP", 1), ("EAP-IG", a.steps)] {
         let t0 = Instant::now();
-        let sums = ev.attribute(steps, true, 0..ev.prompts())?;
+        let sums = ev.attribute(steps, true, &[], 0..ev.prompts())?;
         let secs = t0.elapsed().as_secs_f64();
         let (speedup, rho) = match &exact {
             Some((scores, full)) => {

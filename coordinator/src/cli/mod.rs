@@ -5,6 +5,7 @@ mod bench;
 mod bench_attribution;
 mod bench_edges;
 mod bench_generate;
+mod compare;
 mod mib;
 mod model;
 mod predict;
@@ -77,6 +78,8 @@ pub enum Command {
     /// ours, export a run's edge scores.
     #[command(subcommand)]
     Mib(mib::MibCommand),
+    /// Two pruning runs side by side: circuits, scores, evaluations, and how they differ.
+    Compare(compare::CompareArgs),
     /// Benchmarks that print a table.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -92,6 +95,7 @@ impl Command {
                 | Command::Prompts(_)
                 | Command::Analyze(_)
                 | Command::Mib(_)
+                | Command::Compare(_)
         )
     }
 }
@@ -128,6 +132,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Prompts(cmd) => prompts::run(cmd, &cli.models_dir),
         Command::Analyze(cmd) => analyze::run(cmd, &cli.models_dir),
         Command::Mib(cmd) => mib::run(cmd),
+        Command::Compare(args) => compare::run(args),
         Command::Bench(cmd) => bench::run(cmd, &cli.models_dir),
     }
 }

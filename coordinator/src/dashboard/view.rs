@@ -163,6 +163,7 @@ mod tests {
             evaluations: 9,
             passes: 2,
             decisions: vec![],
+            guided: None,
         }
     }
 

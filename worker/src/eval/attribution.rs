@@ -4,6 +4,7 @@
 use std::ops::Range;
 
 use candle_core::{D, DType, Tensor};
+use circuit_sweep_common::Component;
 use circuit_sweep_common::spec::{Direction, Metric};
 
 use super::Evaluator;
@@ -20,11 +21,13 @@ impl Evaluator {
     /// `prompts` (each prompt weighted as the metric's mean over all prompts weighs it): `steps`
     /// passes with every sender moved `k / steps` of the way to its ablated value (`k = 0..steps`,
     /// so one step is EAP), their products averaged. Edges of the evaluator's graph when
-    /// `edges`, nodes always.
+    /// `edges`, nodes always. The nodes `outside` are ablated outright in every pass (the
+    /// estimates are then those of the graph restricted to the other nodes).
     pub fn attribute(
         &self,
         steps: usize,
         edges: bool,
+        outside: &[Component],
         prompts: Range<usize>,
     ) -> Result<AttributionSums, ModelError> {
         if self.ablation.direction == Direction::Denoising {
@@ -54,7 +57,8 @@ impl Evaluator {
         while lo < prompts.end {
             let hi = (lo + per_pass).min(prompts.end);
             for k in 0..steps {
-                let sums = self.attribution_pass(k as f64 / steps as f64, edges, lo..hi)?;
+                let c = k as f64 / steps as f64;
+                let sums = self.attribution_pass(c, edges, outside, lo..hi)?;
                 total.add(&sums, 1.0 / steps as f64);
             }
             lo = hi;
@@ -68,6 +72,7 @@ impl Evaluator {
         &self,
         coefficient: f64,
         edges: bool,
+        outside: &[Component],
         range: Range<usize>,
     ) -> Result<AttributionSums, ModelError> {
         let (lo, n) = (range.start, range.len());
@@ -129,6 +134,7 @@ impl Evaluator {
             coefficient,
             graph: edges.then(|| self.graph_shape()),
             positions: self.edge_positions.clone(),
+            outside,
             logits,
         };
         let out = self.model.attribution_pass(&pass, &metric)?;

@@ -34,6 +34,9 @@ pub struct AttributionPass<'a> {
     pub graph: Option<GraphShape>,
     /// Positions where senders are ablated (all when `None`).
     pub positions: Option<Vec<usize>>,
+    /// Nodes ablated outright in every step (outside the node circuit a graph is restricted
+    /// to); their own scores are 0.
+    pub outside: &'a [Component],
     /// Logits the metric reads.
     pub logits: LogitSelection,
 }
@@ -82,9 +85,45 @@ struct GradHooks<'a> {
     mlp: Vec<Option<(Tensor, Var)>>,
     /// Receiver variables `[B, T, d]`.
     receivers: BTreeMap<Receiver, Var>,
+    /// Nodes ablated outright.
+    outside: &'a [Component],
 }
 
 impl GradHooks<'_> {
+    /// Like [`GradHooks::moved`], with the senders `outside` (per head of a `[B, T, H, dh]`
+    /// write, or the one sender of a `[B, T, d]` write) ablated outright and recorded as no
+    /// difference.
+    fn moved_outside(
+        &self,
+        x: &Tensor,
+        abl: &Tensor,
+        outside: &[bool],
+    ) -> Result<(Tensor, Tensor), ModelError> {
+        if !outside.contains(&true) {
+            return self.moved(x, abl);
+        }
+        let (moved, diff) = self.moved(x, abl)?;
+        let shape: Vec<usize> = if x.rank() == 4 {
+            vec![1, 1, outside.len(), 1]
+        } else {
+            vec![1, 1, 1]
+        };
+        let flags = |out: bool| -> Result<Tensor, ModelError> {
+            let v: Vec<f64> = outside
+                .iter()
+                .map(|&o| f64::from(u8::from(o == out)))
+                .collect();
+            Ok(Tensor::from_vec(v, shape.clone(), x.device())?.to_dtype(self.dtype)?)
+        };
+        let (inside, out) = (flags(false)?, flags(true)?);
+        // At every position, as node ablation is, and with no gradient through the sender.
+        let abl = abl.to_dtype(self.dtype)?.detach();
+        let moved = moved
+            .broadcast_mul(&inside)?
+            .broadcast_add(&abl.broadcast_mul(&out)?)?;
+        Ok((moved, diff.broadcast_mul(&inside)?))
+    }
+
     /// `x + c * mask * (abl - x)` and the detached `mask * (abl - x)`.
     fn moved(&self, x: &Tensor, abl: &Tensor) -> Result<(Tensor, Tensor), ModelError> {
         let abl = abl.to_dtype(self.dtype)?;
@@ -122,7 +161,10 @@ impl GradHooks<'_> {
 
 impl LayerHooks for GradHooks<'_> {
     fn z(&mut self, layer: usize, z: Tensor) -> Result<Tensor, ModelError> {
-        let (moved, diff) = self.moved(&z, &self.values.z[layer])?;
+        let out: Vec<bool> = (0..self.heads.0)
+            .map(|head| self.outside.contains(&Component::Head { layer, head }))
+            .collect();
+        let (moved, diff) = self.moved_outside(&z, &self.values.z[layer], &out)?;
         let v = self.var_like(&moved)?;
         let out = (moved + v.as_tensor())?;
         self.z[layer] = Some((diff, v));
@@ -130,7 +172,8 @@ impl LayerHooks for GradHooks<'_> {
     }
 
     fn mlp(&mut self, layer: usize, m: Tensor) -> Result<Tensor, ModelError> {
-        let (moved, diff) = self.moved(&m, &self.values.mlp[layer])?;
+        let out = [self.outside.contains(&Component::Mlp { layer })];
+        let (moved, diff) = self.moved_outside(&m, &self.values.mlp[layer], &out)?;
         let v = self.var_like(&moved)?;
         let out = (moved + v.as_tensor())?;
         self.mlp[layer] = Some((diff, v));
@@ -242,6 +285,7 @@ impl HookedModel {
             z: vec![None; info.n_layers],
             mlp: vec![None; info.n_layers],
             receivers: BTreeMap::new(),
+            outside: pass.outside,
         };
         let x0 = self.blocks.embed(&pass.ids, 0)?;
         let (x, embed_diff) = hooks.moved(&x0, &pass.values.embed)?;
