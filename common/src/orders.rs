@@ -124,6 +124,17 @@ pub struct SetStats {
     /// Node order studies: smallest and largest pairwise Jaccard similarity of the heads alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jaccard_heads_range: Option<[f64; 2]>,
+    /// Distribution of the pairwise Jaccard similarities: counts in [`JACCARD_BINS`] bins of
+    /// equal width over [0, 1] (the last closed).
+    #[serde(default)]
+    pub jaccard_histogram: Vec<u64>,
+    /// Node order studies: the same for the heads alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jaccard_heads_histogram: Option<Vec<u64>>,
+    /// 95 % Wilson interval of each item's frequency (items in no circuit omitted: theirs is
+    /// `[0, z^2 / (K + z^2)]` for K circuits).
+    #[serde(default)]
+    pub frequency_ci: BTreeMap<String, [f64; 2]>,
     /// Items in every circuit, in item order.
     pub core: Vec<String>,
     /// Items in any circuit, in item order.
@@ -132,10 +143,37 @@ pub struct SetStats {
     pub sizes: Vec<usize>,
 }
 
-/// Mean, smallest and largest pairwise Jaccard similarity of `sets` (two empty sets are alike:
-/// 1; a single set: 1). The K(K-1)/2 pairs are summed as they come, on bitsets, so that ten
-/// thousand circuits cost seconds and no memory beyond the sets.
-fn jaccard<T: Ord>(sets: &[BTreeSet<T>]) -> (f64, [f64; 2]) {
+/// The two-sided 95 % quantile of the standard normal distribution.
+const Z95: f64 = 1.959_963_984_540_054;
+
+/// Bins of the Jaccard histograms.
+pub const JACCARD_BINS: usize = 20;
+
+/// The 95 % Wilson score interval of a proportion: `k` of `n` (`[0, 1]` with no trials). Unlike
+/// the normal interval it stays inside [0, 1] and is not empty at 0 or `n`.
+pub fn wilson(k: usize, n: usize) -> [f64; 2] {
+    if n == 0 {
+        return [0.0, 1.0];
+    }
+    let (k, n, z2) = (k as f64, n as f64, Z95 * Z95);
+    let p = k / n;
+    let denom = 1.0 + z2 / n;
+    let centre = (p + z2 / (2.0 * n)) / denom;
+    let half = Z95 * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / denom;
+    [(centre - half).max(0.0), (centre + half).min(1.0)]
+}
+
+/// Pairwise Jaccard similarities of circuits: mean, range and histogram.
+struct Pairs {
+    mean: f64,
+    range: [f64; 2],
+    histogram: Vec<u64>,
+}
+
+/// Mean, smallest, largest and histogram of the pairwise Jaccard similarities of `sets` (two
+/// empty sets are alike: 1; a single set: 1, no pairs). The K(K-1)/2 pairs are summed as they
+/// come, on bitsets, so that ten thousand circuits cost seconds and no memory beyond the sets.
+fn jaccard<T: Ord>(sets: &[BTreeSet<T>]) -> Pairs {
     let universe: BTreeSet<&T> = sets.iter().flatten().collect();
     let index: BTreeMap<&T, usize> = universe.into_iter().zip(0..).collect();
     let words = index.len().div_ceil(64);
@@ -151,6 +189,7 @@ fn jaccard<T: Ord>(sets: &[BTreeSet<T>]) -> (f64, [f64; 2]) {
         })
         .collect();
     let (mut sum, mut n, mut lo, mut hi) = (0.0, 0u64, 1.0f64, 0.0f64);
+    let mut histogram = vec![0u64; JACCARD_BINS];
     for (i, a) in bits.iter().enumerate() {
         for b in &bits[i + 1..] {
             let (mut inter, mut uni) = (0u32, 0u32);
@@ -165,14 +204,20 @@ fn jaccard<T: Ord>(sets: &[BTreeSet<T>]) -> (f64, [f64; 2]) {
             };
             sum += j;
             n += 1;
+            histogram[((j * JACCARD_BINS as f64) as usize).min(JACCARD_BINS - 1)] += 1;
             lo = lo.min(j);
             hi = hi.max(j);
         }
     }
-    if n == 0 {
+    let (mean, range) = if n == 0 {
         (1.0, [1.0, 1.0])
     } else {
         (sum / n as f64, [lo, hi])
+    };
+    Pairs {
+        mean,
+        range,
+        histogram,
     }
 }
 
@@ -185,16 +230,22 @@ pub fn set_stats<T: Ord + Clone + std::fmt::Display>(sets: &[BTreeSet<T>]) -> Se
             *counts.entry(c.clone()).or_default() += 1;
         }
     }
-    let (jaccard_mean, jaccard_range) = jaccard(sets);
+    let pairs = jaccard(sets);
     SetStats {
         frequency: counts
             .iter()
             .map(|(c, n)| (c.to_string(), *n as f64 / k))
             .collect(),
-        jaccard_mean,
-        jaccard_range,
+        frequency_ci: counts
+            .iter()
+            .map(|(c, n)| (c.to_string(), wilson(*n, sets.len())))
+            .collect(),
+        jaccard_mean: pairs.mean,
+        jaccard_range: pairs.range,
+        jaccard_histogram: pairs.histogram,
         jaccard_heads_mean: None,
         jaccard_heads_range: None,
+        jaccard_heads_histogram: None,
         core: counts
             .iter()
             .filter(|(_, n)| **n == sets.len())
@@ -216,10 +267,11 @@ pub fn component_stats(sets: &[BTreeSet<Component>]) -> SetStats {
                 .collect()
         })
         .collect();
-    let (mean, range) = jaccard(&heads);
+    let pairs = jaccard(&heads);
     SetStats {
-        jaccard_heads_mean: Some(mean),
-        jaccard_heads_range: Some(range),
+        jaccard_heads_mean: Some(pairs.mean),
+        jaccard_heads_range: Some(pairs.range),
+        jaccard_heads_histogram: Some(pairs.histogram),
         ..set_stats(sets)
     }
 }
@@ -295,6 +347,54 @@ mod tests {
         // Heads alone: {h0.0}-{h0.0} = 1, {h0.0}-{h0.0,h0.1} = 1/2 (twice).
         assert!((s.stats.jaccard_heads_mean.unwrap() - 2.0 / 3.0).abs() < 1e-12);
         assert_eq!(s.stats.jaccard_heads_range, Some([0.5, 1.0]));
+        // Histograms of 20 bins: 1/3 falls in [0.30, 0.35), 1/2 in [0.50, 0.55), 1 in the last.
+        let mut h = vec![0u64; JACCARD_BINS];
+        h[6] = 1;
+        h[10] = 2;
+        assert_eq!(s.stats.jaccard_histogram, h);
+        let mut h = vec![0u64; JACCARD_BINS];
+        h[10] = 2;
+        h[19] = 1;
+        assert_eq!(s.stats.jaccard_heads_histogram, Some(h));
+        // Wilson intervals of 3 of 3 and 1 of 3.
+        assert_eq!(s.stats.frequency_ci["h0.0"], wilson(3, 3));
+        assert_eq!(s.stats.frequency_ci["m0"], wilson(1, 3));
+    }
+
+    #[test]
+    fn wilson_intervals_by_hand() {
+        let close =
+            |a: [f64; 2], b: [f64; 2]| (a[0] - b[0]).abs() < 1e-6 && (a[1] - b[1]).abs() < 1e-6;
+        // 0 of 10: [0, z^2 / (10 + z^2)] with z = 1.959964 (z^2 = 3.841459).
+        assert!(
+            close(wilson(0, 10), [0.0, 3.841459 / 13.841459]),
+            "{:?}",
+            wilson(0, 10)
+        );
+        assert!(
+            close(wilson(10, 10), [10.0 / 13.841459, 1.0]),
+            "{:?}",
+            wilson(10, 10)
+        );
+        // 5 of 10: centre 1/2, half-width z sqrt(1/40 + z^2/400) / (1 + z^2/10) = 0.263407.
+        assert!(
+            close(wilson(5, 10), [0.236593, 0.763407]),
+            "{:?}",
+            wilson(5, 10)
+        );
+        // 81 of 263: p = 0.307985, centre 0.310749, half-width 0.055461.
+        assert!(
+            close(wilson(81, 263), [0.255289, 0.366210]),
+            "{:?}",
+            wilson(81, 263)
+        );
+        assert_eq!(wilson(0, 0), [0.0, 1.0]);
+        // The interval narrows as the orders grow.
+        let w = |n: usize| {
+            let [lo, hi] = wilson(n / 2, n);
+            hi - lo
+        };
+        assert!(w(1000) < w(100) && w(100) < w(10));
     }
 
     #[test]

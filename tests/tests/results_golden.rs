@@ -47,6 +47,14 @@ const CASES: &[(&str, &str)] = &[
         "edge_orders",
         "kind = \"edge_prune\"\ncircuit_file = \"prune/result.json\"\nthreshold = 60.0\norders = 5\nseed = 2",
     ),
+    (
+        "guided_prune",
+        "kind = \"prune\"\nthreshold = 80.0\ncandidates = \"attribution\"\nsteps = 3",
+    ),
+    (
+        "guided_edge_prune",
+        "kind = \"edge_prune\"\ncircuit_file = \"prune/result.json\"\nthreshold = 60.0\ncandidates = \"attribution\"\nmethod = \"eap\"",
+    ),
 ];
 
 fn golden_dir() -> PathBuf {
