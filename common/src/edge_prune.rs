@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use crate::edge::Edge;
 use crate::greedy::{Greedy, Rule};
 use crate::guided::{Guidance, Guided, Search};
-use crate::orders::{SetStats, set_stats};
+use crate::orders::{Marginal, SetStats, marginal_effects, set_stats};
 use crate::rng::Rng;
 
 /// Order `index` of an edge order study: a seeded permutation of `edges`, drawn on its own so
@@ -32,10 +32,13 @@ pub struct EdgeOrderStudy {
     pub stats: SetStats,
     /// Circuit scores, run by run.
     pub scores: Vec<f64>,
+    /// Each edge's marginal effect when its order first decided it, over the orders.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub marginal: std::collections::BTreeMap<String, Marginal>,
 }
 
-/// Aggregates the runs of an edge order study.
-pub fn summarize_edge_orders(runs: &[EdgePruneResult]) -> EdgeOrderStudy {
+/// Aggregates the runs of an edge order study, every run pruned from a graph scoring `start`.
+pub fn summarize_edge_orders(runs: &[EdgePruneResult], start: f64) -> EdgeOrderStudy {
     let sets: Vec<BTreeSet<Edge>> = runs
         .iter()
         .map(|r| {
@@ -57,6 +60,16 @@ pub fn summarize_edge_orders(runs: &[EdgePruneResult]) -> EdgeOrderStudy {
             .collect(),
         stats: set_stats(&sets),
         scores: runs.iter().map(|r| r.score).collect(),
+        marginal: marginal_effects(
+            runs.iter().map(|r| {
+                r.decisions
+                    .iter()
+                    .map(|d| (d.edge.as_str(), d.score, d.removed))
+                    .collect()
+            }),
+            start,
+            runs.first().is_some_and(|r| r.tau.is_some()),
+        ),
     }
 }
 
@@ -354,7 +367,7 @@ mod tests {
         let runs: Vec<EdgePruneResult> = (0..3)
             .map(|i| run(4, Some(&random_edge_order(&g, 5, i))))
             .collect();
-        let study = summarize_edge_orders(&runs);
+        let study = summarize_edge_orders(&runs, 100.0);
         // The two edges that matter are in every circuit.
         assert!(study.stats.core.contains(&"h1.0->logits".to_string()));
         assert!(study.stats.core.contains(&"h0.1->h1.0.v".to_string()));

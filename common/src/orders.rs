@@ -106,6 +106,72 @@ pub struct OrderStudy {
     pub stats: SetStats,
     /// Circuit scores, run by run.
     pub scores: Vec<f64>,
+    /// Each component's marginal effect when its order first decided it, over the orders.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub marginal: BTreeMap<String, Marginal>,
+}
+
+/// An item's marginal effect at the moment a run first decided it: what removing it from the
+/// circuit of that moment costs (% points of the score lost; KL: nats gained), a Shapley-style
+/// by-product of the decisions the runs make anyway.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Marginal {
+    /// Mean over the runs.
+    pub mean: f64,
+    /// 95 % interval of the mean (normal approximation, sample deviation); none with one run.
+    pub ci: Option<[f64; 2]>,
+    /// Runs that decided it (all, unless a run started without it).
+    pub runs: usize,
+}
+
+/// One decision of a run, as [`marginal_effects`] reads it: item, score without it, removed.
+pub type Decided<'a> = (&'a str, f64, bool);
+
+/// Marginal effects of every item over `runs` (each its decisions in order), every run having
+/// started at `start` (the score of the graph pruned from); `kl` when lower scores are better.
+pub fn marginal_effects<'a>(
+    runs: impl IntoIterator<Item = Vec<Decided<'a>>>,
+    start: f64,
+    kl: bool,
+) -> BTreeMap<String, Marginal> {
+    let mut effects: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for decisions in runs {
+        let mut current = start;
+        let mut seen = BTreeSet::new();
+        for (item, without, removed) in decisions {
+            if seen.insert(item) {
+                let cost = if kl {
+                    without - current
+                } else {
+                    current - without
+                };
+                effects.entry(item).or_default().push(cost);
+            }
+            if removed {
+                current = without;
+            }
+        }
+    }
+    effects
+        .into_iter()
+        .map(|(item, xs)| {
+            let n = xs.len() as f64;
+            let mean = xs.iter().sum::<f64>() / n;
+            let ci = (xs.len() > 1).then(|| {
+                let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+                let half = Z95 * (var / n).sqrt();
+                [mean - half, mean + half]
+            });
+            (
+                item.to_string(),
+                Marginal {
+                    mean,
+                    ci,
+                    runs: xs.len(),
+                },
+            )
+        })
+        .collect()
 }
 
 /// How much a family of circuits agree (each a set of components or edges).
@@ -276,8 +342,8 @@ pub fn component_stats(sets: &[BTreeSet<Component>]) -> SetStats {
     }
 }
 
-/// Aggregates per-order pruning results.
-pub fn summarize(orders: &[Vec<Component>], results: &[PruneResult]) -> OrderStudy {
+/// Aggregates per-order pruning results, every run pruned from a graph scoring `start`.
+pub fn summarize(orders: &[Vec<Component>], results: &[PruneResult], start: f64) -> OrderStudy {
     let sets: Vec<BTreeSet<Component>> = results
         .iter()
         .map(|r| {
@@ -302,6 +368,16 @@ pub fn summarize(orders: &[Vec<Component>], results: &[PruneResult]) -> OrderStu
             .collect(),
         stats: component_stats(&sets),
         scores: results.iter().map(|r| r.score).collect(),
+        marginal: marginal_effects(
+            results.iter().map(|r| {
+                r.decisions
+                    .iter()
+                    .map(|d| (d.component.as_str(), d.score, d.removed))
+                    .collect()
+            }),
+            start,
+            results.first().is_some_and(|r| r.tau.is_some()),
+        ),
     }
 }
 
@@ -335,7 +411,7 @@ mod tests {
             result(&["h0.0"]),
             result(&["h0.0", "h0.1"]),
         ];
-        let s = summarize(&orders, &res);
+        let s = summarize(&orders, &res, 100.0);
         assert_eq!(s.stats.frequency["h0.0"], 1.0);
         assert!((s.stats.frequency["m0"] - 1.0 / 3.0).abs() < 1e-12);
         assert_eq!(s.stats.core, ["h0.0"]);
@@ -359,6 +435,27 @@ mod tests {
         // Wilson intervals of 3 of 3 and 1 of 3.
         assert_eq!(s.stats.frequency_ci["h0.0"], wilson(3, 3));
         assert_eq!(s.stats.frequency_ci["m0"], wilson(1, 3));
+    }
+
+    #[test]
+    fn marginal_effects_by_hand() {
+        // Run 1 decides a (100 -> 90, removed), b (90 -> 60, kept); run 2 decides b first
+        // (100 -> 80, kept), then a (100 -> 95, removed), then b again (pass 2: not counted).
+        let runs = vec![
+            vec![("a", 90.0, true), ("b", 60.0, false)],
+            vec![("b", 80.0, false), ("a", 95.0, true), ("b", 70.0, false)],
+        ];
+        let m = marginal_effects(runs, 100.0, false);
+        assert_eq!(m["a"].mean, 7.5);
+        assert_eq!(m["b"].mean, 25.0);
+        assert_eq!(m["a"].runs, 2);
+        // Sample deviation of (10, 5): 3.5355; half-width 1.959964 x 3.5355 / sqrt 2 = 4.9.
+        let [lo, hi] = m["a"].ci.unwrap();
+        assert!((lo - (7.5 - 4.899910)).abs() < 1e-5 && (hi - (7.5 + 4.899910)).abs() < 1e-5);
+        // KL: lower is better, the cost is the divergence gained.
+        let kl = marginal_effects(vec![vec![("a", 0.3, true), ("b", 0.5, false)]], 0.1, true);
+        assert!((kl["a"].mean - 0.2).abs() < 1e-12 && (kl["b"].mean - 0.2).abs() < 1e-12);
+        assert_eq!(kl["a"].ci, None);
     }
 
     #[test]
@@ -406,18 +503,18 @@ mod tests {
             result(&["h1.1", "m0", "m1"]),
             result(&["m0", "m1"]),
         ];
-        let s = summarize(&orders, &res);
+        let s = summarize(&orders, &res, 100.0);
         // All: {h0.0,m0,m1}-{h1.1,m0,m1} = 2/4, each with {m0,m1} = 2/3.
         assert!((s.stats.jaccard_mean - (0.5 + 2.0 / 3.0 + 2.0 / 3.0) / 3.0).abs() < 1e-12);
         // Heads: {h0.0}-{h1.1} = 0, each with {} = 0.
         assert_eq!(s.stats.jaccard_heads_mean, Some(0.0));
         assert_eq!(s.stats.jaccard_heads_range, Some([0.0, 0.0]));
         // Two circuits of MLPs only: empty head sets are alike, as `jaccard_mean` counts them.
-        let s = summarize(&orders[..2], &[result(&["m0"]), result(&["m1"])]);
+        let s = summarize(&orders[..2], &[result(&["m0"]), result(&["m1"])], 100.0);
         assert_eq!(s.stats.jaccard_heads_mean, Some(1.0));
         assert_eq!(s.stats.jaccard_heads_range, Some([1.0, 1.0]));
         // One order: 1, as for `jaccard_mean`.
-        let s = summarize(&orders[..1], &res[..1]);
+        let s = summarize(&orders[..1], &res[..1], 100.0);
         assert_eq!(s.stats.jaccard_heads_mean, Some(1.0));
         assert_eq!(s.stats.jaccard_heads_range, Some([1.0, 1.0]));
         // Generic sets (edges) have none, and their JSON has no such field.

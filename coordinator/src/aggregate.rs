@@ -302,16 +302,27 @@ fn write_edge_circuit(
     )
 }
 
+/// The score pruning starts from: the node circuit's when the graph is restricted to one, else
+/// the full model's (100 %, or KL 0).
+fn start_score(spec: &SweepSpec, meta: &JobMeta) -> f64 {
+    meta.circuit_score
+        .unwrap_or(match Unit::of(spec.ablation.metric) {
+            Unit::Percent => 100.0,
+            Unit::Nats => 0.0,
+        })
+}
+
 /// The edge order study: `edge-frequency.svg` / `.dot` (every edge kept by any order, widths
 /// by the share of orders keeping it); returns `result.json`'s `edge_orders`.
 fn write_edge_study(
     spec: &SweepSpec,
     inputs: &JobInputs,
     c: &Collected,
+    meta: &JobMeta,
     name: &str,
     out: &Path,
 ) -> Result<EdgeOrderStudy, AggregateError> {
-    let study = edge_prune::summarize_edge_orders(&c.edge_prune);
+    let study = edge_prune::summarize_edge_orders(&c.edge_prune, start_score(spec, meta));
     tracing::info!(
         "{} edge orders: circuit sizes {}..{}, mean Jaccard {:.3}, core {} edges, union {}",
         c.edge_prune.len(),
@@ -822,7 +833,7 @@ pub fn write(
                             c.edge_prune.len()
                         )));
                     }
-                    doc.edge_orders = Some(write_edge_study(spec, inputs, c, &name, out)?);
+                    doc.edge_orders = Some(write_edge_study(spec, inputs, c, meta, &name, out)?);
                 }
                 _ => {}
             }
@@ -830,7 +841,7 @@ pub fn write(
         SweepKind::Orders => {
             let rule = spec.rule().describe();
             let (ords, runs): (Vec<_>, Vec<_>) = c.orders.iter().cloned().unzip();
-            let study = orders::summarize(&ords, &runs);
+            let study = orders::summarize(&ords, &runs, start_score(spec, meta));
             let heads_jaccard = study.stats.jaccard_heads_mean.unwrap_or(f64::NAN);
             tracing::info!(
                 "{} orders: circuit sizes {}..{}, mean Jaccard {:.3} (heads only {:.3}), core {} components, union {}",
