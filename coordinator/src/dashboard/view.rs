@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use circuit_sweep_common::Component;
-use circuit_sweep_common::orders::component_stats;
+use circuit_sweep_common::orders::{component_stats, wilson};
 use circuit_sweep_common::spec::SweepKind;
 use circuit_sweep_proto::v1::StatusReply;
 use serde_json::{Value, json};
@@ -111,6 +111,11 @@ pub fn live_view(p: &Partial) -> Value {
             .iter()
             .map(|(c, n)| (c.to_string(), *n as f64 / k as f64))
             .collect();
+        // 95 % Wilson intervals: they narrow as orders come in.
+        let frequency_ci: BTreeMap<String, [f64; 2]> = counts
+            .iter()
+            .map(|(c, n)| (c.to_string(), wilson(*n, k)))
+            .collect();
         let core: Vec<String> = counts
             .iter()
             .filter(|(_, n)| **n == k)
@@ -120,6 +125,7 @@ pub fn live_view(p: &Partial) -> Value {
             "done": p.runs.len(),
             "total": p.orders_total,
             "frequency": frequency,
+            "frequency_ci": frequency_ci,
             "jaccard_mean": (!sets.is_empty()).then_some(stats.jaccard_mean),
             "jaccard_heads_mean": stats.jaccard_heads_mean.filter(|_| !sets.is_empty()),
             "jaccard_over": compared.len(),
@@ -198,6 +204,7 @@ mod tests {
         assert_eq!(v["orders"]["total"], 8);
         assert_eq!(v["orders"]["frequency"]["h0.1"], 1.0);
         assert_eq!(v["orders"]["frequency"]["m2"], 0.5);
+        assert_eq!(v["orders"]["frequency_ci"]["m2"], json!(wilson(1, 2)));
         assert_eq!(v["orders"]["core"], json!(["h0.1"]));
         assert_eq!(v["orders"]["jaccard_mean"], 0.5);
         // The MLP kept by one order only does not lower the heads' agreement.
