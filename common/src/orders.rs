@@ -109,6 +109,58 @@ pub struct OrderStudy {
     /// Each component's marginal effect when its order first decided it, over the orders.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub marginal: BTreeMap<String, Marginal>,
+    /// Where the paper-schedule circuit at the same rule sits among the orders' circuits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paper: Option<Placement>,
+}
+
+/// Where one circuit (the paper schedule's) sits among an order study's circuits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Placement {
+    /// Its components.
+    pub components: Vec<String>,
+    /// Its score.
+    pub score: f64,
+    /// Share of the orders' circuits no larger than it.
+    pub size_quantile: f64,
+    /// Share of the orders' circuits scoring no higher than it.
+    pub score_quantile: f64,
+    /// Its mean Jaccard similarity with the orders' circuits.
+    pub jaccard_mean: f64,
+    /// Its smallest and largest Jaccard similarity with them.
+    pub jaccard_range: [f64; 2],
+}
+
+/// Where `circuit` (scoring `score`) sits among `sets` (scoring `scores`).
+pub fn place<T: Ord + std::fmt::Display>(
+    circuit: &BTreeSet<T>,
+    score: f64,
+    sets: &[BTreeSet<T>],
+    scores: &[f64],
+) -> Placement {
+    let k = sets.len().max(1) as f64;
+    let js: Vec<f64> = sets
+        .iter()
+        .map(|s| {
+            let union = s.union(circuit).count();
+            if union == 0 {
+                1.0
+            } else {
+                s.intersection(circuit).count() as f64 / union as f64
+            }
+        })
+        .collect();
+    Placement {
+        components: circuit.iter().map(T::to_string).collect(),
+        score,
+        size_quantile: sets.iter().filter(|s| s.len() <= circuit.len()).count() as f64 / k,
+        score_quantile: scores.iter().filter(|&&x| x <= score).count() as f64 / k,
+        jaccard_mean: js.iter().sum::<f64>() / k,
+        jaccard_range: [
+            js.iter().copied().fold(1.0, f64::min),
+            js.iter().copied().fold(0.0, f64::max),
+        ],
+    }
 }
 
 /// An item's marginal effect at the moment a run first decided it: what removing it from the
@@ -342,18 +394,25 @@ pub fn component_stats(sets: &[BTreeSet<Component>]) -> SetStats {
     }
 }
 
-/// Aggregates per-order pruning results, every run pruned from a graph scoring `start`.
-pub fn summarize(orders: &[Vec<Component>], results: &[PruneResult], start: f64) -> OrderStudy {
-    let sets: Vec<BTreeSet<Component>> = results
+/// A pruning run's circuit as a set.
+fn circuit_set(r: &PruneResult) -> BTreeSet<Component> {
+    r.heads
         .iter()
-        .map(|r| {
-            r.heads
-                .iter()
-                .chain(&r.mlps)
-                .map(|n| n.parse().expect("names we wrote"))
-                .collect()
-        })
-        .collect();
+        .chain(&r.mlps)
+        .map(|n| n.parse().expect("names we wrote"))
+        .collect()
+}
+
+/// Aggregates per-order pruning results, every run pruned from a graph scoring `start`, and
+/// places the paper-schedule run `paper` among them.
+pub fn summarize(
+    orders: &[Vec<Component>],
+    results: &[PruneResult],
+    start: f64,
+    paper: Option<&PruneResult>,
+) -> OrderStudy {
+    let sets: Vec<BTreeSet<Component>> = results.iter().map(circuit_set).collect();
+    let scores: Vec<f64> = results.iter().map(|r| r.score).collect();
     OrderStudy {
         runs: orders
             .iter()
@@ -367,7 +426,8 @@ pub fn summarize(orders: &[Vec<Component>], results: &[PruneResult], start: f64)
             })
             .collect(),
         stats: component_stats(&sets),
-        scores: results.iter().map(|r| r.score).collect(),
+        paper: paper.map(|p| place(&circuit_set(p), p.score, &sets, &scores)),
+        scores,
         marginal: marginal_effects(
             results.iter().map(|r| {
                 r.decisions
@@ -411,7 +471,7 @@ mod tests {
             result(&["h0.0"]),
             result(&["h0.0", "h0.1"]),
         ];
-        let s = summarize(&orders, &res, 100.0);
+        let s = summarize(&orders, &res, 100.0, None);
         assert_eq!(s.stats.frequency["h0.0"], 1.0);
         assert!((s.stats.frequency["m0"] - 1.0 / 3.0).abs() < 1e-12);
         assert_eq!(s.stats.core, ["h0.0"]);
@@ -435,6 +495,26 @@ mod tests {
         // Wilson intervals of 3 of 3 and 1 of 3.
         assert_eq!(s.stats.frequency_ci["h0.0"], wilson(3, 3));
         assert_eq!(s.stats.frequency_ci["m0"], wilson(1, 3));
+    }
+
+    #[test]
+    fn the_paper_circuit_is_placed_among_the_orders_circuits() {
+        let orders = random_orders(1, 2, 3, 0);
+        let res = [
+            result(&["h0.0", "m0"]),
+            result(&["h0.0"]),
+            result(&["h0.0", "h0.1"]),
+        ];
+        let mut paper = result(&["h0.0", "m0"]);
+        paper.score = 81.0;
+        let s = summarize(&orders, &res, 100.0, Some(&paper));
+        let p = s.paper.unwrap();
+        assert_eq!(p.components, ["h0.0", "m0"]);
+        // Sizes 2, 1, 2: all no larger; scores all 81: all no higher.
+        assert_eq!((p.size_quantile, p.score_quantile), (1.0, 1.0));
+        // Jaccard 1, 1/2, 1/3.
+        assert!((p.jaccard_mean - (1.0 + 0.5 + 1.0 / 3.0) / 3.0).abs() < 1e-12);
+        assert_eq!(p.jaccard_range, [1.0 / 3.0, 1.0]);
     }
 
     #[test]
@@ -503,18 +583,23 @@ mod tests {
             result(&["h1.1", "m0", "m1"]),
             result(&["m0", "m1"]),
         ];
-        let s = summarize(&orders, &res, 100.0);
+        let s = summarize(&orders, &res, 100.0, None);
         // All: {h0.0,m0,m1}-{h1.1,m0,m1} = 2/4, each with {m0,m1} = 2/3.
         assert!((s.stats.jaccard_mean - (0.5 + 2.0 / 3.0 + 2.0 / 3.0) / 3.0).abs() < 1e-12);
         // Heads: {h0.0}-{h1.1} = 0, each with {} = 0.
         assert_eq!(s.stats.jaccard_heads_mean, Some(0.0));
         assert_eq!(s.stats.jaccard_heads_range, Some([0.0, 0.0]));
         // Two circuits of MLPs only: empty head sets are alike, as `jaccard_mean` counts them.
-        let s = summarize(&orders[..2], &[result(&["m0"]), result(&["m1"])], 100.0);
+        let s = summarize(
+            &orders[..2],
+            &[result(&["m0"]), result(&["m1"])],
+            100.0,
+            None,
+        );
         assert_eq!(s.stats.jaccard_heads_mean, Some(1.0));
         assert_eq!(s.stats.jaccard_heads_range, Some([1.0, 1.0]));
         // One order: 1, as for `jaccard_mean`.
-        let s = summarize(&orders[..1], &res[..1], 100.0);
+        let s = summarize(&orders[..1], &res[..1], 100.0, None);
         assert_eq!(s.stats.jaccard_heads_mean, Some(1.0));
         assert_eq!(s.stats.jaccard_heads_range, Some([1.0, 1.0]));
         // Generic sets (edges) have none, and their JSON has no such field.

@@ -285,6 +285,8 @@ pub fn plan(
                     orders: group.to_vec(),
                 });
             }
+            // The paper-schedule circuit at the same rule: where it sits among the orders'.
+            shards.push(ShardTask::Prune);
         }
     }
     shards
@@ -400,9 +402,10 @@ mod tests {
     fn orders_are_grouped_in_order() {
         let orders = crate::orders::random_orders(2, 2, 10, 7);
         let shards = plan(SweepKind::Orders, 2, Some(&orders), 0, None, (0, 0, 0));
-        assert_eq!(shards.len(), 3);
+        assert_eq!(shards.len(), 4);
+        assert_eq!(shards[3], ShardTask::Prune);
         let mut back = vec![];
-        for s in &shards {
+        for s in &shards[..3] {
             let ShardTask::Orders { first, orders: o } = s else {
                 panic!("{s:?}")
             };

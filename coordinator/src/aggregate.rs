@@ -841,7 +841,7 @@ pub fn write(
         SweepKind::Orders => {
             let rule = spec.rule().describe();
             let (ords, runs): (Vec<_>, Vec<_>) = c.orders.iter().cloned().unzip();
-            let study = orders::summarize(&ords, &runs, start_score(spec, meta));
+            let study = orders::summarize(&ords, &runs, start_score(spec, meta), c.prune.first());
             let heads_jaccard = study.stats.jaccard_heads_mean.unwrap_or(f64::NAN);
             tracing::info!(
                 "{} orders: circuit sizes {}..{}, mean Jaccard {:.3} (heads only {:.3}), core {} components, union {}",
@@ -853,6 +853,16 @@ pub fn write(
                 study.stats.core.len(),
                 study.stats.union.len()
             );
+            if let Some(p) = &study.paper {
+                tracing::info!(
+                    "the paper schedule's circuit: {} components, score {:.4}; no larger than {:.0} % of the orders' circuits, scoring no higher than {:.0} %; mean Jaccard with them {:.3}",
+                    p.components.len(),
+                    p.score,
+                    100.0 * p.size_quantile,
+                    100.0 * p.score_quantile,
+                    p.jaccard_mean
+                );
+            }
             let title = format!("{name}: order study, {} orders at {rule}", ords.len());
             results::write_file(
                 out,

@@ -216,8 +216,13 @@ fn three_workers_give_the_numbers_of_one_worker() {
             }
             _ => {
                 assert_eq!(b["orders"]["runs"].as_array().unwrap().len(), 12);
-                // 12 orders make 3 shards of 4 after the prepare shard.
-                assert_eq!(b["timing"]["shards"], 4);
+                // 12 orders make 3 shards of 4 after the prepare shard, then the paper
+                // schedule's run.
+                assert_eq!(b["timing"]["shards"], 5);
+                let p = &b["orders"]["paper"];
+                let q = p["size_quantile"].as_f64().unwrap();
+                assert!((0.0..=1.0).contains(&q), "{p}");
+                assert!(p["score"].as_f64().unwrap() > 80.0, "{p}");
             }
         }
     }

@@ -260,7 +260,7 @@ fn the_order_study_in_lockstep_equals_one_prune_per_order() {
         mine.sort();
         assert_eq!(mine, circuit);
     }
-    let study = orders::summarize(&read, &together, 100.0);
+    let study = orders::summarize(&read, &together, 100.0, None);
     assert_eq!(study.runs.len(), 5);
     assert!(study.stats.jaccard_mean > 0.0 && study.stats.jaccard_mean <= 1.0);
     assert!(

@@ -173,11 +173,13 @@ impl Scheduler {
             .iter()
             .enumerate()
             .filter(|(i, t)| {
-                job.shards[*i].state == ShardState::Done
-                    && matches!(
-                        t,
-                        ShardTask::Nodes { .. } | ShardTask::Prune | ShardTask::Orders { .. }
-                    )
+                // An order study's paper-schedule run is not one of its orders.
+                let shown = match t {
+                    ShardTask::Nodes { .. } | ShardTask::Orders { .. } => true,
+                    ShardTask::Prune => job.spec.sweep.kind == SweepKind::Prune,
+                    _ => false,
+                };
+                job.shards[*i].state == ShardState::Done && shown
             })
             .map(|(i, t)| (i, t.clone()))
             .collect();
