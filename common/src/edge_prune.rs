@@ -216,6 +216,21 @@ impl EdgePruner {
         }
     }
 
+    /// A guided run's edges removed so far (`None` for plain greedy).
+    pub fn removed(&self) -> Option<Vec<Edge>> {
+        match &self.greedy {
+            Search::Guided(g) => Some(
+                self.edges
+                    .iter()
+                    .zip(g.kept())
+                    .filter(|(_, k)| !**k)
+                    .map(|(e, _)| *e)
+                    .collect(),
+            ),
+            Search::Greedy(_) => None,
+        }
+    }
+
     /// Blocks removed at once by a guided run (0 for plain greedy).
     pub fn blocks(&self) -> usize {
         match &self.greedy {

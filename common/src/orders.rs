@@ -123,7 +123,8 @@ pub struct Placement {
     pub score: f64,
     /// Share of the orders' circuits no larger than it.
     pub size_quantile: f64,
-    /// Share of the orders' circuits scoring no higher than it.
+    /// Share of the orders' circuits scoring no higher than it (under KL, a higher score is a
+    /// worse circuit).
     pub score_quantile: f64,
     /// Its mean Jaccard similarity with the orders' circuits.
     pub jaccard_mean: f64,
@@ -426,7 +427,9 @@ pub fn summarize(
             })
             .collect(),
         stats: component_stats(&sets),
-        paper: paper.map(|p| place(&circuit_set(p), p.score, &sets, &scores)),
+        paper: paper
+            .filter(|_| !sets.is_empty())
+            .map(|p| place(&circuit_set(p), p.score, &sets, &scores)),
         scores,
         marginal: marginal_effects(
             results.iter().map(|r| {

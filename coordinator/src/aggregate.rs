@@ -855,7 +855,7 @@ pub fn write(
             );
             if let Some(p) = &study.paper {
                 tracing::info!(
-                    "the paper schedule's circuit: {} components, score {:.4}; no larger than {:.0} % of the orders' circuits, scoring no higher than {:.0} %; mean Jaccard with them {:.3}",
+                    "the paper schedule's circuit: {} components, score {:.4}; at least as large as {:.0} % of the orders' circuits, scoring at least as high as {:.0} % of them; mean Jaccard with them {:.3}",
                     p.components.len(),
                     p.score,
                     100.0 * p.size_quantile,

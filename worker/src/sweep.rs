@@ -85,6 +85,11 @@ pub trait Search {
     fn propose(&mut self, k: usize) -> Vec<(Self::Item, Vec<Self::Item>)>;
     /// Takes scores of proposed candidates in order; returns how many were used.
     fn record(&mut self, proposed: &[(Self::Item, Vec<Self::Item>)], scores: &[f64]) -> usize;
+    /// What every candidate of `proposed` ablates besides what it tests: the circuit so far,
+    /// which one cached run can serve.
+    fn settled(&self, proposed: &[(Self::Item, Vec<Self::Item>)]) -> Vec<Self::Item> {
+        shared_part(proposed)
+    }
 }
 
 impl Search for Pruner {
@@ -110,6 +115,16 @@ impl Search for EdgePruner {
     }
     fn record(&mut self, p: &[(Edge, Vec<Edge>)], scores: &[f64]) -> usize {
         EdgePruner::record(self, p, scores)
+    }
+    fn settled(&self, p: &[(Edge, Vec<Edge>)]) -> Vec<Edge> {
+        // A guided test ablates a whole block: the circuit so far is what it removed.
+        match self.removed() {
+            Some(mut r) => {
+                r.sort();
+                r
+            }
+            None => shared_part(p),
+        }
     }
 }
 
@@ -193,8 +208,8 @@ pub fn lockstep<S: Search>(
         }
         let cands: Vec<Candidate<S::Item>> = props
             .iter()
-            .flat_map(|(_, pr)| {
-                let shared = shared_part(pr);
+            .flat_map(|(i, pr)| {
+                let shared = pruners[*i].settled(pr);
                 pr.iter().map(move |(_, a)| Candidate {
                     ablated: a.clone(),
                     shared: shared.clone(),
@@ -285,13 +300,17 @@ pub fn attribution(
 }
 
 /// Estimated harm of ablating each item alone, from its attribution sum (an estimated metric
-/// change): how far the estimated score falls (or, under the KL rule, the divergence rises).
-/// Only the order matters, so any base metric does.
+/// change), in the rule's unit: how far the estimated score falls (or, under the KL rule, the
+/// divergence rises). Scores are linear in the metric, so any base metric gives the same
+/// differences. An estimate that is not a number counts as the most harmful.
 pub fn estimated_harm(ev: &Evaluator, rule: Rule, changes: &[f64]) -> Vec<f64> {
     let base = ev.score_of(ev.full);
     let sign = if rule.tau().is_some() { 1.0 } else { -1.0 };
     changes
         .iter()
-        .map(|d| sign * (ev.score_of(ev.full + d) - base))
+        .map(|d| {
+            let h = sign * (ev.score_of(ev.full + d) - base);
+            if h.is_nan() { f64::INFINITY } else { h }
+        })
         .collect()
 }

@@ -44,8 +44,13 @@ impl PrunedCircuit {
         }
         let runs = doc.prune.as_ref().map(|p| p.runs()).unwrap_or_default();
         let Some(last) = runs.last() else {
+            let what = if doc.orders.is_some() || doc.edge_orders.is_some() {
+                "an order study, many circuits"
+            } else {
+                "no pruning run"
+            };
             return Err(format!(
-                "holds no pruning run (kind = \"{}\"): compare results of kind = \"prune\" or \"edge_prune\"",
+                "holds {what} (kind = \"{}\"): compare results of one pruning run each (kind = \"prune\", or \"edge_prune\" without orders)",
                 doc.spec.sweep.kind.name()
             ));
         };

@@ -40,8 +40,12 @@ fn read(path: &Path) -> anyhow::Result<(String, PrunedCircuit)> {
 
 /// Runs `compare`.
 pub fn run(args: CompareArgs) -> anyhow::Result<()> {
-    let (la, a) = read(&args.first).context("the first run")?;
-    let (lb, b) = read(&args.second).context("the second run")?;
+    let (mut la, a) = read(&args.first).context("the first run")?;
+    let (mut lb, b) = read(&args.second).context("the second run")?;
+    if la == lb {
+        la = args.first.display().to_string();
+        lb = args.second.display().to_string();
+    }
     if a.over != b.over {
         anyhow::bail!(
             "{la} is a circuit of {} and {lb} one of {}: compare circuits of the same kind",
@@ -81,13 +85,21 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
         ),
         ("passes", a.passes.to_string(), b.passes.to_string()),
         (
-            "saved",
+            "difference",
             String::new(),
-            format!(
-                "{} evaluations ({:.1}x fewer)",
-                a.evaluations as i64 - b.evaluations as i64,
-                a.evaluations as f64 / b.evaluations.max(1) as f64
-            ),
+            if b.evaluations <= a.evaluations {
+                format!(
+                    "{} fewer evaluations ({:.1}x fewer)",
+                    a.evaluations - b.evaluations,
+                    a.evaluations as f64 / b.evaluations.max(1) as f64
+                )
+            } else {
+                format!(
+                    "{} more evaluations ({:.1}x more)",
+                    b.evaluations - a.evaluations,
+                    b.evaluations as f64 / a.evaluations.max(1) as f64
+                )
+            },
         ),
     ];
     let w = rows
