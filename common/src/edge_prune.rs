@@ -233,10 +233,7 @@ impl EdgePruner {
 
     /// Blocks removed at once by a guided run (0 for plain greedy).
     pub fn blocks(&self) -> usize {
-        match &self.greedy {
-            Search::Guided(g) => g.blocks(),
-            Search::Greedy(_) => 0,
-        }
+        self.greedy.blocks()
     }
 
     fn edges_of(&self, items: &[usize]) -> Vec<Edge> {

@@ -312,6 +312,14 @@ impl Search {
         }
     }
 
+    /// Blocks of more than one item removed at once (plain greedy: none).
+    pub fn blocks(&self) -> usize {
+        match self {
+            Search::Greedy(_) => 0,
+            Search::Guided(g) => g.blocks(),
+        }
+    }
+
     /// Up to `k` next candidates, each as an item and the items ablated to score it.
     pub fn propose(&mut self, k: usize) -> Vec<(usize, Vec<usize>)> {
         match self {

@@ -167,10 +167,7 @@ impl Pruner {
 
     /// Blocks removed at once by a guided run (0 for plain greedy).
     pub fn blocks(&self) -> usize {
-        match &self.greedy {
-            Search::Guided(g) => g.blocks(),
-            Search::Greedy(_) => 0,
-        }
+        self.greedy.blocks()
     }
 
     fn component(&self, i: usize) -> Component {

@@ -340,6 +340,21 @@ fn restricted_score(
     .unwrap()[0]
 }
 
+/// Runs `p` to the end one candidate at a time, each scored alone by `score`.
+fn one_at_a_time(
+    p: &mut circuit_sweep_common::edge_prune::EdgePruner,
+    score: &dyn Fn(&[circuit_sweep_common::edge::Edge]) -> f64,
+) {
+    while !p.is_done() {
+        let prop = p.propose(1);
+        if prop.is_empty() {
+            break;
+        }
+        let s: Vec<f64> = prop.iter().map(|(_, a)| score(a)).collect();
+        p.record(&prop, &s);
+    }
+}
+
 /// Nodes ablated outright in the edge pruning tests: the graph is restricted to the others.
 fn outside_nodes() -> Vec<Component> {
     vec![
@@ -383,14 +398,7 @@ fn edge_pruning_in_speculative_lockstep_equals_one_candidate_at_a_time() {
     .unwrap();
     for (o, p) in orders.iter().zip(&pruners) {
         let mut alone = EdgePruner::new(edges.clone(), o.as_deref(), rule, start).unwrap();
-        while !alone.is_done() {
-            let prop = alone.propose(1);
-            if prop.is_empty() {
-                break;
-            }
-            let s: Vec<f64> = prop.iter().map(|(_, a)| score(a)).collect();
-            alone.record(&prop, &s);
-        }
+        one_at_a_time(&mut alone, &score);
         let (a, b) = (alone.result(), p.result());
         assert_eq!(a, b);
         let removed = a.decisions.iter().filter(|d| d.removed).count();
@@ -436,14 +444,7 @@ fn guided_edge_pruning_equals_one_test_at_a_time_and_saves_evaluations() {
     })
     .unwrap();
     let mut alone = EdgePruner::guided(edges.clone(), &cost, rule, start);
-    while !alone.is_done() {
-        let prop = alone.propose(1);
-        if prop.is_empty() {
-            break;
-        }
-        let s: Vec<f64> = prop.iter().map(|(_, a)| score(a)).collect();
-        alone.record(&prop, &s);
-    }
+    one_at_a_time(&mut alone, &score);
     let (g, a) = (guided[0].result(), alone.result());
     assert_eq!(g, a);
     let kept: Vec<Edge> = g.edges.iter().map(|e| e.parse().unwrap()).collect();
