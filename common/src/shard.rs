@@ -143,8 +143,12 @@ pub fn layers_per_shard(n_layers: usize) -> usize {
     n_layers.div_ceil(16).max(1)
 }
 
-/// Orders per order-study shard (fixed, so the plan never depends on the number of workers).
-pub const ORDERS_PER_SHARD: usize = 4;
+/// Orders per order-study shard, all run in lockstep (fixed, so the plan never depends on the
+/// number of workers): many, so that each step's pass is full without deep speculation.
+pub const ORDERS_PER_SHARD: usize = 16;
+
+/// Orders per edge order-study shard (an edge pruning run costs far more than a node one).
+pub const EDGE_ORDERS_PER_SHARD: usize = 4;
 
 /// Head sets per downstream shard.
 pub const SETS_PER_SHARD: usize = 4;
@@ -269,10 +273,10 @@ pub fn plan(
         SweepKind::EdgePrune => match edge_orders {
             None => shards.push(ShardTask::EdgePrune),
             Some(k) => {
-                for first in (0..k).step_by(ORDERS_PER_SHARD) {
+                for first in (0..k).step_by(EDGE_ORDERS_PER_SHARD) {
                     shards.push(ShardTask::EdgeOrders {
                         first,
-                        count: ORDERS_PER_SHARD.min(k - first),
+                        count: EDGE_ORDERS_PER_SHARD.min(k - first),
                     });
                 }
             }
@@ -400,8 +404,9 @@ mod tests {
 
     #[test]
     fn orders_are_grouped_in_order() {
-        let orders = crate::orders::random_orders(2, 2, 10, 7);
+        let orders = crate::orders::random_orders(2, 2, 40, 7);
         let shards = plan(SweepKind::Orders, 2, Some(&orders), 0, None, (0, 0, 0));
+        // 16 + 16 + 8 orders, then the paper schedule's run.
         assert_eq!(shards.len(), 4);
         assert_eq!(shards[3], ShardTask::Prune);
         let mut back = vec![];

@@ -39,7 +39,7 @@ fn three_workers_give_the_numbers_of_one_worker() {
         ("prune", "kind = \"prune\"\nthresholds = [90.0, 70.0]"),
         (
             "orders",
-            "kind = \"orders\"\norders = 12\nseed = 3\nthreshold = 80.0",
+            "kind = \"orders\"\norders = 20\nseed = 3\nthreshold = 80.0",
         ),
         ("edges", "kind = \"edges\""),
         // Restricted to the 70% circuit of the pruning case above.
@@ -215,10 +215,10 @@ fn three_workers_give_the_numbers_of_one_worker() {
                 assert!(three.join("edge-frequency.svg").exists());
             }
             _ => {
-                assert_eq!(b["orders"]["runs"].as_array().unwrap().len(), 12);
-                // 12 orders make 3 shards of 4 after the prepare shard, then the paper
+                assert_eq!(b["orders"]["runs"].as_array().unwrap().len(), 20);
+                // 20 orders make shards of 16 and 4 after the prepare shard, then the paper
                 // schedule's run.
-                assert_eq!(b["timing"]["shards"], 5);
+                assert_eq!(b["timing"]["shards"], 4);
                 let p = &b["orders"]["paper"];
                 let q = p["size_quantile"].as_f64().unwrap();
                 assert!((0.0..=1.0).contains(&q), "{p}");

@@ -144,9 +144,10 @@ pub fn execute(
                     )
                 })
                 .collect();
-            let total = pruners.len() as u64;
-            sweep::prune_lockstep(job.ev()?, &mut pruners, &mut |ps, _| {
-                progress(ps.iter().filter(|p| p.is_done()).count() as u64, total);
+            // Progress in decisions (the orders of a shard end together, near its end), so
+            // that a long shard keeps its lease.
+            sweep::prune_lockstep(job.ev()?, &mut pruners, &mut |_, d| {
+                progress(d, 0);
                 check()
             })?;
             let runs: Vec<PruneResult> = pruners.iter().map(Pruner::result).collect();

@@ -13,7 +13,7 @@ use circuit_sweep_common::spec::EdgeMethod;
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
-use crate::eval::{EdgeCandidate, Evaluator};
+use crate::eval::{EdgeCandidate, Evaluator, NodeCandidate};
 use crate::model::ModelError;
 
 /// Why a sweep ended before its last step.
@@ -147,6 +147,20 @@ pub type OnStep<'a, S> = &'a mut dyn FnMut(&[S], u64) -> ControlFlow<()>;
 /// Largest speculative batch of one run (candidates proposed past an undecided one).
 const MAX_SPECULATION: usize = 32;
 
+/// Speculative candidates one lockstep step may propose across all its searches at most
+/// (while guesses hold); each search gets its share, at least [`MIN_SPECULATION`]. On a CPU a
+/// pass costs what its rows cost, so a guess past a wrong one is lost work: with many searches
+/// in lockstep a pass is full without deep guesses.
+const SPECULATION_PER_STEP: usize = 32;
+
+/// The least a search may speculate, whatever shares the step.
+const MIN_SPECULATION: usize = 4;
+
+/// How far each of `searches` searches in one step may speculate.
+fn speculation_cap(searches: usize) -> usize {
+    (SPECULATION_PER_STEP / searches.max(1)).clamp(MIN_SPECULATION, MAX_SPECULATION)
+}
+
 /// Runs node pruning runs to the end in lockstep (see [`lockstep`]).
 pub fn prune_lockstep(
     ev: &Evaluator,
@@ -154,8 +168,14 @@ pub fn prune_lockstep(
     on_step: OnStep<'_, Pruner>,
 ) -> Result<(), SweepError> {
     let score = |cands: &[Candidate<Component>]| {
-        let c: Vec<Vec<Component>> = cands.iter().map(|c| c.ablated.clone()).collect();
-        ev.scores(&c)
+        let c: Vec<NodeCandidate> = cands
+            .iter()
+            .map(|c| NodeCandidate {
+                ablated: c.ablated.clone(),
+                settled: c.shared.clone(),
+            })
+            .collect();
+        ev.node_scores(&c)
     };
     lockstep(pruners, &score, on_step)
 }
@@ -183,8 +203,8 @@ pub fn edge_prune_lockstep(
 }
 
 /// Runs searches to the end in lockstep. Each step, every unfinished search proposes its next
-/// candidates (a speculative batch: twice as many after a step whose guesses all held, one
-/// after a wrong guess) and all are scored together by `score`. `on_step` gets the searches
+/// candidates (a speculative batch: twice as many after a step whose guesses all held, up to
+/// its share of the step, one after a wrong guess) and all are scored together by `score`. `on_step` gets the searches
 /// and the decisions taken so far, and may stop them.
 pub fn lockstep<S: Search>(
     pruners: &mut [S],
@@ -217,6 +237,7 @@ pub fn lockstep<S: Search>(
             })
             .collect();
         let scores = score(&cands)?;
+        let cap = speculation_cap(props.len());
         let mut off = 0;
         for (i, pr) in &props {
             let used = pruners[*i].record(pr, &scores[off..off + pr.len()]);
@@ -224,7 +245,7 @@ pub fn lockstep<S: Search>(
             off += pr.len();
             // While the guesses hold, batches grow; after a wrong one, one at a time again.
             ks[*i] = if used == pr.len() {
-                (ks[*i] * 2).min(MAX_SPECULATION)
+                (ks[*i] * 2).min(cap)
             } else {
                 1
             };

@@ -214,7 +214,7 @@ fn nested_thresholds_give_nested_circuits() {
 }
 
 #[test]
-fn the_order_study_in_lockstep_equals_one_prune_per_order() {
+fn the_order_study_in_lockstep_equals_one_prune_per_order_for_any_batch() {
     let m = load_fixture("gpt2").model;
     let (l, h) = (m.info().n_layers, m.info().n_heads);
     let ev = Evaluator::new(&m, &prompts(&m), AblationSpec::default(), 4096).unwrap();
@@ -247,6 +247,24 @@ fn the_order_study_in_lockstep_equals_one_prune_per_order() {
     })
     .unwrap();
     let together: Vec<_> = pruners.iter().map(Pruner::result).collect();
+    // Any lockstep batch, and passes cut small by the token budget, take the same decisions.
+    let small = Evaluator::new(&m, &prompts(&m), AblationSpec::default(), 40).unwrap();
+    for (size, ev) in [(2, &ev), (3, &small), (5, &small)] {
+        let mut batched = vec![];
+        for group in read.chunks(size) {
+            let mut ps: Vec<Pruner> = group
+                .iter()
+                .map(|o| {
+                    let r = Rule::Threshold(80.0);
+                    Pruner::new(l, h, PassOrder::Fixed(o.clone()), r, None, start)
+                })
+                .collect();
+            sweep::prune_lockstep(ev, &mut ps, &mut |_, _| std::ops::ControlFlow::Continue(()))
+                .unwrap();
+            batched.extend(ps.iter().map(Pruner::result));
+        }
+        assert_eq!(batched, together, "lockstep batches of {size}");
+    }
     for (o, r) in read.iter().zip(&together) {
         let alone = run_pruner(&ev, l, h, PassOrder::Fixed(o.clone()), 80.0).result();
         assert_eq!(&alone, r);

@@ -24,6 +24,9 @@ pub enum BenchCommand {
     /// EAP and EAP-IG of every edge against exact patching of a sample: seconds, the exact
     /// sweep's time, rank correlation.
     Attribution(super::bench_attribution::AttributionArgs),
+    /// Order-study throughput: K seeded orders pruned in lockstep against one, orders per
+    /// minute, with and without staggered passes.
+    Orders(super::bench_orders::OrdersArgs),
     /// Greedy generation with the KV cache against rerunning the sequence at every step.
     Generate(super::bench_generate::GenerateArgs),
     /// The coordinator's overhead per shard: lease, result stream, database commit and
@@ -118,6 +121,7 @@ pub fn run(cmd: BenchCommand, models_dir: &Path) -> anyhow::Result<()> {
         }
         BenchCommand::Shards { jobs } => shards(jobs),
         BenchCommand::Edges(a) => super::bench_edges::edges(a, models_dir),
+        BenchCommand::Orders(a) => super::bench_orders::orders(a, models_dir),
         BenchCommand::Attribution(a) => super::bench_attribution::attribution(a, models_dir),
         BenchCommand::Generate(a) => super::bench_generate::generate_bench(a, models_dir),
     }

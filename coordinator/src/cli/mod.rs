@@ -5,6 +5,7 @@ mod bench;
 mod bench_attribution;
 mod bench_edges;
 mod bench_generate;
+mod bench_orders;
 mod compare;
 mod mib;
 mod model;

@@ -20,6 +20,7 @@ use crate::model::{
 mod attribution;
 mod budget;
 mod edges;
+mod nodes;
 mod path;
 mod prompts;
 
@@ -27,6 +28,7 @@ pub use attribution::PROMPTS_PER_PASS as ATTRIBUTION_PROMPTS_PER_PASS;
 pub use budget::PassBudget;
 use edges::Base;
 pub use edges::EdgeCandidate;
+pub use nodes::NodeCandidate;
 pub use prompts::PromptSet;
 
 /// Scores candidate circuits on one model and prompt set.
@@ -68,6 +70,12 @@ pub struct Evaluator {
     edge_positions: Option<Vec<usize>>,
     /// Key and value receivers are per query head (else per key/value head).
     kv_per_query: bool,
+    /// Runs node candidates start from (see [`Evaluator::node_metrics`]).
+    node_bases: Mutex<Vec<Arc<nodes::NodeBase>>>,
+    /// Node candidates run in staggered passes (else each from its lowest ablated layer).
+    stagger_nodes: bool,
+    /// Node candidates scored, and the blocks their variants (and bases) ran, for benchmarks.
+    node_work: [std::sync::atomic::AtomicUsize; 2],
 }
 
 impl Evaluator {
@@ -219,6 +227,9 @@ impl Evaluator {
             bases: Mutex::new(vec![]),
             edge_positions: None,
             kv_per_query: true,
+            node_bases: Mutex::new(vec![]),
+            stagger_nodes: true,
+            node_work: Default::default(),
         };
         ev.full = ev.metric_of_full_logits(&clean_logits);
         ev.corrupt = ev.metric_of_full_logits(&corrupt_logits);
@@ -243,6 +254,19 @@ impl Evaluator {
     /// The token budget of a pass, which shrinks when a pass runs out of device memory.
     pub fn pass_budget(&self) -> &PassBudget {
         &self.budget
+    }
+
+    /// Whether node candidates run in staggered passes (the default) or each from the lowest
+    /// layer it ablates, as before staggering (for benchmarks; the numbers are the same).
+    pub fn set_node_staggering(&mut self, on: bool) {
+        self.stagger_nodes = on;
+    }
+
+    /// Node candidates scored so far (see [`Evaluator::node_metrics`]) and the blocks their
+    /// passes ran (each variant's blocks from where it started; bases included).
+    pub fn node_work(&self) -> (usize, usize) {
+        let r = |i: usize| self.node_work[i].load(std::sync::atomic::Ordering::Relaxed);
+        (r(0), r(1))
     }
 
     /// Sets the empty circuit's metric, the zero of `normalize = "empty"` scores.
@@ -330,7 +354,10 @@ impl Evaluator {
         }
         let per_variant = (self.prompts * self.seq_len).max(1);
         let mut out = vec![0.0; candidates.len()];
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        self.node_work[0].fetch_add(candidates.len(), relaxed);
         for (start, idx) in groups.iter().enumerate() {
+            self.node_work[1].fetch_add(idx.len() * (n_layers - start.min(n_layers - 1)), relaxed);
             let values = self.budget.run_sliced(idx, per_variant, &mut |part| {
                 let variants: Vec<Vec<Component>> =
                     part.iter().map(|&i| patched[i].clone()).collect();
@@ -379,6 +406,16 @@ impl Evaluator {
 
     /// One forward pass; the metric of each variant.
     fn run_pass(&self, start: Start, iv: Interventions<'_>) -> Result<Vec<f64>, ModelError> {
+        Ok(self.run_pass_captured(start, iv)?.0)
+    }
+
+    /// One forward pass; the metric of each variant, and what the pass captured (the kept
+    /// variants' streams of a staggered pass).
+    fn run_pass_captured(
+        &self,
+        start: Start,
+        iv: Interventions<'_>,
+    ) -> Result<(Vec<f64>, crate::model::Captured), ModelError> {
         let v = iv.variants.len().max(iv.edges.len()).max(1);
         let logits = match self.ablation.metric {
             Metric::LogitDiff => LogitSelection::LastIds(self.logit_ids.clone()),
@@ -399,7 +436,7 @@ impl Evaluator {
             .to_vec1()?;
         let rows_per_variant = logits.len() / v;
         let vocab = self.model.info().vocab_size;
-        Ok((0..v)
+        let metrics = (0..v)
             .map(|i| {
                 let l = &logits[i * rows_per_variant..(i + 1) * rows_per_variant];
                 match self.ablation.metric {
@@ -413,7 +450,8 @@ impl Evaluator {
                     Metric::Kl => metric::kl(&self.full_logprobs, l, vocab),
                 }
             })
-            .collect())
+            .collect();
+        Ok((metrics, out.captured))
     }
 
     /// The reference path: one full, unbatched forward pass per candidate from the tokens, no

@@ -5,7 +5,9 @@ use candle_core::{DType, IndexOp, Tensor};
 
 use super::hooks::RunHooks;
 use super::seq_ctx::SeqCtx;
-use super::{HookedModel, LogitSelection, ModelError, RunOutput, RunRequest, Start};
+use super::{
+    HookedModel, JoinFrom, LogitSelection, ModelError, RunOutput, RunRequest, Stagger, Start,
+};
 
 impl HookedModel {
     /// Runs one batched forward pass as `req` describes.
@@ -22,6 +24,9 @@ impl HookedModel {
             return Err(ModelError::InvalidRequest(
                 "edge interventions do not run with a KV cache".into(),
             ));
+        }
+        if let Start::Staggered(st) = start {
+            check_stagger(req, st)?;
         }
         let (start_layer, resid) = match start {
             Start::Tokens(ids) => {
@@ -54,15 +59,35 @@ impl HookedModel {
                 }
                 (*layer, resid.to_dtype(info.dtype)?)
             }
+            Start::Staggered(st) => {
+                // The variants joining at the first layer start the pass.
+                let first = st.joins[0].layer;
+                let p = match &st.joins[0].from {
+                    JoinFrom::Resid(r) => r.dim(0)?,
+                    JoinFrom::Variant(_) => {
+                        return Err(ModelError::InvalidRequest(
+                            "staggered pass: the first variant joins from a cached stream".into(),
+                        ));
+                    }
+                };
+                (first, join(None, st, first, &mut 0, p, info.dtype)?)
+            }
+        };
+        let stagger = match start {
+            Start::Staggered(st) => Some(st),
+            _ => None,
         };
         let (rows, seq_len, _) = resid.dims3()?;
-        // Once a cache holds positions its rows are already variant-major.
-        let expanded = past > 0;
+        // Once a cache holds positions its rows are already variant-major; so are the rows of a
+        // staggered pass.
+        let expanded = past > 0 || stagger.is_some();
         let n_variants = req
             .interventions
             .as_ref()
             .map_or(1, |iv| iv.variants.len().max(1));
-        let prompts = if expanded {
+        let prompts = if let Some(st) = stagger {
+            rows / st.joins.iter().filter(|j| j.layer == start_layer).count()
+        } else if expanded {
             if req.cache.is_some_and(|c| c.rows() != rows) || !rows.is_multiple_of(n_variants) {
                 return Err(ModelError::InvalidRequest(format!(
                     "{rows} token rows do not continue a KV cache of {} rows ({n_variants} variants)",
@@ -116,7 +141,25 @@ impl HookedModel {
         } else {
             ctx.clone()
         };
+        // Of a staggered pass: variants running so far, and where each kept one's rows are.
+        let mut running = stagger.map_or(0, |st| {
+            st.joins
+                .iter()
+                .take_while(|j| j.layer == start_layer)
+                .count()
+        });
+        let mut kept = stagger.map_or(vec![], |st| vec![vec![]; st.keep.len()]);
         for layer in start_layer..info.n_layers {
+            if let Some(st) = stagger {
+                if layer > start_layer {
+                    x = join(Some(&x), st, layer, &mut running, prompts, info.dtype)?;
+                }
+                for (k, &(v, until)) in st.keep.iter().enumerate() {
+                    if v < running && layer < until {
+                        kept[k].push(x.narrow(0, v * prompts, prompts)?.contiguous()?);
+                    }
+                }
+            }
             if req.capture.resid {
                 hooks.captured.resid[layer] = Some(x.clone());
             }
@@ -128,6 +171,7 @@ impl HookedModel {
             let _span = tracing::trace_span!("block", layer).entered();
             x = self.blocks.block(layer, &x, c, &mut hooks)?;
         }
+        hooks.captured.variant_resid = kept;
         let x = hooks.logits_input(info.n_layers, x)?;
         if let Some(c) = req.cache {
             c.advance(seq_len);
@@ -215,4 +259,91 @@ impl HookedModel {
         };
         Ok(Some(out.to_dtype(DType::F32)?))
     }
+}
+
+/// Checks a staggered pass: node interventions only, one join per variant, joins by layer,
+/// each variant joining from an earlier one or a cached stream of the same shape, nothing
+/// replaced below a variant's join.
+fn check_stagger(req: &RunRequest<'_>, st: &Stagger) -> Result<(), ModelError> {
+    let bad = |m: String| Err(ModelError::InvalidRequest(format!("staggered pass: {m}")));
+    let Some(iv) = &req.interventions else {
+        return bad("it needs interventions".into());
+    };
+    if req.cache.is_some() || !iv.edges.is_empty() || !iv.inputs.is_empty() || !iv.deltas.is_empty()
+    {
+        return bad("node interventions only, without a KV cache".into());
+    }
+    if st.joins.len() != iv.variants.len() || st.joins.is_empty() {
+        return bad(format!(
+            "{} joins for {} variants",
+            st.joins.len(),
+            iv.variants.len()
+        ));
+    }
+    let shape = st.joins.iter().find_map(|j| match &j.from {
+        JoinFrom::Resid(r) => Some(r.dims().to_vec()),
+        JoinFrom::Variant(_) => None,
+    });
+    for (v, j) in st.joins.iter().enumerate() {
+        if v > 0 && j.layer < st.joins[v - 1].layer {
+            return bad("joins are not sorted by layer".into());
+        }
+        match &j.from {
+            JoinFrom::Resid(r) if Some(r.dims().to_vec()) != shape => {
+                return bad(format!(
+                    "variant {v} joins with a stream of shape {:?}",
+                    r.dims()
+                ));
+            }
+            JoinFrom::Variant(p) if *p >= v => {
+                return bad(format!(
+                    "variant {v} joins from variant {p}, not an earlier one"
+                ));
+            }
+            _ => {}
+        }
+        if let Some(c) = iv.variants[v].iter().find(|c| c.layer() < j.layer) {
+            return bad(format!(
+                "variant {v} replaces {c}, below its join layer {}",
+                j.layer
+            ));
+        }
+    }
+    if let Some(&(k, _)) = st.keep.iter().find(|(k, _)| *k >= st.joins.len()) {
+        return bad(format!("keeps variant {k} of {}", st.joins.len()));
+    }
+    Ok(())
+}
+
+/// The stream `x` of the running variants (none before the first layer) with those joining at
+/// `layer` appended; a variant may join from one running before or joining just before it.
+fn join(
+    x: Option<&Tensor>,
+    st: &Stagger,
+    layer: usize,
+    running: &mut usize,
+    prompts: usize,
+    dtype: DType,
+) -> Result<Tensor, ModelError> {
+    let before = *running;
+    let mut parts: Vec<Tensor> = x.into_iter().cloned().collect();
+    let mut new: Vec<Tensor> = vec![];
+    while *running < st.joins.len() && st.joins[*running].layer == layer {
+        let rows = match &st.joins[*running].from {
+            JoinFrom::Resid(r) => r.to_dtype(dtype)?,
+            JoinFrom::Variant(p) if *p < before => {
+                x.expect("variants run").narrow(0, p * prompts, prompts)?
+            }
+            JoinFrom::Variant(p) => new[*p - before].clone(),
+        };
+        new.push(rows);
+        *running += 1;
+    }
+    if new.is_empty()
+        && let Some(x) = x
+    {
+        return Ok(x.clone());
+    }
+    parts.extend(new);
+    Ok(Tensor::cat(&parts, 0)?)
 }

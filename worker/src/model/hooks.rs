@@ -87,6 +87,8 @@ struct LayerMask {
 /// The driver's hooks: applies interventions, then captures.
 pub(crate) struct RunHooks<'a> {
     n_variants: usize,
+    /// Rows per variant.
+    prompts: usize,
     values: Option<&'a Activations>,
     z_masks: Vec<Option<LayerMask>>,
     mlp_masks: Vec<Option<LayerMask>>,
@@ -198,6 +200,7 @@ impl<'a> RunHooks<'a> {
         };
         Ok(RunHooks {
             n_variants,
+            prompts,
             values,
             z_masks,
             mlp_masks,
@@ -211,6 +214,7 @@ impl<'a> RunHooks<'a> {
                 mlp_in: vec![None; n_layers],
                 final_resid_post: None,
                 pattern: vec![None; n_layers],
+                variant_resid: vec![],
             },
         })
     }
@@ -250,10 +254,16 @@ impl<'a> RunHooks<'a> {
 
     /// `x * keep + value * put`, with rows split as `[variants, prompts, ...]`. Written this way
     /// (not `x + (value - x) * put`) so a replaced activation equals its value bit for bit.
+    /// In a staggered pass the rows are those of the first variants (those running so far).
     fn apply(&self, x: Tensor, mask: &LayerMask, value: &Tensor) -> Result<Tensor, ModelError> {
         let dims = x.dims().to_vec();
-        let v = self.n_variants;
-        let p = dims[0] / v;
+        let p = self.prompts;
+        let v = dims[0] / p;
+        let (keep, put) = if v < self.n_variants {
+            (mask.keep.narrow(0, 0, v)?, mask.put.narrow(0, 0, v)?)
+        } else {
+            (mask.keep.clone(), mask.put.clone())
+        };
         let mut split = vec![v, p];
         split.extend_from_slice(&dims[1..]);
         let x5 = x.reshape(split.as_slice())?;
@@ -266,8 +276,8 @@ impl<'a> RunHooks<'a> {
         };
         let val = value.unsqueeze(0)?;
         let out = x5
-            .broadcast_mul(&mask.keep)?
-            .broadcast_add(&val.broadcast_mul(&mask.put)?)?;
+            .broadcast_mul(&keep)?
+            .broadcast_add(&val.broadcast_mul(&put)?)?;
         Ok(out.reshape(dims.as_slice())?)
     }
 }

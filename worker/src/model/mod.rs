@@ -152,6 +152,39 @@ pub enum Start {
         /// The residual stream at that block's input.
         resid: Tensor,
     },
+    /// Variants that join the pass at their own layers (node interventions only): variant `v`
+    /// runs the blocks from `joins[v].layer` up, from the residual stream its join names.
+    /// Joins are sorted by layer, so the variants running a block are always the first ones.
+    Staggered(Stagger),
+}
+
+/// The joins of a staggered pass (see [`Start::Staggered`]).
+#[derive(Debug, Clone)]
+pub struct Stagger {
+    /// One join per variant, by layer (nondecreasing).
+    pub joins: Vec<Join>,
+    /// Variants whose residual stream at each block's input, from their join layer up to (not
+    /// including) the given layer, is returned in [`Captured::variant_resid`] (in this order).
+    pub keep: Vec<(usize, usize)>,
+}
+
+/// Where a variant of a staggered pass joins.
+#[derive(Debug, Clone)]
+pub struct Join {
+    /// First block the variant runs.
+    pub layer: usize,
+    /// Its residual stream at that block's input.
+    pub from: JoinFrom,
+}
+
+/// The residual stream a variant joins with.
+#[derive(Debug, Clone)]
+pub enum JoinFrom {
+    /// A cached one, `[prompts, positions, d_model]`.
+    Resid(Tensor),
+    /// That of an earlier variant of the same pass at the join layer (which must be running by
+    /// then): the two agree below it.
+    Variant(usize),
 }
 
 /// Which logits to compute.
@@ -213,6 +246,9 @@ pub struct Captured {
     pub final_resid_post: Option<Tensor>,
     /// Attention patterns per layer.
     pub pattern: Vec<Option<Tensor>>,
+    /// Of a staggered pass: each kept variant's residual stream at the blocks' inputs it was
+    /// kept for (`[prompts, positions, d_model]`, the first at its join layer).
+    pub variant_resid: Vec<Vec<Tensor>>,
 }
 
 /// One forward pass: where it starts, what it replaces, what it returns. Built with its start
