@@ -30,6 +30,9 @@ pub struct JobInputs {
     /// Faithfulness: the curves' circuits (resolved from the score files; not kept with the
     /// job, so absent from [`JobInputs::from_resolved`]).
     pub curves: Option<crate::curves::Curves>,
+    /// An order study extending an earlier one: that study's orders, the first of `orders`,
+    /// which are not run again (see [`crate::extension`]).
+    pub earlier_orders: usize,
 }
 
 /// Refuses an order study whose orders hold more components in all than
@@ -155,6 +158,7 @@ impl JobInputs {
             outside,
             sets,
             curves: None,
+            earlier_orders: 0,
         }
     }
 
@@ -171,7 +175,7 @@ impl JobInputs {
         shard::plan(
             spec.sweep.kind,
             self.graph.n_layers,
-            self.orders.as_deref(),
+            self.orders.as_deref().map(|o| (self.earlier_orders, o)),
             if guided { 0 } else { self.edges.len() },
             edge_orders,
             (self.sets.len(), prompts, spec.sweep.faithfulness_circuits()),

@@ -14,6 +14,7 @@ pub mod dataset;
 pub mod downstream;
 pub mod edge;
 pub mod edge_prune;
+pub mod extension;
 pub mod faithfulness;
 pub mod greedy;
 pub mod guided;

@@ -94,6 +94,10 @@ pub struct OrderRun {
     pub score: f64,
     /// Candidate evaluations.
     pub evaluations: usize,
+    /// What removing each component of `order` cost when the run first decided it (the run's
+    /// part of [`marginal_effects`]); empty in results written before it was recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub costs: Vec<(String, f64)>,
 }
 
 /// The study's aggregates.
@@ -187,23 +191,42 @@ pub fn marginal_effects<'a>(
     start: f64,
     kl: bool,
 ) -> BTreeMap<String, Marginal> {
-    let mut effects: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    for decisions in runs {
-        let mut current = start;
-        let mut seen = BTreeSet::new();
-        for (item, without, removed) in decisions {
-            if seen.insert(item) {
-                let cost = if kl {
+    let costs: Vec<Vec<(&str, f64)>> = runs
+        .into_iter()
+        .map(|d| first_costs(d, start, kl))
+        .collect();
+    marginals(costs.iter().flatten().map(|(i, c)| (*i, *c)))
+}
+
+/// What removing each item cost when a run (its decisions in order, from a graph scoring
+/// `start`) first decided it, in the order decided.
+pub fn first_costs<'a>(decisions: Vec<Decided<'a>>, start: f64, kl: bool) -> Vec<(&'a str, f64)> {
+    let mut current = start;
+    let mut seen = BTreeSet::new();
+    let mut out = vec![];
+    for (item, without, removed) in decisions {
+        if seen.insert(item) {
+            out.push((
+                item,
+                if kl {
                     without - current
                 } else {
                     current - without
-                };
-                effects.entry(item).or_default().push(cost);
-            }
-            if removed {
-                current = without;
-            }
+                },
+            ));
         }
+        if removed {
+            current = without;
+        }
+    }
+    out
+}
+
+/// Mean and interval of each item's costs, over the runs (in the order given).
+fn marginals<'a>(costs: impl IntoIterator<Item = (&'a str, f64)>) -> BTreeMap<String, Marginal> {
+    let mut effects: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for (item, cost) in costs {
+        effects.entry(item).or_default().push(cost);
     }
     effects
         .into_iter()
@@ -258,6 +281,9 @@ pub struct SetStats {
     pub core: Vec<String>,
     /// Items in any circuit, in item order.
     pub union: Vec<String>,
+    /// The consensus: items in at least half the circuits, in item order.
+    #[serde(default)]
+    pub consensus: Vec<String>,
     /// Circuit sizes.
     pub sizes: Vec<usize>,
 }
@@ -371,6 +397,11 @@ pub fn set_stats<T: Ord + Clone + std::fmt::Display>(sets: &[BTreeSet<T>]) -> Se
             .map(|(c, _)| c.to_string())
             .collect(),
         union: counts.keys().map(T::to_string).collect(),
+        consensus: counts
+            .iter()
+            .filter(|(_, n)| 2 * **n >= sets.len())
+            .map(|(c, _)| c.to_string())
+            .collect(),
         sizes: sets.iter().map(BTreeSet::len).collect(),
     }
 }
@@ -397,11 +428,31 @@ pub fn component_stats(sets: &[BTreeSet<Component>]) -> SetStats {
 
 /// A pruning run's circuit as a set.
 fn circuit_set(r: &PruneResult) -> BTreeSet<Component> {
-    r.heads
+    names_set(r.heads.iter().chain(&r.mlps))
+}
+
+fn names_set<'a>(names: impl Iterator<Item = &'a String>) -> BTreeSet<Component> {
+    names.map(|n| n.parse().expect("names we wrote")).collect()
+}
+
+/// A study's run: its order and pruning result, pruned from a graph scoring `start`.
+pub fn order_run(order: &[Component], r: &PruneResult, start: f64) -> OrderRun {
+    let decisions = r
+        .decisions
         .iter()
-        .chain(&r.mlps)
-        .map(|n| n.parse().expect("names we wrote"))
-        .collect()
+        .map(|d| (d.component.as_str(), d.score, d.removed))
+        .collect();
+    OrderRun {
+        order: order.iter().map(Component::to_string).collect(),
+        heads: r.heads.clone(),
+        mlps: r.mlps.clone(),
+        score: r.score,
+        evaluations: r.evaluations,
+        costs: first_costs(decisions, start, r.tau.is_some())
+            .into_iter()
+            .map(|(c, x)| (c.to_string(), x))
+            .collect(),
+    }
 }
 
 /// Aggregates per-order pruning results, every run pruned from a graph scoring `start`, and
@@ -412,35 +463,34 @@ pub fn summarize(
     start: f64,
     paper: Option<&PruneResult>,
 ) -> OrderStudy {
-    let sets: Vec<BTreeSet<Component>> = results.iter().map(circuit_set).collect();
-    let scores: Vec<f64> = results.iter().map(|r| r.score).collect();
+    let runs = orders
+        .iter()
+        .zip(results)
+        .map(|(o, r)| order_run(o, r, start))
+        .collect();
+    summarize_runs(runs, paper)
+}
+
+/// Aggregates a study's runs (those of an earlier study it extends first) and places the
+/// paper-schedule run `paper` among them.
+pub fn summarize_runs(runs: Vec<OrderRun>, paper: Option<&PruneResult>) -> OrderStudy {
+    let sets: Vec<BTreeSet<Component>> = runs
+        .iter()
+        .map(|r| names_set(r.heads.iter().chain(&r.mlps)))
+        .collect();
+    let scores: Vec<f64> = runs.iter().map(|r| r.score).collect();
+    let marginal = marginals(
+        runs.iter()
+            .flat_map(|r| r.costs.iter().map(|(c, x)| (c.as_str(), *x))),
+    );
     OrderStudy {
-        runs: orders
-            .iter()
-            .zip(results)
-            .map(|(o, r)| OrderRun {
-                order: o.iter().map(Component::to_string).collect(),
-                heads: r.heads.clone(),
-                mlps: r.mlps.clone(),
-                score: r.score,
-                evaluations: r.evaluations,
-            })
-            .collect(),
         stats: component_stats(&sets),
         paper: paper
             .filter(|_| !sets.is_empty())
             .map(|p| place(&circuit_set(p), p.score, &sets, &scores)),
         scores,
-        marginal: marginal_effects(
-            results.iter().map(|r| {
-                r.decisions
-                    .iter()
-                    .map(|d| (d.component.as_str(), d.score, d.removed))
-                    .collect()
-            }),
-            start,
-            results.first().is_some_and(|r| r.tau.is_some()),
-        ),
+        marginal,
+        runs,
     }
 }
 
@@ -479,6 +529,10 @@ mod tests {
         assert!((s.stats.frequency["m0"] - 1.0 / 3.0).abs() < 1e-12);
         assert_eq!(s.stats.core, ["h0.0"]);
         assert_eq!(s.stats.union, ["h0.0", "h0.1", "m0"]);
+        // In at least half of the circuits: h0.0 alone (m0 and h0.1 are in one of three).
+        assert_eq!(s.stats.consensus, ["h0.0"]);
+        let two = summarize(&orders[..2], &res[..2], 100.0, None);
+        assert_eq!(two.stats.consensus, ["h0.0", "m0"]);
         // Pairs: {h0.0,m0}-{h0.0} = 1/2, {h0.0,m0}-{h0.0,h0.1} = 1/3, {h0.0}-{h0.0,h0.1} = 1/2.
         assert!((s.stats.jaccard_mean - (0.5 + 1.0 / 3.0 + 0.5) / 3.0).abs() < 1e-12);
         assert_eq!(s.stats.jaccard_range, [1.0 / 3.0, 0.5]);

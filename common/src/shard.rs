@@ -219,7 +219,7 @@ impl JobMeta {
 pub fn plan(
     kind: SweepKind,
     n_layers: usize,
-    orders: Option<&[Vec<Component>]>,
+    orders: Option<(usize, &[Vec<Component>])>,
     n_edges: usize,
     edge_orders: Option<usize>,
     (n_sets, n_prompts, n_circuits): (usize, usize, usize),
@@ -283,9 +283,13 @@ pub fn plan(
         },
         SweepKind::Prune => shards.push(ShardTask::Prune),
         SweepKind::Orders => {
-            for (i, group) in orders.unwrap_or(&[]).chunks(ORDERS_PER_SHARD).enumerate() {
+            let (skip, orders) = orders.unwrap_or((0, &[]));
+            for (i, group) in orders[skip.min(orders.len())..]
+                .chunks(ORDERS_PER_SHARD)
+                .enumerate()
+            {
                 shards.push(ShardTask::Orders {
-                    first: i * ORDERS_PER_SHARD,
+                    first: skip + i * ORDERS_PER_SHARD,
                     orders: group.to_vec(),
                 });
             }
@@ -405,7 +409,7 @@ mod tests {
     #[test]
     fn orders_are_grouped_in_order() {
         let orders = crate::orders::random_orders(2, 2, 40, 7);
-        let shards = plan(SweepKind::Orders, 2, Some(&orders), 0, None, (0, 0, 0));
+        let shards = plan(SweepKind::Orders, 2, Some((0, &orders)), 0, None, (0, 0, 0));
         // 16 + 16 + 8 orders, then the paper schedule's run.
         assert_eq!(shards.len(), 4);
         assert_eq!(shards[3], ShardTask::Prune);
@@ -418,6 +422,20 @@ mod tests {
             back.extend(o.clone());
         }
         assert_eq!(back, orders);
+        // An extension of a study of 20 runs the orders after them only.
+        let more = plan(
+            SweepKind::Orders,
+            2,
+            Some((20, &orders)),
+            0,
+            None,
+            (0, 0, 0),
+        );
+        assert_eq!(more.len(), 3);
+        let ShardTask::Orders { first, orders: o } = &more[1] else {
+            panic!("{:?}", more[1])
+        };
+        assert_eq!((*first, o.as_slice()), (36, &orders[36..]));
         let json = serde_json::to_string(&shards[0]).unwrap();
         let again: ShardTask = serde_json::from_str(&json).unwrap();
         assert_eq!(again, shards[0]);

@@ -32,6 +32,8 @@ pub struct Collected {
     pub prune: Vec<PruneResult>,
     /// The order study's orders and runs.
     pub orders: Vec<(Vec<Component>, PruneResult)>,
+    /// The runs of the earlier study an order study extends (`[sweep] extends`).
+    pub earlier: Vec<orders::OrderRun>,
     /// Edge scores in graph order.
     pub edges: Vec<f64>,
     /// The edge pruning run.
@@ -364,7 +366,39 @@ fn write_edge_study(
         &title,
         &sub,
     )?;
+    write_study_figures(out, spec, &study.stats, &study.scores, &[], "edges", &title)?;
     Ok(study)
+}
+
+/// An order study's `jaccard.svg` and `size-score.svg`.
+fn write_study_figures(
+    out: &Path,
+    spec: &SweepSpec,
+    stats: &orders::SetStats,
+    scores: &[f64],
+    marks: &[results::Mark],
+    unit: &str,
+    title: &str,
+) -> Result<(), AggregateError> {
+    results::write_file(out, "jaccard.svg", &results::jaccard_svg(stats, title))?;
+    let label = match spec.rule().tau() {
+        Some(_) => "KL divergence from the full model (nats)",
+        None => "score (% of the full model)",
+    };
+    results::write_file(
+        out,
+        "size-score.svg",
+        &results::size_score_svg(
+            &stats.sizes,
+            scores,
+            marks,
+            spec.rule().threshold(),
+            unit,
+            label,
+            title,
+        ),
+    )?;
+    Ok(())
 }
 
 /// Writes `NAME.svg` and `NAME.dot` of some edges.
@@ -840,12 +874,15 @@ pub fn write(
         }
         SweepKind::Orders => {
             let rule = spec.rule().describe();
-            let (ords, runs): (Vec<_>, Vec<_>) = c.orders.iter().cloned().unzip();
-            let study = orders::summarize(&ords, &runs, start_score(spec, meta), c.prune.first());
+            let start = start_score(spec, meta);
+            let mut runs = c.earlier.clone();
+            runs.extend(c.orders.iter().map(|(o, r)| orders::order_run(o, r, start)));
+            let study = orders::summarize_runs(runs, c.prune.first());
+            let k = study.runs.len();
             let heads_jaccard = study.stats.jaccard_heads_mean.unwrap_or(f64::NAN);
             tracing::info!(
                 "{} orders: circuit sizes {}..{}, mean Jaccard {:.3} (heads only {:.3}), core {} components, union {}",
-                ords.len(),
+                k,
                 study.stats.sizes.iter().min().unwrap_or(&0),
                 study.stats.sizes.iter().max().unwrap_or(&0),
                 study.stats.jaccard_mean,
@@ -863,11 +900,25 @@ pub fn write(
                     p.jaccard_mean
                 );
             }
-            let title = format!("{name}: order study, {} orders at {rule}", ords.len());
+            let title = format!("{name}: order study, {k} orders at {rule}");
             results::write_file(
                 out,
                 "frequency.svg",
-                &results::frequency_svg(&study.stats.frequency, &title),
+                &results::frequency_svg(&study.stats.frequency, &study.stats.frequency_ci, &title),
+            )?;
+            let marks: Vec<results::Mark> = study
+                .paper
+                .iter()
+                .map(|p| ("paper schedule".into(), p.components.len() as f64, p.score))
+                .collect();
+            write_study_figures(
+                out,
+                spec,
+                &study.stats,
+                &study.scores,
+                &marks,
+                "components",
+                &title,
             )?;
             let freq = study.stats.frequency.clone();
             let shade = move |c: &Component| freq.get(&c.to_string()).copied().unwrap_or(0.0);
@@ -890,6 +941,17 @@ pub fn write(
                 out,
                 "core.dot",
                 &results::circuit_dot(&core, &format!("{title}: core")),
+            )?;
+            let consensus: Vec<Component> = study
+                .stats
+                .consensus
+                .iter()
+                .map(|c| c.parse().expect("names we wrote"))
+                .collect();
+            results::write_file(
+                out,
+                "consensus.dot",
+                &results::circuit_dot(&consensus, &format!("{title}: consensus")),
             )?;
             doc.orders = Some(study);
         }

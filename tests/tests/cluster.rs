@@ -229,6 +229,58 @@ fn three_workers_give_the_numbers_of_one_worker() {
 }
 
 #[test]
+fn an_extended_order_study_equals_the_larger_study_run_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let rt = rt();
+    let run = |name: &str, sweep: &str| {
+        let spec = spec(dir.path(), name, sweep);
+        rt.block_on(local::run(&spec, &dir.path().join(name), 1, &models, false))
+    };
+    let study = "kind = \"orders\"\nseed = 5\nthreshold = 80.0\n";
+    run("first", &format!("{study}orders = 6")).unwrap();
+    let extended = run(
+        "extended",
+        &format!("{study}orders = 20\nextends = \"first/result.json\""),
+    )
+    .unwrap();
+    let at_once = run("at_once", &format!("{study}orders = 20")).unwrap();
+    assert_eq!(extended["orders"]["runs"].as_array().unwrap().len(), 20);
+    assert_eq!(extended["orders"], at_once["orders"]);
+    // The extension ran the 14 new orders (one shard) and the paper schedule after prepare.
+    assert_eq!(extended["timing"]["shards"], 3);
+    assert_eq!(at_once["timing"]["shards"], 4);
+    // An extension of the extension continues the same stream.
+    let again = run(
+        "again",
+        &format!("{study}orders = 22\nextends = \"extended/result.json\""),
+    )
+    .unwrap();
+    let direct = run("direct", &format!("{study}orders = 22")).unwrap();
+    assert_eq!(again["orders"], direct["orders"]);
+    for (name, sweep, why) in [
+        (
+            "same",
+            format!("{study}orders = 6\nextends = \"first/result.json\""),
+            "already has 6 orders",
+        ),
+        (
+            "other_rule",
+            "kind = \"orders\"\nseed = 5\nthreshold = 70.0\norders = 9\nextends = \"first/result.json\"".to_string(),
+            "its [sweep] differs",
+        ),
+        (
+            "not_a_study",
+            format!("{study}orders = 9\nextends = \"at_once/prompts.jsonl\""),
+            "extends",
+        ),
+    ] {
+        let err = format!("{:#}", run(name, &sweep).unwrap_err());
+        assert!(err.contains(why), "{name}: {err}");
+    }
+}
+
+#[test]
 fn refused_workers_and_malformed_streams_leave_the_job_unaffected() {
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");

@@ -526,6 +526,9 @@ fn materialize(
         if spec.sweep.circuit_file.as_deref() == Some(named) {
             spec.sweep.circuit_file = Some(local.clone());
         }
+        if spec.sweep.extends.as_deref() == Some(named) {
+            spec.sweep.extends = Some(local.clone());
+        }
         for f in spec.sweep.scores_files.iter_mut().flatten() {
             if f.as_path() == named {
                 *f = local.clone();

@@ -101,34 +101,59 @@ pub fn circuit_dot(circuit: &[Component], title: &str) -> String {
     out
 }
 
-/// Inclusion frequency of each component over the order study's circuits, as bars.
-pub fn frequency_svg(freq: &BTreeMap<String, f64>, title: &str) -> String {
+/// Inclusion frequency of each component over the order study's circuits, as bars, each with
+/// its 95 % interval as a whisker where `ci` has one; a line at 0.5 marks the consensus.
+pub fn frequency_svg(
+    freq: &BTreeMap<String, f64>,
+    ci: &BTreeMap<String, [f64; 2]>,
+    title: &str,
+) -> String {
     let mut items: Vec<(&String, f64)> = freq.iter().map(|(k, v)| (k, *v)).collect();
     items.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
     let (row, left, top, bar_w) = (16.0f64, 70.0f64, 44.0f64, 300.0f64);
+    let sub = "share of orders whose circuit keeps the component, with its 95 % interval; right of the dashed line: the consensus";
     let height = top + items.len() as f64 * row + 30.0;
-    let width = (left + bar_w + 60.0).max(left + 7.0 * title.len() as f64);
+    let width = (left + bar_w + 60.0).max(left + 6.0 * title.len().max(sub.len()) as f64);
     let mut out = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"10\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{left}\" y=\"18\" font-size=\"13\">{}</text>\n\
-         <text x=\"{left}\" y=\"34\" fill=\"#555\">share of orders whose circuit keeps the component</text>\n",
+         <text x=\"{left}\" y=\"34\" fill=\"#555\">{sub}</text>\n",
         esc(title)
     );
     for (i, (name, v)) in items.iter().enumerate() {
         let y = top + i as f64 * row;
+        let yc = y + row / 2.0;
+        let interval = ci.get(*name);
+        let end = interval.map_or(*v, |[_, hi]| hi.max(*v));
         out.push_str(&format!(
             "<g><title>{name}: {v:.3}</title><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{name}</text>\
              <rect x=\"{left}\" y=\"{}\" width=\"{:.1}\" height=\"{}\" fill=\"#2a6fb0\"/>\
              <text x=\"{:.1}\" y=\"{}\">{v:.2}</text></g>\n",
             left - 6.0,
-            y + row / 2.0 + 3.0,
+            yc + 3.0,
             y + 2.0,
             v * bar_w,
             row - 4.0,
-            left + v * bar_w + 4.0,
-            y + row / 2.0 + 3.0
+            left + end * bar_w + 5.0,
+            yc + 3.0
         ));
+        // The interval over the bar, with end caps.
+        if let Some([lo, hi]) = interval {
+            let (x0, x1) = (left + lo * bar_w, left + hi * bar_w);
+            out.push_str(&format!(
+                "<path d=\"M {x0:.1} {:.1} V {:.1} M {x0:.1} {yc:.1} H {x1:.1} M {x1:.1} {:.1} V {:.1}\" stroke=\"#e08214\" stroke-width=\"1.5\" fill=\"none\"><title>{name}: 95 % interval {lo:.3} to {hi:.3}</title></path>\n",
+                yc - 3.0,
+                yc + 3.0,
+                yc - 3.0,
+                yc + 3.0
+            ));
+        }
     }
+    out.push_str(&format!(
+        "<line x1=\"{x:.1}\" y1=\"{top}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#444\" stroke-dasharray=\"3 3\"/>\n",
+        top + items.len() as f64 * row,
+        x = left + 0.5 * bar_w
+    ));
     out.push_str("</svg>\n");
     out
 }
@@ -159,7 +184,14 @@ mod tests {
         assert!(dot.contains("\"h0.1\" -> \"h1.0\" [style=invis]"));
         let f = frequency_svg(
             &BTreeMap::from([("h0.1".to_string(), 1.0), ("m0".to_string(), 0.25)]),
+            &BTreeMap::from([("m0".to_string(), [0.1, 0.5])]),
             "f",
+        );
+        assert!(f.contains("<title>m0: 95 % interval 0.100 to 0.500</title>"));
+        assert_eq!(
+            f.matches("95 % interval").count(),
+            2,
+            "the subtitle and m0's whisker"
         );
         assert!(
             f.find("h0.1").unwrap() < f.find("m0").unwrap(),

@@ -7,6 +7,8 @@ mod document;
 mod edges;
 mod grid;
 mod heatmap;
+mod scatter;
+mod study;
 mod tables;
 mod upset;
 
@@ -23,6 +25,8 @@ pub use document::{
 pub use edges::{edge_dot, edge_svg, edges_csv};
 pub use grid::{Grid, grid_svg};
 pub use heatmap::head_heatmap_svg;
+pub use scatter::{Mark, scatter_svg};
+pub use study::{jaccard_svg, size_score_svg};
 pub use upset::upset_svg;
 
 /// Escapes text for SVG and DOT.

@@ -193,6 +193,7 @@ impl SweepSpec {
             self.data.file.as_ref(),
             self.sweep.orders_file.as_ref(),
             self.sweep.circuit_file.as_ref(),
+            self.sweep.extends.as_ref(),
         ]
         .into_iter()
         .flatten()

@@ -158,6 +158,10 @@ pub struct SweepKindSpec {
     pub seed: u64,
     /// Order study: explicit orders (a JSON list of lists of component names).
     pub orders_file: Option<PathBuf>,
+    /// Order study: the `result.json` of an earlier study of the same spec with fewer orders;
+    /// its runs are kept and only the orders after them are run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extends: Option<PathBuf>,
     /// Edge sweeps: restrict the graph to this node circuit (component names); every node
     /// outside it stays ablated.
     pub circuit: Option<Vec<Component>>,
@@ -306,6 +310,7 @@ struct OrdersTable {
     #[serde(default)]
     seed: u64,
     orders_file: Option<PathBuf>,
+    extends: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -396,6 +401,7 @@ impl From<Table> for SweepKindSpec {
                 orders: o.orders,
                 seed: o.seed,
                 orders_file: o.orders_file,
+                extends: o.extends,
                 ..d
             },
             Table::Edges(e) => SweepKindSpec {

@@ -315,6 +315,18 @@ fn bad_specs_name_the_field() {
             "[ablation]\nmetric = \"kl\"\nnormalize = \"clean_corrupt\"",
             "[ablation] normalize: does not apply to metric = \"kl\"",
         ),
+        (
+            "[sweep]\nkind = \"orders\"\nextends = \"r.json\"",
+            "[sweep] extends: an extension continues the earlier study's seeded orders",
+        ),
+        (
+            "[sweep]\nkind = \"orders\"\norders = 8\norders_file = \"o.json\"\nextends = \"r.json\"",
+            "give `orders`",
+        ),
+        (
+            "[sweep]\nkind = \"prune\"\nextends = \"r.json\"",
+            "[sweep] extends: only applies to kind = \"orders\"",
+        ),
     ];
     for (text, needle) in cases {
         let err = parse(text).unwrap_err().to_string();

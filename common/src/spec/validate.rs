@@ -40,6 +40,15 @@ impl SweepSpec {
         }
         self.check_rule().map_err(|(t, f, r)| bad(t, f, r))?;
         self.check_counts().map_err(|(t, f, r)| bad(t, f, r))?;
+        if self.sweep.extends.is_some()
+            && (self.sweep.orders.is_none() || self.sweep.orders_file.is_some())
+        {
+            return Err(bad(
+                "sweep",
+                "extends",
+                "an extension continues the earlier study's seeded orders: give `orders` (the larger count, the earlier study's runs included), not `orders_file`".into(),
+            ));
+        }
         if self.sweep.edge_method == EdgeMethod::Path {
             if self.sweep.orders.is_some() {
                 return Err(bad(

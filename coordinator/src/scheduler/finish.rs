@@ -70,6 +70,25 @@ impl Finishing {
             self.rec.circuit.clone(),
             self.rec.orders.clone(),
         );
+        if let (Some(file), Some(orders)) = (&self.spec.sweep.extends, &inputs.orders) {
+            // Checked when the job was planned; read again from the file it came with.
+            let name = file.display().to_string();
+            let data = self
+                .store
+                .attachments(self.job, self.rec.attachments.len())
+                .map_err(|e| e.to_string())?;
+            let text = self
+                .rec
+                .attachments
+                .iter()
+                .zip(&data)
+                .find(|(n, _)| **n == name)
+                .map(|(_, d)| String::from_utf8_lossy(d).into_owned())
+                .ok_or_else(|| format!("{name}: not submitted with the job"))?;
+            c.earlier = circuit_sweep_common::extension::earlier_runs(
+                &text, &name, &self.spec, orders, &meta,
+            )?;
+        }
         aggregate::write(&self.spec, &inputs, &c, self.timing, &self.out)
             .map(|_| self.out)
             .map_err(|e| e.to_string())

@@ -88,7 +88,17 @@ pub(super) fn plan(
             .map(|d| String::from_utf8_lossy(d).into_owned())
             .ok_or_else(|| format!("{name}: not submitted with the job"))
     };
-    let inputs = JobInputs::resolve(spec, meta.model_shape(), &mut read)?;
+    let mut inputs = JobInputs::resolve(spec, meta.model_shape(), &mut read)?;
+    if let (Some(file), Some(orders)) = (&spec.sweep.extends, &inputs.orders) {
+        let earlier = circuit_sweep_common::extension::earlier_runs(
+            &read(file)?,
+            &file.display().to_string(),
+            spec,
+            orders,
+            meta,
+        )?;
+        inputs.earlier_orders = earlier.len();
+    }
     let prompts = meta.dataset["prompts"].as_u64().unwrap_or(0) as usize;
     if spec.sweep.kind == circuit_sweep_common::spec::SweepKind::Attribution && prompts == 0 {
         return Err("the prepare shard reported no prompts to attribute over".into());

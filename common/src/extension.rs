@@ -1,0 +1,84 @@
+//! An order study that extends an earlier one (`[sweep] extends`): the earlier study's runs are
+//! kept and only the orders after them are run. Orders are drawn one after another from the
+//! spec's seed, so the earlier study's orders are the first ones of the larger study, and the
+//! extension gives the numbers the larger study would give at once. The earlier study must be
+//! of the same spec (but for `orders`), model and dataset, and say so.
+
+use std::path::Path;
+
+use crate::Component;
+use crate::orders::OrderRun;
+use crate::results::ResultDoc;
+use crate::shard::JobMeta;
+use crate::spec::SweepSpec;
+
+/// The earlier study's runs, from its `result.json` text (`file` names it in errors), checked
+/// against the extension's `spec`, its `orders` (all of them, the earlier ones first) and the
+/// model and dataset its prepare shard reported.
+pub fn earlier_runs(
+    text: &str,
+    file: &str,
+    spec: &SweepSpec,
+    orders: &[Vec<Component>],
+    meta: &JobMeta,
+) -> Result<Vec<OrderRun>, String> {
+    let refuse = |why: String| Err(format!("[sweep] extends: {file}: {why}"));
+    let doc =
+        ResultDoc::parse(text, Path::new(file)).map_err(|e| format!("[sweep] extends: {e}"))?;
+    let Some(study) = doc.orders else {
+        return refuse("not the result of an order study (it has no `orders`)".into());
+    };
+    // The same spec, but for the number of orders (and what it extended itself).
+    let mut same = doc.spec.clone();
+    same.sweep.orders = spec.sweep.orders;
+    same.sweep.extends = spec.sweep.extends.clone();
+    same.data.file = spec.data.file.clone();
+    same.run = spec.run.clone();
+    for (table, differs) in [
+        ("[model]", same.model != spec.model),
+        ("[data]", same.data != spec.data),
+        ("[ablation]", same.ablation != spec.ablation),
+        ("[sweep]", same.sweep != spec.sweep),
+    ] {
+        if differs {
+            return refuse(format!(
+                "its {table} differs from this spec's; an extension runs the same study with more orders"
+            ));
+        }
+    }
+    if doc.model.info != meta.info {
+        return refuse(format!(
+            "it was run on another model ({} against {})",
+            doc.model.info, meta.info
+        ));
+    }
+    if doc.dataset.get("sha256") != meta.dataset.get("sha256") {
+        return refuse(format!(
+            "it was run on another dataset (sha256 {} against {})",
+            doc.dataset["sha256"], meta.dataset["sha256"]
+        ));
+    }
+    let k = study.runs.len();
+    if k >= orders.len() {
+        return refuse(format!(
+            "it already has {k} orders; ask for more than that (`orders = {}` asks for {})",
+            orders.len(),
+            orders.len()
+        ));
+    }
+    for (i, (run, order)) in study.runs.iter().zip(orders).enumerate() {
+        let names: Vec<String> = order.iter().map(Component::to_string).collect();
+        if run.order != names {
+            return refuse(format!(
+                "its order {i} is not order {i} of seed {}",
+                spec.sweep.seed
+            ));
+        }
+        if run.costs.is_empty() {
+            return refuse(format!(
+                "its run {i} has no `costs` (it was written by an older build); run the study again"
+            ));
+        }
+    }
+    Ok(study.runs)
+}
