@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The distributed benchmark of BENCHMARKS.md: an order study of the default model on 1 and on 2
 # worker processes, each limited to one compute thread, against a coordinator on loopback.
-# Usage: scripts/bench-cluster.sh [ORDERS] (default 8: two shards of 4 orders).
+# Usage: scripts/bench-cluster.sh [ORDERS] (default 32: two shards of 16 orders).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${CIRCUIT_SWEEP_BIN:-target/release/circuit-sweep}
-orders=${1:-8}
+orders=${1:-32}
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 cat > "$work/orders.toml" <<SPEC
