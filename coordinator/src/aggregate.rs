@@ -953,6 +953,23 @@ pub fn write(
                 "consensus.dot",
                 &results::circuit_dot(&consensus, &format!("{title}: consensus")),
             )?;
+            let freq = study.stats.frequency.clone();
+            let members = consensus.clone();
+            let shade = move |c: &Component| match members.contains(c) {
+                true => freq.get(&c.to_string()).copied().unwrap_or(0.0),
+                false => 0.0,
+            };
+            let sub = format!(
+                "the consensus: {} components kept by at least half of the orders (shade: their share), against {} in every circuit and {} in any",
+                consensus.len(),
+                study.stats.core.len(),
+                study.stats.union.len()
+            );
+            results::write_file(
+                out,
+                "consensus.svg",
+                &results::circuit_svg(meta.n_layers, meta.n_heads, &shade, &title, &sub),
+            )?;
             doc.orders = Some(study);
         }
     }
