@@ -12,16 +12,26 @@ use crate::results::ResultDoc;
 use crate::shard::JobMeta;
 use crate::spec::SweepSpec;
 
+/// What an extension keeps of the study it extends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Earlier {
+    /// Its runs, in study order.
+    pub runs: Vec<OrderRun>,
+    /// The numeric profiles that computed them.
+    pub profiles: Vec<String>,
+}
+
 /// The earlier study's runs, from its `result.json` text (`file` names it in errors), checked
 /// against the extension's `spec`, its `orders` (all of them, the earlier ones first) and the
-/// model and dataset its prepare shard reported.
+/// model, dataset and unablated metrics its prepare shard reported (equal bit for bit: a worker
+/// of another numeric profile computes other last bits, and so could decide otherwise).
 pub fn earlier_runs(
     text: &str,
     file: &str,
     spec: &SweepSpec,
     orders: &[Vec<Component>],
     meta: &JobMeta,
-) -> Result<Vec<OrderRun>, String> {
+) -> Result<Earlier, String> {
     let refuse = |why: String| Err(format!("[sweep] extends: {file}: {why}"));
     let doc =
         ResultDoc::parse(text, Path::new(file)).map_err(|e| format!("[sweep] extends: {e}"))?;
@@ -58,6 +68,17 @@ pub fn earlier_runs(
             doc.dataset["sha256"], meta.dataset["sha256"]
         ));
     }
+    let same_bits = |a: Option<f64>, b: f64| a.is_some_and(|a| a.to_bits() == b.to_bits());
+    if !same_bits(doc.full, meta.full) || !same_bits(doc.corrupt, meta.corrupt) {
+        return refuse(format!(
+            "its full and corrupt metrics ({:?}, {:?}) are not this run's ({}, {}) bit for bit: it was computed by workers of another numeric profile ({}); require one profile ([run] profile) for both",
+            doc.full,
+            doc.corrupt,
+            meta.full,
+            meta.corrupt,
+            doc.timing.profiles.join(", ")
+        ));
+    }
     let k = study.runs.len();
     if k >= orders.len() {
         return refuse(format!(
@@ -80,5 +101,8 @@ pub fn earlier_runs(
             ));
         }
     }
-    Ok(study.runs)
+    Ok(Earlier {
+        runs: study.runs,
+        profiles: doc.timing.profiles,
+    })
 }

@@ -177,7 +177,9 @@ pub fn prune_lockstep(
             .collect();
         ev.node_scores(&c)
     };
-    lockstep(pruners, &score, on_step)
+    let out = lockstep(pruners, &score, on_step);
+    ev.forget_node_bases();
+    out
 }
 
 /// Runs edge pruning runs to the end in lockstep, with `nodes` (outside the node circuit the

@@ -174,7 +174,7 @@ fn the_driver_refuses_malformed_staggers() {
     };
     let at = |layer: usize, from: JoinFrom| Join { layer, from };
     let mlp = |layer| vec![Component::Mlp { layer }];
-    // Sound: the second variant continues the first one from layer 1.
+    // Well formed (the runs need not agree below the join for the driver to accept it).
     run(
         vec![
             at(0, JoinFrom::Resid(resid(0))),

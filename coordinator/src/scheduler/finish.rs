@@ -47,7 +47,7 @@ impl Finishing {
     }
 
     /// Writes the results folder; returns where, or why it could not (the job's failure).
-    pub fn run(self) -> Result<PathBuf, String> {
+    pub fn run(mut self) -> Result<PathBuf, String> {
         let _span = tracing::info_span!("aggregate", job = self.job).entered();
         let mut c = Collected::default();
         for (i, task) in self.rec.shards.iter().enumerate() {
@@ -85,9 +85,14 @@ impl Finishing {
                 .find(|(n, _)| **n == name)
                 .map(|(_, d)| String::from_utf8_lossy(d).into_owned())
                 .ok_or_else(|| format!("{name}: not submitted with the job"))?;
-            c.earlier = circuit_sweep_common::extension::earlier_runs(
+            let earlier = circuit_sweep_common::extension::earlier_runs(
                 &text, &name, &self.spec, orders, &meta,
             )?;
+            c.earlier = earlier.runs;
+            // The profiles that computed the earlier runs computed this study too.
+            self.timing.profiles.extend(earlier.profiles);
+            self.timing.profiles.sort();
+            self.timing.profiles.dedup();
         }
         aggregate::write(&self.spec, &inputs, &c, self.timing, &self.out)
             .map(|_| self.out)

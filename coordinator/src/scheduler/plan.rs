@@ -97,7 +97,7 @@ pub(super) fn plan(
             orders,
             meta,
         )?;
-        inputs.earlier_orders = earlier.len();
+        inputs.earlier_orders = earlier.runs.len();
     }
     let prompts = meta.dataset["prompts"].as_u64().unwrap_or(0) as usize;
     if spec.sweep.kind == circuit_sweep_common::spec::SweepKind::Attribution && prompts == 0 {

@@ -187,7 +187,16 @@ impl Scheduler {
             job: job_id,
             spec: job.spec.clone(),
             meta: job.rec.meta.clone(),
-            orders_total: job.rec.orders.as_ref().map_or(0, Vec::len),
+            // The orders this job runs (an extension's earlier orders are not its own).
+            orders_total: job
+                .rec
+                .shards
+                .iter()
+                .map(|t| match t {
+                    ShardTask::Orders { orders, .. } => orders.len(),
+                    _ => 0,
+                })
+                .sum(),
             shards_done: job.done() as usize,
             shown,
             store: self.store.clone(),

@@ -262,6 +262,12 @@ impl Evaluator {
         self.stagger_nodes = on;
     }
 
+    /// Drops the runs kept for node candidates (a search is over: its circuits will not be
+    /// continued).
+    pub fn forget_node_bases(&self) {
+        self.node_bases.lock().expect("not poisoned").clear();
+    }
+
     /// Node candidates scored so far (see [`Evaluator::node_metrics`]) and the blocks their
     /// passes ran (each variant's blocks from where it started; bases included).
     pub fn node_work(&self) -> (usize, usize) {
@@ -357,7 +363,8 @@ impl Evaluator {
         let relaxed = std::sync::atomic::Ordering::Relaxed;
         self.node_work[0].fetch_add(candidates.len(), relaxed);
         for (start, idx) in groups.iter().enumerate() {
-            self.node_work[1].fetch_add(idx.len() * (n_layers - start.min(n_layers - 1)), relaxed);
+            let blocks = n_layers - start.min(n_layers.saturating_sub(1));
+            self.node_work[1].fetch_add(idx.len() * blocks, relaxed);
             let values = self.budget.run_sliced(idx, per_variant, &mut |part| {
                 let variants: Vec<Vec<Component>> =
                     part.iter().map(|&i| patched[i].clone()).collect();

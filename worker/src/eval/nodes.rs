@@ -137,11 +137,31 @@ impl Evaluator {
         }
         let mut used: BTreeSet<Vec<Component>> = BTreeSet::new();
         used.insert(vec![]);
-        let idx: Vec<usize> = (0..cands.len()).collect();
         let per_variant = (self.prompts * self.seq_len).max(1);
-        let out = self.budget.run_sliced(&idx, per_variant, &mut |part| {
-            self.node_pass(&cands, part, &mut avail, &mut used)
-        })?;
+        let mut out = Vec::with_capacity(cands.len());
+        let mut start = 0;
+        while start < cands.len() {
+            // As many candidates as the budget holds, counting the run of the circuit so far a
+            // group computes when it is not kept.
+            let room = self.budget.variants(per_variant);
+            let (mut end, mut variants) = (start, 0);
+            while end < cands.len() {
+                let settled = &cands[end].settled;
+                let group = end == start || *settled != cands[end - 1].settled;
+                let base = group && !avail.iter().any(|b| b.set == *settled);
+                let need = 1 + usize::from(base);
+                if end > start && variants + need > room {
+                    break;
+                }
+                variants += need;
+                end += 1;
+            }
+            let idx: Vec<usize> = (start..end).collect();
+            out.extend(self.budget.split_on_oom(&idx, per_variant, &mut |part| {
+                self.node_pass(&cands, part, &mut avail, &mut used)
+            })?);
+            start = end;
+        }
         // Kept for the next call: the runs this one started from and those it computed.
         avail.retain(|b| used.contains(&b.set));
         *self.node_bases.lock().expect("not poisoned") = avail;

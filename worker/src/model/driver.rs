@@ -66,7 +66,8 @@ impl HookedModel {
                     JoinFrom::Resid(r) => r.dim(0)?,
                     JoinFrom::Variant(_) => {
                         return Err(ModelError::InvalidRequest(
-                            "staggered pass: the first variant joins from a cached stream".into(),
+                            "staggered pass: the first variant must join from a cached stream"
+                                .into(),
                         ));
                     }
                 };
@@ -156,7 +157,8 @@ impl HookedModel {
                 }
                 for (k, &(v, until)) in st.keep.iter().enumerate() {
                     if v < running && layer < until {
-                        kept[k].push(x.narrow(0, v * prompts, prompts)?.contiguous()?);
+                        // A copy: a narrow view would keep the whole pass's stream alive.
+                        kept[k].push(x.narrow(0, v * prompts, prompts)?.copy()?);
                     }
                 }
             }
