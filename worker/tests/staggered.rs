@@ -207,6 +207,14 @@ fn the_driver_refuses_malformed_staggers() {
             vec![mlp(0), mlp(1)],
             "1 joins for 2 variants",
         ),
+        (
+            vec![
+                at(0, JoinFrom::Resid(resid(0))),
+                at(m.info().n_layers, JoinFrom::Variant(0)),
+            ],
+            vec![mlp(0), vec![]],
+            "past the last block",
+        ),
     ] {
         let err = run(joins, variants).unwrap_err().to_string();
         assert!(err.contains(why), "{err}");

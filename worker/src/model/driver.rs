@@ -26,7 +26,7 @@ impl HookedModel {
             ));
         }
         if let Start::Staggered(st) = start {
-            check_stagger(req, st)?;
+            check_stagger(req, st, info.n_layers)?;
         }
         let (start_layer, resid) = match start {
             Start::Tokens(ids) => {
@@ -263,10 +263,11 @@ impl HookedModel {
     }
 }
 
-/// Checks a staggered pass: node interventions only, one join per variant, joins by layer,
+/// Checks a staggered pass: node interventions only, one join per variant at a block of the
+/// model, joins by layer,
 /// each variant joining from an earlier one or a cached stream of the same shape, nothing
 /// replaced below a variant's join.
-fn check_stagger(req: &RunRequest<'_>, st: &Stagger) -> Result<(), ModelError> {
+fn check_stagger(req: &RunRequest<'_>, st: &Stagger, n_layers: usize) -> Result<(), ModelError> {
     let bad = |m: String| Err(ModelError::InvalidRequest(format!("staggered pass: {m}")));
     let Some(iv) = &req.interventions else {
         return bad("it needs interventions".into());
@@ -287,6 +288,12 @@ fn check_stagger(req: &RunRequest<'_>, st: &Stagger) -> Result<(), ModelError> {
         JoinFrom::Variant(_) => None,
     });
     for (v, j) in st.joins.iter().enumerate() {
+        if j.layer >= n_layers {
+            return bad(format!(
+                "variant {v} joins at layer {}, past the last block ({n_layers} layers)",
+                j.layer
+            ));
+        }
         if v > 0 && j.layer < st.joins[v - 1].layer {
             return bad("joins are not sorted by layer".into());
         }
