@@ -931,28 +931,22 @@ pub fn write(
                 "frequency-grid.svg",
                 &results::circuit_svg(meta.n_layers, meta.n_heads, &shade, &title, &sub),
             )?;
-            let core: Vec<Component> = study
-                .stats
-                .core
-                .iter()
-                .map(|c| c.parse().expect("names we wrote"))
-                .collect();
-            results::write_file(
-                out,
-                "core.dot",
-                &results::circuit_dot(&core, &format!("{title}: core")),
-            )?;
-            let consensus: Vec<Component> = study
-                .stats
-                .consensus
-                .iter()
-                .map(|c| c.parse().expect("names we wrote"))
-                .collect();
-            results::write_file(
-                out,
-                "consensus.dot",
-                &results::circuit_dot(&consensus, &format!("{title}: consensus")),
-            )?;
+            let names = |list: &[String]| -> Vec<Component> {
+                list.iter()
+                    .map(|c| c.parse().expect("names we wrote"))
+                    .collect()
+            };
+            let consensus = names(&study.stats.consensus);
+            for (what, circuit) in [
+                ("core", names(&study.stats.core)),
+                ("consensus", consensus.clone()),
+            ] {
+                results::write_file(
+                    out,
+                    &format!("{what}.dot"),
+                    &results::circuit_dot(&circuit, &format!("{title}: {what}")),
+                )?;
+            }
             let freq = study.stats.frequency.clone();
             let members = consensus.clone();
             let shade = move |c: &Component| match members.contains(c) {
