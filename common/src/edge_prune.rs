@@ -35,19 +35,14 @@ pub struct EdgeOrderStudy {
     /// Each edge's marginal effect when its order first decided it, over the orders.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub marginal: std::collections::BTreeMap<String, Marginal>,
+    /// `orders = "auto"`: where the study stopped, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<crate::convergence::AutoState>,
 }
 
 /// Aggregates the runs of an edge order study, every run pruned from a graph scoring `start`.
 pub fn summarize_edge_orders(runs: &[EdgePruneResult], start: f64) -> EdgeOrderStudy {
-    let sets: Vec<BTreeSet<Edge>> = runs
-        .iter()
-        .map(|r| {
-            r.edges
-                .iter()
-                .map(|e| e.parse().expect("names we wrote"))
-                .collect()
-        })
-        .collect();
+    let sets: Vec<BTreeSet<Edge>> = runs.iter().map(EdgePruneResult::edge_set).collect();
     EdgeOrderStudy {
         runs: runs
             .iter()
@@ -70,6 +65,7 @@ pub fn summarize_edge_orders(runs: &[EdgePruneResult], start: f64) -> EdgeOrderS
             start,
             runs.first().is_some_and(|r| r.tau.is_some()),
         ),
+        auto: None,
     }
 }
 
@@ -116,6 +112,14 @@ impl EdgePruneResult {
     /// The rule the run pruned by.
     pub fn rule(&self) -> Rule {
         Rule::recorded(self.threshold, self.tau)
+    }
+
+    /// The kept edges as a set.
+    pub fn edge_set(&self) -> BTreeSet<Edge> {
+        self.edges
+            .iter()
+            .map(|e| e.parse().expect("names we wrote"))
+            .collect()
     }
 
     /// The paper's one-pass rule over single-edge scores (path patching): an edge is kept when

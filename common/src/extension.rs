@@ -4,13 +4,15 @@
 //! extension gives the numbers the larger study would give at once. The earlier study must be
 //! of the same spec (but for `orders`), model and dataset, and say so.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use crate::Component;
+use crate::convergence::{AutoRule, Next};
 use crate::orders::OrderRun;
 use crate::results::ResultDoc;
 use crate::shard::JobMeta;
-use crate::spec::SweepSpec;
+use crate::spec::{OrderCount, SweepSpec};
 
 /// What an extension keeps of the study it extends.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,6 +21,38 @@ pub struct Earlier {
     pub runs: Vec<OrderRun>,
     /// The numeric profiles that computed them.
     pub profiles: Vec<String>,
+}
+
+/// The orders an extension's earlier study is checked against: every order it may run (an
+/// `auto` study's, up to its cap), else the job's `orders`.
+pub fn checked_orders<'a>(
+    spec: &SweepSpec,
+    (n_layers, n_heads): (usize, usize),
+    orders: &'a [Vec<Component>],
+) -> Cow<'a, [Vec<Component>]> {
+    match spec.sweep.orders {
+        Some(OrderCount::Auto) => Cow::Owned(crate::orders::random_orders(
+            n_layers,
+            n_heads,
+            spec.sweep.most_orders(),
+            spec.sweep.seed,
+        )),
+        _ => Cow::Borrowed(orders),
+    }
+}
+
+/// The orders an `auto` extension runs first after the earlier study's `runs`: what its rule
+/// asks for given them (none when they are already narrow enough).
+pub fn first_batch(spec: &SweepSpec, runs: &[OrderRun]) -> usize {
+    let Some(rule) = AutoRule::of(&spec.sweep, spec.sweep.orders_per_shard()) else {
+        return 0;
+    };
+    let sets: Vec<_> = runs.iter().map(crate::orders::run_set).collect();
+    let counts: Vec<usize> = crate::orders::item_counts(&sets).into_values().collect();
+    match rule.next(&counts, runs.len()) {
+        Next::More(k) => k,
+        Next::Stop(_) => 0,
+    }
 }
 
 /// The earlier study's runs, from its `result.json` text (`file` names it in errors), checked
@@ -41,6 +75,8 @@ pub fn earlier_runs(
     // The same spec, but for the number of orders (and what it extended itself).
     let mut same = doc.spec.clone();
     same.sweep.orders = spec.sweep.orders;
+    same.sweep.ci_width = spec.sweep.ci_width;
+    same.sweep.max_orders = spec.sweep.max_orders;
     same.sweep.extends = spec.sweep.extends.clone();
     same.data.file = spec.data.file.clone();
     same.run = spec.run.clone();
@@ -81,11 +117,17 @@ pub fn earlier_runs(
     }
     let k = study.runs.len();
     if k >= orders.len() {
-        return refuse(format!(
-            "it already has {k} orders; ask for more than that (`orders = {}` asks for {})",
-            orders.len(),
-            orders.len()
-        ));
+        return refuse(match spec.sweep.orders {
+            Some(OrderCount::Auto) => format!(
+                "it already has {k} orders, as many as `max_orders = {}` allows; raise it",
+                orders.len()
+            ),
+            _ => format!(
+                "it already has {k} orders; ask for more than that (`orders = {}` asks for {})",
+                orders.len(),
+                orders.len()
+            ),
+        });
     }
     for (i, (run, order)) in study.runs.iter().zip(orders).enumerate() {
         let names: Vec<String> = order.iter().map(Component::to_string).collect();

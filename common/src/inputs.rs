@@ -60,7 +60,7 @@ impl JobInputs {
     ) -> Result<Self, String> {
         let (n_layers, n_heads) = (model.n_layers, model.n_heads);
         if spec.sweep.kind == SweepKind::Orders && spec.sweep.orders_file.is_none() {
-            check_order_components(spec.sweep.orders.unwrap_or(100), n_layers * (n_heads + 1))?;
+            check_order_components(spec.sweep.most_orders(), n_layers * (n_heads + 1))?;
         }
         let orders = match (spec.sweep.kind, &spec.sweep.orders_file) {
             (SweepKind::Orders, Some(f)) => Some(orders::parse_orders(
@@ -72,7 +72,7 @@ impl JobInputs {
             (SweepKind::Orders, None) => Some(orders::random_orders(
                 n_layers,
                 n_heads,
-                spec.sweep.orders.unwrap_or(100),
+                spec.sweep.first_orders(),
                 spec.sweep.seed,
             )),
             _ => None,
@@ -165,7 +165,7 @@ impl JobInputs {
     /// The sweep's shards after `prepare` of `prompts` prompt pairs (see [`shard::plan`]).
     pub fn plan(&self, spec: &SweepSpec, prompts: usize) -> Vec<ShardTask> {
         let edge_orders = match spec.sweep.kind {
-            SweepKind::EdgePrune => spec.sweep.orders,
+            SweepKind::EdgePrune if spec.sweep.orders.is_some() => Some(spec.sweep.first_orders()),
             _ => None,
         };
         // Guided edge pruning skips the sweep of single-edge scores: it would cost an

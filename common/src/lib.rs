@@ -8,6 +8,7 @@ pub mod analysis;
 pub mod check;
 pub mod circuit;
 pub mod component;
+pub mod convergence;
 pub mod curves;
 pub mod data_spec;
 pub mod dataset;

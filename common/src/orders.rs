@@ -116,6 +116,9 @@ pub struct OrderStudy {
     /// Where the paper-schedule circuit at the same rule sits among the orders' circuits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paper: Option<Placement>,
+    /// `orders = "auto"`: where the study stopped, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<crate::convergence::AutoState>,
 }
 
 /// Where one circuit (the paper schedule's) sits among an order study's circuits.
@@ -281,15 +284,49 @@ pub struct SetStats {
     pub core: Vec<String>,
     /// Items in any circuit, in item order.
     pub union: Vec<String>,
-    /// The consensus: items in at least half the circuits, in item order.
+    /// The consensus: items in at least half the circuits, and its own exact score.
     #[serde(default)]
-    pub consensus: Vec<String>,
+    pub consensus: Consensus,
     /// Circuit sizes.
     pub sizes: Vec<usize>,
 }
 
+/// An order study's consensus circuit: the items (components, or edges) in at least half of
+/// the circuits.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Consensus {
+    /// Its items, in item order.
+    pub components: Vec<String>,
+    /// Its score, evaluated exactly once the orders are done (in the unit of the runs'
+    /// scores); absent in results written before it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+}
+
+impl<'de> Deserialize<'de> for Consensus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Results written before the consensus was scored hold its items alone.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            Items(Vec<String>),
+            Scored {
+                components: Vec<String>,
+                score: Option<f64>,
+            },
+        }
+        Ok(match Stored::deserialize(d)? {
+            Stored::Items(components) => Consensus {
+                components,
+                score: None,
+            },
+            Stored::Scored { components, score } => Consensus { components, score },
+        })
+    }
+}
+
 /// The two-sided 95 % quantile of the standard normal distribution.
-const Z95: f64 = 1.959_963_984_540_054;
+pub(crate) const Z95: f64 = 1.959_963_984_540_054;
 
 /// Bins of the Jaccard histograms.
 pub const JACCARD_BINS: usize = 20;
@@ -366,15 +403,30 @@ fn jaccard<T: Ord>(sets: &[BTreeSet<T>]) -> Pairs {
     }
 }
 
-/// Inclusion frequency, pairwise Jaccard similarity, core and union of `sets`.
-pub fn set_stats<T: Ord + Clone + std::fmt::Display>(sets: &[BTreeSet<T>]) -> SetStats {
-    let k = sets.len().max(1) as f64;
+/// How many of `sets` hold each item (items in none left out).
+pub fn item_counts<T: Ord + Clone>(sets: &[BTreeSet<T>]) -> BTreeMap<T, usize> {
     let mut counts: BTreeMap<T, usize> = BTreeMap::new();
     for s in sets {
         for c in s {
             *counts.entry(c.clone()).or_default() += 1;
         }
     }
+    counts
+}
+
+/// The consensus of `sets`: the items in at least half of them, in item order.
+pub fn consensus_items<T: Ord + Clone>(sets: &[BTreeSet<T>]) -> Vec<T> {
+    item_counts(sets)
+        .into_iter()
+        .filter(|(_, n)| 2 * *n >= sets.len())
+        .map(|(c, _)| c)
+        .collect()
+}
+
+/// Inclusion frequency, pairwise Jaccard similarity, core and union of `sets`.
+pub fn set_stats<T: Ord + Clone + std::fmt::Display>(sets: &[BTreeSet<T>]) -> SetStats {
+    let k = sets.len().max(1) as f64;
+    let counts = item_counts(sets);
     let pairs = jaccard(sets);
     SetStats {
         frequency: counts
@@ -397,11 +449,10 @@ pub fn set_stats<T: Ord + Clone + std::fmt::Display>(sets: &[BTreeSet<T>]) -> Se
             .map(|(c, _)| c.to_string())
             .collect(),
         union: counts.keys().map(T::to_string).collect(),
-        consensus: counts
-            .iter()
-            .filter(|(_, n)| 2 * **n >= sets.len())
-            .map(|(c, _)| c.to_string())
-            .collect(),
+        consensus: Consensus {
+            components: consensus_items(sets).iter().map(T::to_string).collect(),
+            score: None,
+        },
         sizes: sets.iter().map(BTreeSet::len).collect(),
     }
 }
@@ -428,6 +479,11 @@ pub fn component_stats(sets: &[BTreeSet<Component>]) -> SetStats {
 
 /// A pruning run's circuit as a set.
 fn circuit_set(r: &PruneResult) -> BTreeSet<Component> {
+    names_set(r.heads.iter().chain(&r.mlps))
+}
+
+/// A study run's circuit as a set.
+pub fn run_set(r: &OrderRun) -> BTreeSet<Component> {
     names_set(r.heads.iter().chain(&r.mlps))
 }
 
@@ -474,10 +530,7 @@ pub fn summarize(
 /// Aggregates a study's runs (those of an earlier study it extends first) and places the
 /// paper-schedule run `paper` among them.
 pub fn summarize_runs(runs: Vec<OrderRun>, paper: Option<&PruneResult>) -> OrderStudy {
-    let sets: Vec<BTreeSet<Component>> = runs
-        .iter()
-        .map(|r| names_set(r.heads.iter().chain(&r.mlps)))
-        .collect();
+    let sets: Vec<BTreeSet<Component>> = runs.iter().map(run_set).collect();
     let scores: Vec<f64> = runs.iter().map(|r| r.score).collect();
     let marginal = marginals(
         runs.iter()
@@ -491,6 +544,7 @@ pub fn summarize_runs(runs: Vec<OrderRun>, paper: Option<&PruneResult>) -> Order
         scores,
         marginal,
         runs,
+        auto: None,
     }
 }
 
@@ -530,9 +584,15 @@ mod tests {
         assert_eq!(s.stats.core, ["h0.0"]);
         assert_eq!(s.stats.union, ["h0.0", "h0.1", "m0"]);
         // In at least half of the circuits: h0.0 alone (m0 and h0.1 are in one of three).
-        assert_eq!(s.stats.consensus, ["h0.0"]);
+        assert_eq!(s.stats.consensus.components, ["h0.0"]);
         let two = summarize(&orders[..2], &res[..2], 100.0, None);
-        assert_eq!(two.stats.consensus, ["h0.0", "m0"]);
+        assert_eq!(two.stats.consensus.components, ["h0.0", "m0"]);
+        // Results written before the consensus was scored hold its items alone.
+        let old: Consensus = serde_json::from_str(r#"["h0.0", "m0"]"#).unwrap();
+        assert_eq!((old.components.len(), old.score), (2, None));
+        let new: Consensus =
+            serde_json::from_str(r#"{"components": ["h0.0"], "score": 81.5}"#).unwrap();
+        assert_eq!(new.score, Some(81.5));
         // Pairs: {h0.0,m0}-{h0.0} = 1/2, {h0.0,m0}-{h0.0,h0.1} = 1/3, {h0.0}-{h0.0,h0.1} = 1/2.
         assert!((s.stats.jaccard_mean - (0.5 + 1.0 / 3.0 + 0.5) / 3.0).abs() < 1e-12);
         assert_eq!(s.stats.jaccard_range, [1.0 / 3.0, 0.5]);

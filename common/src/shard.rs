@@ -71,6 +71,18 @@ pub enum ShardTask {
         /// Number of prompts.
         count: usize,
     },
+    /// An order study's consensus circuit, scored with every component outside it ablated
+    /// (planned once the orders are done).
+    Consensus {
+        /// Its components.
+        components: Vec<Component>,
+    },
+    /// An edge order study's consensus circuit, scored with every edge of the job's graph
+    /// outside it ablated (planned once the orders are done).
+    EdgeConsensus {
+        /// Its edges, by number in the job's graph.
+        edges: Vec<usize>,
+    },
 }
 
 impl ShardTask {
@@ -101,6 +113,10 @@ impl ShardTask {
             ShardTask::Circuits { first, count } => {
                 format!("circuits {first}..{}", first + count)
             }
+            ShardTask::Consensus { components } => {
+                format!("consensus of {} components", components.len())
+            }
+            ShardTask::EdgeConsensus { edges } => format!("consensus of {} edges", edges.len()),
         }
     }
 }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use circuit_sweep_common::Component;
+use circuit_sweep_common::convergence::Next;
 use circuit_sweep_common::downstream;
 use circuit_sweep_common::edge::{Edge, GraphShape};
 use circuit_sweep_common::edge_prune::{self, EdgeOrderStudy, EdgePruneResult};
@@ -46,6 +47,8 @@ pub struct Collected {
     pub attribution_shards: usize,
     /// Faithfulness: every circuit's metric and kept edges, in circuit order.
     pub circuits: Vec<(f64, u64)>,
+    /// An order study's consensus circuit and its score.
+    pub consensus: Option<(ShardTask, f64)>,
 }
 
 /// Attribution sums: estimated metric changes per edge and per node.
@@ -70,6 +73,7 @@ impl Collected {
             (_, ShardOutput::Edges(scores)) => self.edges.extend(scores),
             (_, ShardOutput::EdgeRuns(runs)) => self.edge_prune.extend(runs),
             (_, ShardOutput::Accuracy(acc)) => self.downstream.extend(acc),
+            (_, ShardOutput::Score(score)) => self.consensus = Some((task.clone(), score)),
             (_, ShardOutput::Circuits { metrics, kept }) => {
                 self.circuits.extend(metrics.into_iter().zip(kept));
             }
@@ -306,6 +310,34 @@ fn write_edge_circuit(
 
 /// The score pruning starts from: the node circuit's when the graph is restricted to one, else
 /// the full model's (100 %, or KL 0).
+/// The score of an order study's consensus `want`, when it was scored (results stored before
+/// it was are aggregated without); refused when another circuit was.
+fn consensus_score(c: &Collected, want: &ShardTask) -> Result<Option<f64>, AggregateError> {
+    match &c.consensus {
+        None => Ok(None),
+        Some((task, score)) if task == want => Ok(Some(*score)),
+        Some((task, _)) => Err(AggregateError::Incomplete(format!(
+            "the circuit scored as the consensus ({}) is not the runs' consensus ({})",
+            task.label(),
+            want.label()
+        ))),
+    }
+}
+
+/// Where an `auto` order study stopped; refused when its runs say it should go on.
+fn auto_stop(
+    spec: &SweepSpec,
+    c: &Collected,
+) -> Result<Option<circuit_sweep_common::convergence::AutoState>, AggregateError> {
+    match crate::followup::auto_state(spec, c) {
+        None => Ok(None),
+        Some((_, Next::Stop(s))) => Ok(Some(s)),
+        Some((_, Next::More(k))) => Err(AggregateError::Incomplete(format!(
+            "the study's intervals are not yet narrow enough: {k} more orders are due"
+        ))),
+    }
+}
+
 fn start_score(spec: &SweepSpec, meta: &JobMeta) -> f64 {
     meta.circuit_score
         .unwrap_or(match Unit::of(spec.ablation.metric) {
@@ -324,7 +356,22 @@ fn write_edge_study(
     name: &str,
     out: &Path,
 ) -> Result<EdgeOrderStudy, AggregateError> {
-    let study = edge_prune::summarize_edge_orders(&c.edge_prune, start_score(spec, meta));
+    let mut study = edge_prune::summarize_edge_orders(&c.edge_prune, start_score(spec, meta));
+    let at: std::collections::HashMap<&Edge, usize> = inputs.edges.iter().zip(0..).collect();
+    let edges = study
+        .stats
+        .consensus
+        .components
+        .iter()
+        .map(|e| {
+            let e: Edge = e.parse().expect("names we wrote");
+            at.get(&e).copied().ok_or_else(|| {
+                AggregateError::Incomplete(format!("a run kept {e}, not in the job's graph"))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    study.stats.consensus.score = consensus_score(c, &ShardTask::EdgeConsensus { edges })?;
+    study.auto = auto_stop(spec, c)?;
     tracing::info!(
         "{} edge orders: circuit sizes {}..{}, mean Jaccard {:.3}, core {} edges, union {}",
         c.edge_prune.len(),
@@ -860,8 +907,10 @@ pub fn write(
                     write_edge_circuit(spec, inputs, c, meta, &name, r, out)?;
                     doc.edge_prune = Some(r.clone());
                 }
-                (SweepKind::EdgePrune, Some(k)) => {
-                    if c.edge_prune.len() != k {
+                (SweepKind::EdgePrune, Some(count)) => {
+                    if let Some(k) = count.fixed()
+                        && c.edge_prune.len() != k
+                    {
                         return Err(AggregateError::Incomplete(format!(
                             "{} edge order runs of {k}",
                             c.edge_prune.len()
@@ -877,7 +926,21 @@ pub fn write(
             let start = start_score(spec, meta);
             let mut runs = c.earlier.clone();
             runs.extend(c.orders.iter().map(|(o, r)| orders::order_run(o, r, start)));
-            let study = orders::summarize_runs(runs, c.prune.first());
+            let mut study = orders::summarize_runs(runs, c.prune.first());
+            let consensus: Vec<Component> = study
+                .stats
+                .consensus
+                .components
+                .iter()
+                .map(|x| x.parse().expect("names we wrote"))
+                .collect();
+            study.stats.consensus.score = consensus_score(
+                c,
+                &ShardTask::Consensus {
+                    components: consensus.clone(),
+                },
+            )?;
+            study.auto = auto_stop(spec, c)?;
             let k = study.runs.len();
             let heads_jaccard = study.stats.jaccard_heads_mean.unwrap_or(f64::NAN);
             tracing::info!(
@@ -936,7 +999,6 @@ pub fn write(
                     .map(|c| c.parse().expect("names we wrote"))
                     .collect()
             };
-            let consensus = names(&study.stats.consensus);
             for (what, circuit) in [
                 ("core", names(&study.stats.core)),
                 ("consensus", consensus.clone()),
@@ -953,12 +1015,37 @@ pub fn write(
                 true => freq.get(&c.to_string()).copied().unwrap_or(0.0),
                 false => 0.0,
             };
+            let unit = Unit::of(spec.ablation.metric);
+            let scored = match study.stats.consensus.score {
+                Some(x) => format!(", scoring {}", unit.show(x)),
+                None => String::new(),
+            };
             let sub = format!(
-                "the consensus: {} components kept by at least half of the orders (shade: their share), against {} in every circuit and {} in any",
+                "the consensus: {} components kept by at least half of the orders{scored} (shade: their share), against {} in every circuit and {} in any",
                 consensus.len(),
                 study.stats.core.len(),
                 study.stats.union.len()
             );
+            if let Some(x) = study.stats.consensus.score {
+                tracing::info!(
+                    "the consensus: {} components, score {}",
+                    consensus.len(),
+                    unit.show(x)
+                );
+            }
+            if let Some(a) = &study.auto {
+                tracing::info!(
+                    "orders = \"auto\": {} after {k} orders, widest interval half-width {:.4} (asked {}, cap {})",
+                    if a.converged {
+                        "converged"
+                    } else {
+                        "stopped at the cap"
+                    },
+                    a.widest,
+                    a.ci_width,
+                    a.max_orders
+                );
+            }
             results::write_file(
                 out,
                 "consensus.svg",

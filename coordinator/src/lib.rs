@@ -8,6 +8,7 @@
 pub mod aggregate;
 pub mod client;
 pub mod dashboard;
+pub mod followup;
 pub mod incoming;
 pub mod local;
 pub mod process;

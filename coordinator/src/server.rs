@@ -532,7 +532,7 @@ impl Coordinator for Service {
             ResultsAt::Rebuild(f) => {
                 let s = self.clone();
                 let written = tokio::task::spawn_blocking(move || {
-                    let out = f.run();
+                    let out = f.rewrite();
                     s.lock().rebuilt(job);
                     out
                 })

@@ -81,6 +81,7 @@ pub fn max_output_bytes(task: &ShardTask, spec: &SweepSpec, meta: Option<&JobMet
         ShardTask::EdgePrune => runs(1, edges(spec, m)),
         ShardTask::EdgeOrders { count, .. } => runs(*count as u64, edges(spec, m)),
         ShardTask::Circuits { count, .. } => f64s(2 * *count as u64),
+        ShardTask::Consensus { .. } | ShardTask::EdgeConsensus { .. } => f64s(1),
         ShardTask::Attribution { .. } => {
             let (e, n) = crate::shard_output::attribution_counts(spec, m);
             f64s(e as u64 + n as u64)

@@ -39,6 +39,8 @@ pub enum ShardOutput {
         /// Per node.
         nodes: Vec<f64>,
     },
+    /// One circuit's score (an order study's consensus), in the unit of pruning's scores.
+    Score(f64),
     /// Faithfulness: per circuit of the shard, its metric and how many edges it keeps.
     Circuits {
         /// Metric with every edge outside the circuit ablated.
@@ -73,6 +75,7 @@ mod names {
     pub const ATTRIBUTION_NODES: &str = "attribution_nodes";
     pub const METRICS: &str = "metrics";
     pub const KEPT: &str = "kept";
+    pub const SCORE: &str = "score";
 }
 
 /// Edges and nodes an attribution shard of a job of `spec` reports.
@@ -160,6 +163,7 @@ impl ShardOutput {
                     WireTensor::f64(names::KEPT, &[kept.len()], &k),
                 ]
             }
+            ShardOutput::Score(score) => vec![WireTensor::f64(names::SCORE, &[1], &[*score])],
             ShardOutput::Attribution { edges, nodes } => vec![
                 WireTensor::f64(names::ATTRIBUTION_EDGES, &[edges.len()], edges),
                 WireTensor::f64(names::ATTRIBUTION_NODES, &[nodes.len()], nodes),
@@ -236,6 +240,13 @@ impl ShardOutput {
                     metrics,
                     kept: kept.into_iter().map(|k| k as u64).collect(),
                 })
+            }
+            ShardTask::Consensus { .. } | ShardTask::EdgeConsensus { .. } => {
+                let score = f64_of(ts, names::SCORE, &[1])?[0];
+                if !score.is_finite() {
+                    return Err(Malformed(format!("circuit score {score} is not finite")));
+                }
+                Ok(ShardOutput::Score(score))
             }
             ShardTask::Attribution { .. } => {
                 let (n_edges, n_nodes) = attribution_counts(spec, shape_of(meta)?);
@@ -321,6 +332,12 @@ mod tests {
         let prep = ShardOutput::Prepared(Box::new(m.clone()));
         let back = ShardOutput::decode(&ShardTask::Prepare, &s, None, &prep.encode()).unwrap();
         assert_eq!(back, prep);
+        let score = ShardOutput::Score(81.25);
+        let task = ShardTask::EdgeConsensus { edges: vec![0, 3] };
+        let back = ShardOutput::decode(&task, &s, Some(&m), &score.encode()).unwrap();
+        assert_eq!(back, score);
+        let nan = ShardOutput::Score(f64::NAN).encode();
+        assert!(ShardOutput::decode(&task, &s, Some(&m), &nan).is_err());
         let edges = ShardOutput::Edges(vec![1.0, 2.5]);
         let task = ShardTask::Edges { first: 4, count: 2 };
         let back = ShardOutput::decode(&task, &s, Some(&m), &edges.encode()).unwrap();

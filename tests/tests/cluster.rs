@@ -41,6 +41,12 @@ fn three_workers_give_the_numbers_of_one_worker() {
             "orders",
             "kind = \"orders\"\norders = 20\nseed = 3\nthreshold = 80.0",
         ),
+        // Batches until every frequency is known to +-0.1, at most 96 orders: more than the
+        // first batch of 64.
+        (
+            "orders_auto",
+            "kind = \"orders\"\norders = \"auto\"\nci_width = 0.1\nmax_orders = 96\nseed = 3\nthreshold = 80.0",
+        ),
         ("edges", "kind = \"edges\""),
         // Restricted to the 70% circuit of the pruning case above.
         (
@@ -59,6 +65,10 @@ fn three_workers_give_the_numbers_of_one_worker() {
         (
             "edge_orders",
             "kind = \"edge_prune\"\ncircuit_file = \"prune-1/result.json\"\nthreshold = 60.0\norders = 6\nseed = 2",
+        ),
+        (
+            "edge_orders_auto",
+            "kind = \"edge_prune\"\ncircuit_file = \"prune-1/result.json\"\nthreshold = 60.0\norders = \"auto\"\nci_width = 0.2\nmax_orders = 20\nseed = 2",
         ),
         (
             "attribution",
@@ -213,12 +223,82 @@ fn three_workers_give_the_numbers_of_one_worker() {
                 assert!(j > 0.0 && j <= 1.0, "{st}");
                 assert!(!st["union"].as_array().unwrap().is_empty());
                 assert!(three.join("edge-frequency.svg").exists());
+                // Its consensus, scored after the orders: prepare, the single-edge scores,
+                // shards of 4 and 2 orders, then it.
+                assert!(st["consensus"]["score"].as_f64().unwrap().is_finite());
+                assert_eq!(b["timing"]["shards"], 5);
+                assert!(st["auto"].is_null());
+            }
+            "edge_orders_auto" => {
+                let st = &b["edge_orders"];
+                let k = st["runs"].as_array().unwrap().len();
+                let a = &st["auto"];
+                eprintln!("edge_orders_auto: {k} orders, {a}");
+                // A first batch of 16; more only while some interval is too wide.
+                assert!(k == 16 || k == 20, "{k}");
+                let widest = a["widest"].as_f64().unwrap();
+                assert_eq!(a["converged"].as_bool().unwrap(), widest <= 0.2, "{a}");
+                assert_eq!(k == 16, widest <= 0.2, "{a}");
+                assert!(st["consensus"]["score"].as_f64().unwrap().is_finite());
+            }
+            "orders_auto" => {
+                let st = &b["orders"];
+                let k = st["runs"].as_array().unwrap().len();
+                let a = &st["auto"];
+                eprintln!("orders_auto: {k} orders, {a}");
+                assert!((80..=96).contains(&k) && k.is_multiple_of(16), "{k}");
+                let widest = a["widest"].as_f64().unwrap();
+                assert_eq!(a["converged"].as_bool().unwrap(), widest <= 0.1, "{a}");
+                // Below the cap it stopped because it converged.
+                assert!(k == 96 || widest <= 0.1, "{a}");
+                // Every frequency's interval is as wide as the study says, or narrower.
+                for (_, ci) in st["frequency_ci"].as_object().unwrap() {
+                    let (lo, hi) = (ci[0].as_f64().unwrap(), ci[1].as_f64().unwrap());
+                    assert!((hi - lo) / 2.0 <= widest + 1e-12, "{ci}");
+                }
+                // The consensus is what at least half of the orders keep, scored.
+                let freq = st["frequency"].as_object().unwrap();
+                let consensus: Vec<&str> = st["consensus"]["components"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c.as_str().unwrap())
+                    .collect();
+                for (c, f) in freq {
+                    assert_eq!(
+                        consensus.contains(&c.as_str()),
+                        f.as_f64().unwrap() >= 0.5,
+                        "{c}"
+                    );
+                }
+                assert!(st["consensus"]["score"].as_f64().unwrap().is_finite());
             }
             _ => {
                 assert_eq!(b["orders"]["runs"].as_array().unwrap().len(), 20);
                 // 20 orders make shards of 16 and 4 after the prepare shard, then the paper
-                // schedule's run.
-                assert_eq!(b["timing"]["shards"], 4);
+                // schedule's run, then the consensus.
+                assert_eq!(b["timing"]["shards"], 5);
+                assert!(b["orders"]["auto"].is_null());
+                let score = b["orders"]["consensus"]["score"].as_f64().unwrap();
+                // A circuit some order kept scores what that order's run scored.
+                let runs = b["orders"]["runs"].as_array().unwrap();
+                let consensus = &b["orders"]["consensus"]["components"];
+                for r in runs {
+                    let mut kept: Vec<serde_json::Value> = r["heads"].as_array().unwrap().clone();
+                    kept.extend(r["mlps"].as_array().unwrap().iter().cloned());
+                    let mut kept: Vec<&str> = kept.iter().map(|c| c.as_str().unwrap()).collect();
+                    let mut want: Vec<&str> = consensus
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|c| c.as_str().unwrap())
+                        .collect();
+                    kept.sort();
+                    want.sort();
+                    if kept == want {
+                        assert_eq!(r["score"].as_f64().unwrap(), score);
+                    }
+                }
                 let p = &b["orders"]["paper"];
                 let q = p["size_quantile"].as_f64().unwrap();
                 assert!((0.0..=1.0).contains(&q), "{p}");
@@ -238,7 +318,7 @@ fn an_extended_order_study_equals_the_larger_study_run_at_once() {
         rt.block_on(local::run(&spec, &dir.path().join(name), 1, &models, false))
     };
     let study = "kind = \"orders\"\nseed = 5\nthreshold = 80.0\n";
-    run("first", &format!("{study}orders = 6")).unwrap();
+    let first = run("first", &format!("{study}orders = 6")).unwrap();
     let extended = run(
         "extended",
         &format!("{study}orders = 20\nextends = \"first/result.json\""),
@@ -248,8 +328,8 @@ fn an_extended_order_study_equals_the_larger_study_run_at_once() {
     assert_eq!(extended["orders"]["runs"].as_array().unwrap().len(), 20);
     assert_eq!(extended["orders"], at_once["orders"]);
     // The extension ran the 14 new orders (one shard) and the paper schedule after prepare.
-    assert_eq!(extended["timing"]["shards"], 3);
-    assert_eq!(at_once["timing"]["shards"], 4);
+    assert_eq!(extended["timing"]["shards"], 4);
+    assert_eq!(at_once["timing"]["shards"], 5);
     // An extension of the extension continues the same stream.
     let again = run(
         "again",
@@ -258,6 +338,24 @@ fn an_extended_order_study_equals_the_larger_study_run_at_once() {
     .unwrap();
     let direct = run("direct", &format!("{study}orders = 22")).unwrap();
     assert_eq!(again["orders"], direct["orders"]);
+    // `auto` extends a study too: its runs continue the same stream until its rule stops it.
+    let auto = run(
+        "auto",
+        &format!(
+            "{study}orders = \"auto\"\nci_width = 0.15\nmax_orders = 40\nextends = \"first/result.json\""
+        ),
+    )
+    .unwrap();
+    let runs = auto["orders"]["runs"].as_array().unwrap();
+    let a = &auto["orders"]["auto"];
+    eprintln!("auto extension: {} orders, {a}", runs.len());
+    assert!(runs.len() > 6 && runs.len() <= 40, "{}", runs.len());
+    assert_eq!(runs[..6], first["orders"]["runs"].as_array().unwrap()[..]);
+    let n = runs.len().min(22);
+    assert_eq!(runs[..n], direct["orders"]["runs"].as_array().unwrap()[..n]);
+    let widest = a["widest"].as_f64().unwrap();
+    assert_eq!(a["converged"].as_bool().unwrap(), widest <= 0.15, "{a}");
+    assert!(runs.len() == 40 || widest <= 0.15, "{a}");
     for (name, sweep, why) in [
         (
             "same",

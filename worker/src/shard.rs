@@ -221,6 +221,51 @@ pub fn execute(
             }
             Ok(ShardOutput::Circuits { metrics, kept })
         }
+        ShardTask::Consensus { components } => {
+            if let Some(c) = components
+                .iter()
+                .find(|c| c.check(n_layers, n_heads).is_err())
+            {
+                return Err(ShardError::BadInput(format!(
+                    "shard asks for {c}, not in a model of {n_layers} layers of {n_heads} heads"
+                )));
+            }
+            let outside: Vec<Component> = Component::all(n_layers, n_heads)
+                .into_iter()
+                .filter(|c| !components.contains(c))
+                .collect();
+            let score = job.ev()?.scores(&[outside])?[0];
+            tracing::info!(
+                "the consensus of {} components scores {score:.4}",
+                components.len()
+            );
+            Ok(ShardOutput::Score(score))
+        }
+        ShardTask::EdgeConsensus { edges } => {
+            let graph = &job.inputs.edges;
+            let mut inside = vec![false; graph.len()];
+            for &i in edges {
+                *inside.get_mut(i).ok_or_else(|| {
+                    ShardError::BadInput(format!(
+                        "shard asks for edge {i} of a graph of {}",
+                        graph.len()
+                    ))
+                })? = true;
+            }
+            let ablated: Vec<Edge> = graph
+                .iter()
+                .zip(&inside)
+                .filter(|(_, k)| !**k)
+                .map(|(e, _)| *e)
+                .collect();
+            let score = job.ev()?.edge_scores(&[EdgeCandidate {
+                nodes: job.inputs.outside.clone(),
+                edges: ablated,
+                settled: vec![],
+            }])?[0];
+            tracing::info!("the consensus of {} edges scores {score:.4}", edges.len());
+            Ok(ShardOutput::Score(score))
+        }
         ShardTask::Attribution { first, count } => {
             let ev = job.ev()?;
             let (first, count) = (*first, *count);

@@ -10,6 +10,7 @@ use crate::edge::GraphShape;
 use crate::greedy::Rule;
 
 mod ablation;
+mod order_count;
 mod sweep;
 #[cfg(test)]
 mod tests;
@@ -18,6 +19,7 @@ mod validate;
 pub use ablation::{
     AblationKind, AblationSpec, Direction, Metric, Normalize, kind_name, metric_name,
 };
+pub use order_count::OrderCount;
 pub use sweep::{
     AttributionMethod, AttributionOver, Candidates, DEFAULT_IG_STEPS, EdgeMethod, KvEdges,
     Schedule, SweepKind, SweepKindSpec,

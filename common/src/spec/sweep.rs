@@ -10,6 +10,8 @@ use serde_json::{Map, Value};
 
 use crate::Component;
 
+use super::order_count::OrderCount;
+
 /// The sweeps.
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -152,8 +154,17 @@ pub struct SweepKindSpec {
     pub thresholds: Option<Vec<f64>>,
     /// Pass schedule of pruning.
     pub schedule: Schedule,
-    /// Order study (`orders`, or `edge_prune` over edge orders): how many seeded random orders.
-    pub orders: Option<usize>,
+    /// Order study (`orders`, or `edge_prune` over edge orders): how many seeded random orders,
+    /// or `auto`.
+    pub orders: Option<OrderCount>,
+    /// Order study with `orders = "auto"`: run batches of orders until every inclusion
+    /// frequency's 95 % interval has at most this half-width (default 0.05).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ci_width: Option<f64>,
+    /// Order study with `orders = "auto"`: the most orders it runs, converged or not (default
+    /// [`crate::convergence::DEFAULT_MAX_ORDERS`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_orders: Option<usize>,
     /// Seed of the random orders (order studies) or head sets (downstream).
     pub seed: u64,
     /// Order study: explicit orders (a JSON list of lists of component names).
@@ -213,6 +224,37 @@ impl SweepKindSpec {
             || self.kind == SweepKind::Faithfulness
             || (self.kind == SweepKind::Attribution
                 && self.over.unwrap_or_default() == AttributionOver::Edges)
+    }
+
+    /// Order studies: the orders planned first (all of a fixed count; an `auto` study's first
+    /// batch; 100 when unsaid).
+    pub fn first_orders(&self) -> usize {
+        match self.orders {
+            Some(OrderCount::Fixed(n)) => n,
+            Some(OrderCount::Auto) => {
+                crate::convergence::AutoRule::of(self, self.orders_per_shard())
+                    .map_or(0, |r| r.first_batch(0))
+            }
+            None => 100,
+        }
+    }
+
+    /// Order studies: the most orders it may run (an `auto` study's cap).
+    pub fn most_orders(&self) -> usize {
+        match self.orders {
+            Some(OrderCount::Auto) => self
+                .max_orders
+                .unwrap_or(crate::convergence::DEFAULT_MAX_ORDERS),
+            _ => self.first_orders(),
+        }
+    }
+
+    /// Order studies: orders per shard (an edge pruning run costs far more than a node one).
+    pub fn orders_per_shard(&self) -> usize {
+        match self.kind {
+            SweepKind::EdgePrune => crate::shard::EDGE_ORDERS_PER_SHARD,
+            _ => crate::shard::ORDERS_PER_SHARD,
+        }
     }
 
     /// Faithfulness: the shares of the graph's edges, as fractions.
@@ -306,7 +348,9 @@ struct PruneTable {
 struct OrdersTable {
     threshold: Option<f64>,
     tau: Option<f64>,
-    orders: Option<usize>,
+    orders: Option<OrderCount>,
+    ci_width: Option<f64>,
+    max_orders: Option<usize>,
     #[serde(default)]
     seed: u64,
     orders_file: Option<PathBuf>,
@@ -330,7 +374,9 @@ struct EdgesTable {
 struct EdgePruneTable {
     threshold: Option<f64>,
     tau: Option<f64>,
-    orders: Option<usize>,
+    orders: Option<OrderCount>,
+    ci_width: Option<f64>,
+    max_orders: Option<usize>,
     #[serde(default)]
     seed: u64,
     circuit: Option<Vec<Component>>,
@@ -399,6 +445,8 @@ impl From<Table> for SweepKindSpec {
                 threshold: o.threshold,
                 tau: o.tau,
                 orders: o.orders,
+                ci_width: o.ci_width,
+                max_orders: o.max_orders,
                 seed: o.seed,
                 orders_file: o.orders_file,
                 extends: o.extends,
@@ -418,6 +466,8 @@ impl From<Table> for SweepKindSpec {
                 threshold: e.threshold,
                 tau: e.tau,
                 orders: e.orders,
+                ci_width: e.ci_width,
+                max_orders: e.max_orders,
                 seed: e.seed,
                 circuit: e.circuit,
                 circuit_file: e.circuit_file,

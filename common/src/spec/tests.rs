@@ -263,7 +263,7 @@ fn bad_specs_name_the_field() {
         ),
         (
             "[sweep]\nkind = \"orders\"\norders = \"x\"",
-            "[sweep] invalid type",
+            "[sweep] \"x\": expected a number of orders or \"auto\"",
         ),
         ("[ablation]\nmetric = \"loss\"", "metric"),
         (
@@ -327,6 +327,38 @@ fn bad_specs_name_the_field() {
             "[sweep]\nkind = \"prune\"\nextends = \"r.json\"",
             "[sweep] extends: only applies to kind = \"orders\"",
         ),
+        (
+            "[sweep]\nkind = \"orders\"\norders = 50\nci_width = 0.05",
+            "[sweep] ci_width: `ci_width` is the rule of orders = \"auto\"",
+        ),
+        (
+            "[sweep]\nkind = \"edge_prune\"\nmax_orders = 50",
+            "[sweep] max_orders: `max_orders` is the rule of orders = \"auto\"",
+        ),
+        (
+            "[sweep]\nkind = \"orders\"\norders = \"auto\"\nci_width = 0.5",
+            "[sweep] ci_width: 0.5 is not a half-width between 0 and 0.5",
+        ),
+        (
+            "[sweep]\nkind = \"orders\"\norders = \"auto\"\nci_width = -1",
+            "[sweep] ci_width: -1 is not a half-width",
+        ),
+        (
+            "[sweep]\nkind = \"orders\"\norders = \"auto\"\nmax_orders = 0",
+            "[sweep] max_orders",
+        ),
+        (
+            "[sweep]\nkind = \"orders\"\norders = \"many\"",
+            "\"many\": expected a number of orders or \"auto\"",
+        ),
+        (
+            "[sweep]\nkind = \"orders\"\norders = -3",
+            "-3: expected a number of orders or \"auto\"",
+        ),
+        (
+            "[sweep]\nkind = \"prune\"\nci_width = 0.05",
+            "[sweep] ci_width: only applies to kind = \"orders\" or \"edge_prune\"",
+        ),
     ];
     for (text, needle) in cases {
         let err = parse(text).unwrap_err().to_string();
@@ -345,6 +377,8 @@ fn the_stored_forms_read_back_for_every_kind() {
         "",
         "[sweep]\nkind = \"prune\"\nthresholds = [90, 80]\nschedule = \"forward\"",
         "[sweep]\nkind = \"orders\"\norders = 7\nseed = 3",
+        "[sweep]\nkind = \"orders\"\norders = \"auto\"\nci_width = 0.04\nmax_orders = 600",
+        "[sweep]\nkind = \"edge_prune\"\norders = \"auto\"\nthreshold = 70",
         "[sweep]\nkind = \"edges\"\ncircuit = [\"h0.1\", \"m1\"]\npositions = [-1]\nkv_edges = \"kv_head\"",
         "[sweep]\nkind = \"edge_prune\"\nedge_method = \"path\"\nthreshold = 70",
         "[sweep]\nkind = \"downstream\"\nrandom_sets = 4\nseed = 2",

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use super::{
-    AblationKind, Candidates, DownstreamSpec, EdgeMethod, Metric, Normalize, SpecError, SweepKind,
-    SweepSpec, kind_name, metric_name,
+    AblationKind, Candidates, DownstreamSpec, EdgeMethod, Metric, Normalize, OrderCount, SpecError,
+    SweepKind, SweepSpec, kind_name, metric_name,
 };
 use crate::data_spec::DataSpec;
 use crate::limits;
@@ -47,6 +47,32 @@ impl SweepSpec {
                 "sweep",
                 "extends",
                 "an extension continues the earlier study's seeded orders: give `orders` (the larger count, the earlier study's runs included), not `orders_file`".into(),
+            ));
+        }
+        let auto = self.sweep.orders == Some(OrderCount::Auto);
+        for (field, set) in [
+            ("ci_width", self.sweep.ci_width.is_some()),
+            ("max_orders", self.sweep.max_orders.is_some()),
+        ] {
+            if set && !auto {
+                return Err(bad(
+                    "sweep",
+                    field,
+                    format!(
+                        "`{field}` is the rule of orders = \"auto\"; a study of a fixed number of orders runs them all"
+                    ),
+                ));
+            }
+        }
+        if let Some(w) = self.sweep.ci_width
+            && !(w > 0.0 && w < 0.5)
+        {
+            return Err(bad(
+                "sweep",
+                "ci_width",
+                format!(
+                    "{w} is not a half-width between 0 and 0.5 (exclusive) of a 95 % interval of a frequency"
+                ),
             ));
         }
         if self.sweep.edge_method == EdgeMethod::Path {
@@ -289,7 +315,20 @@ impl SweepSpec {
     fn check_counts(&self) -> Result<(), (&'static str, &'static str, String)> {
         let counts = [
             ("data", "n", self.data.n, 1, limits::MAX_PROMPTS),
-            ("sweep", "orders", self.sweep.orders, 1, limits::MAX_ORDERS),
+            (
+                "sweep",
+                "orders",
+                self.sweep.orders.and_then(OrderCount::fixed),
+                1,
+                limits::MAX_ORDERS,
+            ),
+            (
+                "sweep",
+                "max_orders",
+                self.sweep.max_orders,
+                1,
+                limits::MAX_ORDERS,
+            ),
             (
                 "sweep",
                 "random_sets",

@@ -124,6 +124,7 @@ pub fn live_view(p: &Partial) -> Value {
         v["orders"] = json!({
             "done": p.runs.len(),
             "total": p.orders_total,
+            "ci_width": p.ci_width,
             "frequency": frequency,
             "frequency_ci": frequency_ci,
             "jaccard_mean": (!sets.is_empty()).then_some(stats.jaccard_mean),
@@ -155,6 +156,7 @@ mod tests {
             nodes: vec![],
             runs: vec![],
             orders_total: 0,
+            ci_width: None,
         }
     }
 

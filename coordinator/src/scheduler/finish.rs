@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use circuit_sweep_common::extension;
 use circuit_sweep_common::results::Timing;
 use circuit_sweep_common::shard::{JobMeta, ShardTask};
 use circuit_sweep_common::spec::SweepSpec;
@@ -14,6 +15,7 @@ use circuit_sweep_proto::shard_output::ShardOutput;
 use super::SchedError;
 use super::job::Job;
 use crate::aggregate::{self, Collected};
+use crate::followup::{self, More};
 use crate::store::{JobRecord, Store};
 
 /// A job to aggregate.
@@ -46,9 +48,23 @@ impl Finishing {
         }
     }
 
-    /// Writes the results folder; returns where, or why it could not (the job's failure).
-    pub fn run(mut self) -> Result<PathBuf, String> {
+    /// Writes the results folder, or plans the job's next shards when its results call for
+    /// more (see [`crate::followup`]); returns which, or why it could not (the job's failure).
+    pub fn run(self) -> Result<Finished, String> {
         let _span = tracing::info_span!("aggregate", job = self.job).entered();
+        self.aggregate(true)
+    }
+
+    /// Writes a done job's results folder again, as it was (a lost folder).
+    pub fn rewrite(self) -> Result<PathBuf, String> {
+        let _span = tracing::info_span!("rewrite", job = self.job).entered();
+        match self.aggregate(false)? {
+            Finished::Written(dir) => Ok(dir),
+            Finished::More(_) => Err("the job's stored results are incomplete".into()),
+        }
+    }
+
+    fn aggregate(mut self, followups: bool) -> Result<Finished, String> {
         let mut c = Collected::default();
         for (i, task) in self.rec.shards.iter().enumerate() {
             let shard = Shard {
@@ -85,19 +101,32 @@ impl Finishing {
                 .find(|(n, _)| **n == name)
                 .map(|(_, d)| String::from_utf8_lossy(d).into_owned())
                 .ok_or_else(|| format!("{name}: not submitted with the job"))?;
-            let earlier = circuit_sweep_common::extension::earlier_runs(
-                &text, &name, &self.spec, orders, &meta,
-            )?;
+            let shape = (inputs.graph.n_layers, inputs.graph.n_heads);
+            let checked = extension::checked_orders(&self.spec, shape, orders);
+            let earlier = extension::earlier_runs(&text, &name, &self.spec, &checked, &meta)?;
             c.earlier = earlier.runs;
             // The profiles that computed the earlier runs computed this study too.
             self.timing.profiles.extend(earlier.profiles);
             self.timing.profiles.sort();
             self.timing.profiles.dedup();
         }
+        if followups && let Some(more) = followup::more(&self.spec, &inputs, &c, &self.rec.shards)?
+        {
+            return Ok(Finished::More(more));
+        }
         aggregate::write(&self.spec, &inputs, &c, self.timing, &self.out)
-            .map(|_| self.out)
+            .map(|_| Finished::Written(self.out))
             .map_err(|e| e.to_string())
     }
+}
+
+/// What a [`Finishing`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finished {
+    /// Wrote the results folder, here.
+    Written(PathBuf),
+    /// Found the job needs more shards (an order study's next batch, or its consensus).
+    More(More),
 }
 
 /// The numeric profiles that computed a job's shards, each once, sorted (an empty profile is a

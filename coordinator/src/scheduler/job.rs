@@ -282,6 +282,22 @@ impl Job {
         first..self.rec.shards.len() as u32
     }
 
+    /// Shards planned once the others were done (see [`crate::followup`]): queued, and the
+    /// job runs again; returns their numbers.
+    pub fn extend(&mut self, more: crate::followup::More) -> std::ops::Range<u32> {
+        let first = self.rec.shards.len() as u32;
+        for task in more.shards {
+            self.rec.shards.push(task);
+            self.shards
+                .push(Shard::new(ShardState::Queued, ShardRecord::default()));
+        }
+        if let Some(orders) = more.orders {
+            self.rec.orders = Some(orders);
+        }
+        self.aggregating = false;
+        first..self.rec.shards.len() as u32
+    }
+
     /// Whether every shard is done and nobody is writing its results folder yet.
     pub fn ready_to_aggregate(&self) -> bool {
         self.rec.state == JobState::Running

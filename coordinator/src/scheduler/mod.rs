@@ -38,7 +38,7 @@ use circuit_sweep_proto::shard_output::ShardOutput;
 use circuit_sweep_proto::v1::{LeaseProgress, ShardLease, WorkerInfo};
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use finish::Finishing;
+pub use finish::{Finished, Finishing};
 use ids::label;
 pub use job::{
     MAX_ATTEMPTS, MAX_LOSSES, MAX_REFUSALS, MAX_REFUSALS_ONE_MACHINE, MIN_REFUSING_WORKERS,
@@ -689,11 +689,12 @@ impl Scheduler {
         ))
     }
 
-    /// The outcome of a [`Finishing`]: the job is done, or failed with the reason.
+    /// The outcome of a [`Finishing`]: the job is done, goes on with more shards, or failed
+    /// with the reason.
     pub fn finished(
         &mut self,
         job_id: u64,
-        outcome: Result<PathBuf, String>,
+        outcome: Result<Finished, String>,
     ) -> Result<(), SchedError> {
         let unix = self.clock.unix();
         let job = job_in(&mut self.jobs, job_id)?;
@@ -703,7 +704,23 @@ impl Scheduler {
             return Ok(());
         }
         match outcome {
-            Ok(out) => {
+            Ok(Finished::More(more)) => {
+                let labels: Vec<String> = more.shards.iter().map(ShardTask::label).collect();
+                let new = job.extend(more);
+                self.store.put_plan(
+                    job_id,
+                    &job.rec.shards[1..],
+                    &job.rec.orders,
+                    &job.rec.circuit,
+                )?;
+                let rows: Vec<(u64, u32, &ShardRecord)> = new
+                    .map(|i| (job_id, i, &job.shards[i as usize].rec))
+                    .collect();
+                self.store.put_shards(Some(&job.rec), &rows)?;
+                tracing::info!("job {job_id} goes on: {}", labels.join(", "));
+                return Ok(());
+            }
+            Ok(Finished::Written(out)) => {
                 job.end(JobState::Done, None, unix);
                 tracing::info!("job {job_id} done: {}", out.display());
             }

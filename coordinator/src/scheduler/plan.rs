@@ -7,8 +7,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use circuit_sweep_common::Component;
+use circuit_sweep_common::extension;
 use circuit_sweep_common::inputs::JobInputs;
 use circuit_sweep_common::shard::{JobMeta, ShardTask};
+use circuit_sweep_common::spec::OrderCount;
 use circuit_sweep_common::spec::SweepSpec;
 
 use super::SchedError;
@@ -89,15 +91,23 @@ pub(super) fn plan(
             .ok_or_else(|| format!("{name}: not submitted with the job"))
     };
     let mut inputs = JobInputs::resolve(spec, meta.model_shape(), &mut read)?;
-    if let (Some(file), Some(orders)) = (&spec.sweep.extends, &inputs.orders) {
-        let earlier = circuit_sweep_common::extension::earlier_runs(
+    if let (Some(file), Some(orders)) = (&spec.sweep.extends, &mut inputs.orders) {
+        let shape = (inputs.graph.n_layers, inputs.graph.n_heads);
+        let checked = extension::checked_orders(spec, shape, orders).into_owned();
+        let earlier = extension::earlier_runs(
             &read(file)?,
             &file.display().to_string(),
             spec,
-            orders,
+            &checked,
             meta,
         )?;
         inputs.earlier_orders = earlier.runs.len();
+        if spec.sweep.orders == Some(OrderCount::Auto) {
+            // Its first batch follows the earlier orders, as many as its rule asks for.
+            let k = earlier.runs.len();
+            *orders = checked;
+            orders.truncate(k + extension::first_batch(spec, &earlier.runs));
+        }
     }
     let prompts = meta.dataset["prompts"].as_u64().unwrap_or(0) as usize;
     if spec.sweep.kind == circuit_sweep_common::spec::SweepKind::Attribution && prompts == 0 {

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use circuit_sweep_common::convergence::AutoRule;
 use circuit_sweep_common::greedy::Rule;
 use circuit_sweep_common::metric::Unit;
 use circuit_sweep_common::prune::PruneResult;
@@ -46,8 +47,10 @@ pub struct Partial {
     pub nodes: Vec<NodeShard>,
     /// Pruning runs done (one per threshold of a pruning job, one per order of a study).
     pub runs: Vec<PruneResult>,
-    /// Orders in an order study (0 for other kinds).
+    /// Orders in an order study (0 for other kinds): planned so far, for `auto`.
     pub orders_total: usize,
+    /// `orders = "auto"`: the half-width its intervals run to.
+    pub ci_width: Option<f64>,
 }
 
 /// What reading a job's partial results needs, taken under the lock and read outside it.
@@ -76,6 +79,7 @@ impl PartialSource {
             nodes: vec![],
             runs: vec![],
             orders_total: self.orders_total,
+            ci_width: AutoRule::of(&self.spec.sweep, 1).map(|r| r.ci_width),
         };
         for (index, task) in &self.shown {
             let shard = finish::Shard {

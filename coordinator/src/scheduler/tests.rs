@@ -478,8 +478,10 @@ fn the_last_shard_hands_the_job_out_to_aggregate_and_status_goes_on() {
     let st = job_status(&s, job);
     assert_eq!((st.state.as_str(), st.shards_done), ("running", 3));
     assert!(matches!(s.results_dir(job), Err(SchedError::NotReady(_))));
-    let out = f.run().unwrap();
-    s.finished(job, Ok(out.clone())).unwrap();
+    let Finished::Written(out) = f.run().unwrap() else {
+        panic!("a node sweep needs no more shards")
+    };
+    s.finished(job, Ok(Finished::Written(out.clone()))).unwrap();
     assert_eq!(job_status(&s, job).state, "done");
     assert_eq!(s.results_dir(job).unwrap(), out);
     let doc: serde_json::Value =
@@ -571,6 +573,7 @@ fn a_restart_plans_a_prepared_job_and_aggregates_a_complete_one() {
 }
 
 mod folders;
+mod followups;
 mod leases;
 /// A node sweep run to the end by `w`, its results folder written: `(job, folder)`.
 fn done(s: &mut Scheduler, w: &str) -> (u64, PathBuf) {
@@ -754,7 +757,9 @@ fn a_job_that_requires_a_profile_is_leased_only_to_such_workers_and_records_them
             assert_eq!(layer, 0);
             continue;
         };
-        let out = f.run().unwrap();
+        let Finished::Written(out) = f.run().unwrap() else {
+            panic!("a node sweep needs no more shards")
+        };
         let doc: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap())
                 .unwrap();

@@ -33,7 +33,7 @@ fn a_lost_results_folder_is_written_again_from_the_stored_shards() {
     // One rebuild at a time, and the job is not deleted under it.
     assert!(matches!(s.results(job), Err(SchedError::NotReady(_))));
     assert!(s.delete(job).is_err());
-    assert_eq!(f.run().unwrap(), out);
+    assert_eq!(f.rewrite().unwrap(), out);
     s.rebuilt(job);
     assert_eq!(files(&out), before, "the same folder, byte for byte");
     assert!(matches!(s.results(job).unwrap(), ResultsAt::Ready(d) if d == out));
