@@ -303,6 +303,15 @@ if [ "$secs" != FAIL ]; then
 else
   fail "order study"
 fi
+# Staggered passes must score, bit for bit, what passes from the lowest layer score, on the
+# device too; the rows give time(K orders) / time(1) in lockstep on the default model's shape.
+stagger_orders=$([ "$SCALE" = full ] && echo 1,16,128 || echo 1,2)
+if step "$BIN" bench orders --model "$m/smollm2" --device "$DEV" --prompts 16 \
+  --orders "$stagger_orders" --compare; then
+  say "| order study lockstep, $stagger_orders orders, smollm2-135m f32, staggered = plain bit for bit | 16 prompts | see log | | |"
+else
+  fail "staggered order passes (bench orders --compare)"
+fi
 say ""
 
 # ---------------------------------------------------------------------------------------------
