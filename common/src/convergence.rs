@@ -38,9 +38,10 @@ impl AutoRule {
         })
     }
 
-    /// Orders of the first batch after `earlier` orders already run (an extension's).
-    pub fn first_batch(&self, earlier: usize) -> usize {
-        (FIRST_BATCH_SHARDS * self.per_shard).min(self.max_orders.saturating_sub(earlier))
+    /// Orders of a new study's first batch (an extension's first batch is what [`Self::next`]
+    /// asks of the earlier runs).
+    pub fn first_batch(&self) -> usize {
+        (FIRST_BATCH_SHARDS * self.per_shard).min(self.max_orders)
     }
 
     /// What to do after `n` orders whose circuits hold each item `counts` times (items held by
@@ -168,7 +169,11 @@ mod tests {
             Next::Stop(s) => assert!(!s.converged && s.widest > 0.001),
             n => panic!("{n:?}"),
         }
-        assert_eq!(tight.first_batch(0), 64);
-        assert_eq!(tight.first_batch(980), 20);
+        assert_eq!(tight.first_batch(), 64);
+        let small = AutoRule {
+            max_orders: 20,
+            ..rule()
+        };
+        assert_eq!(small.first_batch(), 20);
     }
 }

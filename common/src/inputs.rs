@@ -37,11 +37,11 @@ pub struct JobInputs {
 
 /// Refuses an order study whose orders hold more components in all than
 /// [`limits::MAX_ORDER_COMPONENTS`].
-fn check_order_components(orders: usize, per_order: usize) -> Result<(), String> {
+fn check_order_components(orders: usize, per_order: usize, field: &str) -> Result<(), String> {
     let total = orders.saturating_mul(per_order);
     if total > limits::MAX_ORDER_COMPONENTS {
         return Err(format!(
-            "[sweep] orders: {orders} orders of {per_order} components are {total} components, more than the cap of {}; ask for at most {} orders of this model",
+            "[sweep] {field}: {orders} orders of {per_order} components are {total} components, more than the cap of {}; ask for at most {} orders of this model",
             limits::MAX_ORDER_COMPONENTS,
             limits::MAX_ORDER_COMPONENTS / per_order.max(1)
         ));
@@ -60,7 +60,12 @@ impl JobInputs {
     ) -> Result<Self, String> {
         let (n_layers, n_heads) = (model.n_layers, model.n_heads);
         if spec.sweep.kind == SweepKind::Orders && spec.sweep.orders_file.is_none() {
-            check_order_components(spec.sweep.most_orders(), n_layers * (n_heads + 1))?;
+            // An `auto` study may run up to its cap (1,000 unless `max_orders` says otherwise).
+            let field = match spec.sweep.orders {
+                Some(crate::spec::OrderCount::Auto) => "max_orders",
+                _ => "orders",
+            };
+            check_order_components(spec.sweep.most_orders(), n_layers * (n_heads + 1), field)?;
         }
         let orders = match (spec.sweep.kind, &spec.sweep.orders_file) {
             (SweepKind::Orders, Some(f)) => Some(orders::parse_orders(
@@ -78,7 +83,7 @@ impl JobInputs {
             _ => None,
         };
         if let Some(o) = &orders {
-            check_order_components(o.len(), o.iter().map(Vec::len).max().unwrap_or(0))?;
+            check_order_components(o.len(), o.iter().map(Vec::len).max().unwrap_or(0), "orders")?;
         }
         let circuit = match (&spec.sweep.circuit, &spec.sweep.circuit_file) {
             (Some(c), _) => {

@@ -159,9 +159,9 @@ impl Service {
         self.lock().status(None)
     }
 
-    /// Shards of a job done so far; `None` for an unknown job.
-    pub fn shards_done(&self, job_id: u64) -> Option<usize> {
-        self.lock().shards_done(job_id)
+    /// Shards of a job done so far, and planned so far; `None` for an unknown job.
+    pub fn shard_counts(&self, job_id: u64) -> Option<(usize, usize)> {
+        self.lock().shard_counts(job_id)
     }
 
     /// A job's results so far (see [`Scheduler::partial`]), read outside the lock.

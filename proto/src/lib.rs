@@ -5,8 +5,9 @@
 //!
 //! Every RPC that opens a session checks [`PROTOCOL_VERSION`] and refuses a peer that speaks another.
 
-/// Version of the wire protocol; peers with another version are refused with `FAILED_PRECONDITION`.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of the wire protocol; peers with another version are refused with `FAILED_PRECONDITION`
+/// (2: order studies end with a consensus shard, a task workers of version 1 cannot run).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Generated messages and services of package `circuit_sweep.v1`.
 #[allow(clippy::all, missing_docs)]

@@ -233,7 +233,7 @@ impl SweepKindSpec {
             Some(OrderCount::Fixed(n)) => n,
             Some(OrderCount::Auto) => {
                 crate::convergence::AutoRule::of(self, self.orders_per_shard())
-                    .map_or(0, |r| r.first_batch(0))
+                    .map_or(0, |r| r.first_batch())
             }
             None => 100,
         }

@@ -320,8 +320,12 @@ fn bad_specs_name_the_field() {
             "[sweep] extends: an extension continues the earlier study's seeded orders",
         ),
         (
-            "[sweep]\nkind = \"orders\"\norders = 8\norders_file = \"o.json\"\nextends = \"r.json\"",
+            "[sweep]\nkind = \"orders\"\norders_file = \"o.json\"\nextends = \"r.json\"",
             "give `orders`",
+        ),
+        (
+            "[sweep]\nkind = \"orders\"\norders = \"auto\"\norders_file = \"o.json\"",
+            "[sweep] orders: `orders` draws seeded random orders and `orders_file` names explicit ones",
         ),
         (
             "[sweep]\nkind = \"prune\"\nextends = \"r.json\"",

@@ -49,6 +49,13 @@ impl SweepSpec {
                 "an extension continues the earlier study's seeded orders: give `orders` (the larger count, the earlier study's runs included), not `orders_file`".into(),
             ));
         }
+        if self.sweep.orders.is_some() && self.sweep.orders_file.is_some() {
+            return Err(bad(
+                "sweep",
+                "orders",
+                "`orders` draws seeded random orders and `orders_file` names explicit ones: give one or the other".into(),
+            ));
+        }
         let auto = self.sweep.orders == Some(OrderCount::Auto);
         for (field, set) in [
             ("ci_width", self.sweep.ci_width.is_some()),

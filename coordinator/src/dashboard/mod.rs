@@ -64,14 +64,17 @@ async fn secure(mut r: Response) -> Response {
     r
 }
 
+/// Shards of a job done, and planned.
+type ShardCounts = (usize, usize);
+
 /// What the handlers share.
 #[derive(Clone)]
 struct Dash {
     service: Service,
     tokens: Arc<Vec<String>>,
-    /// Live views by job, with the shard count they were made at: reading stored shard results
-    /// again only when a shard finished.
-    cache: Arc<Mutex<HashMap<u64, (usize, serde_json::Value)>>>,
+    /// Live views by job, with the shards done and planned they were made at: reading stored
+    /// shard results again only when a shard finished or more were planned.
+    cache: Arc<Mutex<HashMap<u64, (ShardCounts, serde_json::Value)>>>,
 }
 
 impl Dash {
@@ -149,25 +152,22 @@ async fn job(State(d): State<Dash>, Path(id): Path<u64>, headers: HeaderMap) -> 
         return r;
     }
     let unknown = || (StatusCode::NOT_FOUND, format!("no job {id}")).into_response();
-    let Some(done) = d.service.shards_done(id) else {
+    // Shards done and planned: a view changes with either (an order study plans more shards
+    // once its orders are done).
+    let Some(counts) = d.service.shard_counts(id) else {
         return unknown();
     };
     if let Some((n, v)) = d.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&id)
-        && *n == done
+        && *n == counts
     {
         return json(v.clone());
     }
     // Reading the stored shards and the statistics is blocking work: off the async threads.
     let service = d.service.clone();
-    let read = tokio::task::spawn_blocking(move || {
-        service.partial(id).map(|p| {
-            let v = live_view(&p);
-            (p, v)
-        })
-    })
-    .await;
-    let (partial, v) = match read {
-        Ok(Ok(pv)) => pv,
+    let read =
+        tokio::task::spawn_blocking(move || service.partial(id).map(|p| live_view(&p))).await;
+    let v = match read {
+        Ok(Ok(v)) => v,
         Ok(Err(crate::scheduler::SchedError::UnknownJob(_))) => return unknown(),
         Ok(Err(e)) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
@@ -175,6 +175,6 @@ async fn job(State(d): State<Dash>, Path(id): Path<u64>, headers: HeaderMap) -> 
     d.cache
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(id, (partial.shards_done, v.clone()));
+        .insert(id, (counts, v.clone()));
     json(v)
 }

@@ -112,6 +112,14 @@ impl Finishing {
         }
         if followups && let Some(more) = followup::more(&self.spec, &inputs, &c, &self.rec.shards)?
         {
+            // Stored here, outside the lock (an order study's plan holds its orders): a
+            // coordinator that stops before the shards' records are written queues them on
+            // restart.
+            let planned = [&self.rec.shards[1..], &more.shards[..]].concat();
+            let orders = more.orders.as_ref().or(self.rec.orders.as_ref()).cloned();
+            self.store
+                .put_plan(self.job, &planned, &orders, &self.rec.circuit)
+                .map_err(|e| format!("storing the next shards: {e}"))?;
             return Ok(Finished::More(more));
         }
         aggregate::write(&self.spec, &inputs, &c, self.timing, &self.out)

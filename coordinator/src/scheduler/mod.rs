@@ -704,15 +704,10 @@ impl Scheduler {
             return Ok(());
         }
         match outcome {
-            Ok(Finished::More(more)) => {
+            Ok(Finished::More(more)) if !more.shards.is_empty() => {
+                // Their plan is stored already (by the Finishing, outside the lock).
                 let labels: Vec<String> = more.shards.iter().map(ShardTask::label).collect();
                 let new = job.extend(more);
-                self.store.put_plan(
-                    job_id,
-                    &job.rec.shards[1..],
-                    &job.rec.orders,
-                    &job.rec.circuit,
-                )?;
                 let rows: Vec<(u64, u32, &ShardRecord)> = new
                     .map(|i| (job_id, i, &job.shards[i as usize].rec))
                     .collect();
@@ -723,6 +718,12 @@ impl Scheduler {
             Ok(Finished::Written(out)) => {
                 job.end(JobState::Done, None, unix);
                 tracing::info!("job {job_id} done: {}", out.display());
+            }
+            Ok(Finished::More(_)) => {
+                // A job with nothing queued would wait for nothing.
+                let e = "internal: its results called for more shards, but none".to_string();
+                tracing::error!("job {job_id} failed: {e}");
+                job.end(JobState::Failed, Some(e), unix);
             }
             Err(e) => {
                 tracing::error!("job {job_id} failed: {e}");

@@ -130,6 +130,9 @@ impl Scheduler {
                 let total = j.shards.len() as u32;
                 let eta = if j.rec.state.is_final() {
                     0.0
+                } else if AutoRule::of(&j.spec.sweep, 1).is_some() {
+                    // Its batches are planned from its results: the end is not known.
+                    -1.0
                 } else if j.done_here > 0 && j.rec.meta.is_some() {
                     elapsed / j.done_here as f64 * (total - done) as f64
                 } else {
@@ -159,9 +162,10 @@ impl Scheduler {
         })
     }
 
-    /// Shards of a job done so far (`None`: no such job).
-    pub fn shards_done(&self, job_id: u64) -> Option<usize> {
-        Some(self.jobs.get(&job_id)?.done() as usize)
+    /// Shards of a job done so far, and planned so far (`None`: no such job).
+    pub fn shard_counts(&self, job_id: u64) -> Option<(usize, usize)> {
+        let job = self.jobs.get(&job_id)?;
+        Some((job.done() as usize, job.shards.len()))
     }
 
     /// What a job's finished shards hold so far, to read outside the lock (the dashboard

@@ -104,7 +104,7 @@ fn an_auto_study_runs_batches_until_its_intervals_are_narrow_then_scores_its_con
     let w = worker(&mut s, "b");
     let (tasks, f) = run_queued(&mut s, &w);
     assert_eq!(orders_in(&tasks), 48);
-    // 112 orders: +-0.090. The consensus (h0.0, h1.1 and m1, each in at least half) is next.
+    // 112 orders: +-0.091. The consensus (h0.0, h1.1 and m1, each in at least half) is next.
     let Ok(Finished::More(more)) = f.unwrap().run() else {
         panic!("the consensus is not scored yet")
     };
