@@ -402,3 +402,26 @@ fn the_stored_forms_read_back_for_every_kind() {
         );
     }
 }
+
+#[test]
+fn every_example_spec_parses_and_validates() {
+    // The README points researchers at them: each must run as it is.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut dirs = vec![root];
+    let mut seen = 0;
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                if let Err(e) = SweepSpec::parse(&text, &p) {
+                    panic!("{}: {e}", p.display());
+                }
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 10, "{seen} example specs");
+}
