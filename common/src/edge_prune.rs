@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use crate::edge::Edge;
 use crate::greedy::{Greedy, Rule};
 use crate::guided::{Guidance, Guided, Search};
-use crate::orders::{Marginal, SetStats, marginal_effects, set_stats};
+use crate::orders::{Marginal, SetStats, first_costs, marginals, set_stats};
 use crate::rng::Rng;
 
 /// Order `index` of an edge order study: a seeded permutation of `edges`, drawn on its own so
@@ -22,11 +22,48 @@ pub fn random_edge_order(edges: &[Edge], seed: u64, index: usize) -> Vec<Edge> {
     o
 }
 
+/// One run of an edge order study.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EdgeRun {
+    /// Edges kept.
+    pub edges: Vec<String>,
+    /// Score of the circuit.
+    pub score: f64,
+    /// Candidate evaluations.
+    pub evaluations: usize,
+    /// Passes over the edges.
+    pub passes: usize,
+    /// What removing each edge cost when the run first decided it (its part of the marginal
+    /// effects, kept so that an extension of the study gives the same numbers); empty in
+    /// results written before it was recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub costs: Vec<(String, f64)>,
+}
+
+/// A study's edge run: its pruning result, pruned from a graph scoring `start`.
+pub fn edge_run(r: &EdgePruneResult, start: f64) -> EdgeRun {
+    let decisions = r
+        .decisions
+        .iter()
+        .map(|d| (d.edge.as_str(), d.score, d.removed))
+        .collect();
+    EdgeRun {
+        edges: r.edges.clone(),
+        score: r.score,
+        evaluations: r.evaluations,
+        passes: r.passes,
+        costs: first_costs(decisions, start, r.tau.is_some())
+            .into_iter()
+            .map(|(e, x)| (e.to_string(), x))
+            .collect(),
+    }
+}
+
 /// The aggregates of an edge order study.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EdgeOrderStudy {
-    /// Kept edges, score and evaluations of each run (decisions left out).
-    pub runs: Vec<serde_json::Value>,
+    /// Kept edges, score, evaluations and first-decision costs of each run.
+    pub runs: Vec<EdgeRun>,
     /// Agreement of the edge circuits.
     #[serde(flatten)]
     pub stats: SetStats,
@@ -42,30 +79,31 @@ pub struct EdgeOrderStudy {
 
 /// Aggregates the runs of an edge order study, every run pruned from a graph scoring `start`.
 pub fn summarize_edge_orders(runs: &[EdgePruneResult], start: f64) -> EdgeOrderStudy {
-    let sets: Vec<BTreeSet<Edge>> = runs.iter().map(EdgePruneResult::edge_set).collect();
+    summarize_edge_runs(runs.iter().map(|r| edge_run(r, start)).collect())
+}
+
+/// Aggregates an edge order study's runs (those of an earlier study it extends first).
+pub fn summarize_edge_runs(runs: Vec<EdgeRun>) -> EdgeOrderStudy {
+    let sets: Vec<BTreeSet<Edge>> = runs.iter().map(EdgeRun::edge_set).collect();
     EdgeOrderStudy {
-        runs: runs
-            .iter()
-            .map(|r| {
-                serde_json::json!({
-                    "edges": r.edges, "score": r.score,
-                    "evaluations": r.evaluations, "passes": r.passes,
-                })
-            })
-            .collect(),
         stats: set_stats(&sets),
         scores: runs.iter().map(|r| r.score).collect(),
-        marginal: marginal_effects(
-            runs.iter().map(|r| {
-                r.decisions
-                    .iter()
-                    .map(|d| (d.edge.as_str(), d.score, d.removed))
-                    .collect()
-            }),
-            start,
-            runs.first().is_some_and(|r| r.tau.is_some()),
+        marginal: marginals(
+            runs.iter()
+                .flat_map(|r| r.costs.iter().map(|(e, x)| (e.as_str(), *x))),
         ),
+        runs,
         auto: None,
+    }
+}
+
+impl EdgeRun {
+    /// The kept edges as a set.
+    pub fn edge_set(&self) -> BTreeSet<Edge> {
+        self.edges
+            .iter()
+            .map(|e| e.parse().expect("names we wrote"))
+            .collect()
     }
 }
 

@@ -9,6 +9,8 @@ use std::path::Path;
 
 use crate::Component;
 use crate::convergence::{AutoRule, Next};
+use crate::edge::Edge;
+use crate::edge_prune::EdgeRun;
 use crate::orders::OrderRun;
 use crate::results::ResultDoc;
 use crate::shard::JobMeta;
@@ -41,15 +43,17 @@ pub fn checked_orders<'a>(
     }
 }
 
-/// The orders an `auto` extension runs first after the earlier study's `runs`: what its rule
-/// asks for given them (none when they are already narrow enough).
-pub fn first_batch(spec: &SweepSpec, runs: &[OrderRun]) -> usize {
+/// The orders an `auto` extension runs first after the earlier study's circuits `sets`: what
+/// its rule asks for given them (none when they are already narrow enough).
+pub fn first_batch<T: Ord + Clone>(
+    spec: &SweepSpec,
+    sets: &[std::collections::BTreeSet<T>],
+) -> usize {
     let Some(rule) = AutoRule::of(&spec.sweep, spec.sweep.orders_per_shard()) else {
         return 0;
     };
-    let sets: Vec<_> = runs.iter().map(crate::orders::run_set).collect();
-    let counts: Vec<usize> = crate::orders::item_counts(&sets).into_values().collect();
-    match rule.next(&counts, runs.len()) {
+    let counts: Vec<usize> = crate::orders::item_counts(sets).into_values().collect();
+    match rule.next(&counts, sets.len()) {
         Next::More(k) => k,
         Next::Stop(_) => 0,
     }
@@ -67,11 +71,87 @@ pub fn earlier_runs(
     meta: &JobMeta,
 ) -> Result<Earlier, String> {
     let refuse = |why: String| Err(format!("[sweep] extends: {file}: {why}"));
-    let doc =
-        ResultDoc::parse(text, Path::new(file)).map_err(|e| format!("[sweep] extends: {e}"))?;
+    let doc = same_study(text, file, spec, meta)?;
     let Some(study) = doc.orders else {
         return refuse("not the result of an order study (it has no `orders`)".into());
     };
+    let k = study.runs.len();
+    if k >= orders.len() {
+        return refuse(too_few(spec, k, orders.len()));
+    }
+    for (i, (run, order)) in study.runs.iter().zip(orders).enumerate() {
+        let names: Vec<String> = order.iter().map(Component::to_string).collect();
+        if run.order != names {
+            return refuse(format!(
+                "its order {i} is not order {i} of seed {}",
+                spec.sweep.seed
+            ));
+        }
+        if run.costs.is_empty() {
+            return refuse(no_costs(i));
+        }
+    }
+    Ok(Earlier {
+        runs: study.runs,
+        profiles: doc.timing.profiles,
+    })
+}
+
+/// What an edge order study's extension keeps of the study it extends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EarlierEdges {
+    /// Its runs, in study order.
+    pub runs: Vec<EdgeRun>,
+    /// The numeric profiles that computed them.
+    pub profiles: Vec<String>,
+}
+
+/// The earlier edge order study's runs, checked as [`earlier_runs`] checks a node study's,
+/// against at most `most` orders and the job's edge graph `edges` (the graph its orders
+/// permute: the same graph and seed give the same orders).
+pub fn earlier_edge_runs(
+    text: &str,
+    file: &str,
+    spec: &SweepSpec,
+    most: usize,
+    edges: &[Edge],
+    meta: &JobMeta,
+) -> Result<EarlierEdges, String> {
+    let refuse = |why: String| Err(format!("[sweep] extends: {file}: {why}"));
+    let doc = same_study(text, file, spec, meta)?;
+    let Some(study) = doc.edge_orders else {
+        return refuse("not the result of an edge order study (it has no `edge_orders`)".into());
+    };
+    let names: Vec<String> = edges.iter().map(Edge::to_string).collect();
+    if doc.edges.as_ref().map(|e| &e.names) != Some(&names) {
+        return refuse(
+            "its edge graph is not this job's (another node circuit, or no graph recorded)".into(),
+        );
+    }
+    let k = study.runs.len();
+    if k >= most {
+        return refuse(too_few(spec, k, most));
+    }
+    if let Some(i) = study.runs.iter().position(|r| r.costs.is_empty()) {
+        return refuse(no_costs(i));
+    }
+    Ok(EarlierEdges {
+        runs: study.runs,
+        profiles: doc.timing.profiles,
+    })
+}
+
+/// The earlier study's document, refused unless it is of the same spec (but for the number of
+/// orders), model, dataset and unablated metrics.
+fn same_study(
+    text: &str,
+    file: &str,
+    spec: &SweepSpec,
+    meta: &JobMeta,
+) -> Result<ResultDoc, String> {
+    let refuse = |why: String| Err(format!("[sweep] extends: {file}: {why}"));
+    let doc =
+        ResultDoc::parse(text, Path::new(file)).map_err(|e| format!("[sweep] extends: {e}"))?;
     // The same spec, but for the number of orders (and what it extended itself).
     let mut same = doc.spec.clone();
     same.sweep.orders = spec.sweep.orders;
@@ -115,36 +195,21 @@ pub fn earlier_runs(
             doc.timing.profiles.join(", ")
         ));
     }
-    let k = study.runs.len();
-    if k >= orders.len() {
-        return refuse(match spec.sweep.orders {
-            Some(OrderCount::Auto) => format!(
-                "it already has {k} orders, as many as `max_orders = {}` allows; raise it",
-                orders.len()
-            ),
-            _ => format!(
-                "it already has {k} orders; ask for more than that (`orders = {}` asks for {})",
-                orders.len(),
-                orders.len()
-            ),
-        });
-    }
-    for (i, (run, order)) in study.runs.iter().zip(orders).enumerate() {
-        let names: Vec<String> = order.iter().map(Component::to_string).collect();
-        if run.order != names {
-            return refuse(format!(
-                "its order {i} is not order {i} of seed {}",
-                spec.sweep.seed
-            ));
+    Ok(doc)
+}
+
+/// Why an earlier study of `k` orders cannot be extended to `n`.
+fn too_few(spec: &SweepSpec, k: usize, n: usize) -> String {
+    match spec.sweep.orders {
+        Some(OrderCount::Auto) => {
+            format!("it already has {k} orders, as many as `max_orders = {n}` allows; raise it")
         }
-        if run.costs.is_empty() {
-            return refuse(format!(
-                "its run {i} has no `costs` (it was written by an older build); run the study again"
-            ));
-        }
+        _ => format!(
+            "it already has {k} orders; ask for more than that (`orders = {n}` asks for {n})"
+        ),
     }
-    Ok(Earlier {
-        runs: study.runs,
-        profiles: doc.timing.profiles,
-    })
+}
+
+fn no_costs(i: usize) -> String {
+    format!("its run {i} has no `costs` (it was written by an older build); run the study again")
 }

@@ -30,9 +30,12 @@ pub struct JobInputs {
     /// Faithfulness: the curves' circuits (resolved from the score files; not kept with the
     /// job, so absent from [`JobInputs::from_resolved`]).
     pub curves: Option<crate::curves::Curves>,
-    /// An order study extending an earlier one: that study's orders, the first of `orders`,
-    /// which are not run again (see [`crate::extension`]).
+    /// An order study extending an earlier one: that study's orders, the first of `orders`
+    /// (or of the edge orders), which are not run again (see [`crate::extension`]).
     pub earlier_orders: usize,
+    /// An edge order study extending an earlier one: its orders planned first, the earlier
+    /// ones included (otherwise the spec's first orders).
+    pub edge_orders: Option<usize>,
 }
 
 /// Refuses an order study whose orders hold more components in all than
@@ -164,13 +167,17 @@ impl JobInputs {
             sets,
             curves: None,
             earlier_orders: 0,
+            edge_orders: None,
         }
     }
 
     /// The sweep's shards after `prepare` of `prompts` prompt pairs (see [`shard::plan`]).
     pub fn plan(&self, spec: &SweepSpec, prompts: usize) -> Vec<ShardTask> {
         let edge_orders = match spec.sweep.kind {
-            SweepKind::EdgePrune if spec.sweep.orders.is_some() => Some(spec.sweep.first_orders()),
+            SweepKind::EdgePrune if spec.sweep.orders.is_some() => Some((
+                self.earlier_orders,
+                self.edge_orders.unwrap_or(spec.sweep.first_orders()),
+            )),
             _ => None,
         };
         // Guided edge pruning skips the sweep of single-edge scores: it would cost an

@@ -226,7 +226,9 @@ pub fn first_costs<'a>(decisions: Vec<Decided<'a>>, start: f64, kl: bool) -> Vec
 }
 
 /// Mean and interval of each item's costs, over the runs (in the order given).
-fn marginals<'a>(costs: impl IntoIterator<Item = (&'a str, f64)>) -> BTreeMap<String, Marginal> {
+pub(crate) fn marginals<'a>(
+    costs: impl IntoIterator<Item = (&'a str, f64)>,
+) -> BTreeMap<String, Marginal> {
     let mut effects: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for (item, cost) in costs {
         effects.entry(item).or_default().push(cost);

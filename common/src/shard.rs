@@ -229,7 +229,8 @@ impl JobMeta {
 /// The sweep's shards after `prepare`: node shards of whole layers (a prune job gets them too,
 /// for its heatmap), one pruning shard, groups of orders, or ranges of the `n_edges` edges of
 /// the graph (an edge pruning job gets them too, for the widths of its drawing) and one edge
-/// pruning shard or, for `edge_orders` orders, groups of edge orders; groups of the
+/// pruning shard or, for `edge_orders` `(skip, k)`, groups of edge orders `skip..k` (an
+/// extension's earlier orders skipped); groups of the
 /// `n_sets` head sets of a downstream study; ranges of the `n_prompts` prompts of an
 /// attribution; or groups of the `n_circuits` circuits of faithfulness curves.
 pub fn plan(
@@ -237,7 +238,7 @@ pub fn plan(
     n_layers: usize,
     orders: Option<(usize, &[Vec<Component>])>,
     n_edges: usize,
-    edge_orders: Option<usize>,
+    edge_orders: Option<(usize, usize)>,
     (n_sets, n_prompts, n_circuits): (usize, usize, usize),
 ) -> Vec<ShardTask> {
     let mut shards = vec![];
@@ -288,8 +289,8 @@ pub fn plan(
         }
         SweepKind::EdgePrune => match edge_orders {
             None => shards.push(ShardTask::EdgePrune),
-            Some(k) => {
-                for first in (0..k).step_by(EDGE_ORDERS_PER_SHARD) {
+            Some((skip, k)) => {
+                for first in (skip..k).step_by(EDGE_ORDERS_PER_SHARD) {
                     shards.push(ShardTask::EdgeOrders {
                         first,
                         count: EDGE_ORDERS_PER_SHARD.min(k - first),
@@ -374,7 +375,14 @@ mod tests {
             assert_eq!(next, n);
             assert!(shards.len() <= 65, "{n}: {}", shards.len());
         }
-        let study = plan(SweepKind::EdgePrune, 12, None, 100, Some(10), (0, 0, 0));
+        let study = plan(
+            SweepKind::EdgePrune,
+            12,
+            None,
+            100,
+            Some((0, 10)),
+            (0, 0, 0),
+        );
         let groups: Vec<&ShardTask> = study
             .iter()
             .filter(|s| matches!(s, ShardTask::EdgeOrders { .. }))
@@ -387,6 +395,20 @@ mod tests {
                 &ShardTask::EdgeOrders { first: 8, count: 2 },
             ]
         );
+        // An extension of a study of 6 orders to 10 runs orders 6..10 alone.
+        let more = plan(
+            SweepKind::EdgePrune,
+            12,
+            None,
+            100,
+            Some((6, 10)),
+            (0, 0, 0),
+        );
+        let groups: Vec<&ShardTask> = more
+            .iter()
+            .filter(|s| matches!(s, ShardTask::EdgeOrders { .. }))
+            .collect();
+        assert_eq!(groups, [&ShardTask::EdgeOrders { first: 6, count: 4 }]);
     }
 
     #[test]

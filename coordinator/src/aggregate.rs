@@ -35,6 +35,8 @@ pub struct Collected {
     pub orders: Vec<(Vec<Component>, PruneResult)>,
     /// The runs of the earlier study an order study extends (`[sweep] extends`).
     pub earlier: Vec<orders::OrderRun>,
+    /// The runs of the earlier study an edge order study extends.
+    pub earlier_edges: Vec<edge_prune::EdgeRun>,
     /// Edge scores in graph order.
     pub edges: Vec<f64>,
     /// The edge pruning run.
@@ -356,7 +358,10 @@ fn write_edge_study(
     name: &str,
     out: &Path,
 ) -> Result<EdgeOrderStudy, AggregateError> {
-    let mut study = edge_prune::summarize_edge_orders(&c.edge_prune, start_score(spec, meta));
+    let start = start_score(spec, meta);
+    let mut runs = c.earlier_edges.clone();
+    runs.extend(c.edge_prune.iter().map(|r| edge_prune::edge_run(r, start)));
+    let mut study = edge_prune::summarize_edge_runs(runs);
     let at: std::collections::HashMap<&Edge, usize> = inputs.edges.iter().zip(0..).collect();
     let edges = study
         .stats
@@ -374,7 +379,7 @@ fn write_edge_study(
     study.auto = auto_stop(spec, c)?;
     tracing::info!(
         "{} edge orders: circuit sizes {}..{}, mean Jaccard {:.3}, core {} edges, union {}",
-        c.edge_prune.len(),
+        study.runs.len(),
         study.stats.sizes.iter().min().unwrap_or(&0),
         study.stats.sizes.iter().max().unwrap_or(&0),
         study.stats.jaccard_mean,
@@ -395,7 +400,7 @@ fn write_edge_study(
         .collect();
     let title = format!(
         "{name}: edge order study, {} orders at {}",
-        c.edge_prune.len(),
+        study.runs.len(),
         spec.rule().describe()
     );
     let sub = format!(
@@ -909,11 +914,11 @@ pub fn write(
                 }
                 (SweepKind::EdgePrune, Some(count)) => {
                     if let Some(k) = count.fixed()
-                        && c.edge_prune.len() != k
+                        && c.earlier_edges.len() + c.edge_prune.len() != k
                     {
                         return Err(AggregateError::Incomplete(format!(
                             "{} edge order runs of {k}",
-                            c.edge_prune.len()
+                            c.earlier_edges.len() + c.edge_prune.len()
                         )));
                     }
                     doc.edge_orders = Some(write_edge_study(spec, inputs, c, meta, &name, out)?);

@@ -48,7 +48,11 @@ impl Circuits {
                     .collect(),
             )),
             SweepKind::EdgePrune if spec.sweep.orders.is_some() => Some(Circuits::Edges(
-                c.edge_prune.iter().map(|r| r.edge_set()).collect(),
+                c.earlier_edges
+                    .iter()
+                    .map(|r| r.edge_set())
+                    .chain(c.edge_prune.iter().map(|r| r.edge_set()))
+                    .collect(),
             )),
             _ => None,
         }

@@ -356,6 +356,39 @@ fn an_extended_order_study_equals_the_larger_study_run_at_once() {
     let widest = a["widest"].as_f64().unwrap();
     assert_eq!(a["converged"].as_bool().unwrap(), widest <= 0.15, "{a}");
     assert!(runs.len() == 40 || widest <= 0.15, "{a}");
+    // Edge order studies extend the same way.
+    let edge = "kind = \"edge_prune\"\ncircuit = [\"h0.1\", \"h0.5\", \"m0\", \"h1.2\", \"m1\", \"h2.3\", \"m2\"]\nthreshold = 60.0\nseed = 2\n";
+    run("edge_first", &format!("{edge}orders = 3")).unwrap();
+    let extended = run(
+        "edge_extended",
+        &format!("{edge}orders = 7\nextends = \"edge_first/result.json\""),
+    )
+    .unwrap();
+    let at_once = run("edge_at_once", &format!("{edge}orders = 7")).unwrap();
+    assert_eq!(extended["edge_orders"]["runs"].as_array().unwrap().len(), 7);
+    assert_eq!(extended["edge_orders"], at_once["edge_orders"]);
+    let err = format!(
+        "{:#}",
+        run(
+            "edge_node_study",
+            &format!("{edge}orders = 7\nextends = \"first/result.json\""),
+        )
+        .unwrap_err()
+    );
+    assert!(err.contains("its [sweep] differs"), "{err}");
+    run("edge_single", edge).unwrap();
+    let err = format!(
+        "{:#}",
+        run(
+            "edge_of_single",
+            &format!("{edge}orders = 7\nextends = \"edge_single/result.json\""),
+        )
+        .unwrap_err()
+    );
+    assert!(
+        err.contains("not the result of an edge order study"),
+        "{err}"
+    );
     for (name, sweep, why) in [
         (
             "same",

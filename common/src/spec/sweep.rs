@@ -169,8 +169,8 @@ pub struct SweepKindSpec {
     pub seed: u64,
     /// Order study: explicit orders (a JSON list of lists of component names).
     pub orders_file: Option<PathBuf>,
-    /// Order study: the `result.json` of an earlier study of the same spec with fewer orders;
-    /// its runs are kept and only the orders after them are run.
+    /// Order study (node or edge): the `result.json` of an earlier study of the same spec with
+    /// fewer orders; its runs are kept and only the orders after them are run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extends: Option<PathBuf>,
     /// Edge sweeps: restrict the graph to this node circuit (component names); every node
@@ -379,6 +379,7 @@ struct EdgePruneTable {
     max_orders: Option<usize>,
     #[serde(default)]
     seed: u64,
+    extends: Option<PathBuf>,
     circuit: Option<Vec<Component>>,
     circuit_file: Option<PathBuf>,
     positions: Option<Vec<i64>>,
@@ -469,6 +470,7 @@ impl From<Table> for SweepKindSpec {
                 ci_width: e.ci_width,
                 max_orders: e.max_orders,
                 seed: e.seed,
+                extends: e.extends,
                 circuit: e.circuit,
                 circuit_file: e.circuit_file,
                 positions: e.positions,

@@ -328,8 +328,12 @@ fn bad_specs_name_the_field() {
             "[sweep] orders: `orders` draws seeded random orders and `orders_file` names explicit ones",
         ),
         (
+            "[sweep]\nkind = \"edge_prune\"\nextends = \"r.json\"",
+            "[sweep] extends: an extension continues the earlier study's seeded orders",
+        ),
+        (
             "[sweep]\nkind = \"prune\"\nextends = \"r.json\"",
-            "[sweep] extends: only applies to kind = \"orders\"",
+            "[sweep] extends: only applies to kind = \"orders\" or \"edge_prune\"",
         ),
         (
             "[sweep]\nkind = \"orders\"\norders = 50\nci_width = 0.05",

@@ -86,7 +86,7 @@ impl Finishing {
             self.rec.circuit.clone(),
             self.rec.orders.clone(),
         );
-        if let (Some(file), Some(orders)) = (&self.spec.sweep.extends, &inputs.orders) {
+        if let Some(file) = &self.spec.sweep.extends {
             // Checked when the job was planned; read again from the file it came with.
             let name = file.display().to_string();
             let data = self
@@ -101,12 +101,31 @@ impl Finishing {
                 .find(|(n, _)| **n == name)
                 .map(|(_, d)| String::from_utf8_lossy(d).into_owned())
                 .ok_or_else(|| format!("{name}: not submitted with the job"))?;
-            let shape = (inputs.graph.n_layers, inputs.graph.n_heads);
-            let checked = extension::checked_orders(&self.spec, shape, orders);
-            let earlier = extension::earlier_runs(&text, &name, &self.spec, &checked, &meta)?;
-            c.earlier = earlier.runs;
+            let profiles = match &inputs.orders {
+                Some(orders) => {
+                    let shape = (inputs.graph.n_layers, inputs.graph.n_heads);
+                    let checked = extension::checked_orders(&self.spec, shape, orders);
+                    let earlier =
+                        extension::earlier_runs(&text, &name, &self.spec, &checked, &meta)?;
+                    c.earlier = earlier.runs;
+                    earlier.profiles
+                }
+                None => {
+                    let most = self.spec.sweep.most_orders();
+                    let earlier = extension::earlier_edge_runs(
+                        &text,
+                        &name,
+                        &self.spec,
+                        most,
+                        &inputs.edges,
+                        &meta,
+                    )?;
+                    c.earlier_edges = earlier.runs;
+                    earlier.profiles
+                }
+            };
             // The profiles that computed the earlier runs computed this study too.
-            self.timing.profiles.extend(earlier.profiles);
+            self.timing.profiles.extend(profiles);
             self.timing.profiles.sort();
             self.timing.profiles.dedup();
         }

@@ -7,11 +7,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use circuit_sweep_common::Component;
+use circuit_sweep_common::edge_prune::EdgeRun;
 use circuit_sweep_common::extension;
 use circuit_sweep_common::inputs::JobInputs;
+use circuit_sweep_common::orders::run_set;
 use circuit_sweep_common::shard::{JobMeta, ShardTask};
-use circuit_sweep_common::spec::OrderCount;
 use circuit_sweep_common::spec::SweepSpec;
+use circuit_sweep_common::spec::{OrderCount, SweepKind};
 
 use super::SchedError;
 use crate::store::Store;
@@ -106,11 +108,31 @@ pub(super) fn plan(
             // Its first batch follows the earlier orders, as many as its rule asks for.
             let k = earlier.runs.len();
             *orders = checked;
-            orders.truncate(k + extension::first_batch(spec, &earlier.runs));
+            let sets: Vec<_> = earlier.runs.iter().map(run_set).collect();
+            orders.truncate(k + extension::first_batch(spec, &sets));
         }
     }
+    if let (Some(file), SweepKind::EdgePrune) = (&spec.sweep.extends, spec.sweep.kind) {
+        let earlier = extension::earlier_edge_runs(
+            &read(file)?,
+            &file.display().to_string(),
+            spec,
+            spec.sweep.most_orders(),
+            &inputs.edges,
+            meta,
+        )?;
+        let k = earlier.runs.len();
+        inputs.earlier_orders = k;
+        inputs.edge_orders = Some(match spec.sweep.orders {
+            Some(OrderCount::Auto) => {
+                let sets: Vec<_> = earlier.runs.iter().map(EdgeRun::edge_set).collect();
+                k + extension::first_batch(spec, &sets)
+            }
+            _ => spec.sweep.first_orders(),
+        });
+    }
     let prompts = meta.dataset["prompts"].as_u64().unwrap_or(0) as usize;
-    if spec.sweep.kind == circuit_sweep_common::spec::SweepKind::Attribution && prompts == 0 {
+    if spec.sweep.kind == SweepKind::Attribution && prompts == 0 {
         return Err("the prepare shard reported no prompts to attribute over".into());
     }
     Ok(Planned {
