@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use crate::edge::Edge;
 use crate::greedy::{Greedy, Rule};
 use crate::guided::{Guidance, Guided, Search};
-use crate::orders::{Marginal, SetStats, first_costs, marginals, set_stats};
+use crate::orders::{Marginal, SetStats, first_costs, running_marginals, set_stats};
 use crate::rng::Rng;
 
 /// Order `index` of an edge order study: a seeded permutation of `edges`, drawn on its own so
@@ -33,43 +33,20 @@ pub struct EdgeRun {
     pub evaluations: usize,
     /// Passes over the edges.
     pub passes: usize,
-    /// What removing each edge cost when the run first decided it (its part of the marginal
-    /// effects, kept so that an extension of the study gives the same numbers); empty in
-    /// results written before it was recorded.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub costs: Vec<(String, f64)>,
-}
-
-/// A study's edge run: its pruning result, pruned from a graph scoring `start`.
-pub fn edge_run(r: &EdgePruneResult, start: f64) -> EdgeRun {
-    let decisions = r
-        .decisions
-        .iter()
-        .map(|d| (d.edge.as_str(), d.score, d.removed))
-        .collect();
-    EdgeRun {
-        edges: r.edges.clone(),
-        score: r.score,
-        evaluations: r.evaluations,
-        passes: r.passes,
-        costs: first_costs(decisions, start, r.tau.is_some())
-            .into_iter()
-            .map(|(e, x)| (e.to_string(), x))
-            .collect(),
-    }
 }
 
 /// The aggregates of an edge order study.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EdgeOrderStudy {
-    /// Kept edges, score, evaluations and first-decision costs of each run.
+    /// Kept edges, score and evaluations of each run (decisions left out).
     pub runs: Vec<EdgeRun>,
     /// Agreement of the edge circuits.
     #[serde(flatten)]
     pub stats: SetStats,
     /// Circuit scores, run by run.
     pub scores: Vec<f64>,
-    /// Each edge's marginal effect when its order first decided it, over the orders.
+    /// Each edge's marginal effect when its order first decided it, over the orders (with
+    /// `m2`, from which an extension goes on).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub marginal: std::collections::BTreeMap<String, Marginal>,
     /// `orders = "auto"`: where the study stopped, and why.
@@ -79,18 +56,42 @@ pub struct EdgeOrderStudy {
 
 /// Aggregates the runs of an edge order study, every run pruned from a graph scoring `start`.
 pub fn summarize_edge_orders(runs: &[EdgePruneResult], start: f64) -> EdgeOrderStudy {
-    summarize_edge_runs(runs.iter().map(|r| edge_run(r, start)).collect())
+    summarize_edge_study(None, runs, start)
 }
 
-/// Aggregates an edge order study's runs (those of an earlier study it extends first).
-pub fn summarize_edge_runs(runs: Vec<EdgeRun>) -> EdgeOrderStudy {
+/// Aggregates an edge order study: the runs of an `earlier` study it extends, then `results`
+/// (every run pruned from a graph scoring `start`). The marginal effects go on from the earlier
+/// study's, so the result is the one the larger study gives at once.
+pub fn summarize_edge_study(
+    earlier: Option<&EdgeOrderStudy>,
+    results: &[EdgePruneResult],
+    start: f64,
+) -> EdgeOrderStudy {
+    let mut runs: Vec<EdgeRun> = earlier.map_or(vec![], |e| e.runs.clone());
+    runs.extend(results.iter().map(|r| EdgeRun {
+        edges: r.edges.clone(),
+        score: r.score,
+        evaluations: r.evaluations,
+        passes: r.passes,
+    }));
+    let costs: Vec<Vec<(&str, f64)>> = results
+        .iter()
+        .map(|r| {
+            let decisions = r
+                .decisions
+                .iter()
+                .map(|d| (d.edge.as_str(), d.score, d.removed))
+                .collect();
+            first_costs(decisions, start, r.tau.is_some())
+        })
+        .collect();
     let sets: Vec<BTreeSet<Edge>> = runs.iter().map(EdgeRun::edge_set).collect();
     EdgeOrderStudy {
         stats: set_stats(&sets),
         scores: runs.iter().map(|r| r.score).collect(),
-        marginal: marginals(
-            runs.iter()
-                .flat_map(|r| r.costs.iter().map(|(e, x)| (e.as_str(), *x))),
+        marginal: running_marginals(
+            earlier.map_or_else(Default::default, |e| e.marginal.clone()),
+            costs.iter().flatten().copied(),
         ),
         runs,
         auto: None,

@@ -10,7 +10,7 @@ use std::path::Path;
 use crate::Component;
 use crate::convergence::{AutoRule, Next};
 use crate::edge::Edge;
-use crate::edge_prune::EdgeRun;
+use crate::edge_prune::EdgeOrderStudy;
 use crate::orders::OrderRun;
 use crate::results::ResultDoc;
 use crate::shard::JobMeta;
@@ -100,15 +100,16 @@ pub fn earlier_runs(
 /// What an edge order study's extension keeps of the study it extends.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EarlierEdges {
-    /// Its runs, in study order.
-    pub runs: Vec<EdgeRun>,
+    /// Its aggregates: its runs, in study order, and the marginal effects to go on from.
+    pub study: EdgeOrderStudy,
     /// The numeric profiles that computed them.
     pub profiles: Vec<String>,
 }
 
-/// The earlier edge order study's runs, checked as [`earlier_runs`] checks a node study's,
-/// against at most `most` orders and the job's edge graph `edges` (the graph its orders
-/// permute: the same graph and seed give the same orders).
+/// The earlier edge order study, checked as [`earlier_runs`] checks a node study (but for its
+/// orders, which are not recorded: each index's order is drawn from the seed and the graph, so
+/// the graph must be this job's, `edges`, and its restricted node circuit score the same bits),
+/// against at most `most` orders.
 pub fn earlier_edge_runs(
     text: &str,
     file: &str,
@@ -123,20 +124,40 @@ pub fn earlier_edge_runs(
         return refuse("not the result of an edge order study (it has no `edge_orders`)".into());
     };
     let names: Vec<String> = edges.iter().map(Edge::to_string).collect();
-    if doc.edges.as_ref().map(|e| &e.names) != Some(&names) {
+    let Some(graph) = doc.edges.as_ref().filter(|e| e.names == names) else {
         return refuse(
             "its edge graph is not this job's (another node circuit, or no graph recorded)".into(),
         );
+    };
+    let bits = |x: Option<f64>| x.map(f64::to_bits);
+    if bits(graph.circuit_score) != bits(meta.circuit_score) {
+        return refuse(format!(
+            "its node circuit scored {:?}, this run's {:?}: not the same bits",
+            graph.circuit_score, meta.circuit_score
+        ));
     }
     let k = study.runs.len();
     if k >= most {
         return refuse(too_few(spec, k, most));
     }
-    if let Some(i) = study.runs.iter().position(|r| r.costs.is_empty()) {
-        return refuse(no_costs(i));
+    let known: std::collections::BTreeSet<&str> = names.iter().map(String::as_str).collect();
+    for (i, r) in study.runs.iter().enumerate() {
+        if let Some(e) = r.edges.iter().find(|e| !known.contains(e.as_str())) {
+            return refuse(format!("its run {i} keeps {e}, not an edge of this graph"));
+        }
+    }
+    if let Some(e) = study.marginal.keys().find(|e| !known.contains(e.as_str())) {
+        return refuse(format!(
+            "its marginal effects name {e}, not an edge of this graph"
+        ));
+    }
+    if k > 0 && (study.marginal.is_empty() || study.marginal.values().any(|m| m.m2.is_none())) {
+        return refuse(
+            "its marginal effects have no `m2` (it was written by an older build); run the study again".into(),
+        );
     }
     Ok(EarlierEdges {
-        runs: study.runs,
+        study,
         profiles: doc.timing.profiles,
     })
 }

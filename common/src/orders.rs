@@ -182,6 +182,40 @@ pub struct Marginal {
     pub ci: Option<[f64; 2]>,
     /// Runs that decided it (all, unless a run started without it).
     pub runs: usize,
+    /// Edge order studies: the sum of squared deviations from the mean (Welford's), so that an
+    /// extension of the study goes on from it without the earlier runs' costs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub m2: Option<f64>,
+}
+
+/// Marginal effects that go on from `start` (a study's, with `m2`) over more `costs`, each
+/// added in turn by Welford's update: the same costs in the same order give the same bits
+/// whether they come at once or in two parts.
+pub fn running_marginals<'a>(
+    mut start: BTreeMap<String, Marginal>,
+    costs: impl IntoIterator<Item = (&'a str, f64)>,
+) -> BTreeMap<String, Marginal> {
+    for (item, x) in costs {
+        let m = start.entry(item.to_string()).or_insert(Marginal {
+            mean: 0.0,
+            ci: None,
+            runs: 0,
+            m2: Some(0.0),
+        });
+        m.runs += 1;
+        let d = x - m.mean;
+        m.mean += d / m.runs as f64;
+        m.m2 = Some(m.m2.unwrap_or(0.0) + d * (x - m.mean));
+    }
+    for m in start.values_mut() {
+        let n = m.runs as f64;
+        m.ci = (m.runs > 1).then(|| {
+            let var = m.m2.unwrap_or(0.0) / (n - 1.0);
+            let half = Z95 * (var / n).sqrt();
+            [m.mean - half, m.mean + half]
+        });
+    }
+    start
 }
 
 /// One decision of a run, as [`marginal_effects`] reads it: item, score without it, removed.
@@ -249,6 +283,7 @@ pub(crate) fn marginals<'a>(
                     mean,
                     ci,
                     runs: xs.len(),
+                    m2: None,
                 },
             )
         })
@@ -655,6 +690,32 @@ mod tests {
         let kl = marginal_effects(vec![vec![("a", 0.3, true), ("b", 0.5, false)]], 0.1, true);
         assert!((kl["a"].mean - 0.2).abs() < 1e-12 && (kl["b"].mean - 0.2).abs() < 1e-12);
         assert_eq!(kl["a"].ci, None);
+    }
+
+    #[test]
+    fn running_marginals_go_on_from_a_stored_part_bit_for_bit() {
+        let costs: Vec<(&str, f64)> = (0..40)
+            .map(|i| (["a", "b", "c"][i % 3], (i as f64 * 0.37).sin() * 3.0 + 0.1))
+            .collect();
+        let at_once = running_marginals(BTreeMap::new(), costs.iter().copied());
+        let first = running_marginals(BTreeMap::new(), costs[..17].iter().copied());
+        // Through result.json and back, as an extension reads it.
+        let stored: BTreeMap<String, Marginal> =
+            serde_json::from_str(&serde_json::to_string(&first).unwrap()).unwrap();
+        let extended = running_marginals(stored, costs[17..].iter().copied());
+        assert_eq!(extended, at_once);
+        // The same statistics as the two-pass formula, to rounding.
+        let two_pass = marginals(costs.iter().copied());
+        for (item, m) in &at_once {
+            let t = &two_pass[item];
+            assert_eq!(m.runs, t.runs);
+            assert!((m.mean - t.mean).abs() < 1e-12, "{item}");
+            let (a, b) = (m.ci.unwrap(), t.ci.unwrap());
+            assert!(
+                (a[0] - b[0]).abs() < 1e-12 && (a[1] - b[1]).abs() < 1e-12,
+                "{item}"
+            );
+        }
     }
 
     #[test]

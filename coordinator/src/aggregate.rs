@@ -35,8 +35,8 @@ pub struct Collected {
     pub orders: Vec<(Vec<Component>, PruneResult)>,
     /// The runs of the earlier study an order study extends (`[sweep] extends`).
     pub earlier: Vec<orders::OrderRun>,
-    /// The runs of the earlier study an edge order study extends.
-    pub earlier_edges: Vec<edge_prune::EdgeRun>,
+    /// The earlier study an edge order study extends.
+    pub earlier_edges: Option<EdgeOrderStudy>,
     /// Edge scores in graph order.
     pub edges: Vec<f64>,
     /// The edge pruning run.
@@ -63,6 +63,11 @@ pub struct AttributionSums {
 }
 
 impl Collected {
+    /// Runs of the earlier edge order study this one extends.
+    pub fn earlier_edge_runs(&self) -> usize {
+        self.earlier_edges.as_ref().map_or(0, |e| e.runs.len())
+    }
+
     /// Adds the output of a shard of `task` (shards in plan order).
     pub fn push(&mut self, task: &ShardTask, out: ShardOutput) {
         match (task, out) {
@@ -359,9 +364,8 @@ fn write_edge_study(
     out: &Path,
 ) -> Result<EdgeOrderStudy, AggregateError> {
     let start = start_score(spec, meta);
-    let mut runs = c.earlier_edges.clone();
-    runs.extend(c.edge_prune.iter().map(|r| edge_prune::edge_run(r, start)));
-    let mut study = edge_prune::summarize_edge_runs(runs);
+    let mut study =
+        edge_prune::summarize_edge_study(c.earlier_edges.as_ref(), &c.edge_prune, start);
     let at: std::collections::HashMap<&Edge, usize> = inputs.edges.iter().zip(0..).collect();
     let edges = study
         .stats
@@ -914,11 +918,11 @@ pub fn write(
                 }
                 (SweepKind::EdgePrune, Some(count)) => {
                     if let Some(k) = count.fixed()
-                        && c.earlier_edges.len() + c.edge_prune.len() != k
+                        && c.earlier_edge_runs() + c.edge_prune.len() != k
                     {
                         return Err(AggregateError::Incomplete(format!(
                             "{} edge order runs of {k}",
-                            c.earlier_edges.len() + c.edge_prune.len()
+                            c.earlier_edge_runs() + c.edge_prune.len()
                         )));
                     }
                     doc.edge_orders = Some(write_edge_study(spec, inputs, c, meta, &name, out)?);

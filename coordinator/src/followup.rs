@@ -50,6 +50,7 @@ impl Circuits {
             SweepKind::EdgePrune if spec.sweep.orders.is_some() => Some(Circuits::Edges(
                 c.earlier_edges
                     .iter()
+                    .flat_map(|e| &e.runs)
                     .map(|r| r.edge_set())
                     .chain(c.edge_prune.iter().map(|r| r.edge_set()))
                     .collect(),

@@ -358,7 +358,7 @@ fn an_extended_order_study_equals_the_larger_study_run_at_once() {
     assert!(runs.len() == 40 || widest <= 0.15, "{a}");
     // Edge order studies extend the same way.
     let edge = "kind = \"edge_prune\"\ncircuit = [\"h0.1\", \"h0.5\", \"m0\", \"h1.2\", \"m1\", \"h2.3\", \"m2\"]\nthreshold = 60.0\nseed = 2\n";
-    run("edge_first", &format!("{edge}orders = 3")).unwrap();
+    let edge_first = run("edge_first", &format!("{edge}orders = 3")).unwrap();
     let extended = run(
         "edge_extended",
         &format!("{edge}orders = 7\nextends = \"edge_first/result.json\""),
@@ -367,6 +367,29 @@ fn an_extended_order_study_equals_the_larger_study_run_at_once() {
     let at_once = run("edge_at_once", &format!("{edge}orders = 7")).unwrap();
     assert_eq!(extended["edge_orders"]["runs"].as_array().unwrap().len(), 7);
     assert_eq!(extended["edge_orders"], at_once["edge_orders"]);
+    // `auto` goes on from it by its rule.
+    let auto = run(
+        "edge_auto",
+        &format!(
+            "{edge}orders = \"auto\"\nci_width = 0.2\nmax_orders = 12\nextends = \"edge_first/result.json\""
+        ),
+    )
+    .unwrap();
+    let runs = auto["edge_orders"]["runs"].as_array().unwrap();
+    let a = &auto["edge_orders"]["auto"];
+    eprintln!("edge auto extension: {} orders, {a}", runs.len());
+    assert!(runs.len() > 3 && runs.len() <= 12, "{}", runs.len());
+    let n = runs.len().min(7);
+    assert_eq!(
+        runs[..n],
+        at_once["edge_orders"]["runs"].as_array().unwrap()[..n]
+    );
+    assert_eq!(
+        runs[..3],
+        edge_first["edge_orders"]["runs"].as_array().unwrap()[..]
+    );
+    let widest = a["widest"].as_f64().unwrap();
+    assert!(runs.len() == 12 || widest <= 0.2, "{a}");
     let err = format!(
         "{:#}",
         run(

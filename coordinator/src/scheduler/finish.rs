@@ -120,7 +120,7 @@ impl Finishing {
                         &inputs.edges,
                         &meta,
                     )?;
-                    c.earlier_edges = earlier.runs;
+                    c.earlier_edges = Some(earlier.study);
                     earlier.profiles
                 }
             };

@@ -121,11 +121,11 @@ pub(super) fn plan(
             &inputs.edges,
             meta,
         )?;
-        let k = earlier.runs.len();
+        let k = earlier.study.runs.len();
         inputs.earlier_orders = k;
         inputs.edge_orders = Some(match spec.sweep.orders {
             Some(OrderCount::Auto) => {
-                let sets: Vec<_> = earlier.runs.iter().map(EdgeRun::edge_set).collect();
+                let sets: Vec<_> = earlier.study.runs.iter().map(EdgeRun::edge_set).collect();
                 k + extension::first_batch(spec, &sets)
             }
             _ => spec.sweep.first_orders(),
