@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use circuit_sweep_common::Component;
-use circuit_sweep_common::convergence::{AutoRule, AutoState, Next};
+use circuit_sweep_common::convergence::{AutoRule, Next};
 use circuit_sweep_common::edge::Edge;
 use circuit_sweep_common::inputs::JobInputs;
 use circuit_sweep_common::orders::{self, consensus_items, item_counts};
@@ -79,14 +79,6 @@ pub fn auto_state(spec: &SweepSpec, c: &Collected) -> Option<(AutoRule, Next)> {
     let rule = AutoRule::of(&spec.sweep, spec.sweep.orders_per_shard())?;
     let circuits = Circuits::of(spec, c)?;
     Some((rule, rule.next(&circuits.counts(), circuits.len())))
-}
-
-/// Where a finished `auto` study stopped (none for other jobs).
-pub fn stopped(spec: &SweepSpec, c: &Collected) -> Option<AutoState> {
-    match auto_state(spec, c)? {
-        (_, Next::Stop(s)) => Some(s),
-        (_, Next::More(_)) => None,
-    }
 }
 
 /// What a job whose shards are all done still needs: none when it is complete.
