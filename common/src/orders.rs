@@ -515,7 +515,7 @@ pub fn component_stats(sets: &[BTreeSet<Component>]) -> SetStats {
 }
 
 /// A pruning run's circuit as a set.
-fn circuit_set(r: &PruneResult) -> BTreeSet<Component> {
+pub fn circuit_set(r: &PruneResult) -> BTreeSet<Component> {
     names_set(r.heads.iter().chain(&r.mlps))
 }
 

@@ -38,13 +38,7 @@ impl Circuits {
                 c.earlier
                     .iter()
                     .map(orders::run_set)
-                    .chain(c.orders.iter().map(|(_, r)| {
-                        r.heads
-                            .iter()
-                            .chain(&r.mlps)
-                            .map(|n| n.parse().expect("names we wrote"))
-                            .collect()
-                    }))
+                    .chain(c.orders.iter().map(|(_, r)| orders::circuit_set(r)))
                     .collect(),
             )),
             SweepKind::EdgePrune if spec.sweep.orders.is_some() => Some(Circuits::Edges(
@@ -101,7 +95,9 @@ pub fn more(
         return Ok(None);
     }
     let n = circuits.len();
-    if let Some((rule, Next::More(k))) = auto_state(spec, c) {
+    let auto = AutoRule::of(&spec.sweep, spec.sweep.orders_per_shard())
+        .map(|rule| (rule, rule.next(&circuits.counts(), n)));
+    if let Some((rule, Next::More(k))) = auto {
         return Ok(Some(match &circuits {
             Circuits::Nodes(_) => {
                 let g = &inputs.graph;
