@@ -71,7 +71,7 @@ pub fn earlier_runs(
     meta: &JobMeta,
 ) -> Result<Earlier, String> {
     let refuse = |why: String| Err(format!("[sweep] extends: {file}: {why}"));
-    let doc = same_study(text, file, spec, meta)?;
+    let doc = same_study(text, file, spec, meta, false)?;
     let Some(study) = doc.orders else {
         return refuse("not the result of an order study (it has no `orders`)".into());
     };
@@ -89,6 +89,16 @@ pub fn earlier_runs(
         }
         if run.costs.is_empty() {
             return refuse(no_costs(i));
+        }
+        if let Some(c) = run
+            .heads
+            .iter()
+            .chain(&run.mlps)
+            .find(|c| !names.contains(c))
+        {
+            return refuse(format!(
+                "its run {i} keeps {c}, not a component of this model"
+            ));
         }
     }
     Ok(Earlier {
@@ -119,7 +129,7 @@ pub fn earlier_edge_runs(
     meta: &JobMeta,
 ) -> Result<EarlierEdges, String> {
     let refuse = |why: String| Err(format!("[sweep] extends: {file}: {why}"));
-    let doc = same_study(text, file, spec, meta)?;
+    let doc = same_study(text, file, spec, meta, true)?;
     let Some(study) = doc.edge_orders else {
         return refuse("not the result of an edge order study (it has no `edge_orders`)".into());
     };
@@ -163,12 +173,15 @@ pub fn earlier_edge_runs(
 }
 
 /// The earlier study's document, refused unless it is of the same spec (but for the number of
-/// orders), model, dataset and unablated metrics.
+/// orders), model, dataset and unablated metrics. With `graph_checked` the caller compares the
+/// edge graph itself, so how its node circuit was given (`circuit`, or a `circuit_file` that
+/// may have moved since) does not matter.
 fn same_study(
     text: &str,
     file: &str,
     spec: &SweepSpec,
     meta: &JobMeta,
+    graph_checked: bool,
 ) -> Result<ResultDoc, String> {
     let refuse = |why: String| Err(format!("[sweep] extends: {file}: {why}"));
     let doc =
@@ -181,6 +194,10 @@ fn same_study(
     same.sweep.extends = spec.sweep.extends.clone();
     same.data.file = spec.data.file.clone();
     same.run = spec.run.clone();
+    if graph_checked {
+        same.sweep.circuit = spec.sweep.circuit.clone();
+        same.sweep.circuit_file = spec.sweep.circuit_file.clone();
+    }
     for (table, differs) in [
         ("[model]", same.model != spec.model),
         ("[data]", same.data != spec.data),

@@ -390,6 +390,23 @@ fn an_extended_order_study_equals_the_larger_study_run_at_once() {
     );
     let widest = a["widest"].as_f64().unwrap();
     assert!(runs.len() == 12 || widest <= 0.2, "{a}");
+    // The edge graph itself is checked, so the node circuit may come from a file now.
+    std::fs::write(
+        dir.path().join("edge_circuit.json"),
+        r#"["h0.1", "h0.5", "m0", "h1.2", "m1", "h2.3", "m2"]"#,
+    )
+    .unwrap();
+    let from_file = edge.replace(
+        "circuit = [\"h0.1\", \"h0.5\", \"m0\", \"h1.2\", \"m1\", \"h2.3\", \"m2\"]",
+        "circuit_file = \"edge_circuit.json\"",
+    );
+    assert_ne!(from_file, edge);
+    let moved = run(
+        "edge_from_file",
+        &format!("{from_file}orders = 7\nextends = \"edge_first/result.json\""),
+    )
+    .unwrap();
+    assert_eq!(moved["edge_orders"], at_once["edge_orders"]);
     let err = format!(
         "{:#}",
         run(
@@ -412,7 +429,27 @@ fn an_extended_order_study_equals_the_larger_study_run_at_once() {
         err.contains("not the result of an edge order study"),
         "{err}"
     );
+    // A tampered earlier run is refused, naming what it keeps.
+    let mut tampered: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("first/result.json")).unwrap(),
+    )
+    .unwrap();
+    tampered["orders"]["runs"][0]["heads"]
+        .as_array_mut()
+        .unwrap()
+        .push("h9.99".into());
+    std::fs::create_dir_all(dir.path().join("tampered")).unwrap();
+    std::fs::write(
+        dir.path().join("tampered/result.json"),
+        serde_json::to_string(&tampered).unwrap(),
+    )
+    .unwrap();
     for (name, sweep, why) in [
+        (
+            "of_tampered",
+            format!("{study}orders = 9\nextends = \"tampered/result.json\""),
+            "its run 0 keeps h9.99, not a component of this model",
+        ),
         (
             "same",
             format!("{study}orders = 6\nextends = \"first/result.json\""),
