@@ -54,8 +54,8 @@ pub fn status_view(st: &StatusReply) -> Value {
 /// `heads` is `[layer][head]` and `mlps` `[layer]`: a score in `unit` (% of the full model, or
 /// KL in nats), or null while the layer's shard is not done. `circuit` is the pruning run's
 /// circuit (by the spec's rule: `rule`) once it is done. `orders` has the inclusion frequency of
-/// every component over the orders done so far, and the mean Jaccard similarity of their
-/// circuits (and of their heads).
+/// every component over the orders done so far (an extension's earlier ones first: `earlier`),
+/// and the mean Jaccard similarity of their circuits (and of their heads).
 pub fn live_view(p: &Partial) -> Value {
     let mut heads: Vec<Vec<Option<f64>>> = vec![vec![None; p.n_heads]; p.n_layers];
     let mut mlps: Vec<Option<f64>> = vec![None; p.n_layers];
@@ -124,6 +124,7 @@ pub fn live_view(p: &Partial) -> Value {
         v["orders"] = json!({
             "done": p.runs.len(),
             "total": p.orders_total,
+            "earlier": p.earlier,
             "ci_width": p.ci_width,
             "frequency": frequency,
             "frequency_ci": frequency_ci,
@@ -156,6 +157,7 @@ mod tests {
             nodes: vec![],
             runs: vec![],
             orders_total: 0,
+            earlier: 0,
             ci_width: None,
         }
     }
@@ -204,6 +206,7 @@ mod tests {
         let v = live_view(&p);
         assert_eq!(v["orders"]["done"], 2);
         assert_eq!(v["orders"]["total"], 8);
+        assert_eq!(v["orders"]["earlier"], 0);
         assert_eq!(v["orders"]["frequency"]["h0.1"], 1.0);
         assert_eq!(v["orders"]["frequency"]["m2"], 0.5);
         assert_eq!(v["orders"]["frequency_ci"]["m2"], json!(wilson(1, 2)));

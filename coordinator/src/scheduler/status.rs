@@ -2,13 +2,14 @@
 //! folder of a finished job, and a job's partial results (read outside the lock from a
 //! [`PartialSource`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use circuit_sweep_common::convergence::AutoRule;
 use circuit_sweep_common::greedy::Rule;
 use circuit_sweep_common::metric::Unit;
 use circuit_sweep_common::prune::PruneResult;
+use circuit_sweep_common::results::ResultDoc;
 use circuit_sweep_common::shard::{JobMeta, NodeShard, ShardTask};
 use circuit_sweep_common::spec::{SweepKind, SweepSpec};
 use circuit_sweep_proto::shard_output::ShardOutput;
@@ -47,8 +48,11 @@ pub struct Partial {
     pub nodes: Vec<NodeShard>,
     /// Pruning runs done (one per threshold of a pruning job, one per order of a study).
     pub runs: Vec<PruneResult>,
-    /// Orders in an order study (0 for other kinds): planned so far, for `auto`.
+    /// Orders in an order study (0 for other kinds): planned so far, for `auto`; an
+    /// extension's earlier orders included.
     pub orders_total: usize,
+    /// Orders of the earlier study an extension goes on from: the first of `runs`.
+    pub earlier: usize,
     /// `orders = "auto"`: the half-width its intervals run to.
     pub ci_width: Option<f64>,
 }
@@ -62,6 +66,9 @@ pub struct PartialSource {
     shards_done: usize,
     /// The finished shards that hold node scores or pruning runs.
     shown: Vec<(usize, ShardTask)>,
+    /// An order study's extension: the attachment holding the earlier study, and how many
+    /// attachments the job has.
+    extends: Option<(usize, usize)>,
     store: Arc<Store>,
 }
 
@@ -79,8 +86,16 @@ impl PartialSource {
             nodes: vec![],
             runs: vec![],
             orders_total: self.orders_total,
+            earlier: 0,
             ci_width: AutoRule::of(&self.spec.sweep, 1).map(|r| r.ci_width),
         };
+        if let Some((index, n)) = self.extends {
+            // The earlier orders count as the larger study will count them: first.
+            let runs = self.earlier_runs(index, n)?;
+            p.earlier = runs.len();
+            p.orders_total += runs.len();
+            p.runs = runs;
+        }
         for (index, task) in &self.shown {
             let shard = finish::Shard {
                 job: self.job,
@@ -94,6 +109,32 @@ impl PartialSource {
             }
         }
         Ok(p)
+    }
+
+    /// The runs of the study this one extends, from the file submitted with the job (checked
+    /// when the job was planned).
+    fn earlier_runs(&self, index: usize, n: usize) -> Result<Vec<PruneResult>, SchedError> {
+        let data = self.store.attachments(self.job, n)?;
+        let name = self.spec.sweep.extends.as_deref().unwrap_or(Path::new(""));
+        let text = String::from_utf8_lossy(&data[index]);
+        let doc = ResultDoc::parse(&text, name)
+            .map_err(|e| SchedError::BadSpec(format!("[sweep] extends: {e}")))?;
+        let runs = doc.orders.map(|o| o.runs).unwrap_or_default();
+        let rule = self.spec.rule();
+        Ok(runs
+            .into_iter()
+            .map(|r| PruneResult {
+                threshold: rule.threshold(),
+                tau: rule.tau(),
+                heads: r.heads,
+                mlps: r.mlps,
+                score: r.score,
+                evaluations: r.evaluations,
+                passes: 0,
+                decisions: vec![],
+                guided: None,
+            })
+            .collect())
     }
 }
 
@@ -207,6 +248,18 @@ impl Scheduler {
                 .sum(),
             shards_done: job.done() as usize,
             shown,
+            extends: match (&job.spec.sweep.extends, job.spec.sweep.kind) {
+                (Some(file), SweepKind::Orders) => {
+                    let name = file.display().to_string();
+                    let n = job.rec.attachments.len();
+                    job.rec
+                        .attachments
+                        .iter()
+                        .position(|a| *a == name)
+                        .map(|i| (i, n))
+                }
+                _ => None,
+            },
             store: self.store.clone(),
         })
     }

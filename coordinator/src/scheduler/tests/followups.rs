@@ -26,7 +26,13 @@ fn run(i: usize) -> PruneResult {
         score: 80.0 + i as f64 / 1000.0,
         evaluations: 8,
         passes: 1,
-        decisions: vec![],
+        // What an extension needs of each run: a decision to take its cost from.
+        decisions: vec![circuit_sweep_common::prune::Decision {
+            component: "h0.1".into(),
+            score: 85.0,
+            removed: true,
+            pass: 0,
+        }],
         guided: None,
     }
 }
@@ -181,4 +187,62 @@ fn an_auto_study_stops_at_its_cap_unconverged() {
         (Some(false), Some(70))
     );
     assert!(a["widest"].as_f64().unwrap() > 0.1);
+}
+
+/// Runs `job` to its end with `w`, follow-ups included; returns its results folder.
+fn run_to_end(s: &mut Scheduler, w: &str, job: u64) -> std::path::PathBuf {
+    loop {
+        let (_, f) = run_queued(s, w);
+        match f.expect("the job hands itself out").run() {
+            Ok(Finished::More(more)) => s.finished(job, Ok(Finished::More(more))).unwrap(),
+            Ok(Finished::Written(out)) => {
+                s.finished(job, Ok(Finished::Written(out.clone()))).unwrap();
+                return out;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[test]
+fn an_extension_s_partial_results_count_the_earlier_orders_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path());
+    let w = worker(&mut s, "a");
+    let study = "[sweep]\nkind = \"orders\"\nthreshold = 80\n";
+    let earlier_job = s
+        .submit("first", &format!("{study}orders = 8\n"), vec![])
+        .unwrap();
+    let out = run_to_end(&mut s, &w, earlier_job);
+    let earlier = std::fs::read(out.join("result.json")).unwrap();
+    let job = s
+        .submit(
+            "more",
+            &format!("{study}orders = 20\nextends = \"earlier.json\"\n"),
+            vec![("earlier.json".into(), earlier)],
+        )
+        .unwrap();
+    // Prepared and planned: its own orders are not run yet, the earlier ones count already.
+    let l = s.lease(&w, &[]).unwrap().unwrap();
+    s.complete(&w, &l.lease_id, output(&ShardTask::Prepare))
+        .unwrap();
+    let p = s.partial(job).unwrap().read().unwrap();
+    assert_eq!((p.earlier, p.runs.len(), p.orders_total), (8, 8, 20));
+    let heads: Vec<&[String]> = p.runs.iter().map(|r| &r.heads[..]).collect();
+    let want: Vec<Vec<String>> = (0..8).map(|i| run(i).heads).collect();
+    assert_eq!(heads, want.iter().map(Vec::as_slice).collect::<Vec<_>>());
+    // Its own orders follow them.
+    let l = s.lease(&w, &[]).unwrap().unwrap();
+    let task: ShardTask = serde_json::from_str(&l.task_json).unwrap();
+    let ShardTask::Orders { first, orders } = &task else {
+        panic!("{task:?}")
+    };
+    assert_eq!((*first, orders.len()), (8, 12));
+    s.complete(&w, &l.lease_id, output(&task)).unwrap();
+    let p = s.partial(job).unwrap().read().unwrap();
+    assert_eq!((p.earlier, p.runs.len(), p.orders_total), (8, 20, 20));
+    assert_eq!(p.runs[8].heads, run(8).heads);
+    // A study that extends none counts its own alone.
+    let p = s.partial(earlier_job).unwrap().read().unwrap();
+    assert_eq!((p.earlier, p.runs.len(), p.orders_total), (0, 8, 8));
 }
