@@ -135,6 +135,45 @@ fn a_candidate_that_settles_what_it_does_not_ablate_is_refused() {
     assert!(err.to_string().contains("settles"), "{err}");
 }
 
+/// Elements the storage under `t` holds (CPU tensors).
+fn stored(t: &candle_core::Tensor) -> usize {
+    let (s, _) = t.storage_and_layout();
+    match &*s {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => v.len(),
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F64(v)) => v.len(),
+        _ => panic!("a CPU test in f32 or f64"),
+    }
+}
+
+#[test]
+fn a_kept_run_holds_its_own_rows_not_the_pass_s() {
+    // A kept run outlives its pass by many passes: a stream sharing the pass's storage held
+    // every variant's rows at every layer (tens of GiB in a long order study).
+    let m = load_fixture("llama").model;
+    let prompts = fixture_prompts_keep_last("llama");
+    let spec = AblationSpec {
+        kind: AblationKind::Mean,
+        direction: Direction::Noising,
+        metric: Metric::LogitDiff,
+        normalize: Normalize::Full,
+        fold_value_bias: false,
+    };
+    let ev = Evaluator::new(&m, &prompts, spec, 1 << 14).unwrap();
+    let all = Component::all(m.info().n_layers, m.info().n_heads);
+    let cands: Vec<NodeCandidate> = (1..6)
+        .map(|k| NodeCandidate {
+            ablated: all[..k].to_vec(),
+            settled: vec![],
+        })
+        .collect();
+    ev.node_scores(&cands).unwrap();
+    let kept = ev.node_base_streams();
+    assert!(!kept.is_empty(), "a chain keeps its last run");
+    for t in kept {
+        assert_eq!(stored(&t), t.elem_count(), "{:?}", t.shape());
+    }
+}
+
 #[test]
 fn the_driver_refuses_malformed_staggers() {
     let m = load_fixture("gpt2").model;

@@ -92,6 +92,17 @@ fn sorted(cs: &[Component]) -> Vec<Component> {
 }
 
 impl Evaluator {
+    /// The residual streams of the runs node scoring keeps for its next call (for tests of
+    /// what they hold).
+    pub fn node_base_streams(&self) -> Vec<Tensor> {
+        self.node_bases
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .flat_map(|b| b.resid.clone())
+            .collect()
+    }
+
     /// Scores of node candidates (see [`Evaluator::node_metrics`]).
     pub fn node_scores(&self, candidates: &[NodeCandidate]) -> Result<Vec<f64>, ModelError> {
         Ok(self
@@ -164,6 +175,17 @@ impl Evaluator {
         }
         // Kept for the next call: the runs this one started from and those it computed.
         avail.retain(|b| used.contains(&b.set));
+        tracing::debug!(
+            "{} candidates; {} kept runs, {:.0} MiB of streams (shared ones counted each time)",
+            cands.len(),
+            avail.len(),
+            avail
+                .iter()
+                .flat_map(|b| &b.resid)
+                .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+                .sum::<usize>() as f64
+                / 1048576.0
+        );
         *self.node_bases.lock().expect("not poisoned") = avail;
         Ok(out)
     }

@@ -157,8 +157,10 @@ impl HookedModel {
                 }
                 for (k, &(v, until)) in st.keep.iter().enumerate() {
                     if v < running && layer < until {
-                        // A copy: a narrow view would keep the whole pass's stream alive.
-                        kept[k].push(x.narrow(0, v * prompts, prompts)?.copy()?);
+                        // Its own rows in storage of their own: a view, or candle's `copy`
+                        // (which clones the whole storage under the view), would keep the
+                        // whole pass's stream alive for as long as the run is kept.
+                        kept[k].push(x.narrow(0, v * prompts, prompts)?.force_contiguous()?);
                     }
                 }
             }
