@@ -22,6 +22,23 @@ pub fn random_edge_order(edges: &[Edge], seed: u64, index: usize) -> Vec<Edge> {
     o
 }
 
+/// A short fingerprint of an edge order: the first 16 hex digits of the SHA-256 of its edge
+/// names, one per line. An edge study records it for each run instead of the order itself (a
+/// permutation of every edge of the graph), so that an extension can check that the earlier
+/// runs were pruned in the orders the seed draws.
+pub fn order_fingerprint(order: &[Edge]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for e in order {
+        h.update(e.to_string().as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// One run of an edge order study.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EdgeRun {
@@ -33,6 +50,9 @@ pub struct EdgeRun {
     pub evaluations: usize,
     /// Passes over the edges.
     pub passes: usize,
+    /// Its order's [`order_fingerprint`] (absent in results written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<String>,
 }
 
 /// The aggregates of an edge order study.
@@ -54,25 +74,34 @@ pub struct EdgeOrderStudy {
     pub auto: Option<crate::convergence::AutoState>,
 }
 
-/// Aggregates the runs of an edge order study, every run pruned from a graph scoring `start`.
-pub fn summarize_edge_orders(runs: &[EdgePruneResult], start: f64) -> EdgeOrderStudy {
-    summarize_edge_study(None, runs, start)
+/// Aggregates the runs of an edge order study, every run pruned from a graph scoring `start`,
+/// run `i` in order `orders[i]` (its fingerprint).
+pub fn summarize_edge_orders(
+    runs: &[EdgePruneResult],
+    orders: &[String],
+    start: f64,
+) -> EdgeOrderStudy {
+    summarize_edge_study(None, runs, orders, start)
 }
 
 /// Aggregates an edge order study: the runs of an `earlier` study it extends, then `results`
-/// (every run pruned from a graph scoring `start`). The marginal effects go on from the earlier
-/// study's, so the result is the one the larger study gives at once.
+/// (every run pruned from a graph scoring `start`, in the orders `orders` fingerprint). The
+/// marginal effects go on from the earlier study's, so the result is the one the larger study
+/// gives at once.
 pub fn summarize_edge_study(
     earlier: Option<&EdgeOrderStudy>,
     results: &[EdgePruneResult],
+    orders: &[String],
     start: f64,
 ) -> EdgeOrderStudy {
+    assert_eq!(results.len(), orders.len(), "an order for every run");
     let mut runs: Vec<EdgeRun> = earlier.map_or(vec![], |e| e.runs.clone());
-    runs.extend(results.iter().map(|r| EdgeRun {
+    runs.extend(results.iter().zip(orders).map(|(r, o)| EdgeRun {
         edges: r.edges.clone(),
         score: r.score,
         evaluations: r.evaluations,
         passes: r.passes,
+        order: Some(o.clone()),
     }));
     let costs: Vec<Vec<(&str, f64)>> = results
         .iter()
@@ -419,10 +448,16 @@ mod tests {
         let mut all = g.clone();
         all.sort();
         assert_eq!(sorted, all);
-        let runs: Vec<EdgePruneResult> = (0..3)
-            .map(|i| run(4, Some(&random_edge_order(&g, 5, i))))
-            .collect();
-        let study = summarize_edge_orders(&runs, 100.0);
+        let orders: Vec<Vec<Edge>> = (0..3).map(|i| random_edge_order(&g, 5, i)).collect();
+        let runs: Vec<EdgePruneResult> = orders.iter().map(|o| run(4, Some(o))).collect();
+        let prints: Vec<String> = orders.iter().map(|o| order_fingerprint(o)).collect();
+        let study = summarize_edge_orders(&runs, &prints, 100.0);
+        assert_eq!(study.runs[2].order.as_deref(), Some(&prints[2][..]));
+        // A fingerprint tells orders apart, and is stable: SHA-256's of nothing, for no edges.
+        assert_eq!(order_fingerprint(&[]), "e3b0c44298fc1c14");
+        assert_eq!(prints[0].len(), 16);
+        assert_ne!(prints[0], prints[1]);
+        assert_eq!(prints[0], order_fingerprint(&random_edge_order(&g, 5, 0)));
         // The two edges that matter are in every circuit.
         assert!(study.stats.core.contains(&"h1.0->logits".to_string()));
         assert!(study.stats.core.contains(&"h0.1->h1.0.v".to_string()));

@@ -10,7 +10,7 @@ use std::path::Path;
 use crate::Component;
 use crate::convergence::{AutoRule, Next};
 use crate::edge::Edge;
-use crate::edge_prune::EdgeOrderStudy;
+use crate::edge_prune::{EdgeOrderStudy, order_fingerprint, random_edge_order};
 use crate::orders::OrderRun;
 use crate::results::ResultDoc;
 use crate::shard::JobMeta;
@@ -154,6 +154,15 @@ pub fn earlier_edge_runs(
     for (i, r) in study.runs.iter().enumerate() {
         if let Some(e) = r.edges.iter().find(|e| !known.contains(e.as_str())) {
             return refuse(format!("its run {i} keeps {e}, not an edge of this graph"));
+        }
+        // Runs written before orders were fingerprinted have the graph and seed checks alone.
+        if let Some(print) = &r.order
+            && *print != order_fingerprint(&random_edge_order(edges, spec.sweep.seed, i))
+        {
+            return refuse(format!(
+                "its run {i} was not pruned in order {i} of seed {} over this graph",
+                spec.sweep.seed
+            ));
         }
     }
     if let Some(e) = study.marginal.keys().find(|e| !known.contains(e.as_str())) {

@@ -364,8 +364,19 @@ fn write_edge_study(
     out: &Path,
 ) -> Result<EdgeOrderStudy, AggregateError> {
     let start = start_score(spec, meta);
+    // The orders the workers drew, run `i` in order `i` of the seed.
+    let first = c.earlier_edge_runs();
+    let orders: Vec<String> = (first..first + c.edge_prune.len())
+        .map(|i| {
+            edge_prune::order_fingerprint(&edge_prune::random_edge_order(
+                &inputs.edges,
+                spec.sweep.seed,
+                i,
+            ))
+        })
+        .collect();
     let mut study =
-        edge_prune::summarize_edge_study(c.earlier_edges.as_ref(), &c.edge_prune, start);
+        edge_prune::summarize_edge_study(c.earlier_edges.as_ref(), &c.edge_prune, &orders, start);
     let at: std::collections::HashMap<&Edge, usize> = inputs.edges.iter().zip(0..).collect();
     let edges = study
         .stats

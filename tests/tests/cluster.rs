@@ -429,21 +429,54 @@ fn an_extended_order_study_equals_the_larger_study_run_at_once() {
         err.contains("not the result of an edge order study"),
         "{err}"
     );
-    // A tampered earlier run is refused, naming what it keeps.
-    let mut tampered: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.path().join("first/result.json")).unwrap(),
-    )
-    .unwrap();
-    tampered["orders"]["runs"][0]["heads"]
-        .as_array_mut()
+    // A tampered earlier run is refused: one keeping what the model lacks, an edge run pruned
+    // in another order (every edge run records its order's fingerprint).
+    let tamper = |from: &str, to: &str, edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut doc: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(from).join("result.json")).unwrap(),
+        )
+        .unwrap();
+        edit(&mut doc);
+        std::fs::create_dir_all(dir.path().join(to)).unwrap();
+        std::fs::write(
+            dir.path().join(to).join("result.json"),
+            serde_json::to_string(&doc).unwrap(),
+        )
+        .unwrap();
+    };
+    tamper("first", "tampered", &|d| {
+        d["orders"]["runs"][0]["heads"]
+            .as_array_mut()
+            .unwrap()
+            .push("h9.99".into())
+    });
+    let prints: Vec<&str> = edge_first["edge_orders"]["runs"]
+        .as_array()
         .unwrap()
-        .push("h9.99".into());
-    std::fs::create_dir_all(dir.path().join("tampered")).unwrap();
-    std::fs::write(
-        dir.path().join("tampered/result.json"),
-        serde_json::to_string(&tampered).unwrap(),
-    )
-    .unwrap();
+        .iter()
+        .map(|r| r["order"].as_str().unwrap())
+        .collect();
+    assert_eq!(prints.len(), 3);
+    assert!(
+        prints[0] != prints[1] && prints[1] != prints[2],
+        "{prints:?}"
+    );
+    tamper("edge_first", "edge_tampered", &|d| {
+        let runs = d["edge_orders"]["runs"].as_array_mut().unwrap();
+        runs.swap(1, 2);
+    });
+    let err = format!(
+        "{:#}",
+        run(
+            "edge_of_tampered",
+            &format!("{edge}orders = 7\nextends = \"edge_tampered/result.json\""),
+        )
+        .unwrap_err()
+    );
+    assert!(
+        err.contains("its run 1 was not pruned in order 1 of seed 2 over this graph"),
+        "{err}"
+    );
     for (name, sweep, why) in [
         (
             "of_tampered",
