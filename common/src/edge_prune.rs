@@ -39,6 +39,11 @@ pub fn order_fingerprint(order: &[Edge]) -> String {
         .collect()
 }
 
+/// The [`order_fingerprint`] of order `index` of an edge order study over `edges`.
+pub fn seeded_order_fingerprint(edges: &[Edge], seed: u64, index: usize) -> String {
+    order_fingerprint(&random_edge_order(edges, seed, index))
+}
+
 /// One run of an edge order study.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EdgeRun {

@@ -10,7 +10,7 @@ use std::path::Path;
 use crate::Component;
 use crate::convergence::{AutoRule, Next};
 use crate::edge::Edge;
-use crate::edge_prune::{EdgeOrderStudy, order_fingerprint, random_edge_order};
+use crate::edge_prune::{EdgeOrderStudy, seeded_order_fingerprint};
 use crate::orders::OrderRun;
 use crate::results::ResultDoc;
 use crate::shard::JobMeta;
@@ -157,7 +157,7 @@ pub fn earlier_edge_runs(
         }
         // Runs written before orders were fingerprinted have the graph and seed checks alone.
         if let Some(print) = &r.order
-            && *print != order_fingerprint(&random_edge_order(edges, spec.sweep.seed, i))
+            && *print != seeded_order_fingerprint(edges, spec.sweep.seed, i)
         {
             return refuse(format!(
                 "its run {i} was not pruned in order {i} of seed {} over this graph",

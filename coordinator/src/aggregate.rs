@@ -367,13 +367,7 @@ fn write_edge_study(
     // The orders the workers drew, run `i` in order `i` of the seed.
     let first = c.earlier_edge_runs();
     let orders: Vec<String> = (first..first + c.edge_prune.len())
-        .map(|i| {
-            edge_prune::order_fingerprint(&edge_prune::random_edge_order(
-                &inputs.edges,
-                spec.sweep.seed,
-                i,
-            ))
-        })
+        .map(|i| edge_prune::seeded_order_fingerprint(&inputs.edges, spec.sweep.seed, i))
         .collect();
     let mut study =
         edge_prune::summarize_edge_study(c.earlier_edges.as_ref(), &c.edge_prune, &orders, start);
